@@ -1,0 +1,182 @@
+"""``medtextseg``: one command-line app, one subcommand per stage (synth, train, predict, evaluate, compare).
+
+Heavy libraries are imported inside each command so that ``--help`` answers at once. Bad input ends
+with one line on stderr (``error: ...`` naming the file or field) and exit status 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    help="Text-guided medical image segmentation: give an image and a prompt in plain language, get the "
+         "mask of what the prompt names, in the input's geometry.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+
+def user_errors(command):
+    """Turn a MedTextSegError into one line on stderr and exit status 2 (no traceback)."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from medtextseg.utils.errors import MedTextSegError
+
+        try:
+            return command(*args, **kwargs)
+        except MedTextSegError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+@app.command()
+@user_errors
+def synth(
+    out: Annotated[Path, typer.Option("--out", "-o", help="dataset folder to create")],
+    cases: Annotated[int, typer.Option(help="number of cases (split 70/10/20 into train/val/test)")] = 150,
+    dim: Annotated[int, typer.Option(help="3 for volumes, 2 for axial slices")] = 3,
+    seed: Annotated[int, typer.Option(help="random seed; the same seed gives the same files")] = 0,
+) -> None:
+    """Generate the synthetic prostate bp-MRI benchmark (T2W, ADC, HBV; gland, zones, 0-3 lesions, prompts).
+
+    Writes the nnU-Net raw layout + prompts.jsonl + splits.json (docs/dataset_format.md).
+    """
+    from medtextseg.data.synthetic import make_synthetic_dataset
+    from medtextseg.utils.errors import MedTextSegError
+
+    if dim not in (2, 3):
+        raise MedTextSegError(f"--dim must be 2 or 3, got {dim}")
+    if cases < 3:
+        raise MedTextSegError(f"--cases must be at least 3 (one per split), got {cases}")
+    folder = make_synthetic_dataset(out, num_cases=cases, spatial_dims=dim, seed=seed, progress=True)
+    typer.echo(f"wrote {cases} cases to {folder}")
+
+
+@app.command()
+@user_errors
+def train(
+    data: Annotated[Path | None, typer.Option("--data", "-d", help="dataset folder (sets data.root)")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="run folder: config, log, checkpoints")] = Path("runs/run"),
+    preset: Annotated[str, typer.Option("--preset", "-p", help="preset name or YAML file; see `presets`")] = "default",
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a config field: KEY=VALUE, "
+                                                    "e.g. --set train.steps=200 (repeatable)")] = None,
+    resume: Annotated[bool, typer.Option(help="continue a stopped run from its last.pt (uses its saved "
+                                               "config plus any --set)")] = False,
+) -> None:
+    """Train a text-guided segmentation model. Also runs under `torchrun --nproc_per_node N` (DDP)."""
+    from medtextseg.config import Config
+    from medtextseg.training.trainer import train as run_training
+
+    overrides = list(set_ or [])
+    if data is not None:
+        overrides.append(f"data.root={data}")
+    saved = out / "config.yaml"
+    config = Config.load(saved if resume and saved.is_file() else preset, overrides)
+    run_dir = run_training(config, out, resume=resume)
+    typer.echo(f"run saved in {run_dir}")
+
+
+@app.command()
+@user_errors
+def predict(
+    model: Annotated[Path, typer.Option("--model", "-m", help="run folder or checkpoint file")],
+    images: Annotated[list[Path], typer.Option("--image", "-i", help="one file per channel, in the model's "
+                                                "channel order (repeat -i)")],
+    prompts: Annotated[list[str], typer.Option("--prompt", "-p", help="what to segment (repeat -p)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("predictions"),
+    probabilities: Annotated[bool, typer.Option(help="also write probability maps")] = False,
+) -> None:
+    """Segment what each prompt names; one mask per prompt with exactly the input's shape and affine."""
+    import json
+
+    from medtextseg.api import load_model
+    from medtextseg.data.io import NIFTI_ENDINGS
+    from medtextseg.utils.atomic import write_text_atomic
+
+    results = load_model(model).predict(images, prompts)
+    ending = next((e for e in NIFTI_ENDINGS[::-1] if str(images[0]).lower().endswith(e)),
+                  "".join(images[0].suffixes) or ".nii.gz")
+    index = []
+    for number, result in enumerate(results):
+        mask_path = out / f"mask_{number:02d}{ending}"
+        probability_path = out / f"probability_{number:02d}{ending}" if probabilities else None
+        result.save(mask_path, probability_path)
+        index.append({"prompt": result.prompt, "mask": mask_path.name, "voxels": result.voxels,
+                      "volume_ml": round(result.volume_ml, 3),
+                      **({"probability": probability_path.name} if probability_path else {})})
+        typer.echo(f"{mask_path}  {result.voxels} voxels ({result.volume_ml:.2f} ml)  <- {result.prompt!r}")
+    write_text_atomic(out / "prompts.json", json.dumps(index, indent=1))
+
+
+@app.command()
+@user_errors
+def evaluate(
+    model: Annotated[Path, typer.Option("--model", "-m", help="run folder or checkpoint file")],
+    data: Annotated[Path, typer.Option("--data", "-d", help="dataset folder")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for metrics, masks and overlays")],
+    split: Annotated[str, typer.Option(help="split to evaluate")] = "test",
+    overlay_channel: Annotated[int, typer.Option(help="image channel shown in overlay PNGs")] = 0,
+    save_masks: Annotated[bool, typer.Option(help="write every predicted mask")] = True,
+) -> None:
+    """Predict every prompt of a split and score it: Dice, IoU, HD95, ASSD, NSD, precision, recall.
+
+    Writes metrics_per_prompt.{json,csv}, summary.{json,csv,md} (one row per prompt kind; `single_2plus` =
+    referring prompts in cases with 2+ lesions), overlays/*.png and the run's loss curve.
+    """
+    from rich.console import Console
+
+    from medtextseg.evaluation.report import render_table
+    from medtextseg.evaluation.runner import evaluate_run
+
+    rows = evaluate_run(model, data, out, split=split, save_masks=save_masks, overlay_channel=overlay_channel)
+    Console().print(render_table(rows))
+    typer.echo(f"results in {out}")
+
+
+@app.command()
+@user_errors
+def compare(
+    evaluations: Annotated[list[str], typer.Argument(help="NAME=EVALUATION_FOLDER pairs")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="report folder")] = Path("report"),
+) -> None:
+    """Put several evaluations side by side (e.g. text-guided vs image-only): tables, bar chart, loss curves."""
+    import json
+
+    from medtextseg.evaluation.report import write_comparison
+    from medtextseg.utils.errors import MedTextSegError
+
+    summaries = {}
+    for item in evaluations:
+        name, sep, folder = item.partition("=")
+        if not sep:
+            raise MedTextSegError(f"{item!r}: expected NAME=EVALUATION_FOLDER")
+        path = Path(folder) / "summary.json"
+        if not path.is_file():
+            raise MedTextSegError(f"{path}: not found (run `medtextseg evaluate` first)")
+        summaries[name] = json.loads(path.read_text())
+    write_comparison(summaries, out)
+    typer.echo((out / "comparison_dice.md").read_text() if (out / "comparison_dice.md").is_file() else "")
+    typer.echo(f"report in {out}")
+
+
+@app.command()
+def presets() -> None:
+    """List the built-in presets."""
+    from medtextseg.config import preset_names
+
+    for name in preset_names():
+        typer.echo(name)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app(prog_name="medtextseg")
+
+
+if __name__ == "__main__":  # `python -m medtextseg.cli` (used with torchrun)
+    sys.exit(app())

@@ -1,0 +1,218 @@
+"""Validated configuration: YAML presets, ``--set a.b=c`` overrides, and a resolved copy saved with every run.
+
+Every section is a pydantic model that forbids unknown keys, so a typo (``train.step``) fails at load time
+with the field's full dotted name and the closest valid key, instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import difflib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from medtextseg.utils.errors import MedTextSegError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Where the dataset is and how images are prepared (in RAS, at ``spacing``, z-scored per channel)."""
+
+    root: str | None = Field(None, description="dataset folder (nnU-Net raw layout + prompts.jsonl)")
+    spacing: list[float] | None = Field(None, description="resample to this voxel spacing (mm); None keeps it")
+    patch_size: list[int] = Field([48, 48, 16], description="training patch / sliding-window size (voxels)")
+    prompts_per_image: int = Field(4, ge=1, description="prompts trained per image per step (encoder shared)")
+    kind_weights: dict[str, float] = Field(
+        default_factory=lambda: {"single": 0.45, "all": 0.15, "absent": 0.2, "anatomy": 0.2},
+        description="sampling weight of each prompt kind (kinds not listed get weight 1)")
+    flip_left_right: float = Field(0.5, ge=0, le=1, description="probability of a left-right flip; "
+                                   "'left' and 'right' are swapped in the prompt with it")
+    intensity_augmentation: bool = True
+
+
+class TextConfig(_Section):
+    """The frozen text encoder: ``minilm`` (embedded default) or a local Hugging Face folder."""
+
+    encoder: str = Field("minilm", description="'minilm' or the path of a local Hugging Face model folder")
+    max_tokens: int = Field(32, ge=1, le=512)
+    cache_dir: str | None = Field(None, description="disk cache of embeddings (default: ~/.cache/medtextseg)")
+
+
+class ModelConfig(_Section):
+    """An N-D U-Net with text conditioning (FiLM at the bottleneck and every decoder stage)."""
+
+    spatial_dims: Literal[2, 3] = 3
+    in_channels: int = Field(3, ge=1)
+    channels: list[int] = Field([16, 32, 64, 128], description="feature channels per resolution stage")
+    strides: list[list[int]] = Field([[1, 1, 1], [2, 2, 1], [2, 2, 2], [2, 2, 2]],
+                                     description="downsampling stride of each stage (first is the stem)")
+    conditioning: Literal["film", "none"] = Field("film", description="'none' = the image-only baseline")
+    presence_head: bool = Field(True, description="predict whether the prompted target exists at all")
+    norm: Literal["instance", "batch", "group"] = "instance"
+
+    @model_validator(mode="after")
+    def _check_stages(self) -> ModelConfig:
+        if len(self.channels) != len(self.strides):
+            raise ValueError(f"model.channels has {len(self.channels)} stages but model.strides has "
+                             f"{len(self.strides)}; give one stride per stage")
+        for stride in self.strides:
+            if len(stride) != self.spatial_dims:
+                raise ValueError(f"model.strides entry {stride} must have {self.spatial_dims} values "
+                                 f"(model.spatial_dims={self.spatial_dims})")
+        return self
+
+
+class LossConfig(_Section):
+    dice_weight: float = Field(1.0, ge=0)
+    bce_weight: float = Field(1.0, ge=0)
+    presence_weight: float = Field(0.5, ge=0)
+
+
+class TrainConfig(_Section):
+    steps: int = Field(1500, ge=1, description="optimizer steps")
+    batch_images: int = Field(2, ge=1, description="images per step (x prompts_per_image samples)")
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-5, ge=0)
+    warmup_steps: int = Field(50, ge=0)
+    val_every: int = Field(250, ge=1)
+    val_cases: int = Field(12, ge=1, description="validation cases scored at each validation")
+    seed: int = 0
+    amp: bool = Field(True, description="mixed precision when on a GPU (ignored on the CPU)")
+    grad_clip: float = Field(12.0, gt=0)
+    num_threads: int | None = Field(None, description="torch CPU threads (None: PyTorch's default)")
+
+
+class InferenceConfig(_Section):
+    threshold: float = Field(0.5, gt=0, lt=1)
+    presence_threshold: float = Field(0.5, gt=0, lt=1)
+    overlap: float = Field(0.25, ge=0, lt=1)
+    min_component_voxels: int = Field(0, ge=0, description="drop predicted components smaller than this")
+
+
+class Config(_Section):
+    """The whole run configuration. ``Config.load("default", ["train.steps=10"])`` resolves a preset."""
+
+    preset: str = "default"
+    data: DataConfig = DataConfig()
+    text: TextConfig = TextConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    train: TrainConfig = TrainConfig()
+    inference: InferenceConfig = InferenceConfig()
+
+    @classmethod
+    def load(cls, preset: str | Path = "default", overrides: list[str] | None = None) -> Config:
+        """Read a preset (a name in ``medtextseg/presets`` or a YAML path) and apply ``a.b=c`` overrides.
+
+        Raises:
+            MedTextSegError: unknown preset, malformed override, unknown key (with the closest valid one),
+                or a value that fails validation (with the field's dotted name).
+        """
+        raw = read_preset(preset)
+        for override in overrides or []:
+            apply_override(raw, override)
+        return cls.from_dict(raw)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Config:
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as error:
+            raise MedTextSegError(_explain(error)) from None
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def preset_names() -> list[str]:
+    folder = resources.files("medtextseg") / "presets"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def read_preset(preset: str | Path) -> dict[str, Any]:
+    """Return the raw dict of a preset name or YAML file (a preset may name a ``base`` preset)."""
+    path = Path(preset)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise MedTextSegError(f"config file not found: {path}")
+        text = path.read_text(encoding="utf-8")
+        name = path.stem
+    else:
+        names = preset_names()
+        if str(preset) not in names:
+            hint = difflib.get_close_matches(str(preset), names, n=1)
+            raise MedTextSegError(f"unknown preset {str(preset)!r}; available: {', '.join(names)}"
+                                  + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+        text = (resources.files("medtextseg") / "presets" / f"{preset}.yaml").read_text(encoding="utf-8")
+        name = str(preset)
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        raise MedTextSegError(f"{path if path.suffix else preset}: not valid YAML ({error})") from None
+    base = raw.pop("base", None)
+    if base:
+        raw = _deep_merge(read_preset(base), raw)
+    raw.setdefault("preset", name)
+    return raw
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Apply one ``a.b.c=value`` override in place; the value is parsed as YAML (``[1,2]``, ``true``, ``3e-4``)."""
+    if "=" not in override:
+        raise MedTextSegError(f"--set {override!r}: expected KEY=VALUE, e.g. train.steps=200")
+    key, value_text = override.split("=", 1)
+    parts = key.strip().split(".")
+    _check_key_path(parts)
+    try:
+        value = yaml.safe_load(value_text)
+    except yaml.YAMLError:
+        value = value_text
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+
+
+def _check_key_path(parts: list[str]) -> None:
+    model: type[BaseModel] = Config
+    for depth, part in enumerate(parts):
+        fields = model.model_fields
+        if part not in fields:
+            where = ".".join(parts[:depth]) or "the config"
+            hint = difflib.get_close_matches(part, list(fields), n=1)
+            raise MedTextSegError(f"unknown config key {'.'.join(parts)!r}: {where} has no field {part!r}"
+                                  + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                                  + f"; valid: {', '.join(fields)}")
+        annotation = fields[part].annotation
+        if depth < len(parts) - 1:
+            if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+                # a dict-valued field (e.g. data.kind_weights.single) takes any key below it
+                return
+            model = annotation
+
+
+def _explain(error: ValidationError) -> str:
+    messages = []
+    for item in error.errors():
+        field = ".".join(str(p) for p in item["loc"])
+        if item["type"] == "extra_forbidden":
+            messages.append(f"unknown config key {field!r}")
+        else:
+            messages.append(f"config field {field!r}: {item['msg']} (got {item.get('input')!r})")
+    return "; ".join(messages)
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

@@ -1,0 +1,144 @@
+"""Training samples: an image with K of its prompts, cropped to the patch, augmented, and the K targets.
+
+Cases are prepared once (loaded, RAS, resampled, z-scored) and kept in memory. Each item's randomness is
+drawn from ``(seed, epoch, index)``, so a resumed or distributed run sees exactly the samples an
+uninterrupted single-process run would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.transforms import (
+    RandCropByPosNegLabel,
+    RandGaussianNoise,
+    RandScaleIntensity,
+    RandShiftIntensity,
+    RandSpatialCrop,
+    SpatialPad,
+)
+from torch import Tensor
+
+from medtextseg.data.layout import CaseRecord, PromptRecord
+from medtextseg.data.prompts import swap_left_right
+from medtextseg.data.transforms import preparation
+
+
+@dataclass
+class PreparedCase:
+    """A case in model space. image: [C, *spatial] float32 z-scored; label: [*spatial] int64 or None;
+    masks: mask-file targets by path, [*spatial] bool."""
+
+    case: str
+    image: Tensor
+    label: Tensor | None
+    masks: dict[Path, Tensor]
+    prompts: list[PromptRecord]
+
+    def target(self, prompt: PromptRecord) -> Tensor:
+        """The prompt's binary target [*spatial] bool (all False for an absent target)."""
+        if isinstance(prompt.target, Path):
+            return self.masks[prompt.target]
+        if not prompt.target:
+            return torch.zeros(self.image.shape[1:], dtype=torch.bool)
+        return torch.isin(self.label, torch.tensor(prompt.target, dtype=self.label.dtype))
+
+
+def prepare_case(case: CaseRecord, spacing: list[float] | None, spatial_dims: int) -> PreparedCase:
+    mask_paths = sorted({p.target for p in case.prompts if isinstance(p.target, Path)})
+    label_keys = (["label"] if case.label_path else []) + [f"mask{i}" for i in range(len(mask_paths))]
+    data = {"image": [str(p) for p in case.image_paths]}
+    if case.label_path:
+        data["label"] = str(case.label_path)
+    data.update({f"mask{i}": str(p) for i, p in enumerate(mask_paths)})
+    out = preparation(spacing, label_keys)(data)
+
+    def spatial(t: Tensor) -> Tensor:
+        t = t.as_tensor() if hasattr(t, "as_tensor") else t
+        return t[..., 0] if spatial_dims == 2 else t
+
+    image = spatial(out["image"]).float().contiguous()
+    label = spatial(out["label"][0]).round().long() if case.label_path else None
+    masks = {p: spatial(out[f"mask{i}"][0]) > 0.5 for i, p in enumerate(mask_paths)}
+    return PreparedCase(case.case, image, label, masks, case.prompts)
+
+
+class PromptSampleDataset(torch.utils.data.Dataset):
+    """Item i: case i with ``prompts_per_image`` prompts drawn by kind weight, as a training sample.
+
+    Returns a dict: ``image`` [C, *patch] float32; ``targets`` [K, 1, *patch] float32 in {0, 1};
+    ``prompts`` list of K strings (left/right swapped when the sample was mirrored); ``kinds`` list of K.
+    """
+
+    def __init__(self, cases: list[PreparedCase], patch_size: list[int], prompts_per_image: int,
+                 kind_weights: dict[str, float], flip_left_right: float = 0.5,
+                 intensity_augmentation: bool = True, seed: int = 0) -> None:
+        self.cases = [c for c in cases if c.prompts]
+        self.patch_size = list(patch_size)
+        self.k = prompts_per_image
+        self.kind_weights = kind_weights
+        self.flip_left_right = flip_left_right
+        self.intensity_augmentation = intensity_augmentation
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def _choose_prompts(self, case: PreparedCase, rng: np.random.Generator) -> list[PromptRecord]:
+        kinds = [p.kind for p in case.prompts]
+        counts = {k: kinds.count(k) for k in set(kinds)}
+        weights = np.array([self.kind_weights.get(k, 1.0) / counts[k] for k in kinds], dtype=float)
+        if weights.sum() <= 0:
+            weights = np.ones(len(kinds))
+        weights /= weights.sum()
+        chosen = list(rng.choice(len(kinds), size=min(self.k, len(kinds)), replace=False, p=weights))
+        if len(chosen) < self.k:  # fewer prompts than slots: repeat some
+            chosen += list(rng.choice(len(kinds), size=self.k - len(chosen), replace=True, p=weights))
+        return [case.prompts[i] for i in chosen]
+
+    def __getitem__(self, index: int) -> dict:
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        case = self.cases[index]
+        prompts = self._choose_prompts(case, rng)
+        targets = torch.stack([case.target(p) for p in prompts]).float()  # [K, *spatial]
+        stacked = torch.cat([case.image, targets])  # crop image and targets together
+        stacked = SpatialPad(self.patch_size)(stacked)
+        foreground = (stacked[case.image.shape[0]:].sum(0, keepdim=True) > 0).float()
+        seed = int(rng.integers(2**31))
+        if foreground.any():  # two crops in three centred on a target voxel, as nnU-Net oversamples
+            cropper = RandCropByPosNegLabel(self.patch_size, pos=2, neg=1, num_samples=1, allow_smaller=False)
+            stacked = cropper.set_random_state(seed)(stacked, label=foreground)[0]
+        else:
+            stacked = RandSpatialCrop(self.patch_size, random_size=False).set_random_state(seed)(stacked)
+        stacked = stacked.as_tensor() if hasattr(stacked, "as_tensor") else stacked
+        image, targets = stacked[: case.image.shape[0]], stacked[case.image.shape[0]:]
+        texts = [p.prompt for p in prompts]
+        if rng.random() < self.flip_left_right:
+            # axis 0 of the spatial dims is patient left-right in RAS, so the words must follow
+            image, targets = image.flip(1), targets.flip(1)
+            texts = [swap_left_right(t) for t in texts]
+        if self.intensity_augmentation:
+            for transform in (RandScaleIntensity(0.1, prob=0.5), RandShiftIntensity(0.1, prob=0.5),
+                              RandGaussianNoise(prob=0.3, std=0.05)):
+                transform.set_random_state(int(rng.integers(2**31)))
+                image = transform(image)
+            image = image.as_tensor() if hasattr(image, "as_tensor") else image
+        return {"image": image.float().contiguous(), "targets": targets[:, None].contiguous(),
+                "prompts": texts, "kinds": [p.kind for p in prompts]}
+
+
+def collate_prompt_samples(items: list[dict]) -> dict:
+    """Batch N items: ``image`` [N, C, *patch]; ``targets`` [N*K, 1, *patch]; ``prompts`` N*K strings;
+    ``image_index`` [N*K] long, the image row of each prompt."""
+    counts = [len(item["prompts"]) for item in items]
+    return {
+        "image": torch.stack([item["image"] for item in items]),
+        "targets": torch.cat([item["targets"] for item in items]),
+        "prompts": [p for item in items for p in item["prompts"]],
+        "kinds": [k for item in items for k in item["kinds"]],
+        "image_index": torch.repeat_interleave(torch.arange(len(items)), torch.tensor(counts)),
+    }

@@ -1,0 +1,256 @@
+"""A dataset folder (nnU-Net v2 raw layout + prompts.jsonl) read into records, and checked as a whole.
+
+``load_dataset`` reads the small files (dataset.json, prompts.jsonl, splits.json) and finds the image
+files; ``verify_dataset`` then reads every header and voxel once and stops on the first bad file with a
+one-line message naming it, before any training time is spent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medtextseg.data.io import read_array, read_geometry
+from medtextseg.data.prompts import validate_prompt
+from medtextseg.utils.errors import MedTextSegError
+
+
+@dataclass
+class PromptRecord:
+    """One (case, prompt, target) line of prompts.jsonl.
+
+    ``target`` is a tuple of label values (empty = absent target) or a mask file path.
+    """
+
+    case: str
+    prompt: str
+    target: tuple[int, ...] | Path
+    kind: str = "other"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def target_is_absent(self) -> bool:
+        return isinstance(self.target, tuple) and not self.target
+
+
+@dataclass
+class CaseRecord:
+    """A case: one image file per channel, an optional label map, and its prompts."""
+
+    case: str
+    image_paths: list[Path]
+    label_path: Path | None
+    prompts: list[PromptRecord] = field(default_factory=list)
+
+
+@dataclass
+class DatasetLayout:
+    """What a dataset folder holds. ``cases`` keeps the file order; ``splits`` maps split -> case ids."""
+
+    root: Path
+    channel_names: list[str]
+    labels: dict[str, int]
+    file_ending: str
+    spatial_dims: int
+    cases: dict[str, CaseRecord]
+    splits: dict[str, list[str]]
+
+    def split(self, name: str) -> list[CaseRecord]:
+        if name not in self.splits:
+            raise MedTextSegError(f"{self.root}: no split {name!r}; splits are {', '.join(self.splits)}")
+        return [self.cases[c] for c in self.splits[name]]
+
+    def prompt_texts(self, split: str | None = None) -> list[str]:
+        cases = self.split(split) if split else list(self.cases.values())
+        return sorted({p.prompt for case in cases for p in case.prompts})
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise MedTextSegError(f"{path}: file not found (a dataset folder needs dataset.json; see "
+                              "docs/dataset_format.md)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise MedTextSegError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
+
+
+def _parse_dataset_json(path: Path) -> tuple[list[str], dict[str, int], str, int]:
+    meta = _read_json(path)
+    for key in ("channel_names", "labels", "file_ending"):
+        if key not in meta:
+            raise MedTextSegError(f"{path}: missing key {key!r}")
+    channels = meta["channel_names"]
+    try:
+        channel_names = [channels[str(i)] for i in range(len(channels))]
+    except KeyError:
+        raise MedTextSegError(f"{path}: channel_names keys must be '0'..'{len(channels) - 1}', got "
+                              f"{sorted(channels)}") from None
+    labels = {}
+    for name, value in meta["labels"].items():
+        if isinstance(value, list | tuple):  # nnU-Net region-based labels: take the value itself
+            raise MedTextSegError(f"{path}: label {name!r} is a region {value}; declare one value per "
+                                  "name and name regions as prompt targets instead")
+        if not isinstance(value, int) or value < 0:
+            raise MedTextSegError(f"{path}: label {name!r} must be a non-negative integer, got {value!r}")
+        labels[name] = value
+    spatial_dims = int(meta.get("medtextseg", {}).get("spatial_dims", 3))
+    if spatial_dims not in (2, 3):
+        raise MedTextSegError(f"{path}: medtextseg.spatial_dims must be 2 or 3, got {spatial_dims}")
+    return channel_names, labels, meta["file_ending"], spatial_dims
+
+
+def _find_cases(root: Path, channel_count: int, file_ending: str) -> dict[str, CaseRecord]:
+    images = root / "imagesTr"
+    if not images.is_dir():
+        raise MedTextSegError(f"{images}: folder not found")
+    suffix_len = len("_0000") + len(file_ending)
+    found: dict[str, set[int]] = {}
+    for path in sorted(images.iterdir()):
+        name = path.name
+        if not name.endswith(file_ending) or len(name) <= suffix_len or name[-suffix_len] != "_":
+            continue
+        case, channel = name[:-suffix_len], name[-suffix_len + 1:-len(file_ending)]
+        if channel.isdigit():
+            found.setdefault(case, set()).add(int(channel))
+    if not found:
+        raise MedTextSegError(f"{images}: no image files named {{case}}_0000{file_ending}")
+    cases = {}
+    for case, channels in found.items():
+        missing = sorted(set(range(channel_count)) - channels)
+        if missing:
+            raise MedTextSegError(f"{images / f'{case}_{missing[0]:04d}{file_ending}'}: missing channel file "
+                                  f"(dataset.json declares {channel_count} channels)")
+        label = root / "labelsTr" / f"{case}{file_ending}"
+        cases[case] = CaseRecord(
+            case, [images / f"{case}_{c:04d}{file_ending}" for c in range(channel_count)],
+            label if label.is_file() else None)
+    return cases
+
+
+def _parse_prompts(path: Path, root: Path, cases: dict[str, CaseRecord], labels: dict[str, int]) -> None:
+    if not path.is_file():
+        raise MedTextSegError(f"{path}: file not found (one JSON line per case, prompt and target)")
+    declared = set(labels.values())
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise MedTextSegError(f"{where}: not valid JSON ({error.msg})") from None
+        if not isinstance(item, dict):
+            raise MedTextSegError(f"{where}: expected an object with case, prompt and target")
+        for key in ("case", "prompt", "target"):
+            if key not in item:
+                raise MedTextSegError(f"{where}: missing key {key!r}")
+        case = item["case"]
+        if case not in cases:
+            raise MedTextSegError(f"{where}: unknown case {case!r} (no image files in imagesTr)")
+        target = item["target"]
+        if isinstance(target, str):
+            target_value: tuple[int, ...] | Path = root / target
+            if not target_value.is_file():
+                raise MedTextSegError(f"{where}: target mask file {target_value} not found")
+        elif target is None or isinstance(target, list):
+            values = tuple(target or [])
+            unknown = [v for v in values if not isinstance(v, int) or v not in declared]
+            if unknown:
+                raise MedTextSegError(f"{where}: target label {unknown[0]!r} is not declared in "
+                                      f"dataset.json labels {sorted(declared)}")
+            if values and cases[case].label_path is None:
+                raise MedTextSegError(f"{where}: target names label values but case {case!r} has no "
+                                      "label file in labelsTr")
+            target_value = values
+        else:
+            raise MedTextSegError(f"{where}: target must be a list of label values, [] or a mask path")
+        prompt = validate_prompt(item["prompt"], where)
+        cases[case].prompts.append(PromptRecord(case, prompt, target_value, str(item.get("kind", "other")),
+                                                dict(item.get("meta", {}))))
+
+
+def _hash_split(cases: list[str]) -> dict[str, list[str]]:
+    def bucket(case: str) -> int:
+        return int(hashlib.sha1(case.encode()).hexdigest(), 16) % 10
+
+    return {"train": [c for c in cases if bucket(c) < 8], "val": [c for c in cases if bucket(c) == 8],
+            "test": [c for c in cases if bucket(c) == 9]}
+
+
+def load_dataset(root: str | Path) -> DatasetLayout:
+    """Read a dataset folder's metadata and prompts (headers and voxels are checked by ``verify_dataset``).
+
+    Raises:
+        MedTextSegError: naming the file (and line) of the first problem found.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise MedTextSegError(f"{root}: dataset folder not found")
+    channel_names, labels, file_ending, spatial_dims = _parse_dataset_json(root / "dataset.json")
+    cases = _find_cases(root, len(channel_names), file_ending)
+    _parse_prompts(root / "prompts.jsonl", root, cases, labels)
+    splits_path = root / "splits.json"
+    if splits_path.is_file():
+        splits = _read_json(splits_path)
+        for split, members in splits.items():
+            unknown = [c for c in members if c not in cases]
+            if unknown:
+                raise MedTextSegError(f"{splits_path}: split {split!r} names unknown case {unknown[0]!r}")
+    else:
+        splits = _hash_split(list(cases))
+    return DatasetLayout(root, channel_names, labels, file_ending, spatial_dims, cases, splits)
+
+
+def verify_case(case: CaseRecord, labels: dict[str, int]) -> None:
+    """Check one case's files: same grid for every channel and the label, finite voxels, declared labels.
+
+    Raises:
+        MedTextSegError: naming the offending file.
+    """
+    reference = read_geometry(case.image_paths[0])
+    others = case.image_paths[1:] + ([case.label_path] if case.label_path else [])
+    others += [p.target for p in case.prompts if isinstance(p.target, Path)]
+    for path in others:
+        geometry = read_geometry(path)
+        if not geometry.same_grid(reference):
+            raise MedTextSegError(
+                f"{path}: not on the grid of {case.image_paths[0].name} (shape {geometry.shape} vs "
+                f"{reference.shape}, spacing {_fmt(geometry.spacing)} vs {_fmt(reference.spacing)}); "
+                "resample it onto the first channel's grid")
+    for path in case.image_paths:
+        array = read_array(path)
+        if not np.issubdtype(array.dtype, np.number):
+            raise MedTextSegError(f"{path}: voxels are not numbers (dtype {array.dtype})")
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        if bad:
+            raise MedTextSegError(f"{path}: {bad} NaN or infinite voxels; fix or mask them before use")
+    if case.label_path is not None:
+        values = np.unique(read_array(case.label_path))
+        if not np.all(np.isfinite(values)) or np.any(values != np.round(values)):
+            raise MedTextSegError(f"{case.label_path}: label map has non-integer values")
+        undeclared = sorted(set(values.astype(int).tolist()) - set(labels.values()))
+        if undeclared:
+            raise MedTextSegError(f"{case.label_path}: label value {undeclared[0]} is not declared in "
+                                  f"dataset.json labels {sorted(labels.values())}")
+
+
+def verify_dataset(layout: DatasetLayout, case_ids: list[str] | None = None, progress: bool = False) -> None:
+    """Check every case (or the given ones) before any training; see ``verify_case``."""
+    ids = case_ids if case_ids is not None else list(layout.cases)
+    iterator = ids
+    if progress:
+        from rich.progress import track
+
+        iterator = track(ids, description="checking dataset", transient=True)
+    for case in iterator:
+        verify_case(layout.cases[case], layout.labels)
+
+
+def _fmt(values: tuple[float, ...]) -> str:
+    return "x".join(f"{v:.3g}" for v in values)

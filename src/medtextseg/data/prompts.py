@@ -1,0 +1,46 @@
+"""Prompt text rules: what a valid prompt is, and how a left-right flip rewrites it."""
+
+from __future__ import annotations
+
+import re
+
+from medtextseg.utils.errors import MedTextSegError
+
+MAX_PROMPT_CHARACTERS = 300
+
+_SIDE_WORDS = {"left": "right", "right": "left", "Left": "Right", "Right": "Left", "LEFT": "RIGHT",
+               "RIGHT": "LEFT", "l": "r", "r": "l", "L": "R", "R": "L"}
+# "left"/"right" as words or word prefixes ("left-sided", "leftmost"); single letters only as standalone
+# words before a zone abbreviation ("L PZ"), so "R" in other contexts is untouched.
+_SIDE_PATTERN = re.compile(r"\b(left|right|Left|Right|LEFT|RIGHT)|\b([lLrR])(?=\s+(?:PZ|TZ|pz|tz)\b)")
+
+
+def validate_prompt(prompt: object, where: str = "prompt") -> str:
+    """Return the stripped prompt, or raise a one-line error saying why it cannot be used.
+
+    A prompt must be a string of 1 to 300 characters containing at least two letters.
+    """
+    if not isinstance(prompt, str):
+        raise MedTextSegError(f"{where}: a prompt must be text, got {type(prompt).__name__}")
+    text = " ".join(prompt.split())
+    if not text:
+        raise MedTextSegError(f"{where}: the prompt is empty; say what to segment, e.g. 'the prostate gland'")
+    if len(text) > MAX_PROMPT_CHARACTERS:
+        raise MedTextSegError(f"{where}: the prompt has {len(text)} characters, more than "
+                              f"{MAX_PROMPT_CHARACTERS}; describe one target in a sentence")
+    if sum(ch.isalpha() for ch in text) < 2:
+        raise MedTextSegError(f"{where}: the prompt {text!r} has no words; say what to segment")
+    return text
+
+
+def swap_left_right(prompt: str) -> str:
+    """The prompt as it reads after a left-right mirror of the image: 'left' <-> 'right'.
+
+    >>> swap_left_right("the lesion in the left PZ, not the right-sided one")
+    'the lesion in the right PZ, not the left-sided one'
+    """
+    return _SIDE_PATTERN.sub(lambda m: _SIDE_WORDS[m.group(0)], prompt)
+
+
+def is_lateralised(prompt: str) -> bool:
+    return _SIDE_PATTERN.search(prompt) is not None

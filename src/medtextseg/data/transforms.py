@@ -1,0 +1,52 @@
+"""MONAI pipelines that bring any input into the model's space: channels stacked, RAS, spacing, z-score.
+
+The same ``preparation`` serves training and prediction; prediction inverts it (``monai.transforms.Invertd``)
+to write outputs on the input file's grid.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+
+from monai.data import NibabelReader
+from monai.transforms import (
+    Compose,
+    EnsureTyped,
+    LoadImaged,
+    NormalizeIntensityd,
+    Orientationd,
+    Spacingd,
+)
+
+from medtextseg.data.sitk_reader import SimpleITKReader
+
+# MONAI warns on every image reader it builds when nvImageCodec (a CUDA DICOM decoder) is missing; on the
+# CPU that is expected and the warning would fill the terminal once per case.
+logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)
+warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader")
+
+
+def preparation(spacing: Sequence[float] | None = None, label_keys: Sequence[str] = ()) -> Compose:
+    """Load ``image`` (a list of co-registered channel files) and optional masks, orient to RAS,
+    resample to ``spacing`` (mm; None keeps the file's), and z-score each image channel.
+
+    Output dict: ``image`` MetaTensor [C, X, Y, Z] float32 (RAS+ voxel order: X toward patient Right,
+    Y toward Anterior, Z toward Superior); each label key [1, X, Y, Z] on the same grid.
+    """
+    keys = ["image", *label_keys]
+    steps = [
+        # NIfTI through nibabel, every other format through SimpleITK (MONAI tries the last reader first)
+        LoadImaged(keys, reader=[SimpleITKReader(), NibabelReader()], ensure_channel_first=True, image_only=True),
+        Orientationd(keys, axcodes="RAS", labels=None),
+    ]
+    if spacing is not None:
+        # a non-positive value keeps that axis' spacing (2D data stored as X x Y x 1 keep their slice)
+        pixdim = [*spacing, -1.0] if len(spacing) == 2 else list(spacing)
+        steps.append(Spacingd(keys, pixdim=pixdim, mode=["bilinear", *["nearest"] * len(label_keys)]))
+    steps += [
+        NormalizeIntensityd("image", channel_wise=True),
+        EnsureTyped(keys, dtype=None, track_meta=True),
+    ]
+    return Compose(steps)

@@ -1,0 +1,230 @@
+"""Per-prompt segmentation metrics (computed with MONAI) and their per-group summary.
+
+Every metric compares one binary prediction with one binary target of the same 2D ``[X, Y]`` or 3D
+``[X, Y, Z]`` grid. Overlap metrics come from ``monai.metrics`` (``compute_dice``, ``compute_iou``,
+``get_confusion_matrix``); surface metrics (``compute_hausdorff_distance``,
+``compute_average_surface_distance``, ``compute_surface_dice``) take the voxel spacing, so distances are in
+millimetres.
+
+Edge-case conventions
+---------------------
+MONAI returns nan or inf when a mask is empty. Text prompts make empty masks ordinary: an *absent* prompt
+("the lesion in the left apex" when there is none) has an empty target, and the correct answer is an
+empty prediction. So every case is decided here, explicitly, and no metric is ever nan::
+
+    masks                                  dice  iou  precision  recall  nsd  hd95  assd
+    both empty (a correct answer)           1     1      1         1      1    0     0
+    only the target empty (false positive)  0     0      0         1      0    inf   inf
+    only the prediction empty (a miss)      0     0      1         0      0    inf   inf
+    neither empty                          MONAI's values, all finite
+
+* Precision and recall use vacuous truth when their denominator is zero: with nothing predicted no
+  predicted voxel is wrong (precision 1), with nothing to find nothing was missed (recall 1). This keeps
+  every mean finite; the failure still shows in dice, iou, nsd and the other of the pair (0).
+* The distances are inf when exactly one mask is empty: there is no surface to measure to.
+  :func:`summarize` averages them over the finite values and counts the infinite ones separately.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import numpy as np
+
+from medtextseg.utils.errors import MedTextSegError
+
+#: Metrics averaged with mean and std in :func:`summarize` (higher is better, all in [0, 1]).
+OVERLAP_METRICS: tuple[str, ...] = ("dice", "iou", "precision", "recall", "nsd")
+#: Distance metrics in mm (lower is better); may be inf, see the module docstring.
+DISTANCE_METRICS: tuple[str, ...] = ("hd95", "assd")
+#: Keys of the dict returned by :func:`segmentation_metrics`.
+METRIC_KEYS: tuple[str, ...] = (*OVERLAP_METRICS, *DISTANCE_METRICS,
+                                "pred_voxels", "target_voxels", "pred_empty", "target_empty")
+#: ``group`` of the summary row over all records. Not "all": "all" is a prompt kind ("outline all lesions").
+OVERALL_GROUP = "overall"
+
+
+def _check_inputs(prediction: np.ndarray, target: np.ndarray,
+                  spacing: Sequence[float], nsd_tolerance_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    prediction, target = np.asarray(prediction), np.asarray(target)
+    if prediction.shape != target.shape:
+        raise MedTextSegError(f"segmentation_metrics: prediction and target must have the same shape, "
+                              f"got prediction {prediction.shape} and target {target.shape}")
+    if prediction.ndim not in (2, 3):
+        raise MedTextSegError(f"segmentation_metrics: masks must be 2D [X, Y] or 3D [X, Y, Z], "
+                              f"got shape {prediction.shape}")
+    if len(spacing) != prediction.ndim:
+        raise MedTextSegError(f"segmentation_metrics: spacing needs one value (mm) per axis of the "
+                              f"{prediction.ndim}D masks, got {len(spacing)}: {tuple(spacing)}")
+    if not all(math.isfinite(s) and s > 0 for s in spacing):
+        raise MedTextSegError(f"segmentation_metrics: spacing must be positive and finite, "
+                              f"got {tuple(spacing)}")
+    if not (math.isfinite(nsd_tolerance_mm) and nsd_tolerance_mm >= 0):
+        raise MedTextSegError(f"segmentation_metrics: nsd_tolerance_mm must be >= 0 and finite, "
+                              f"got {nsd_tolerance_mm}")
+    masks = []
+    for name, mask in (("prediction", prediction), ("target", target)):
+        # A probability map or a label map passed by mistake would give plausible-looking numbers.
+        if mask.dtype != bool and np.any((mask != 0) & (mask != 1)):
+            raise MedTextSegError(f"segmentation_metrics: {name} must be a binary mask (bool or 0/1), "
+                                  f"found values {np.unique(mask)[:5].tolist()}...; threshold it first")
+        masks.append(mask.astype(bool))
+    return masks[0], masks[1]
+
+
+def segmentation_metrics(prediction: np.ndarray, target: np.ndarray, spacing: Sequence[float],
+                         nsd_tolerance_mm: float = 1.0) -> dict[str, float | bool | int]:
+    """Overlap and surface metrics of one binary prediction against one binary target.
+
+    Args:
+        prediction: binary mask, shape ``[X, Y]`` or ``[X, Y, Z]``, bool or 0/1.
+        target: binary mask of the same shape.
+        spacing: voxel size in mm along each axis, ``len(spacing) == prediction.ndim``.
+        nsd_tolerance_mm: a surface point counts as correct in the normalized surface Dice (NSD) when it
+            lies within this distance (inclusive) of the other surface.
+
+    Returns:
+        ``dice``, ``iou``, ``precision``, ``recall``, ``nsd`` (floats in [0, 1]); ``hd95`` (95th percentile
+        symmetric Hausdorff distance, mm) and ``assd`` (average symmetric surface distance, mm), floats that
+        are inf when exactly one mask is empty; ``pred_voxels``, ``target_voxels`` (int);
+        ``pred_empty``, ``target_empty`` (bool). Empty masks follow the module docstring's table.
+
+    Raises:
+        MedTextSegError: shapes differ, the masks are not 2D/3D or not binary, or ``spacing`` has the
+            wrong length or a non-positive value.
+
+    Example:
+        >>> target = np.zeros((1, 1, 10), bool); target[0, 0, 2:10] = True
+        >>> prediction = np.zeros((1, 1, 10), bool); prediction[0, 0, 0:6] = True
+        >>> m = segmentation_metrics(prediction, target, spacing=(1.0, 1.0, 1.0))
+        >>> [round(m[key], 4) for key in ("dice", "iou", "precision", "recall")]  # 4 of 6 and 4 of 8 overlap
+        [0.5714, 0.4, 0.6667, 0.5]
+    """
+    prediction, target = _check_inputs(prediction, target, spacing, nsd_tolerance_mm)
+    pred_voxels, target_voxels = int(prediction.sum()), int(target.sum())
+    counts: dict[str, Any] = {"pred_voxels": pred_voxels, "target_voxels": target_voxels,
+                              "pred_empty": pred_voxels == 0, "target_empty": target_voxels == 0}
+    if pred_voxels == 0 and target_voxels == 0:
+        return {"dice": 1.0, "iou": 1.0, "precision": 1.0, "recall": 1.0, "nsd": 1.0,
+                "hd95": 0.0, "assd": 0.0, **counts}
+    if target_voxels == 0:
+        return {"dice": 0.0, "iou": 0.0, "precision": 0.0, "recall": 1.0, "nsd": 0.0,
+                "hd95": math.inf, "assd": math.inf, **counts}
+    if pred_voxels == 0:
+        return {"dice": 0.0, "iou": 0.0, "precision": 1.0, "recall": 0.0, "nsd": 0.0,
+                "hd95": math.inf, "assd": math.inf, **counts}
+
+    # Imported here: MONAI takes seconds to import, and summaries, reports and the CLI's --help need none of it.
+    import torch
+    from monai.metrics import (
+        compute_average_surface_distance,
+        compute_confusion_matrix_metric,
+        compute_dice,
+        compute_hausdorff_distance,
+        compute_iou,
+        compute_surface_dice,
+        get_confusion_matrix,
+    )
+
+    # MONAI wants one-hot [B, C, *spatial]; our single channel is the foreground, so keep "background".
+    y_pred = torch.from_numpy(prediction)[None, None].float()
+    y = torch.from_numpy(target)[None, None].float()
+    spacing = [float(s) for s in spacing]
+    confusion = get_confusion_matrix(y_pred, y, include_background=True)
+    with warnings.catch_warnings():
+        # MONAI's own internal call to get_mask_edges triggers its deprecation warning (MONAI 1.5-1.6).
+        warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*", category=FutureWarning)
+        values = {
+            "dice": compute_dice(y_pred, y, include_background=True, ignore_empty=False),
+            "iou": compute_iou(y_pred, y, include_background=True, ignore_empty=False),
+            "precision": compute_confusion_matrix_metric("precision", confusion),
+            "recall": compute_confusion_matrix_metric("recall", confusion),
+            "nsd": compute_surface_dice(y_pred, y, class_thresholds=[float(nsd_tolerance_mm)],
+                                        include_background=True, spacing=spacing),
+            "hd95": compute_hausdorff_distance(y_pred, y, include_background=True, percentile=95,
+                                               spacing=spacing),
+            "assd": compute_average_surface_distance(y_pred, y, include_background=True, symmetric=True,
+                                                     spacing=spacing),
+        }
+    return {name: float(value.reshape(-1)[0]) for name, value in values.items()} | counts
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    array = np.asarray(values, dtype=float)
+    return float(array.mean()), float(array.std())
+
+
+def _group_sort_key(value: Any) -> tuple[int, float, str]:
+    # Numbers (e.g. n_lesions) in numeric order first, then everything else alphabetically.
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        return (0, float(value), "")
+    return (1, 0.0, str(value))
+
+
+def _summarize_group(group: str, group_by: str, records: list[dict]) -> dict[str, Any]:
+    row: dict[str, Any] = {"group": group, "group_by": group_by, "n": len(records)}
+    for name in OVERLAP_METRICS:
+        row[f"{name}_mean"], row[f"{name}_std"] = _mean_std([float(r[name]) for r in records])
+    for name in DISTANCE_METRICS:
+        values = [float(r[name]) for r in records]
+        finite = [v for v in values if math.isfinite(v)]
+        row[f"{name}_mean"], row[f"{name}_std"] = _mean_std(finite)
+        row[f"{name}_inf"] = len(values) - len(finite)
+    empty_target = [r for r in records if bool(r["target_empty"])]
+    row["n_empty_target"] = len(empty_target)
+    row["empty_correct"] = (sum(bool(r["pred_empty"]) for r in empty_target) / len(empty_target)
+                            if empty_target else None)
+    row["false_positive_cases"] = sum(not bool(r["pred_empty"]) for r in empty_target)
+    row["missed_cases"] = sum(bool(r["pred_empty"]) and not bool(r["target_empty"]) for r in records)
+    return row
+
+
+def summarize(records: list[dict], group_by: str = "kind") -> list[dict]:
+    """One summary row per value of ``record[group_by]``, then one row over all records.
+
+    Args:
+        records: one dict per (case, prompt), holding the keys of :func:`segmentation_metrics` and
+            ``group_by`` (other keys such as ``case``, ``prompt`` or ``n_lesions`` are ignored).
+        group_by: any record key; numeric values (``n_lesions``) are sorted numerically, others
+            alphabetically.
+
+    Returns:
+        Rows (dicts) with ``group`` (the value as str; the last row is :data:`OVERALL_GROUP`), ``group_by``,
+        ``n``; ``{m}_mean`` and ``{m}_std`` (population std, ddof=0) for dice, iou, precision, recall,
+        nsd; ``hd95_mean``/``hd95_std``/``assd_mean``/``assd_std`` over the finite values (None when none
+        is finite) with ``hd95_inf``/``assd_inf`` counting the infinite ones; ``n_empty_target``;
+        ``empty_correct``, the fraction of empty-target records answered with an empty prediction (None
+        when the group has no empty target); ``false_positive_cases`` (empty target, non-empty
+        prediction) and ``missed_cases`` (non-empty target, empty prediction).
+
+    Raises:
+        MedTextSegError: no records, a record without ``group_by`` or a metric key, or a group value that
+            equals :data:`OVERALL_GROUP`.
+    """
+    if not records:
+        raise MedTextSegError("summarize: records is empty; evaluate at least one (case, prompt) first")
+    groups: dict[Any, list[dict]] = {}
+    for index, record in enumerate(records):
+        where = f"record {index} (case {record.get('case')!r}, prompt {record.get('prompt')!r})"
+        if group_by not in record:
+            raise MedTextSegError(f"summarize: {where} has no key group_by={group_by!r}; "
+                                  f"its keys are {sorted(record)}")
+        missing = [key for key in (*OVERLAP_METRICS, *DISTANCE_METRICS, "pred_empty", "target_empty")
+                   if key not in record]
+        if missing:
+            raise MedTextSegError(f"summarize: {where} lacks metric keys {missing}; "
+                                  "build records from segmentation_metrics()")
+        if str(record[group_by]) == OVERALL_GROUP:
+            raise MedTextSegError(f"summarize: {where} has {group_by}={OVERALL_GROUP!r}, the name of the "
+                                  "summary row over all records; rename that group")
+        value = record[group_by]
+        groups.setdefault(value if isinstance(value, Hashable) else str(value), []).append(record)
+    rows = [_summarize_group(str(value), group_by, groups[value])
+            for value in sorted(groups, key=_group_sort_key)]
+    rows.append(_summarize_group(OVERALL_GROUP, group_by, list(records)))
+    return rows

@@ -1,0 +1,99 @@
+"""``evaluate``: predict every prompt of a split with a trained model and score it on the files' grids."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from medtextseg.data.io import read_array, read_geometry
+from medtextseg.data.layout import CaseRecord, PromptRecord, load_dataset, verify_dataset
+from medtextseg.evaluation.metrics import segmentation_metrics, summarize
+from medtextseg.evaluation.report import save_loss_curve, save_overlay, write_records, write_summary
+from medtextseg.inference.predictor import Predictor
+from medtextseg.utils.atomic import write_text_atomic
+
+
+def prompt_target(case: CaseRecord, prompt: PromptRecord, label: np.ndarray | None) -> np.ndarray:
+    """The target of a prompt on the case's file grid, bool [*file_shape]."""
+    if isinstance(prompt.target, Path):
+        return read_array(prompt.target) > 0
+    if not prompt.target:
+        return np.zeros(read_geometry(case.image_paths[0]).shape, dtype=bool)
+    return np.isin(label, prompt.target)
+
+
+def result_group(prompt: PromptRecord) -> str:
+    """The reporting group: the prompt kind, with referring prompts in multi-lesion cases apart."""
+    if prompt.kind == "single" and int(prompt.meta.get("n_lesions", 0)) >= 2:
+        return "single_2plus"
+    return prompt.kind
+
+
+def to_ras(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Reorient a file-order array [*spatial] to RAS-canonical voxel order (for display only)."""
+    import nibabel as nib
+
+    ornt = nib.orientations.io_orientation(affine)
+    return nib.orientations.apply_orientation(array, ornt)
+
+
+def evaluate_run(run: str | Path, data_root: str | Path, out_dir: str | Path, split: str = "test",
+                 save_masks: bool = True, overlays_per_group: int = 2, overlay_channel: int = 0,
+                 nsd_tolerance_mm: float = 1.0, progress: bool = True) -> list[dict]:
+    """Evaluate a run on a dataset split; write per-prompt metrics, a summary per group, overlays.
+
+    Returns the summary rows (one per prompt kind, plus ``single_2plus`` and ``all``).
+    """
+    out_dir = Path(out_dir)
+    layout = load_dataset(data_root)
+    cases = layout.split(split)
+    verify_dataset(layout, [c.case for c in cases], progress=progress)
+    predictor = Predictor(run)
+    records: list[dict] = []
+    overlay_count: dict[str, int] = defaultdict(int)
+    iterator = cases
+    if progress:
+        from rich.progress import track
+
+        iterator = track(cases, description=f"evaluating {split}")
+    for case in iterator:
+        if not case.prompts:
+            continue
+        geometry = read_geometry(case.image_paths[0])
+        label = read_array(case.label_path) if case.label_path else None
+        results = predictor.predict(case.image_paths, [p.prompt for p in case.prompts])
+        spatial = geometry.shape if layout.spatial_dims == 3 else geometry.shape[:2]
+        spacing = geometry.spacing[: len(spatial)]
+        index = []
+        for number, (prompt, result) in enumerate(zip(case.prompts, results, strict=True)):
+            target = prompt_target(case, prompt, label)
+            metrics = segmentation_metrics(result.mask.reshape(spatial) > 0, target.reshape(spatial), spacing,
+                                           nsd_tolerance_mm)
+            group = result_group(prompt)
+            records.append({"case": case.case, "prompt": prompt.prompt, "kind": prompt.kind, "group": group,
+                            "n_lesions": prompt.meta.get("n_lesions"), **metrics})
+            if save_masks:
+                mask_path = out_dir / "masks" / case.case / f"prompt_{number:02d}.nii.gz"
+                result.save(mask_path)
+                index.append({"prompt": prompt.prompt, "kind": prompt.kind, "mask": mask_path.name})
+            if overlay_count[group] < overlays_per_group and (target.any() or group == "absent"):
+                overlay_count[group] += 1
+                image = read_array(case.image_paths[min(overlay_channel, len(case.image_paths) - 1)])
+                save_overlay(to_ras(image, geometry.affine).reshape(spatial),
+                             to_ras(target, geometry.affine).reshape(spatial),
+                             to_ras(result.mask, geometry.affine).reshape(spatial),
+                             out_dir / "overlays" / f"{group}_{overlay_count[group]}_{case.case}.png",
+                             title=f"{case.case}: {prompt.prompt}  (Dice {metrics['dice']:.2f})",
+                             probability=to_ras(result.probability, geometry.affine).reshape(spatial))
+        if save_masks:
+            write_text_atomic(out_dir / "masks" / case.case / "prompts.json", json.dumps(index, indent=1))
+    write_records(records, out_dir)
+    rows = summarize(records, group_by="group") if records else []
+    write_summary(rows, out_dir, title=f"{Path(run).name} on {layout.root.name} ({split})")
+    log = Path(run) / "log.jsonl" if Path(run).is_dir() else Path(run).parent / "log.jsonl"
+    if log.is_file():
+        save_loss_curve(log, out_dir / "loss_curve.png")
+    return rows

@@ -1,0 +1,145 @@
+"""Prediction from files: image loaded once for all its prompts, outputs on exactly the input's grid.
+
+Files -> ``preparation`` (RAS, spacing, z-score) -> sliding window for all prompts at once ->
+``Invertd`` back to the file grid -> threshold (+ optional small-component removal) -> ``Segmentation``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Invertd
+
+from medtextseg.config import Config
+from medtextseg.data.io import Geometry, read_geometry, write_like
+from medtextseg.data.prompts import validate_prompt
+from medtextseg.data.transforms import preparation
+from medtextseg.inference.sliding import prompt_probabilities
+from medtextseg.models.factory import create_model
+from medtextseg.text.cache import TextEmbeddingCache, cached_text_encoder
+from medtextseg.training.checkpoint import load_checkpoint
+from medtextseg.utils.errors import MedTextSegError
+
+
+@dataclass
+class Segmentation:
+    """The answer to one prompt, on the input file's grid.
+
+    Attributes:
+        prompt: the prompt as given.
+        mask: [*file_shape] uint8 in {0, 1}, file voxel order.
+        probability: [*file_shape] float32 in [0, 1].
+        reference: the first channel file; its geometry is the mask's.
+    """
+
+    prompt: str
+    mask: np.ndarray
+    probability: np.ndarray
+    reference: Path
+
+    @property
+    def geometry(self) -> Geometry:
+        return read_geometry(self.reference)
+
+    @property
+    def voxels(self) -> int:
+        return int(self.mask.sum())
+
+    @property
+    def volume_ml(self) -> float:
+        return self.voxels * float(np.prod(self.geometry.spacing)) / 1000.0
+
+    def save(self, mask_path: str | Path, probability_path: str | Path | None = None) -> None:
+        """Write the mask (and the probability map) with exactly the reference file's geometry."""
+        write_like(self.mask, self.reference, mask_path)
+        if probability_path is not None:
+            write_like(self.probability.astype(np.float32), self.reference, probability_path)
+
+    def __repr__(self) -> str:
+        return (f"Segmentation(prompt={self.prompt!r}, shape={self.mask.shape}, voxels={self.voxels}, "
+                f"volume={self.volume_ml:.2f} ml)")
+
+
+def remove_small_components(mask: np.ndarray, min_voxels: int) -> np.ndarray:
+    """Drop connected components (full connectivity) smaller than ``min_voxels``. mask: bool [*spatial]."""
+    if min_voxels <= 0 or not mask.any():
+        return mask
+    from scipy import ndimage
+
+    labels, count = ndimage.label(mask, structure=np.ones((3,) * mask.ndim))
+    sizes = np.bincount(labels.ravel())
+    keep = sizes >= min_voxels
+    keep[0] = False
+    return keep[labels]
+
+
+class Predictor:
+    """Segments images from files with a trained model.
+
+    Args:
+        checkpoint: a checkpoint file or a run folder (its ``best.pt``).
+        device: where to run (default: CUDA when available).
+    """
+
+    def __init__(self, checkpoint: str | Path, device: str | torch.device | None = None) -> None:
+        state = load_checkpoint(checkpoint)
+        self.config = Config.from_dict(state["config"])
+        self.channel_names: list[str] = list(state.get("channel_names", []))
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        cache_dir = self.config.text.cache_dir if self.config.text.cache_dir is not None else "default"
+        self.text: TextEmbeddingCache = cached_text_encoder(self.config.text.encoder, self.config.text.max_tokens,
+                                                            cache_dir)
+        self.model = create_model(self.config.model, int(state["text_dim"]))
+        self.model.load_state_dict(state["model"])
+        self.model.to(self.device).eval()
+
+    def _check_inputs(self, image_paths: list[Path]) -> None:
+        expected = self.config.model.in_channels
+        if len(image_paths) != expected:
+            names = f" ({', '.join(self.channel_names)})" if self.channel_names else ""
+            raise MedTextSegError(f"the model takes {expected} image file(s){names}, one per channel, in that "
+                                  f"order; got {len(image_paths)}")
+        reference = read_geometry(image_paths[0])
+        for path in image_paths[1:]:
+            if not read_geometry(path).same_grid(reference):
+                raise MedTextSegError(f"{path}: not on the grid of {image_paths[0]}; the channels of one "
+                                      "image must be co-registered on one grid")
+
+    @torch.no_grad()
+    def predict(self, image_paths: list[str | Path], prompts: list[str]) -> list[Segmentation]:
+        """One ``Segmentation`` per prompt for the image made of ``image_paths`` (one file per channel)."""
+        paths = [Path(p) for p in image_paths]
+        prompts = [validate_prompt(p, f"prompt {i + 1}") for i, p in enumerate(prompts)]
+        if not prompts:
+            raise MedTextSegError("no prompt given: pass at least one, e.g. -p 'the prostate gland'")
+        self._check_inputs(paths)
+        transform = preparation(self.config.data.spacing)
+        data = transform({"image": [str(p) for p in paths]})
+        image: MetaTensor = data["image"]
+        if not torch.isfinite(image.as_tensor()).all():
+            raise MedTextSegError(f"{paths[0]}: the image has NaN or infinite voxels")
+        spatial_dims = self.config.model.spatial_dims
+        model_input = image.as_tensor()[..., 0] if spatial_dims == 2 else image.as_tensor()
+        probabilities = prompt_probabilities(self.model, model_input.float(), self.text(prompts),
+                                             self.config.data.patch_size, self.config.inference.overlap)
+        if spatial_dims == 2:
+            probabilities = probabilities[..., None]
+        # back to the file's grid: MONAI replays the recorded orientation/spacing operations in reverse
+        prediction = MetaTensor(probabilities, meta=image.meta)
+        prediction.applied_operations = image.applied_operations
+        inverted = Invertd("prediction", transform, orig_keys="image", nearest_interp=False)(
+            {"prediction": prediction, "image": image})["prediction"]
+        inverted = np.clip(inverted.as_tensor().numpy().astype(np.float32), 0.0, 1.0)
+        geometry = read_geometry(paths[0])
+        if inverted.shape[1:] != geometry.shape:  # 2D files may carry a trailing singleton axis
+            inverted = inverted.reshape((inverted.shape[0], *geometry.shape))
+        results = []
+        for prompt, probability in zip(prompts, inverted, strict=True):
+            mask = remove_small_components(probability > self.config.inference.threshold,
+                                           self.config.inference.min_component_voxels)
+            results.append(Segmentation(prompt, mask.astype(np.uint8), probability, paths[0]))
+        return results

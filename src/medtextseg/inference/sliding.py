@@ -1,0 +1,56 @@
+"""Probabilities for several prompts of one image in one sliding-window pass (MONAI's inferer).
+
+The prompts ride along as channels: the predictor returns [1, P, *window] for a window, so MONAI's
+Gaussian blending stitches all prompts at once and the image encoder runs once per window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from monai.inferers import sliding_window_inference
+from torch import Tensor, nn
+
+from medtextseg.text.batch import TextBatch
+
+
+@torch.no_grad()
+def prompt_probabilities(model: nn.Module, image: Tensor, text: TextBatch, patch_size: Sequence[int],
+                         overlap: float = 0.25, prompt_chunk: int = 16) -> Tensor:
+    """Probability that each voxel belongs to what each prompt names.
+
+    Per window, p = sigmoid(mask logit) * sigmoid(presence logit) when the model has a presence head:
+    the probability that the target is present in the window and that the voxel is part of it.
+
+    Args:
+        model: a segmenter (``forward(image, text, image_index) -> ModelOutput``), in eval mode.
+        image: [C, *spatial] z-scored, model space (RAS).
+        text: P encoded prompts (on the model's device).
+        patch_size: the window size; images smaller than it are padded by MONAI.
+        overlap: window overlap fraction.
+        prompt_chunk: prompts decoded together (bounds memory for long prompt lists).
+
+    Returns:
+        [P, *spatial] float32 probabilities in [0, 1].
+    """
+    device = next(model.parameters()).device
+    outputs = []
+    for start in range(0, len(text), prompt_chunk):
+        rows = list(range(start, min(start + prompt_chunk, len(text))))
+        chunk = text.index(rows).to(device)
+        index = torch.zeros(len(rows), dtype=torch.long, device=device)
+
+        def predict(window: Tensor, chunk: TextBatch = chunk, index: Tensor = index) -> Tensor:
+            out = model(window, chunk, index)
+            probability = torch.sigmoid(out.logits.float())  # [P, 1, *window]
+            if out.presence is not None:
+                probability = probability * torch.sigmoid(out.presence.float()).view(-1, 1,
+                                                                                     *[1] * (window.ndim - 2))
+            return probability.transpose(0, 1)  # [1, P, *window]
+
+        blended = sliding_window_inference(image[None].to(device), roi_size=list(patch_size), sw_batch_size=1,
+                                           predictor=predict, overlap=overlap, mode="gaussian")
+        outputs.append(blended[0].float().cpu())
+    result = torch.cat(outputs)
+    return result.as_tensor() if hasattr(result, "as_tensor") else result

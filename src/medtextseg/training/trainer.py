@@ -1,0 +1,288 @@
+"""Training: a config in, a run folder out (resolved config, JSONL log, ``last.pt`` / ``best.pt``).
+
+The loop is step-based and deterministic by seed. A killed run resumes from its last checkpoint with
+``resume=True`` and continues exactly where it stopped (same samples, same optimiser and RNG state).
+Under ``torchrun`` the model is wrapped in DistributedDataParallel, each rank trains on its share of
+the images (DistributedSampler), and rank 0 validates, logs and writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
+
+from medtextseg.config import Config
+from medtextseg.data.dataset import PreparedCase, PromptSampleDataset, collate_prompt_samples, prepare_case
+from medtextseg.data.layout import load_dataset, verify_dataset
+from medtextseg.data.prompts import swap_left_right
+from medtextseg.losses.segmentation import PromptSegmentationLoss
+from medtextseg.models.factory import count_parameters, create_model
+from medtextseg.text.cache import TextEmbeddingCache, cached_text_encoder
+from medtextseg.training.checkpoint import load_checkpoint, save_checkpoint
+from medtextseg.training.distributed import DistributedContext, init_distributed, shutdown_distributed
+from medtextseg.training.validation import validation_dice
+from medtextseg.utils.atomic import write_text_atomic
+from medtextseg.utils.errors import MedTextSegError
+
+
+def text_cache_for(config: Config) -> TextEmbeddingCache:
+    cache_dir = config.text.cache_dir if config.text.cache_dir is not None else "default"
+    return cached_text_encoder(config.text.encoder, config.text.max_tokens, cache_dir)
+
+
+def prepare_cases(layout, case_ids: list[str], config: Config, progress: bool,
+                  description: str) -> list[PreparedCase]:
+    iterator = case_ids
+    if progress:
+        from rich.progress import track
+
+        iterator = track(case_ids, description=description, transient=True)
+    return [prepare_case(layout.cases[c], config.data.spacing, layout.spatial_dims) for c in iterator]
+
+
+def _lr_factor(step: int, config: Config) -> float:
+    """Linear warm-up, then cosine decay to 1% of the base rate."""
+    warmup, total = config.train.warmup_steps, config.train.steps
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(total - warmup, 1)
+    return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def _truncate_log(log_path: Path, last_step: int) -> None:
+    """Drop log lines written after the checkpoint a resumed run restarts from."""
+    if not log_path.is_file():
+        return
+    kept = [line for line in log_path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= last_step]
+    write_text_atomic(log_path, "".join(f"{line}\n" for line in kept))
+
+
+class Trainer:
+    """Trains the model a config describes on ``config.data.root`` into ``run_dir``."""
+
+    def __init__(self, config: Config, run_dir: str | Path, resume: bool = False, progress: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        self.resume = resume
+        self.progress = progress
+        self.ctx: DistributedContext = init_distributed()
+        last = self.run_dir / "last.pt"
+        if resume:
+            if not last.is_file():
+                raise MedTextSegError(f"{self.run_dir}: nothing to resume (no last.pt); start without --resume")
+        elif last.is_file():
+            raise MedTextSegError(f"{self.run_dir}: a run already exists here; pass --resume to continue it "
+                                  "or choose another --out")
+        if config.data.root is None:
+            raise MedTextSegError("config field 'data.root' is not set: pass --data DATASET_FOLDER")
+        self.config = config
+
+    # ---------------------------------------------------------------- set-up
+    def _setup(self) -> None:
+        config, ctx = self.config, self.ctx
+        seed = config.train.seed
+        random.seed(seed + ctx.rank)
+        np.random.seed(seed + ctx.rank)
+        torch.manual_seed(seed + ctx.rank)
+        if config.train.num_threads:
+            torch.set_num_threads(config.train.num_threads)
+
+        self.layout = load_dataset(config.data.root)
+        if self.layout.spatial_dims != config.model.spatial_dims:
+            raise MedTextSegError(f"config field 'model.spatial_dims' is {config.model.spatial_dims} but the "
+                                  f"dataset {self.layout.root} is {self.layout.spatial_dims}D; use a "
+                                  f"{self.layout.spatial_dims}D preset (e.g. default_2d)")
+        if len(self.layout.channel_names) != config.model.in_channels:
+            raise MedTextSegError(f"config field 'model.in_channels' is {config.model.in_channels} but "
+                                  f"{self.layout.root / 'dataset.json'} declares {len(self.layout.channel_names)} "
+                                  f"channels ({', '.join(self.layout.channel_names)})")
+        train_ids, val_ids = self.layout.splits.get("train", []), self.layout.splits.get("val", [])
+        if not train_ids:
+            raise MedTextSegError(f"{self.layout.root}: the train split is empty")
+        val_ids = val_ids[: config.train.val_cases]
+        verify_dataset(self.layout, train_ids + val_ids, progress=self.progress and ctx.is_main)
+        show = self.progress and ctx.is_main
+        self.train_cases = prepare_cases(self.layout, train_ids, config, show, "preparing training cases")
+        self.val_cases = prepare_cases(self.layout, val_ids, config, show, "preparing validation cases")
+
+        self.text = text_cache_for(config)
+        prompts = {p.prompt for c in self.train_cases + self.val_cases for p in c.prompts}
+        prompts |= {swap_left_right(p) for p in prompts}
+        if ctx.is_main:  # rank 0 encodes and fills the disk cache; the others then read it
+            self.text.warm(sorted(prompts))
+        ctx.barrier()
+        self.text.warm(sorted(prompts))
+
+        self.model = create_model(config.model, self.text.dim).to(ctx.device)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.train.lr,
+                                           weight_decay=config.train.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: _lr_factor(s, config))
+        self.loss = PromptSegmentationLoss(config.loss)
+        self.dataset = PromptSampleDataset(self.train_cases, config.data.patch_size, config.data.prompts_per_image,
+                                           config.data.kind_weights, config.data.flip_left_right,
+                                           config.data.intensity_augmentation, seed)
+        self.sampler = DistributedSampler(self.dataset, num_replicas=ctx.world_size, rank=ctx.rank,
+                                          shuffle=True, seed=seed, drop_last=True)
+        per_rank = len(self.sampler)
+        if per_rank < config.train.batch_images:
+            raise MedTextSegError(f"config field 'train.batch_images' is {config.train.batch_images} but each "
+                                  f"of {ctx.world_size} process(es) has only {per_rank} training images")
+        self.steps_per_epoch = per_rank // config.train.batch_images
+        self.step = 0
+        self.best = -1.0
+        if self.resume:
+            self._restore(load_checkpoint(self.run_dir / "last.pt"))
+        self.network = (DistributedDataParallel(self.model, device_ids=[ctx.device] if ctx.device.type == "cuda"
+                                                else None) if ctx.enabled else self.model)
+        self.use_amp = config.train.amp and ctx.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+
+    def _restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.best = int(state["step"]), float(state["best"])
+        random.setstate(state["rng"]["python"])
+        np.random.set_state(state["rng"]["numpy"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if self.ctx.is_main:
+            _truncate_log(self.run_dir / "log.jsonl", self.step)
+
+    # ---------------------------------------------------------------- outputs
+    def _state(self, full: bool) -> dict:
+        state = {"model": self.model.state_dict(), "config": self.config.model_dump(mode="json"),
+                 "text_encoder": self.text.encoder_name, "text_dim": self.text.dim, "step": self.step,
+                 "best": self.best, "channel_names": self.layout.channel_names,
+                 "spatial_dims": self.layout.spatial_dims}
+        if full:
+            state |= {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                      "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
+                              "torch": torch.get_rng_state()}}
+        return state
+
+    def _log(self, record: dict) -> None:
+        with open(self.run_dir / "log.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def _validate_and_save(self) -> dict[str, float]:
+        scores: dict[str, float] = {}
+        if self.ctx.is_main:
+            if self.val_cases:
+                scores = validation_dice(self.model, self.val_cases, self.text, self.config.data.patch_size,
+                                         self.config.inference.threshold)
+                self._log({"step": self.step, **scores})
+            # without validation cases the latest weights count as the best
+            if not scores or scores["val_dice"] > self.best:
+                self.best = scores.get("val_dice", self.best)
+                save_checkpoint(self.run_dir / "best.pt", self._state(full=False))
+            save_checkpoint(self.run_dir / "last.pt", self._state(full=True))
+        self.ctx.barrier()
+        return scores
+
+    # ---------------------------------------------------------------- loop
+    def _batches(self):
+        """Batches from the current step on; the epoch and the position in it follow from the step."""
+        while True:
+            epoch, skip = divmod(self.step, self.steps_per_epoch)
+            self.sampler.set_epoch(epoch)
+            self.dataset.epoch = epoch
+            batches = list(BatchSampler(self.sampler, self.config.train.batch_images, drop_last=True))
+            loader = DataLoader(self.dataset, batch_sampler=batches[skip:], collate_fn=collate_prompt_samples)
+            yield from loader
+
+    def _train_step(self, batch: dict) -> dict[str, float]:
+        device = self.ctx.device
+        image = batch["image"].to(device, non_blocking=True)
+        targets = batch["targets"].to(device, non_blocking=True)
+        text = self.text(batch["prompts"]).to(device)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=self.use_amp):
+            output = self.network(image, text, batch["image_index"].to(device))
+        loss, parts = self.loss(output, targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):  # skip the update rather than poison the weights
+            self.scheduler.step()
+            return {"loss": float("nan"), **parts}
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return {"loss": float(loss.detach()), **parts}
+
+    def run(self) -> Path:
+        """Train to ``config.train.steps`` and return the run folder."""
+        try:
+            return self._run()
+        finally:
+            shutdown_distributed()
+
+    def _run(self) -> Path:
+        ctx, config = self.ctx, self.config
+        if ctx.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._setup()
+        if ctx.is_main:
+            write_text_atomic(self.run_dir / "config.yaml", config.to_yaml())
+            if not self.resume:
+                self._log({"step": 0, "event": "start", "parameters": count_parameters(self.model),
+                           "world_size": ctx.world_size, "device": str(ctx.device)})
+        self.model.train()
+        total = config.train.steps
+        progress = None
+        if self.progress and ctx.is_main:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            progress = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                                TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
+            task = progress.add_task("train", total=total, completed=self.step, info="")
+            progress.start()
+        started, window = time.perf_counter(), []
+        try:
+            batches = self._batches()
+            while self.step < total:
+                parts = self._train_step(next(batches))
+                self.step += 1
+                window.append(parts["loss"])
+                if ctx.is_main and (self.step % 10 == 0 or self.step == total):
+                    self._log({"step": self.step, "loss": ctx.mean(float(np.nanmean(window))),
+                               **{k: v for k, v in parts.items() if k != "loss"},
+                               "lr": self.scheduler.get_last_lr()[0],
+                               "seconds": round(time.perf_counter() - started, 2)})
+                    window = []
+                elif ctx.enabled and (self.step % 10 == 0 or self.step == total):
+                    ctx.mean(float(np.nanmean(window)))  # every rank joins the all-reduce
+                    window = []
+                if self.step % config.train.val_every == 0 or self.step == total:
+                    scores = self._validate_and_save()
+                    if progress is not None and scores:
+                        progress.update(task, info=f"val Dice {scores['val_dice']:.3f}")
+                if progress is not None:
+                    progress.update(task, completed=self.step)
+        except KeyboardInterrupt:
+            if ctx.is_main:  # keep what was learnt: resume continues from here
+                save_checkpoint(self.run_dir / "last.pt", self._state(full=True))
+            raise
+        finally:
+            if progress is not None:
+                progress.stop()
+        if ctx.is_main:
+            self._log({"step": self.step, "event": "end", "seconds": round(time.perf_counter() - started, 2),
+                       "best_val_dice": self.best})
+        return self.run_dir
+
+
+def train(config: Config, run_dir: str | Path, resume: bool = False, progress: bool = True) -> Path:
+    """Train ``config`` into ``run_dir`` (continuing its ``last.pt`` when ``resume``); return the run folder."""
+    return Trainer(config, run_dir, resume=resume, progress=progress).run()
+
+
+__all__ = ["Trainer", "load_checkpoint", "text_cache_for", "train"]

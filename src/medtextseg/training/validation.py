@@ -1,0 +1,39 @@
+"""Validation during training: Dice per prompt kind on whole validation images."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+from monai.metrics import compute_dice
+from torch import nn
+
+from medtextseg.data.dataset import PreparedCase
+from medtextseg.inference.sliding import prompt_probabilities
+from medtextseg.text.cache import TextEmbeddingCache
+
+
+def validation_dice(model: nn.Module, cases: list[PreparedCase], text: TextEmbeddingCache,
+                    patch_size: list[int], threshold: float = 0.5) -> dict[str, float]:
+    """Mean Dice per prompt kind and over all prompts (``val_dice``), on whole images.
+
+    Convention: an absent target answered with an empty mask scores 1, with anything else 0
+    (MONAI's ``ignore_empty=False``).
+    """
+    was_training = model.training
+    model.eval()
+    scores: dict[str, list[float]] = defaultdict(list)
+    overall: list[float] = []  # kept apart: "all" is also a prompt kind ("segment all lesions")
+    for case in cases:
+        prompts = [p.prompt for p in case.prompts]
+        probabilities = prompt_probabilities(model, case.image, text(prompts), patch_size)
+        prediction = (probabilities > threshold)[:, None]
+        target = torch.stack([case.target(p) for p in case.prompts])[:, None]
+        dice = compute_dice(prediction.float(), target.float(), include_background=True, ignore_empty=False)
+        for prompt, value in zip(case.prompts, dice[:, 0].tolist(), strict=True):
+            scores[prompt.kind].append(value)
+            overall.append(value)
+    model.train(was_training)
+    result = {f"val_dice_{kind}": sum(v) / len(v) for kind, v in sorted(scores.items())}
+    result["val_dice"] = sum(overall) / max(len(overall), 1)
+    return result

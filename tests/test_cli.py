@@ -1,0 +1,82 @@
+"""The command-line app, run in-process: help texts, the stage chain, and one-line errors with exit 2."""
+
+import json
+
+import nibabel as nib
+import pytest
+from typer.testing import CliRunner
+
+from medtextseg.cli import app
+
+runner = CliRunner()
+TINY = ["--set", "model.channels=[4,8,16]", "--set", "model.strides=[[1,1],[2,2],[2,2]]",
+        "--set", "data.patch_size=[48,48]", "--set", "train.steps=2", "--set", "train.val_cases=1"]
+
+
+@pytest.mark.parametrize("command", ["synth", "train", "predict", "evaluate", "compare", "presets"])
+def test_every_command_explains_itself(command):
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0
+    assert "Usage" in result.output and len(result.output.splitlines()) > 4
+
+
+def test_presets_are_listed():
+    result = runner.invoke(app, ["presets"])
+    assert result.exit_code == 0 and "default" in result.output.split()
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    assert runner.invoke(app, ["synth", "--out", str(root / "data"), "--cases", "6", "--dim", "2"]).exit_code == 0
+    result = runner.invoke(app, ["train", "--data", str(root / "data"), "--out", str(root / "run"),
+                                 "--preset", "default_2d", *TINY])
+    assert result.exit_code == 0, result.output
+    return root
+
+
+def test_predict_writes_one_mask_per_prompt_on_the_input_grid(cli_run):
+    images = sorted((cli_run / "data" / "imagesTr").glob("synth_000_*.nii.gz"))
+    out = cli_run / "pred"
+    args = ["predict", "-m", str(cli_run / "run"), *[a for p in images for a in ("-i", str(p))],
+            "-p", "the prostate gland", "-p", "the lesion in the left PZ", "-o", str(out), "--probabilities"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    index = json.loads((out / "prompts.json").read_text())
+    assert [item["prompt"] for item in index] == ["the prostate gland", "the lesion in the left PZ"]
+    for item in index:
+        mask = nib.load(str(out / item["mask"]))
+        assert mask.shape == nib.load(str(images[0])).shape
+        assert (mask.affine == nib.load(str(images[0])).affine).all()
+        assert (out / item["probability"]).is_file()
+
+
+def test_evaluate_and_compare_write_reports(cli_run):
+    out = cli_run / "eval"
+    result = runner.invoke(app, ["evaluate", "-m", str(cli_run / "run"), "-d", str(cli_run / "data"), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert {row["group"] for row in summary} >= {"anatomy", "overall"}
+    assert (out / "metrics_per_prompt.csv").is_file() and list((out / "overlays").glob("*.png"))
+    assert (out / "loss_curve.png").is_file()
+    result = runner.invoke(app, ["compare", f"a={out}", f"b={out}", "--out", str(cli_run / "report")])
+    assert result.exit_code == 0, result.output
+    assert (cli_run / "report" / "comparison_dice.png").is_file()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["train", "--data", "{data}", "--out", "{tmp}/r", "--set", "train.step=3"], "unknown config key 'train.step'"),
+    (["train", "--data", "{tmp}/nowhere", "--out", "{tmp}/r", "--preset", "default_2d"], "dataset folder not found"),
+    (["predict", "-m", "{run}", "-i", "{image}", "-p", "the gland"], "the model takes 3 image file(s)"),
+    (["predict", "-m", "{run}", "-i", "{image}", "-i", "{image}", "-i", "{image}", "-p", " "], "the prompt is empty"),
+    (["predict", "-m", "{tmp}", "-i", "{image}", "-p", "the gland"], "no best.pt or last.pt"),
+    (["synth", "--out", "{tmp}/s", "--dim", "4"], "--dim must be 2 or 3"),
+    (["compare", "x"], "expected NAME=EVALUATION_FOLDER"),
+])
+def test_bad_input_ends_with_one_line_and_status_2(cli_run, tmp_path, args, message):
+    image = sorted((cli_run / "data" / "imagesTr").glob("synth_000_*.nii.gz"))[0]
+    filled = [a.format(data=cli_run / "data", tmp=tmp_path, run=cli_run / "run", image=image) for a in args]
+    result = runner.invoke(app, filled)
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], result.output

@@ -1,0 +1,242 @@
+"""segmentation_metrics and summarize: hand-computed answers on tiny masks."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from medtextseg.evaluation.metrics import OVERALL_GROUP, segmentation_metrics, summarize
+from medtextseg.utils.errors import MedTextSegError
+
+
+def _line(length: int, start: int, stop: int) -> np.ndarray:
+    """A [1, 1, length] mask, True on k in [start, stop)."""
+    mask = np.zeros((1, 1, length), dtype=bool)
+    mask[0, 0, start:stop] = True
+    return mask
+
+
+def _planes(shape: tuple[int, ...], axis: int, index: int) -> np.ndarray:
+    """A one-voxel-thick plane (3D) or line (2D) across ``shape`` at ``index`` along ``axis``."""
+    mask = np.zeros(shape, dtype=np.uint8)
+    mask[(slice(None),) * axis + (index,)] = 1
+    return mask
+
+
+# ------------------------------------------------------------------------------------------ overlap
+
+
+def test_overlap_metrics_of_two_boxes():
+    # prediction k in [0, 6): 6 voxels; target k in [2, 10): 8 voxels; overlap k in [2, 6): 4 voxels.
+    metrics = segmentation_metrics(_line(10, 0, 6), _line(10, 2, 10), spacing=(1.0, 1.0, 1.0))
+    assert metrics["dice"] == pytest.approx(2 * 4 / (6 + 8))
+    assert metrics["iou"] == pytest.approx(4 / 10)
+    assert metrics["precision"] == pytest.approx(4 / 6)
+    assert metrics["recall"] == pytest.approx(4 / 8)
+    assert (metrics["pred_voxels"], metrics["target_voxels"]) == (6, 8)
+    assert (metrics["pred_empty"], metrics["target_empty"]) == (False, False)
+
+
+def test_identical_masks_are_perfect():
+    mask = np.zeros((5, 6, 4), dtype=bool)
+    mask[1:4, 2:5, 1:3] = True
+    metrics = segmentation_metrics(mask, mask.copy(), spacing=(0.5, 0.5, 3.0))
+    for key in ("dice", "iou", "precision", "recall", "nsd"):
+        assert metrics[key] == pytest.approx(1.0)
+    assert metrics["hd95"] == pytest.approx(0.0)
+    assert metrics["assd"] == pytest.approx(0.0)
+
+
+def test_types_are_plain_python():
+    metrics = segmentation_metrics(_line(10, 0, 6), _line(10, 2, 10), spacing=(1.0, 1.0, 1.0))
+    assert all(type(metrics[key]) is float for key in ("dice", "iou", "precision", "recall", "nsd",
+                                                        "hd95", "assd"))
+    assert type(metrics["pred_voxels"]) is int and type(metrics["pred_empty"]) is bool
+
+
+# ------------------------------------------------------------------------------------------ surfaces
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_distances_of_parallel_planes_use_the_spacing_of_their_axis(axis):
+    # Planes 3 voxels apart along `axis`: every surface point is exactly 3 * spacing[axis] from the other.
+    spacing = (0.5, 1.25, 3.0)
+    shape = (7, 7, 7)
+    metrics = segmentation_metrics(_planes(shape, axis, 1), _planes(shape, axis, 4), spacing=spacing)
+    assert metrics["hd95"] == pytest.approx(3 * spacing[axis])
+    assert metrics["assd"] == pytest.approx(3 * spacing[axis])
+    assert metrics["dice"] == 0.0
+
+
+def test_distances_in_2d():
+    metrics = segmentation_metrics(_planes((6, 8), 1, 2), _planes((6, 8), 1, 7), spacing=(0.7, 0.4))
+    assert metrics["hd95"] == pytest.approx(5 * 0.4)
+    assert metrics["assd"] == pytest.approx(5 * 0.4)
+
+
+@pytest.mark.parametrize(("tolerance", "expected"), [(1.9, 0.0), (2.0, 1.0), (2.5, 1.0)])
+def test_nsd_tolerance_is_inclusive_and_in_mm(tolerance, expected):
+    # One voxel apart along k, 2 mm voxels: all surface points are 2 mm from the other surface.
+    shape = (4, 4, 6)
+    metrics = segmentation_metrics(_planes(shape, 2, 2), _planes(shape, 2, 3), spacing=(1.0, 1.0, 2.0),
+                                   nsd_tolerance_mm=tolerance)
+    assert metrics["nsd"] == pytest.approx(expected)
+
+
+def test_nsd_counts_the_surface_within_tolerance_from_both_sides():
+    # Target: row i=2 (10 voxels). Prediction: row i=3 at j<5 (1 mm away) and row i=7 at j>=5 (5 mm away).
+    # Within 1 mm: 5 of 10 prediction points, and 5 of 10 target points (j<5; (2, 5) is sqrt(2) mm from
+    # (3, 4)). NSD = (5 + 5) / (10 + 10).
+    target = np.zeros((10, 10), dtype=bool)
+    target[2, :] = True
+    prediction = np.zeros((10, 10), dtype=bool)
+    prediction[3, :5] = True
+    prediction[7, 5:] = True
+    metrics = segmentation_metrics(prediction, target, spacing=(1.0, 1.0), nsd_tolerance_mm=1.0)
+    assert metrics["nsd"] == pytest.approx(0.5)
+
+
+# ------------------------------------------------------------------------------------------ edge cases
+
+
+def test_both_empty_is_a_correct_answer():
+    empty = np.zeros((3, 4, 5), dtype=bool)
+    metrics = segmentation_metrics(empty, empty, spacing=(1.0, 1.0, 1.0))
+    assert {key: metrics[key] for key in ("dice", "iou", "precision", "recall", "nsd", "hd95", "assd")} == {
+        "dice": 1.0, "iou": 1.0, "precision": 1.0, "recall": 1.0, "nsd": 1.0, "hd95": 0.0, "assd": 0.0}
+    assert metrics["pred_empty"] and metrics["target_empty"]
+
+
+def test_false_positive_on_an_empty_target():
+    empty = np.zeros((1, 1, 10), dtype=bool)
+    metrics = segmentation_metrics(_line(10, 2, 4), empty, spacing=(1.0, 1.0, 1.0))
+    assert {key: metrics[key] for key in ("dice", "iou", "precision", "recall", "nsd")} == {
+        "dice": 0.0, "iou": 0.0, "precision": 0.0, "recall": 1.0, "nsd": 0.0}
+    assert math.isinf(metrics["hd95"]) and math.isinf(metrics["assd"])
+    assert not metrics["pred_empty"] and metrics["target_empty"]
+
+
+def test_missed_target():
+    empty = np.zeros((1, 1, 10), dtype=bool)
+    metrics = segmentation_metrics(empty, _line(10, 2, 4), spacing=(1.0, 1.0, 1.0))
+    assert {key: metrics[key] for key in ("dice", "iou", "precision", "recall", "nsd")} == {
+        "dice": 0.0, "iou": 0.0, "precision": 1.0, "recall": 0.0, "nsd": 0.0}
+    assert math.isinf(metrics["hd95"]) and math.isinf(metrics["assd"])
+    assert metrics["pred_empty"] and not metrics["target_empty"]
+
+
+# ------------------------------------------------------------------------------------------ errors
+
+
+def test_shape_mismatch_raises():
+    with pytest.raises(MedTextSegError, match=r"same shape, got prediction \(2, 3, 4\) and target \(2, 3, 5\)"):
+        segmentation_metrics(np.zeros((2, 3, 4)), np.zeros((2, 3, 5)), spacing=(1, 1, 1))
+
+
+def test_spacing_length_raises():
+    with pytest.raises(MedTextSegError, match=r"spacing needs one value \(mm\) per axis of the 3D masks, got 2"):
+        segmentation_metrics(np.zeros((2, 3, 4)), np.zeros((2, 3, 4)), spacing=(1.0, 1.0))
+
+
+def test_non_positive_spacing_raises():
+    with pytest.raises(MedTextSegError, match=r"spacing must be positive and finite, got \(1.0, 0.0\)"):
+        segmentation_metrics(np.zeros((2, 3)), np.zeros((2, 3)), spacing=(1.0, 0.0))
+
+
+def test_non_binary_mask_raises():
+    probability = np.full((2, 3), 0.7)
+    with pytest.raises(MedTextSegError, match=r"prediction must be a binary mask .*threshold it first"):
+        segmentation_metrics(probability, np.zeros((2, 3)), spacing=(1.0, 1.0))
+
+
+def test_wrong_dimensionality_raises():
+    with pytest.raises(MedTextSegError, match=r"masks must be 2D \[X, Y\] or 3D \[X, Y, Z\], got shape \(4,\)"):
+        segmentation_metrics(np.zeros(4), np.zeros(4), spacing=(1.0,))
+
+
+# ------------------------------------------------------------------------------------------ summarize
+
+
+def _record(kind: str, dice: float, *, hd95: float = 1.0, pred_empty: bool = False,
+            target_empty: bool = False, **extra) -> dict:
+    return {"case": "c", "prompt": "p", "kind": kind, "dice": dice, "iou": dice / 2, "precision": dice,
+            "recall": 1.0, "nsd": dice, "hd95": hd95, "assd": hd95 / 2, "pred_voxels": 0 if pred_empty else 5,
+            "target_voxels": 0 if target_empty else 5, "pred_empty": pred_empty, "target_empty": target_empty,
+            **extra}
+
+
+def _records() -> list[dict]:
+    return [
+        _record("single", 0.8, hd95=2.0, n_lesions=2),
+        _record("single", 0.4, hd95=4.0, n_lesions=1),
+        _record("single", 0.0, hd95=math.inf, pred_empty=True, n_lesions=2),  # a miss
+        _record("absent", 1.0, hd95=0.0, pred_empty=True, target_empty=True, n_lesions=1),
+        _record("absent", 1.0, hd95=0.0, pred_empty=True, target_empty=True, n_lesions=1),
+        _record("absent", 0.0, hd95=math.inf, target_empty=True, n_lesions=2),  # a false positive
+    ]
+
+
+def test_summary_means_std_and_infinite_counts():
+    rows = {row["group"]: row for row in summarize(_records())}
+    assert list(rows) == ["absent", "single", OVERALL_GROUP]  # alphabetical, overall last
+    single = rows["single"]
+    assert single["n"] == 3
+    assert single["dice_mean"] == pytest.approx(0.4)
+    assert single["dice_std"] == pytest.approx(np.std([0.8, 0.4, 0.0]))  # population std
+    assert single["iou_mean"] == pytest.approx(0.2)
+    assert single["hd95_mean"] == pytest.approx(3.0)  # finite values only: (2 + 4) / 2
+    assert single["hd95_inf"] == 1 and single["assd_inf"] == 1
+    assert single["assd_mean"] == pytest.approx(1.5)
+    assert single["empty_correct"] is None and single["n_empty_target"] == 0
+    assert single["false_positive_cases"] == 0 and single["missed_cases"] == 1
+
+
+def test_summary_empty_correct_and_false_positives():
+    rows = {row["group"]: row for row in summarize(_records())}
+    absent = rows["absent"]
+    assert absent["empty_correct"] == pytest.approx(2 / 3)
+    assert absent["false_positive_cases"] == 1 and absent["n_empty_target"] == 3
+    assert absent["hd95_mean"] == pytest.approx(0.0) and absent["hd95_inf"] == 1
+    overall = rows[OVERALL_GROUP]
+    assert overall["n"] == 6
+    assert overall["dice_mean"] == pytest.approx((0.8 + 0.4 + 0.0 + 1.0 + 1.0 + 0.0) / 6)
+    assert overall["hd95_inf"] == 2
+    assert overall["empty_correct"] == pytest.approx(2 / 3)
+
+
+def test_summary_groups_by_any_key_numerically():
+    rows = summarize(_records(), group_by="n_lesions")
+    assert [row["group"] for row in rows] == ["1", "2", OVERALL_GROUP]
+    assert all(row["group_by"] == "n_lesions" for row in rows)
+    one = rows[0]
+    assert one["n"] == 3 and one["dice_mean"] == pytest.approx((0.4 + 1.0 + 1.0) / 3)
+    assert one["empty_correct"] == pytest.approx(1.0)
+
+
+def test_summary_all_infinite_distances_give_none_mean():
+    rows = summarize([_record("single", 0.0, hd95=math.inf, pred_empty=True)])
+    assert rows[0]["hd95_mean"] is None and rows[0]["hd95_inf"] == 1
+
+
+def test_summary_missing_group_key_raises():
+    with pytest.raises(MedTextSegError, match=r"record 0 \(case 'c', prompt 'p'\) has no key group_by='size'"):
+        summarize(_records(), group_by="size")
+
+
+def test_summary_missing_metric_raises():
+    record = _record("single", 0.5)
+    del record["nsd"]
+    with pytest.raises(MedTextSegError, match=r"lacks metric keys \['nsd'\]"):
+        summarize([record])
+
+
+def test_summary_group_named_like_the_overall_row_raises():
+    with pytest.raises(MedTextSegError, match=r"has kind='overall', the name of the summary row"):
+        summarize([_record(OVERALL_GROUP, 0.5)])
+
+
+def test_summary_of_nothing_raises():
+    with pytest.raises(MedTextSegError, match=r"records is empty"):
+        summarize([])

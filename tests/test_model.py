@@ -1,0 +1,67 @@
+"""Contract of the segmenters: gradients reach every parameter, text matters, shared encoder is exact."""
+
+import pytest
+import torch
+
+from medtextseg.config import Config
+from medtextseg.models.factory import create_model
+from medtextseg.text.batch import TextBatch
+
+SMALL = ["model.channels=[4,8,16]", "model.strides=[[1,1,1],[2,2,1],[2,2,2]]"]
+
+
+def text_batch(rows: int, dim: int = 12, seed: int = 0) -> TextBatch:
+    generator = torch.Generator().manual_seed(seed)
+    return TextBatch(torch.randn(rows, dim, generator=generator), torch.randn(rows, 3, dim, generator=generator),
+                     torch.ones(rows, 3, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("preset", ["default", "image_only", "default_2d"])
+def test_every_parameter_learns(preset):
+    overrides = SMALL if preset != "default_2d" else ["model.channels=[4,8,16]", "model.strides=[[1,1],[2,2],[2,2]]"]
+    config = Config.load(preset, overrides)
+    torch.manual_seed(0)
+    model = create_model(config.model, text_dim=12)
+    shape = (2, 3, 16, 16, 8) if config.model.spatial_dims == 3 else (2, 3, 16, 16)
+    image, text = torch.randn(shape), text_batch(2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(2):  # FiLM starts as the identity (zero last layer): its first layer learns from step 2
+        optimizer.zero_grad()
+        out = model(image, text)
+        loss = out.logits.square().mean() + (out.presence.square().mean() if out.presence is not None else 0)
+        loss.backward()
+        optimizer.step()
+    assert out.logits.shape == (2, 1, *shape[2:])
+    assert torch.isfinite(out.logits).all()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, f"{name} got no gradient"
+    assert (out.presence is None) == (config.model.conditioning == "none")
+
+
+def test_text_changes_the_answer_only_when_conditioned():
+    image = torch.randn(1, 3, 16, 16, 8)
+    for conditioning, should_differ in (("film", True), ("none", False)):
+        torch.manual_seed(0)
+        model = create_model(Config.load("default", [*SMALL, f"model.conditioning={conditioning}"]).model, 12)
+        for film in getattr(model, "film", None) or []:
+            torch.nn.init.normal_(film.mlp[-1].weight, std=0.5)  # as after training
+        out_a = model(image, text_batch(1, seed=1)).logits
+        out_b = model(image, text_batch(1, seed=2)).logits
+        assert (not torch.allclose(out_a, out_b)) == should_differ
+
+
+def test_shared_encoder_equals_repeated_images():
+    torch.manual_seed(0)
+    model = create_model(Config.load("default", SMALL).model, 12).eval()
+    images, text = torch.randn(2, 3, 16, 16, 8), text_batch(5)
+    index = torch.tensor([0, 0, 1, 1, 1])
+    shared = model(images, text, index)
+    repeated = model(images[index], text)
+    torch.testing.assert_close(shared.logits, repeated.logits)
+    torch.testing.assert_close(shared.presence, repeated.presence)
+
+
+def test_prompt_image_count_mismatch_is_explained():
+    model = create_model(Config.load("default", SMALL).model, 12)
+    with pytest.raises(ValueError, match=r"3 prompts for 2 images: pass image_index"):
+        model(torch.randn(2, 3, 16, 16, 8), text_batch(3))

@@ -1,0 +1,35 @@
+import pytest
+
+from medtextseg.data.prompts import is_lateralised, swap_left_right, validate_prompt
+from medtextseg.utils.errors import MedTextSegError
+
+
+def test_swap_left_right_keeps_everything_else():
+    assert swap_left_right("segment the Left-sided lesion, not the right one") == \
+        "segment the Right-sided lesion, not the left one"
+    assert swap_left_right("lesion in the R PZ") == "lesion in the L PZ"
+    assert swap_left_right("the large round lesion") == "the large round lesion"
+    assert swap_left_right(swap_left_right("leftmost lesion on the right")) == "leftmost lesion on the right"
+    # a lone R that is not a side stays as it is
+    assert swap_left_right("R2 lesion") == "R2 lesion"
+
+
+def test_lateralised():
+    assert is_lateralised("the lesion in the left PZ")
+    assert not is_lateralised("the prostate gland")
+
+
+def test_valid_prompt_is_normalised():
+    assert validate_prompt("  segment   the\tprostate ") == "segment the prostate"
+
+
+@pytest.mark.parametrize(("prompt", "message"), [
+    ("", r"prompt 1: the prompt is empty"),
+    ("   ", r"prompt 1: the prompt is empty"),
+    ("x" * 301, r"prompt 1: the prompt has 301 characters, more than 300"),
+    ("?? 42 !!", r"prompt 1: the prompt '\?\? 42 !!' has no words"),
+    (None, r"prompt 1: a prompt must be text, got NoneType"),
+])
+def test_bad_prompts_are_refused(prompt, message):
+    with pytest.raises(MedTextSegError, match=message):
+        validate_prompt(prompt, "prompt 1")

@@ -1,0 +1,63 @@
+import torch
+
+from medtextseg.text.batch import PromptEmbedding, TextBatch
+from medtextseg.text.cache import TextEmbeddingCache, cached_text_encoder
+
+
+class CountingEncoder:
+    """A fake encoder: embedding = the prompt's character codes, so every prompt differs."""
+
+    name = "counting"
+    dim = 4
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def encode(self, prompts):
+        self.calls += prompts
+        out = []
+        for p in prompts:
+            codes = torch.tensor([float(ord(c)) for c in p[:4].ljust(4)])
+            out.append(PromptEmbedding(codes / codes.norm(), codes[None].repeat(len(p.split()), 1)))
+        return out
+
+
+def test_text_batch_pads_and_masks():
+    a = PromptEmbedding(torch.ones(3), torch.ones(2, 3))
+    b = PromptEmbedding(torch.zeros(3), torch.full((4, 3), 2.0))
+    batch = TextBatch.stack([a, b])
+    assert batch.tokens.shape == (2, 4, 3)
+    assert batch.mask.tolist() == [[True, True, False, False], [True, True, True, True]]
+    assert batch.tokens[0, 2:].abs().sum() == 0
+    assert "prompts=2" in repr(batch)
+
+
+def test_cache_encodes_each_prompt_once_and_persists(tmp_path):
+    encoder = CountingEncoder()
+    cache = TextEmbeddingCache("counting", lambda: encoder, tmp_path)
+    first = cache(["left lesion", "right lesion", "left lesion"])
+    cache(["right lesion"])
+    assert encoder.calls == ["left lesion", "right lesion"]
+    assert torch.equal(first.pooled[0], first.pooled[2])
+    # a new process (new cache object) reads the disk cache and never builds the encoder
+    fresh = TextEmbeddingCache("counting", lambda: (_ for _ in ()).throw(AssertionError("encoder built")),
+                               tmp_path)
+    again = fresh(["left lesion", "right lesion"])
+    assert torch.equal(again.pooled, first.pooled[:2])
+    assert fresh.encoded_count == 0
+
+
+def test_embedded_minilm_matches_sentence_transformers_and_separates_sides(tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    from medtextseg.text.encoders import embedded_minilm_path
+
+    cache = cached_text_encoder("minilm", 32, tmp_path)
+    prompts = ["the lesion in the left peripheral zone", "the lesion in the right peripheral zone"]
+    batch = cache(prompts)
+    assert batch.pooled.shape == (2, 384)
+    reference = SentenceTransformer(str(embedded_minilm_path()), device="cpu").encode(prompts,
+                                                                                      convert_to_tensor=True)
+    assert torch.allclose(batch.pooled, reference, atol=1e-4)
+    similarity = float(batch.pooled[0] @ batch.pooled[1])
+    assert 0.5 < similarity < 0.999  # close sentences, but not the same vector: the words left/right survive

@@ -1,0 +1,115 @@
+"""Training: it learns what the text says, resumes exactly after a crash, and runs under torchrun (DDP)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from medtextseg.config import Config
+from medtextseg.data.layout import load_dataset
+from medtextseg.training import trainer as trainer_module
+from medtextseg.training.trainer import Trainer, train
+
+TINY_2D = ["model.channels=[4,8,16]", "model.strides=[[1,1],[2,2],[2,2]]", "data.patch_size=[48,48]",
+           "train.batch_images=2", "data.prompts_per_image=2", "train.val_every=2", "train.val_cases=1",
+           "train.warmup_steps=1"]
+
+
+def tiny_config(dataset, *extra):
+    return Config.load("default_2d", [*TINY_2D, f"data.root={dataset}", *extra])
+
+
+def test_run_folder_has_config_log_and_checkpoints(dataset_2d, tmp_path):
+    run = train(tiny_config(dataset_2d, "train.steps=2"), tmp_path / "run", progress=False)
+    assert Config.load(run / "config.yaml") == tiny_config(dataset_2d, "train.steps=2")
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert log[0]["event"] == "start" and log[-1]["event"] == "end"
+    assert any("val_dice" in line for line in log)
+    assert (run / "last.pt").is_file() and (run / "best.pt").is_file()
+
+
+def test_existing_run_is_not_overwritten(dataset_2d, tmp_path):
+    train(tiny_config(dataset_2d, "train.steps=1"), tmp_path / "run", progress=False)
+    with pytest.raises(ValueError, match=r"a run already exists here; pass --resume"):
+        train(tiny_config(dataset_2d, "train.steps=1"), tmp_path / "run", progress=False)
+
+
+def test_killed_run_resumes_exactly(dataset_2d, tmp_path, monkeypatch):
+    """Crash after step 3 (checkpoint at step 2), resume to step 4: same weights as an uninterrupted run."""
+    config = tiny_config(dataset_2d, "train.steps=4")
+    reference = torch.load(train(config, tmp_path / "straight", progress=False) / "last.pt", weights_only=False)
+
+    original = Trainer._train_step
+
+    def crash_at_step_4(self, batch):
+        if self.step == 3:
+            raise RuntimeError("simulated power cut")
+        return original(self, batch)
+
+    monkeypatch.setattr(Trainer, "_train_step", crash_at_step_4)
+    with pytest.raises(RuntimeError, match="simulated power cut"):
+        train(config, tmp_path / "crashed", progress=False)
+    assert torch.load(tmp_path / "crashed" / "last.pt", weights_only=False)["step"] == 2
+    monkeypatch.setattr(Trainer, "_train_step", original)
+    resumed = torch.load(train(config, tmp_path / "crashed", resume=True, progress=False) / "last.pt",
+                         weights_only=False)
+    assert resumed["step"] == reference["step"] == 4
+    for name, tensor in reference["model"].items():
+        torch.testing.assert_close(resumed["model"][name], tensor, msg=f"{name} differs after resume")
+    steps = [json.loads(line)["step"] for line in (tmp_path / "crashed" / "log.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps)  # lines written after the checkpoint were dropped, not duplicated
+
+
+def test_resume_without_checkpoint_is_refused(dataset_2d, tmp_path):
+    with pytest.raises(ValueError, match=r"nothing to resume \(no last.pt\)"):
+        train(tiny_config(dataset_2d), tmp_path / "new", resume=True, progress=False)
+
+
+def test_config_must_match_dataset(dataset_2d, dataset_3d, tmp_path):
+    with pytest.raises(ValueError, match=r"'model.spatial_dims' is 2 but the dataset .* is 3D"):
+        train(tiny_config(dataset_3d), tmp_path / "run", progress=False)
+    with pytest.raises(ValueError, match=r"'model.in_channels' is 2 but .*declares 3 channels"):
+        train(tiny_config(dataset_2d, "model.in_channels=2"), tmp_path / "run2", progress=False)
+
+
+def test_torchrun_two_processes_with_gloo(dataset_2d, tmp_path):
+    run = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+               "-m", "medtextseg.cli", "train", "--data", str(dataset_2d), "--out", str(run), "--preset", "default_2d",
+               *[arg for item in TINY_2D for arg in ("--set", item)], "--set", "train.batch_images=1",
+               "--set", "train.steps=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert log[0]["world_size"] == 2
+    assert sum(1 for line in log if line.get("event") == "start") == 1  # rank 0 alone writes
+    state = torch.load(run / "last.pt", weights_only=False)
+    assert state["step"] == 2 and not any(k.startswith("module.") for k in state["model"])
+
+
+def test_text_guided_model_beats_text_blind_on_held_out_referring_prompts(tmp_path):
+    """Train both for the same steps (~20 s each) on synthetic 2D slices; score held-out referring prompts."""
+    from medtextseg.data.synthetic import make_synthetic_dataset
+    from medtextseg.training.validation import validation_dice
+
+    dataset = make_synthetic_dataset(tmp_path / "data", num_cases=60, spatial_dims=2, seed=3)
+    scores = {}
+    for name, preset in (("text", "default_2d"), ("blind", "image_only_2d")):
+        overrides = ["model.channels=[8,16,32]", "model.strides=[[1,1],[2,2],[2,2]]", "data.patch_size=[48,48]",
+                     f"data.root={dataset}", "train.steps=250", "train.val_every=1000", "train.lr=0.003",
+                     "train.batch_images=4", "data.prompts_per_image=4", "train.val_cases=2"]
+        config = Config.load(preset, overrides)
+        trainer = Trainer(config, tmp_path / name, progress=False)
+        trainer.run()
+        layout = load_dataset(dataset)
+        test_cases = trainer_module.prepare_cases(layout, layout.splits["test"], config, False, "")
+        for case in test_cases:  # keep only referring prompts: where the text alone says which lesion
+            case.prompts = [p for p in case.prompts if p.kind == "single"]
+        scores[name] = validation_dice(trainer.model, [c for c in test_cases if c.prompts], trainer.text,
+                                       config.data.patch_size)["val_dice"]
+    print(f"held-out referring Dice: text-guided {scores['text']:.3f}, text-blind {scores['blind']:.3f}")
+    assert scores["text"] > scores["blind"] + 0.1, scores
