@@ -15,8 +15,14 @@ set_steps=()
 [ -f "$WORK/data/dataset.json" ] || $mts synth --out "$WORK/data" --cases 150 --seed 0
 for model in text:default image_only:image_only; do
   name=${model%%:*}; preset=${model##*:}
-  if [ -f "$WORK/runs/$name/last.pt" ]; then resume=(--resume); else resume=(); fi
-  $mts train --data "$WORK/data" --out "$WORK/runs/$name" --preset "$preset" "${set_steps[@]}" "${resume[@]}"
-  $mts evaluate --model "$WORK/runs/$name" --data "$WORK/data" --out "$WORK/eval/$name" --overlay-channel 2
+  run="$WORK/runs/$name"
+  if grep -qs '"event": "end"' "$run/log.jsonl"; then
+    echo "$run: training already finished"
+  elif [ -f "$run/last.pt" ]; then
+    $mts train --out "$run" --resume "${set_steps[@]}"      # a killed run continues where it stopped
+  else
+    $mts train --data "$WORK/data" --out "$run" --preset "$preset" "${set_steps[@]}"
+  fi
+  $mts evaluate --model "$run" --data "$WORK/data" --out "$WORK/eval/$name" --overlay-channel 2
 done
 $mts compare text-guided="$WORK/eval/text" image-only="$WORK/eval/image_only" --out "$WORK/report"

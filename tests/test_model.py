@@ -7,7 +7,8 @@ from medtextseg.config import Config
 from medtextseg.models.factory import create_model
 from medtextseg.text.batch import TextBatch
 
-SMALL = ["model.channels=[4,8,16]", "model.strides=[[1,1,1],[2,2,1],[2,2,2]]"]
+# coordinates off: these tests feed the network directly (the data pipeline appends coordinate channels)
+SMALL = ["model.channels=[4,8,16]", "model.strides=[[1,1,1],[2,2,1],[2,2,2]]", "model.coordinates=false"]
 
 
 def text_batch(rows: int, dim: int = 12, seed: int = 0) -> TextBatch:
@@ -18,7 +19,8 @@ def text_batch(rows: int, dim: int = 12, seed: int = 0) -> TextBatch:
 
 @pytest.mark.parametrize("preset", ["default", "image_only", "default_2d"])
 def test_every_parameter_learns(preset):
-    overrides = SMALL if preset != "default_2d" else ["model.channels=[4,8,16]", "model.strides=[[1,1],[2,2],[2,2]]"]
+    overrides = SMALL if preset != "default_2d" else ["model.channels=[4,8,16]", "model.strides=[[1,1],[2,2],[2,2]]",
+                                                      "model.coordinates=false"]
     config = Config.load(preset, overrides)
     torch.manual_seed(0)
     model = create_model(config.model, text_dim=12)
@@ -65,3 +67,9 @@ def test_prompt_image_count_mismatch_is_explained():
     model = create_model(Config.load("default", SMALL).model, 12)
     with pytest.raises(ValueError, match=r"3 prompts for 2 images: pass image_index"):
         model(torch.randn(2, 3, 16, 16, 8), text_batch(3))
+
+
+def test_coordinates_add_one_input_channel_per_axis():
+    model = create_model(Config.load("default", [*SMALL[:2], "model.coordinates=true"]).model, 12)
+    out = model(torch.randn(1, 3 + 3, 16, 16, 8), text_batch(1))
+    assert out.logits.shape == (1, 1, 16, 16, 8)

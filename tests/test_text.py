@@ -61,3 +61,29 @@ def test_embedded_minilm_matches_sentence_transformers_and_separates_sides(tmp_p
     assert torch.allclose(batch.pooled, reference, atol=1e-4)
     similarity = float(batch.pooled[0] @ batch.pooled[1])
     assert 0.5 < similarity < 0.999  # close sentences, but not the same vector: the words left/right survive
+
+
+def test_local_hugging_face_folder_is_an_encoder_with_its_own_cache_key(tmp_path):
+    import shutil
+
+    from medtextseg.text.encoders import embedded_minilm_path
+
+    folder = tmp_path / "my_bert"
+    shutil.copytree(embedded_minilm_path(), folder)
+    local = cached_text_encoder(str(folder), 16, tmp_path / "cache")
+    embedded = cached_text_encoder("minilm", 16, tmp_path / "cache")
+    assert local.encoder_name != embedded.encoder_name and "my_bert" in local.encoder_name
+    assert torch.allclose(local(["the left caudate"]).pooled, embedded(["the left caudate"]).pooled, atol=1e-5)
+
+
+def test_unknown_encoder_folder_is_explained(tmp_path):
+    import pytest
+
+    from medtextseg.text.encoders import create_text_encoder
+    from medtextseg.utils.errors import MedTextSegError
+
+    with pytest.raises(MedTextSegError, match=r"not 'minilm' and no such folder; models are loaded from local"):
+        create_text_encoder(str(tmp_path / "bert-base-uncased"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MedTextSegError, match=r"empty has no config.json"):
+        create_text_encoder(str(tmp_path / "empty"))

@@ -29,7 +29,7 @@ class DataConfig(_Section):
     patch_size: list[int] = Field([48, 48, 16], description="training patch / sliding-window size (voxels)")
     prompts_per_image: int = Field(4, ge=1, description="prompts trained per image per step (encoder shared)")
     kind_weights: dict[str, float] = Field(
-        default_factory=lambda: {"single": 0.45, "all": 0.15, "absent": 0.2, "anatomy": 0.2},
+        default_factory=lambda: {"single": 0.45, "all": 0.1, "absent": 0.3, "anatomy": 0.15},
         description="sampling weight of each prompt kind (kinds not listed get weight 1)")
     flip_left_right: float = Field(0.5, ge=0, le=1, description="probability of a left-right flip; "
                                    "'left' and 'right' are swapped in the prompt with it")
@@ -53,7 +53,12 @@ class ModelConfig(_Section):
     strides: list[list[int]] = Field([[1, 1, 1], [2, 2, 1], [2, 2, 2], [2, 2, 2]],
                                      description="downsampling stride of each stage (first is the stem)")
     conditioning: Literal["film", "none"] = Field("film", description="'none' = the image-only baseline")
-    presence_head: bool = Field(True, description="predict whether the prompted target exists at all")
+    text_tokens: bool = Field(True, description="FiLM also reads the prompt's token states (attention "
+                              "pooling), not only the sentence embedding")
+    coordinates: bool = Field(True, description="append whole-image voxel coordinates as input channels")
+    presence: bool = Field(True, description="train and use a presence logit (mean of the top-k mask logits) "
+                           "saying whether the prompted target is in the image at all")
+    presence_topk: int = Field(8, ge=1, description="k voxels read by the presence logit")
     norm: Literal["instance", "batch", "group"] = "instance"
 
     @model_validator(mode="after")

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from medtextseg.data.layout import CaseRecord, PromptRecord
 from medtextseg.data.prompts import swap_left_right
-from medtextseg.data.transforms import preparation
+from medtextseg.data.transforms import coordinate_channels, preparation
 
 
 @dataclass
@@ -69,13 +69,14 @@ def prepare_case(case: CaseRecord, spacing: list[float] | None, spatial_dims: in
 class PromptSampleDataset(torch.utils.data.Dataset):
     """Item i: case i with ``prompts_per_image`` prompts drawn by kind weight, as a training sample.
 
-    Returns a dict: ``image`` [C, *patch] float32; ``targets`` [K, 1, *patch] float32 in {0, 1};
-    ``prompts`` list of K strings (left/right swapped when the sample was mirrored); ``kinds`` list of K.
+    Returns a dict: ``image`` [C (+ spatial coordinate channels), *patch] float32; ``targets``
+    [K, 1, *patch] float32 in {0, 1}; ``prompts`` list of K strings (left/right swapped when the sample
+    was mirrored); ``kinds`` list of K.
     """
 
     def __init__(self, cases: list[PreparedCase], patch_size: list[int], prompts_per_image: int,
                  kind_weights: dict[str, float], flip_left_right: float = 0.5,
-                 intensity_augmentation: bool = True, seed: int = 0) -> None:
+                 intensity_augmentation: bool = True, seed: int = 0, coordinates: bool = False) -> None:
         self.cases = [c for c in cases if c.prompts]
         self.patch_size = list(patch_size)
         self.k = prompts_per_image
@@ -83,6 +84,7 @@ class PromptSampleDataset(torch.utils.data.Dataset):
         self.flip_left_right = flip_left_right
         self.intensity_augmentation = intensity_augmentation
         self.seed = seed
+        self.coordinates = coordinates
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -105,9 +107,12 @@ class PromptSampleDataset(torch.utils.data.Dataset):
         case = self.cases[index]
         prompts = self._choose_prompts(case, rng)
         targets = torch.stack([case.target(p) for p in prompts]).float()  # [K, *spatial]
-        stacked = torch.cat([case.image, targets])  # crop image and targets together
+        channels = case.image.shape[0]
+        coordinates = coordinate_channels(case.image.shape[1:]) if self.coordinates else case.image[:0]
+        stacked = torch.cat([case.image, coordinates, targets])  # cropped together: coordinates stay whole-image
         stacked = SpatialPad(self.patch_size)(stacked)
-        foreground = (stacked[case.image.shape[0]:].sum(0, keepdim=True) > 0).float()
+        first_target = channels + coordinates.shape[0]
+        foreground = (stacked[first_target:].sum(0, keepdim=True) > 0).float()
         seed = int(rng.integers(2**31))
         if foreground.any():  # two crops in three centred on a target voxel, as nnU-Net oversamples
             cropper = RandCropByPosNegLabel(self.patch_size, pos=2, neg=1, num_samples=1, allow_smaller=False)
@@ -115,10 +120,12 @@ class PromptSampleDataset(torch.utils.data.Dataset):
         else:
             stacked = RandSpatialCrop(self.patch_size, random_size=False).set_random_state(seed)(stacked)
         stacked = stacked.as_tensor() if hasattr(stacked, "as_tensor") else stacked
-        image, targets = stacked[: case.image.shape[0]], stacked[case.image.shape[0]:]
+        image, coordinates = stacked[:channels], stacked[channels:first_target]
+        targets = stacked[first_target:]
         texts = [p.prompt for p in prompts]
         if rng.random() < self.flip_left_right:
-            # axis 0 of the spatial dims is patient left-right in RAS, so the words must follow
+            # axis 0 of the spatial dims is patient left-right in RAS, so the words must follow; the
+            # coordinates are not mirrored: they say where patient right is, whatever the anatomy
             image, targets = image.flip(1), targets.flip(1)
             texts = [swap_left_right(t) for t in texts]
         if self.intensity_augmentation:
@@ -127,6 +134,7 @@ class PromptSampleDataset(torch.utils.data.Dataset):
                 transform.set_random_state(int(rng.integers(2**31)))
                 image = transform(image)
             image = image.as_tensor() if hasattr(image, "as_tensor") else image
+        image = torch.cat([image, coordinates]) if self.coordinates else image
         return {"image": image.float().contiguous(), "targets": targets[:, None].contiguous(),
                 "prompts": texts, "kinds": [p.kind for p in prompts]}
 

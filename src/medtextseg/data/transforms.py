@@ -10,8 +10,10 @@ import logging
 import warnings
 from collections.abc import Sequence
 
+import torch
 from monai.data import NibabelReader
 from monai.transforms import (
+    AddCoordinateChannels,
     Compose,
     EnsureTyped,
     LoadImaged,
@@ -50,3 +52,14 @@ def preparation(spacing: Sequence[float] | None = None, label_keys: Sequence[str
         EnsureTyped(keys, dtype=None, track_meta=True),
     ]
     return Compose(steps)
+
+
+def coordinate_channels(spatial_shape: Sequence[int]) -> torch.Tensor:
+    """[S, *spatial] voxel coordinates in [-1, 1] over the whole image (S = number of spatial axes).
+
+    Appended to the image after augmentation and before cropping or windowing, they tell the network
+    where a voxel lies in the image (RAS: channel 0 grows toward patient Right), which a convolution alone
+    only learns slowly, from padding, and which decides prompts such as "the left-sided lesion".
+    """
+    dims = len(spatial_shape)
+    return AddCoordinateChannels(spatial_dims=tuple(range(dims)))(torch.zeros(1, *spatial_shape))[1:].float()

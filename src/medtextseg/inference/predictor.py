@@ -125,7 +125,8 @@ class Predictor:
         spatial_dims = self.config.model.spatial_dims
         model_input = image.as_tensor()[..., 0] if spatial_dims == 2 else image.as_tensor()
         probabilities = prompt_probabilities(self.model, model_input.float(), self.text(prompts),
-                                             self.config.data.patch_size, self.config.inference.overlap)
+                                             self.config.data.patch_size, self.config.inference.overlap,
+                                             self.config.inference.presence_threshold)
         if spatial_dims == 2:
             probabilities = probabilities[..., None]
         # back to the file's grid: MONAI replays the recorded orientation/spacing operations in reverse

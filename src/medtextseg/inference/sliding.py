@@ -12,29 +12,36 @@ import torch
 from monai.inferers import sliding_window_inference
 from torch import Tensor, nn
 
+from medtextseg.data.transforms import coordinate_channels
 from medtextseg.text.batch import TextBatch
 
 
 @torch.no_grad()
 def prompt_probabilities(model: nn.Module, image: Tensor, text: TextBatch, patch_size: Sequence[int],
-                         overlap: float = 0.25, prompt_chunk: int = 16) -> Tensor:
+                         overlap: float = 0.25, presence_threshold: float = 0.5, prompt_chunk: int = 16) -> Tensor:
     """Probability that each voxel belongs to what each prompt names.
 
-    Per window, p = sigmoid(mask logit) * sigmoid(presence logit) when the model has a presence head:
-    the probability that the target is present in the window and that the voxel is part of it.
+    When the model has a presence logit, a window whose presence probability is below
+    ``presence_threshold`` contributes zeros: the target is not there. The gate is a hard decision, not a
+    product, because multiplying by a presence of, say, 0.8 would shave every boundary voxel off a mask
+    the model got right.
 
     Args:
         model: a segmenter (``forward(image, text, image_index) -> ModelOutput``), in eval mode.
-        image: [C, *spatial] z-scored, model space (RAS).
+        image: [C, *spatial] z-scored, model space (RAS); coordinate channels are appended here when the
+            model's config asks for them, so windows see whole-image positions.
         text: P encoded prompts (on the model's device).
         patch_size: the window size; images smaller than it are padded by MONAI.
         overlap: window overlap fraction.
+        presence_threshold: below it, a window's answer is empty.
         prompt_chunk: prompts decoded together (bounds memory for long prompt lists).
 
     Returns:
         [P, *spatial] float32 probabilities in [0, 1].
     """
     device = next(model.parameters()).device
+    if getattr(getattr(model, "config", None), "coordinates", False):
+        image = torch.cat([image, coordinate_channels(image.shape[1:]).to(image.dtype)])
     outputs = []
     for start in range(0, len(text), prompt_chunk):
         rows = list(range(start, min(start + prompt_chunk, len(text))))
@@ -45,8 +52,8 @@ def prompt_probabilities(model: nn.Module, image: Tensor, text: TextBatch, patch
             out = model(window, chunk, index)
             probability = torch.sigmoid(out.logits.float())  # [P, 1, *window]
             if out.presence is not None:
-                probability = probability * torch.sigmoid(out.presence.float()).view(-1, 1,
-                                                                                     *[1] * (window.ndim - 2))
+                present = torch.sigmoid(out.presence.float()) >= presence_threshold  # [P]
+                probability = probability * present.view(-1, 1, *[1] * (window.ndim - 2))
             return probability.transpose(0, 1)  # [1, P, *window]
 
         blended = sliding_window_inference(image[None].to(device), roi_size=list(patch_size), sw_batch_size=1,

@@ -128,7 +128,7 @@ class Trainer:
         self.loss = PromptSegmentationLoss(config.loss)
         self.dataset = PromptSampleDataset(self.train_cases, config.data.patch_size, config.data.prompts_per_image,
                                            config.data.kind_weights, config.data.flip_left_right,
-                                           config.data.intensity_augmentation, seed)
+                                           config.data.intensity_augmentation, seed, config.model.coordinates)
         self.sampler = DistributedSampler(self.dataset, num_replicas=ctx.world_size, rank=ctx.rank,
                                           shuffle=True, seed=seed, drop_last=True)
         per_rank = len(self.sampler)
@@ -177,7 +177,7 @@ class Trainer:
         if self.ctx.is_main:
             if self.val_cases:
                 scores = validation_dice(self.model, self.val_cases, self.text, self.config.data.patch_size,
-                                         self.config.inference.threshold)
+                                         self.config.inference.threshold, self.config.inference.presence_threshold)
                 self._log({"step": self.step, **scores})
             # without validation cases the latest weights count as the best
             if not scores or scores["val_dice"] > self.best:

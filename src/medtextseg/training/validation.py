@@ -14,7 +14,7 @@ from medtextseg.text.cache import TextEmbeddingCache
 
 
 def validation_dice(model: nn.Module, cases: list[PreparedCase], text: TextEmbeddingCache,
-                    patch_size: list[int], threshold: float = 0.5) -> dict[str, float]:
+                    patch_size: list[int], threshold: float = 0.5, presence_threshold: float = 0.5) -> dict[str, float]:
     """Mean Dice per prompt kind and over all prompts (``val_dice``), on whole images.
 
     Convention: an absent target answered with an empty mask scores 1, with anything else 0
@@ -26,7 +26,8 @@ def validation_dice(model: nn.Module, cases: list[PreparedCase], text: TextEmbed
     overall: list[float] = []  # kept apart: "all" is also a prompt kind ("segment all lesions")
     for case in cases:
         prompts = [p.prompt for p in case.prompts]
-        probabilities = prompt_probabilities(model, case.image, text(prompts), patch_size)
+        probabilities = prompt_probabilities(model, case.image, text(prompts), patch_size,
+                                             presence_threshold=presence_threshold)
         prediction = (probabilities > threshold)[:, None]
         target = torch.stack([case.target(p) for p in case.prompts])[:, None]
         dice = compute_dice(prediction.float(), target.float(), include_background=True, ignore_empty=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 
@@ -29,19 +28,3 @@ class FiLM(nn.Module):
         gamma, beta = self.mlp(text).chunk(2, dim=-1)
         shape = (*gamma.shape, *([1] * (features.ndim - 2)))
         return features * (1 + gamma.reshape(shape)) + beta.reshape(shape)
-
-
-class PresenceHead(nn.Module):
-    """Logit that the prompted target exists: an MLP over global average and max pooled features [B, C].
-
-    Max pooling matters: a small lesion barely moves the average of a whole volume.
-    """
-
-    def __init__(self, channels: int, hidden: int = 128) -> None:
-        super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(2 * channels, hidden), nn.GELU(), nn.Linear(hidden, 1))
-
-    def forward(self, features: Tensor) -> Tensor:
-        """features: [B, C, *spatial] (text-conditioned). Returns [B] logits."""
-        flat = features.flatten(2)
-        return self.mlp(torch.cat([flat.mean(-1), flat.amax(-1)], dim=1)).squeeze(1)

@@ -1,0 +1,31 @@
+"""The notebook API: load_model + segment on files, outputs on the input grid, text that changes the answer."""
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from medtextseg import MedTextSegError, load_model, segment
+from medtextseg.config import Config
+from medtextseg.models.factory import create_model
+from medtextseg.training.checkpoint import save_checkpoint
+
+
+def test_segment_from_a_checkpoint_file(tmp_path, dataset_3d):
+    config = Config.load("default", ["model.channels=[4,8]", "model.strides=[[1,1,1],[2,2,2]]"])
+    torch.manual_seed(0)
+    model = create_model(config.model, 384)
+    for film in model.film:  # as after training: the prompt changes the answer
+        torch.nn.init.normal_(film.mlp[-1].weight, std=0.5)
+    checkpoint = save_checkpoint(tmp_path / "m.pt", {"model": model.state_dict(), "config": config.model_dump(),
+                                                      "text_dim": 384})
+    images = sorted((dataset_3d / "imagesTr").glob("synth_000_*.nii.gz"))
+    predictor = load_model(checkpoint)
+    gland, lesion = segment(images, ["the prostate gland", "the lesion in the left PZ"], predictor)
+    assert gland.mask.shape == nib.load(str(images[0])).shape == gland.probability.shape
+    assert not np.allclose(gland.probability, lesion.probability)
+    assert "Segmentation(prompt='the prostate gland'" in repr(gland)
+    [again] = segment(images, "the prostate gland", checkpoint)  # a path works as the model too
+    np.testing.assert_allclose(again.probability, gland.probability, atol=1e-6)
+    with pytest.raises(MedTextSegError, match=r"the model takes 3 image file\(s\), one per channel.*got 2"):
+        segment(images[:2], "the gland", predictor)

@@ -1,0 +1,53 @@
+"""Training samples: a left-right flip mirrors image and targets, swaps the words, and keeps coordinates."""
+
+import torch
+
+from medtextseg.data.dataset import PreparedCase, PromptSampleDataset, collate_prompt_samples
+from medtextseg.data.layout import PromptRecord
+from medtextseg.data.transforms import coordinate_channels
+
+
+def make_case() -> PreparedCase:
+    image = torch.arange(3 * 8 * 6 * 4, dtype=torch.float32).reshape(3, 8, 6, 4)
+    label = torch.zeros(8, 6, 4, dtype=torch.long)
+    label[1:3, 2:4, 1:3] = 3  # small i: the patient's right in RAS
+    prompts = [PromptRecord("c", "the lesion on the right", (3,), "single"),
+               PromptRecord("c", "the lesion on the left", (), "absent")]
+    return PreparedCase("c", image, label, {}, prompts)
+
+
+def sample(flip: float) -> dict:
+    dataset = PromptSampleDataset([make_case()], [8, 6, 4], prompts_per_image=2, kind_weights={},
+                                  flip_left_right=flip, intensity_augmentation=False, coordinates=True)
+    return dataset[0]
+
+
+def test_flip_mirrors_image_and_targets_and_swaps_words_but_not_coordinates():
+    plain, flipped = sample(0.0), sample(1.0)
+    order = [plain["prompts"].index(p) for p in ("the lesion on the right", "the lesion on the left")]
+    swapped = [flipped["prompts"].index(p) for p in ("the lesion on the left", "the lesion on the right")]
+    assert torch.equal(flipped["image"][:3], plain["image"][:3].flip(1))
+    coordinates = coordinate_channels([8, 6, 4])
+    assert torch.equal(plain["image"][3:], coordinates) and torch.equal(flipped["image"][3:], coordinates)
+    for before, after in zip(order, swapped, strict=True):
+        assert torch.equal(flipped["targets"][after], plain["targets"][before].flip(1))
+    # the lesion now lies at large i (patient left) and the prompt that names it says "left"
+    left = flipped["prompts"].index("the lesion on the left")
+    assert flipped["targets"][left, 0, 5:7].sum() == flipped["targets"][left].sum() > 0
+
+
+def test_samples_are_reproducible_by_seed_and_epoch():
+    dataset = PromptSampleDataset([make_case()], [8, 6, 4], 2, {}, 0.5, True, seed=4, coordinates=True)
+    first = dataset[0]
+    assert torch.equal(dataset[0]["image"], first["image"])
+    dataset.epoch = 1
+    different = [not torch.equal(dataset[0]["image"], first["image"]) for dataset.epoch in range(1, 6)]
+    assert any(different)
+
+
+def test_collate_maps_prompts_to_their_images():
+    items = [sample(0.0), sample(1.0)]
+    batch = collate_prompt_samples(items)
+    assert batch["image"].shape == (2, 6, 8, 6, 4)
+    assert batch["targets"].shape == (4, 1, 8, 6, 4)
+    assert batch["image_index"].tolist() == [0, 0, 1, 1]
