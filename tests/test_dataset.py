@@ -51,3 +51,11 @@ def test_collate_maps_prompts_to_their_images():
     assert batch["image"].shape == (2, 6, 8, 6, 4)
     assert batch["targets"].shape == (4, 1, 8, 6, 4)
     assert batch["image_index"].tolist() == [0, 0, 1, 1]
+
+
+def test_kinds_with_zero_weight_are_never_drawn():
+    dataset = PromptSampleDataset([make_case()], [8, 6, 4], prompts_per_image=3, kind_weights={"absent": 0.0},
+                                  flip_left_right=0.0, intensity_augmentation=False)
+    for epoch in range(5):
+        dataset.epoch = epoch
+        assert dataset[0]["kinds"] == ["single"] * 3

@@ -135,7 +135,8 @@ def evaluate(
     from medtextseg.evaluation.runner import evaluate_run
 
     rows = evaluate_run(model, data, out, split=split, save_masks=save_masks, overlay_channel=overlay_channel)
-    Console().print(render_table(rows))
+    # a log file or pipe is not 80 columns wide: do not fold the table to fit one
+    Console(width=None if sys.stdout.isatty() else 160).print(render_table(rows))
     typer.echo(f"results in {out}")
 
 

@@ -97,8 +97,9 @@ class PromptSampleDataset(torch.utils.data.Dataset):
         if weights.sum() <= 0:
             weights = np.ones(len(kinds))
         weights /= weights.sum()
-        chosen = list(rng.choice(len(kinds), size=min(self.k, len(kinds)), replace=False, p=weights))
-        if len(chosen) < self.k:  # fewer prompts than slots: repeat some
+        distinct = min(self.k, int(np.count_nonzero(weights)))
+        chosen = list(rng.choice(len(kinds), size=distinct, replace=False, p=weights))
+        if len(chosen) < self.k:  # fewer usable prompts than slots: repeat some
             chosen += list(rng.choice(len(kinds), size=self.k - len(chosen), replace=True, p=weights))
         return [case.prompts[i] for i in chosen]
 
