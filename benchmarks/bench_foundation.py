@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from medtextseg.config import Config
+from medtextseg.data.transforms import coordinate_channels
 from medtextseg.inference.sliding import prompt_probabilities
 from medtextseg.models.factory import count_parameters, create_model
 from medtextseg.text.batch import TextBatch
@@ -48,7 +49,8 @@ def main() -> None:
 
     config = Config.load("default")
     batch_images, k = config.train.batch_images, config.data.prompts_per_image
-    image = torch.randn(batch_images, 3, *config.data.patch_size)
+    channels = config.model.in_channels + 3  # + the coordinate channels the data pipeline appends
+    image = torch.randn(batch_images, channels, *config.data.patch_size)
     index = torch.arange(batch_images).repeat_interleave(k)
     text = TextBatch(torch.randn(len(index), 384), torch.randn(len(index), 8, 384),
                      torch.ones(len(index), 8, dtype=torch.bool))
@@ -75,11 +77,13 @@ def main() -> None:
                         torch.ones(args.prompts, 8, dtype=torch.bool))
     ours = timed(lambda: prompt_probabilities(model, volume, prompts, config.data.patch_size), args.repeats)
 
+    with_coordinates = torch.cat([volume, coordinate_channels(volume.shape[1:])])
+
     @torch.no_grad()
     def per_prompt():
         for row in range(args.prompts):
             one = prompts.index([row])
-            sliding_window_inference(volume[None], config.data.patch_size, 1,
+            sliding_window_inference(with_coordinates[None], config.data.patch_size, 1,
                                      lambda w, one=one: torch.sigmoid(model(w, one).logits), overlap=0.25,
                                      mode="gaussian")
 
