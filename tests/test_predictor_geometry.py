@@ -158,3 +158,11 @@ def test_checkpoint_errors(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"junk")
     with pytest.raises(MedTextSegError, match=r"junk.pt: not a readable checkpoint"):
         Predictor(tmp_path / "junk.pt")
+
+
+def test_writing_on_a_grid_of_another_shape_is_refused(tmp_path, volume):
+    from medtextseg.data.io import write_like
+
+    with pytest.raises(MedTextSegError, match=r"mask.nii.gz: array shape \(2, 2, 2\) differs from the reference"):
+        write_like(np.zeros((2, 2, 2), np.uint8), volume, tmp_path / "mask.nii.gz")
+    assert not (tmp_path / "mask.nii.gz").exists()

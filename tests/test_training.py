@@ -53,6 +53,8 @@ def test_killed_run_resumes_exactly(dataset_2d, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="simulated power cut"):
         train(config, tmp_path / "crashed", progress=False)
     assert torch.load(tmp_path / "crashed" / "last.pt", weights_only=False)["step"] == 2
+    with open(tmp_path / "crashed" / "log.jsonl", "a") as log:  # a kill in the middle of writing a line
+        log.write('{"step": 3, "lo')
     monkeypatch.setattr(Trainer, "_train_step", original)
     resumed = torch.load(train(config, tmp_path / "crashed", resume=True, progress=False) / "last.pt",
                          weights_only=False)

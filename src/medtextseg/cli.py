@@ -175,9 +175,5 @@ def presets() -> None:
         typer.echo(name)
 
 
-def main() -> None:  # pragma: no cover - console entry point
-    app(prog_name="medtextseg")
-
-
 if __name__ == "__main__":  # `python -m medtextseg.cli` (used with torchrun)
     sys.exit(app())

@@ -93,10 +93,9 @@ def write_like(array: np.ndarray, reference: str | Path, destination: str | Path
     """
     reference, destination = Path(reference), Path(destination)
     geometry = read_geometry(reference)
-    squeezed_ref = tuple(s for s in geometry.shape)
-    if tuple(array.shape) != squeezed_ref:
+    if tuple(array.shape) != geometry.shape:
         raise MedTextSegError(f"{destination}: array shape {tuple(array.shape)} differs from the "
-                              f"reference {reference} shape {squeezed_ref}")
+                              f"reference {reference} shape {geometry.shape}")
     dtype = np.uint8 if array.dtype in (np.uint8, np.bool_) else np.float32
     array = array.astype(dtype)
     with atomic_path(destination) as tmp:

@@ -61,8 +61,14 @@ def _truncate_log(log_path: Path, last_step: int) -> None:
     """Drop log lines written after the checkpoint a resumed run restarts from."""
     if not log_path.is_file():
         return
-    kept = [line for line in log_path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= last_step]
+    kept = []
+    for line in log_path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by the kill
+            continue
+        if record.get("step", 0) <= last_step:
+            kept.append(line)
     write_text_atomic(log_path, "".join(f"{line}\n" for line in kept))
 
 
