@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_foundation.py [--repeats 5] [--prompts 8]
 
 Rows:
-* training step: text-guided (FiLM + presence head) vs the image-only baseline, same batch.
+* training step: text-guided (FiLM + token reads + presence) vs the image-only baseline, same batch.
 * prediction of P prompts for one image: one sliding-window pass with all prompts as channels and the
   encoder shared (ours) vs P separate MONAI sliding-window passes, one per prompt (the naive loop).
 * text: a cache hit vs running the MiniLM encoder for the same prompts.

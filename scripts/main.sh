@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs medtextseg into .venv and runs the main job on the embedded default, about 12 minutes on 2 CPU cores:
+# Installs medtextseg into .venv and runs the main job on the embedded default, about 25 minutes on 2 CPU cores:
 # synthetic bp-MRI benchmark -> text-guided 3D model and image-only baseline (same steps) -> predictions
 # and metrics on the test split -> report (tables, overlays, loss curves) in work/report.
 set -euo pipefail

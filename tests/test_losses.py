@@ -1,4 +1,4 @@
-"""The default loss and the presence logit, on tiny tensors with answers worked out by hand."""
+"""The default loss, the presence logit and mask post-processing, on tiny inputs with answers worked out by hand."""
 
 import math
 
@@ -38,3 +38,18 @@ def test_presence_term_is_bce_against_target_present():
                                                                                                       targets)
     assert math.isclose(parts["presence"], math.log(2), rel_tol=1e-5)
     assert math.isclose(float(total), math.log(2), rel_tol=1e-5)
+
+
+def test_small_components_are_dropped_and_large_ones_kept():
+    import numpy as np
+
+    from medtextseg.inference.postprocessing import remove_small_components
+
+    mask = np.zeros((10, 10, 3), bool)
+    mask[1:4, 1:4, 1] = True  # 9 voxels
+    mask[7, 7, 0:2] = True  # 2 voxels
+    mask[8, 8, 2] = True  # touches the pair diagonally: full connectivity makes them one component of 3
+    kept = remove_small_components(mask, 4)
+    assert kept.sum() == 9 and kept[1:4, 1:4, 1].all()
+    assert remove_small_components(mask, 3).sum() == 12
+    assert remove_small_components(mask, 0) is mask

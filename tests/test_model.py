@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from medtextseg.config import Config
+from medtextseg.data.transforms import coordinate_channels
 from medtextseg.models.factory import create_model
 from medtextseg.text.batch import TextBatch
 
@@ -69,7 +70,14 @@ def test_prompt_image_count_mismatch_is_explained():
         model(torch.randn(2, 3, 16, 16, 8), text_batch(3))
 
 
-def test_coordinates_add_one_input_channel_per_axis():
-    model = create_model(Config.load("default", [*SMALL[:2], "model.coordinates=true"]).model, 12)
-    out = model(torch.randn(1, 3 + 3, 16, 16, 8), text_batch(1))
+def test_coordinates_add_one_input_channel_per_axis_and_reach_the_answer():
+    torch.manual_seed(0)
+    model = create_model(Config.load("default", [*SMALL[:2], "model.coordinates=true"]).model, 12).eval()
+    image = torch.randn(1, 3, 16, 16, 8)
+    coordinates = coordinate_channels([16, 16, 8])[None]
+    out = model(torch.cat([image, coordinates], 1), text_batch(1))
     assert out.logits.shape == (1, 1, 16, 16, 8)
+    mirrored = model(torch.cat([image, coordinates.flip(2)], 1), text_batch(1))  # same image, left/right swapped
+    assert not torch.allclose(out.logits, mirrored.logits)
+    with pytest.raises(RuntimeError, match="expected input.*to have 6 channels, but got 3"):
+        model(image, text_batch(1))

@@ -94,7 +94,7 @@ def test_torchrun_two_processes_with_gloo(dataset_2d, tmp_path):
 
 
 def test_text_guided_model_beats_text_blind_on_held_out_referring_prompts(tmp_path):
-    """Train both models the same steps on referring prompts of synthetic 2D slices (~30 s each), then score
+    """Train both models the same steps on referring prompts of synthetic 2D slices (under a minute each), then score
     held-out cases with two or more lesions, where only the words say which lesion is meant."""
     from medtextseg.data.synthetic import make_synthetic_dataset
     from medtextseg.training.validation import validation_dice

@@ -18,6 +18,7 @@ from medtextseg.config import Config
 from medtextseg.data.io import Geometry, read_geometry, write_like
 from medtextseg.data.prompts import validate_prompt
 from medtextseg.data.transforms import preparation
+from medtextseg.inference.postprocessing import remove_small_components
 from medtextseg.inference.sliding import prompt_probabilities
 from medtextseg.models.factory import create_model
 from medtextseg.text.cache import TextEmbeddingCache, cached_text_encoder
@@ -62,19 +63,6 @@ class Segmentation:
     def __repr__(self) -> str:
         return (f"Segmentation(prompt={self.prompt!r}, shape={self.mask.shape}, voxels={self.voxels}, "
                 f"volume={self.volume_ml:.2f} ml)")
-
-
-def remove_small_components(mask: np.ndarray, min_voxels: int) -> np.ndarray:
-    """Drop connected components (full connectivity) smaller than ``min_voxels``. mask: bool [*spatial]."""
-    if min_voxels <= 0 or not mask.any():
-        return mask
-    from scipy import ndimage
-
-    labels, count = ndimage.label(mask, structure=np.ones((3,) * mask.ndim))
-    sizes = np.bincount(labels.ravel())
-    keep = sizes >= min_voxels
-    keep[0] = False
-    return keep[labels]
 
 
 class Predictor:

@@ -183,7 +183,8 @@ class Trainer:
         if self.ctx.is_main:
             if self.val_cases:
                 scores = validation_dice(self.model, self.val_cases, self.text, self.config.data.patch_size,
-                                         self.config.inference.threshold, self.config.inference.presence_threshold)
+                                         self.config.inference.threshold, self.config.inference.presence_threshold,
+                                         self.config.inference.min_component_voxels)
                 self._log({"step": self.step, **scores})
             # without validation cases the latest weights count as the best
             if not scores or scores["val_dice"] > self.best:

@@ -9,13 +9,17 @@ from monai.metrics import compute_dice
 from torch import nn
 
 from medtextseg.data.dataset import PreparedCase
+from medtextseg.inference.postprocessing import remove_small_components
 from medtextseg.inference.sliding import prompt_probabilities
 from medtextseg.text.cache import TextEmbeddingCache
 
 
 def validation_dice(model: nn.Module, cases: list[PreparedCase], text: TextEmbeddingCache,
-                    patch_size: list[int], threshold: float = 0.5, presence_threshold: float = 0.5) -> dict[str, float]:
-    """Mean Dice per prompt kind and over all prompts (``val_dice``), on whole images.
+                    patch_size: list[int], threshold: float = 0.5, presence_threshold: float = 0.5,
+                    min_component_voxels: int = 0) -> dict[str, float]:
+    """Mean Dice per prompt kind and over all prompts (``val_dice``), on whole images, with the same
+    post-processing as prediction (presence gate, small-component removal), so ``best.pt`` is chosen on
+    the masks users get.
 
     Convention: an absent target answered with an empty mask scores 1, with anything else 0
     (MONAI's ``ignore_empty=False``).
@@ -28,7 +32,8 @@ def validation_dice(model: nn.Module, cases: list[PreparedCase], text: TextEmbed
         prompts = [p.prompt for p in case.prompts]
         probabilities = prompt_probabilities(model, case.image, text(prompts), patch_size,
                                              presence_threshold=presence_threshold)
-        prediction = (probabilities > threshold)[:, None]
+        prediction = torch.stack([torch.from_numpy(remove_small_components(p.numpy(), min_component_voxels))
+                                  for p in probabilities > threshold])[:, None]
         target = torch.stack([case.target(p) for p in case.prompts])[:, None]
         dice = compute_dice(prediction.float(), target.float(), include_background=True, ignore_empty=False)
         for prompt, value in zip(case.prompts, dice[:, 0].tolist(), strict=True):

@@ -1,0 +1,18 @@
+"""Post-processing of thresholded masks, shared by prediction and validation."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def remove_small_components(mask: np.ndarray, min_voxels: int) -> np.ndarray:
+    """Drop connected components (full connectivity) smaller than ``min_voxels``. mask: bool [*spatial]."""
+    if min_voxels <= 0 or not mask.any():
+        return mask
+    from scipy import ndimage
+
+    labels, count = ndimage.label(mask, structure=np.ones((3,) * mask.ndim))
+    sizes = np.bincount(labels.ravel())
+    keep = sizes >= min_voxels
+    keep[0] = False
+    return keep[labels]
