@@ -22,20 +22,19 @@ def test_dice_ignores_empty_targets_and_bce_covers_everything():
     logits = (targets * 2 - 1) * big  # confident and right everywhere
     loss = PromptSegmentationLoss(LossConfig(presence_weight=0.0))
     total, parts = loss(ModelOutput(logits=logits), targets)
-    assert parts["dice_loss"] < 1e-6 and parts["bce"] < 1e-6 and float(total) < 1e-6
+    assert parts["dice"] < 1e-6 and parts["bce"] < 1e-6 and float(total) < 1e-6
     # painting the absent target is not a Dice matter (undefined for an empty target) but BCE sees it
     wrong = logits.clone()
     wrong[1, 0, 0] = big
     _, parts = loss(ModelOutput(logits=wrong), targets)
-    assert parts["dice_loss"] < 1e-6
+    assert parts["dice"] < 1e-6
     assert math.isclose(parts["bce"], big / 8, rel_tol=1e-4)  # one voxel of 8 with loss ~20
 
 
 def test_presence_term_is_bce_against_target_present():
     targets = torch.tensor([[[1.0, 0.0]], [[0.0, 0.0]]])
     output = ModelOutput(logits=torch.zeros(2, 1, 2), presence=torch.tensor([0.0, 0.0]))
-    total, parts = PromptSegmentationLoss(LossConfig(dice_weight=0, bce_weight=0, presence_weight=1.0))(output,
-                                                                                                      targets)
+    total, parts = PromptSegmentationLoss(LossConfig(terms={}, presence_weight=1.0))(output, targets)
     assert math.isclose(parts["presence"], math.log(2), rel_tol=1e-5)
     assert math.isclose(float(total), math.log(2), rel_tol=1e-5)
 
