@@ -7,7 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from medtextseg.evaluation.metrics import OVERALL_GROUP, segmentation_metrics, summarize
+from medtextseg.evaluation.metrics import (
+    METRIC_KEYS,
+    OVERALL_GROUP,
+    average_precision,
+    segmentation_metrics,
+    summarize,
+)
 from medtextseg.utils.errors import MedTextSegError
 
 
@@ -54,6 +60,101 @@ def test_types_are_plain_python():
     assert all(type(metrics[key]) is float for key in ("dice", "iou", "precision", "recall", "nsd",
                                                         "hd95", "assd"))
     assert type(metrics["pred_voxels"]) is int and type(metrics["pred_empty"]) is bool
+
+
+def test_keys_are_metric_keys():
+    metrics = segmentation_metrics(_line(10, 0, 6), _line(10, 2, 10), spacing=(1.0, 1.0, 1.0))
+    assert set(metrics) == set(METRIC_KEYS)
+
+
+# ------------------------------------------------------------------------------------------ agreement
+
+
+def test_accuracy_and_kappa_by_hand():
+    # k in [0, 20): prediction [0, 6), target [2, 10): TP 4, FP 2, FN 4, TN 10.
+    # p_o = 14/20 = 0.7; p_e = (6 * 8 + 14 * 12) / 20^2 = 0.54; kappa = (0.7 - 0.54) / (1 - 0.54) = 0.16 / 0.46.
+    metrics = segmentation_metrics(_line(20, 0, 6), _line(20, 2, 10), spacing=(1.0, 1.0, 1.0))
+    assert metrics["pixel_accuracy"] == pytest.approx(0.7)
+    assert metrics["kappa"] == pytest.approx(0.16 / 0.46)
+
+
+def test_kappa_is_negative_when_worse_than_chance():
+    # k in [0, 10): TP 4, FP 2, FN 4, TN 0. p_o = 0.4; p_e = (6 * 8 + 4 * 2) / 100 = 0.56; kappa = -0.16 / 0.44.
+    metrics = segmentation_metrics(_line(10, 0, 6), _line(10, 2, 10), spacing=(1.0, 1.0, 1.0))
+    assert metrics["pixel_accuracy"] == pytest.approx(0.4)
+    assert metrics["kappa"] == pytest.approx(-0.16 / 0.44)
+
+
+def test_f1_is_dice():
+    metrics = segmentation_metrics(_line(20, 0, 6), _line(20, 2, 10), spacing=(1.0, 1.0, 1.0))
+    assert metrics["f1"] == metrics["dice"] == pytest.approx(8 / 14)
+
+
+def test_kappa_matches_scikit_learn_and_never_exceeds_one():
+    from sklearn.metrics import cohen_kappa_score
+
+    rng = np.random.default_rng(3)
+    for fraction in (0.05, 0.3, 0.7):
+        target = rng.random((6, 7, 5)) < fraction
+        prediction = target ^ (rng.random(target.shape) < 0.2)  # flip a fifth of the voxels
+        metrics = segmentation_metrics(prediction, target, spacing=(1.0, 1.0, 1.0))
+        assert metrics["kappa"] == pytest.approx(cohen_kappa_score(target.ravel(), prediction.ravel()))
+        assert -1.0 <= metrics["kappa"] <= 1.0
+        assert metrics["pixel_accuracy"] == pytest.approx(np.mean(prediction == target))
+    identical = rng.random((4, 4)) < 0.5
+    assert segmentation_metrics(identical, identical, spacing=(1.0, 1.0))["kappa"] == pytest.approx(1.0)
+
+
+def test_kappa_of_identical_constant_masks_is_one():
+    # p_e = 1: kappa is 0/0 by the formula, defined as 1 (the masks are identical).
+    for fill in (False, True):
+        mask = np.full((3, 4), fill)
+        metrics = segmentation_metrics(mask, mask.copy(), spacing=(1.0, 1.0))
+        assert metrics["kappa"] == 1.0 and metrics["pixel_accuracy"] == 1.0
+
+
+def test_kappa_of_opposite_constant_masks_is_zero():
+    # Prediction all foreground, target all background: p_o = 0, p_e = 0, kappa 0 (not nan).
+    metrics = segmentation_metrics(np.ones((3, 4), bool), np.zeros((3, 4), bool), spacing=(1.0, 1.0))
+    assert metrics["kappa"] == 0.0 and metrics["pixel_accuracy"] == 0.0
+
+
+# ------------------------------------------------------------------------------------------ average precision
+
+
+def test_average_precision_by_hand():
+    # Ranked: 0.8 (background), 0.4 (target), 0.35 (target), 0.1. Recall steps 0.5 at precision 1/2, then 0.5
+    # at precision 2/3: AP = 0.5 * 1/2 + 0.5 * 2/3.
+    probability = np.array([[0.1, 0.4], [0.35, 0.8]])
+    target = np.array([[0, 1], [1, 0]])
+    assert average_precision(probability, target) == pytest.approx(0.5 / 2 + 0.5 * 2 / 3)
+
+
+def test_average_precision_of_a_perfect_ranking_and_of_ties():
+    target = np.array([0, 0, 1, 1], bool)
+    assert average_precision(np.array([0.1, 0.2, 0.6, 0.9]), target) == pytest.approx(1.0)
+    # One tied value: a single threshold with precision 2/4 at recall 1.
+    assert average_precision(np.full(4, 0.5), target) == pytest.approx(0.5)
+    assert average_precision(np.array([0.2, 0.3]), np.array([1, 1])) == pytest.approx(1.0)  # all foreground
+
+
+@pytest.mark.parametrize(("peak", "expected"), [(0.3, 1.0), (0.5, 1.0), (0.51, 0.0)])
+def test_average_precision_of_an_empty_target_follows_the_threshold(peak, expected):
+    # Nothing to rank: 1 when no voxel would be predicted (probability > 0.5), else 0, as dice.
+    probability = np.array([0.0, 0.1, peak])
+    assert average_precision(probability, np.zeros(3, bool)) == expected
+    assert average_precision(probability, np.zeros(3, bool), threshold=0.6) == 1.0
+
+
+def test_average_precision_errors():
+    with pytest.raises(MedTextSegError, match=r"same shape, got probability \(3,\) and target \(4,\)"):
+        average_precision(np.zeros(3), np.zeros(4))
+    with pytest.raises(MedTextSegError, match=r"finite and in \[0, 1\], got values from -2 to 3; apply a sigmoid"):
+        average_precision(np.array([-2.0, 3.0]), np.array([0, 1]))
+    with pytest.raises(MedTextSegError, match=r"finite and in \[0, 1\]"):
+        average_precision(np.array([np.nan, 0.5]), np.array([0, 1]))
+    with pytest.raises(MedTextSegError, match=r"target must be a binary mask"):
+        average_precision(np.array([0.2, 0.5]), np.array([0, 2]))
 
 
 # ------------------------------------------------------------------------------------------ surfaces
@@ -106,14 +207,16 @@ def test_both_empty_is_a_correct_answer():
     metrics = segmentation_metrics(empty, empty, spacing=(1.0, 1.0, 1.0))
     assert {key: metrics[key] for key in ("dice", "iou", "precision", "recall", "nsd", "hd95", "assd")} == {
         "dice": 1.0, "iou": 1.0, "precision": 1.0, "recall": 1.0, "nsd": 1.0, "hd95": 0.0, "assd": 0.0}
+    assert (metrics["f1"], metrics["kappa"], metrics["pixel_accuracy"]) == (1.0, 1.0, 1.0)
     assert metrics["pred_empty"] and metrics["target_empty"]
 
 
 def test_false_positive_on_an_empty_target():
     empty = np.zeros((1, 1, 10), dtype=bool)
     metrics = segmentation_metrics(_line(10, 2, 4), empty, spacing=(1.0, 1.0, 1.0))
-    assert {key: metrics[key] for key in ("dice", "iou", "precision", "recall", "nsd")} == {
-        "dice": 0.0, "iou": 0.0, "precision": 0.0, "recall": 1.0, "nsd": 0.0}
+    assert {key: metrics[key] for key in ("dice", "iou", "precision", "recall", "nsd", "f1", "kappa")} == {
+        "dice": 0.0, "iou": 0.0, "precision": 0.0, "recall": 1.0, "nsd": 0.0, "f1": 0.0, "kappa": 0.0}
+    assert metrics["pixel_accuracy"] == pytest.approx(1 - 2 / 10)  # 2 false positives of 10 voxels
     assert math.isinf(metrics["hd95"]) and math.isinf(metrics["assd"])
     assert not metrics["pred_empty"] and metrics["target_empty"]
 
@@ -121,8 +224,9 @@ def test_false_positive_on_an_empty_target():
 def test_missed_target():
     empty = np.zeros((1, 1, 10), dtype=bool)
     metrics = segmentation_metrics(empty, _line(10, 2, 4), spacing=(1.0, 1.0, 1.0))
-    assert {key: metrics[key] for key in ("dice", "iou", "precision", "recall", "nsd")} == {
-        "dice": 0.0, "iou": 0.0, "precision": 1.0, "recall": 0.0, "nsd": 0.0}
+    assert {key: metrics[key] for key in ("dice", "iou", "precision", "recall", "nsd", "f1", "kappa")} == {
+        "dice": 0.0, "iou": 0.0, "precision": 1.0, "recall": 0.0, "nsd": 0.0, "f1": 0.0, "kappa": 0.0}
+    assert metrics["pixel_accuracy"] == pytest.approx(1 - 2 / 10)  # 2 missed voxels of 10
     assert math.isinf(metrics["hd95"]) and math.isinf(metrics["assd"])
     assert metrics["pred_empty"] and not metrics["target_empty"]
 
@@ -218,6 +322,30 @@ def test_summary_groups_by_any_key_numerically():
 def test_summary_all_infinite_distances_give_none_mean():
     rows = summarize([_record("single", 0.0, hd95=math.inf, pred_empty=True)])
     assert rows[0]["hd95_mean"] is None and rows[0]["hd95_inf"] == 1
+
+
+def test_summary_reports_the_new_metrics():
+    records = [dict(_record("single", 0.8), f1=0.8, pixel_accuracy=0.9, kappa=0.5, average_precision=0.7),
+               dict(_record("single", 0.4), f1=0.4, pixel_accuracy=0.7, kappa=-0.1, average_precision=0.5)]
+    row = summarize(records)[0]
+    assert row["f1_mean"] == pytest.approx(0.6) and row["pixel_accuracy_mean"] == pytest.approx(0.8)
+    assert row["kappa_mean"] == pytest.approx(0.2) and row["kappa_std"] == pytest.approx(0.3)
+    assert row["average_precision_mean"] == pytest.approx(0.6)
+
+
+def test_summary_of_records_without_the_new_metrics_gives_none():
+    # Records written before f1, pixel_accuracy, kappa existed (and without average_precision) still summarize.
+    row = summarize(_records())[0]
+    for name in ("f1", "pixel_accuracy", "kappa", "average_precision"):
+        assert row[f"{name}_mean"] is None and row[f"{name}_std"] is None
+    assert row["dice_mean"] == pytest.approx(2 / 3)
+
+
+def test_summary_of_a_metric_in_some_records_only_raises():
+    records = [dict(_record("single", 0.8), average_precision=0.7), _record("single", 0.4)]
+    with pytest.raises(MedTextSegError, match=r"average_precision is in some records but missing or None in "
+                                              r"records \[1\]"):
+        summarize(records)
 
 
 def test_summary_missing_group_key_raises():

@@ -4,7 +4,17 @@ Every metric compares one binary prediction with one binary target of the same 2
 ``[X, Y, Z]`` grid. Overlap metrics come from ``monai.metrics`` (``compute_dice``, ``compute_iou``,
 ``get_confusion_matrix``); surface metrics (``compute_hausdorff_distance``,
 ``compute_average_surface_distance``, ``compute_surface_dice``) take the voxel spacing, so distances are in
-millimetres.
+millimetres. Pixel (voxel) accuracy and Cohen's kappa come from the confusion counts (TP, FP, FN, TN over all
+N voxels); :func:`average_precision` ranks a probability map (scikit-learn).
+
+* ``f1`` *is* ``dice``: for binary masks F1 = 2 TP / (2 TP + FP + FN) = Dice, so it is copied, not computed
+  again. It is reported because papers list both (METHODS §3.7); a difference between them is a bug.
+* ``pixel_accuracy`` = (TP + TN) / N. It is dominated by the background (a small lesion missed entirely
+  still scores close to 1), so read it next to dice, never alone.
+* ``kappa`` (Cohen's, binary) = (p_o - p_e) / (1 - p_e) with p_o the accuracy and p_e the agreement
+  expected from the two masks' foreground fractions; computed as
+  2 (TP TN - FN FP) / ((TP + FP)(FP + TN) + (TP + FN)(FN + TN)). It lies in [-1, 1] (0: chance agreement,
+  negative: worse than chance); it can never exceed 1 (a published kappa of 5.3 is a bug).
 
 Edge-case conventions
 ---------------------
@@ -12,17 +22,23 @@ MONAI returns nan or inf when a mask is empty. Text prompts make empty masks ord
 ("the lesion in the left apex" when there is none) has an empty target, and the correct answer is an
 empty prediction. So every case is decided here, explicitly, and no metric is ever nan::
 
-    masks                                  dice  iou  precision  recall  nsd  hd95  assd
-    both empty (a correct answer)           1     1      1         1      1    0     0
-    only the target empty (false positive)  0     0      0         1      0    inf   inf
-    only the prediction empty (a miss)      0     0      1         0      0    inf   inf
-    neither empty                          MONAI's values, all finite
+    masks                                  dice=f1  iou  precision  recall  nsd  hd95  assd  kappa  pixel_accuracy
+    both empty (a correct answer)             1      1      1         1      1    0     0     1         1
+    only the target empty (false positive)    0      0      0         1      0    inf   inf   0     1 - FP / N
+    only the prediction empty (a miss)        0      0      1         0      0    inf   inf   0     1 - FN / N
+    neither empty                          MONAI's values, all finite; kappa and accuracy from the counts
 
 * Precision and recall use vacuous truth when their denominator is zero: with nothing predicted no
   predicted voxel is wrong (precision 1), with nothing to find nothing was missed (recall 1). This keeps
   every mean finite; the failure still shows in dice, iou, nsd and the other of the pair (0).
 * The distances are inf when exactly one mask is empty: there is no surface to measure to.
   :func:`summarize` averages them over the finite values and counts the infinite ones separately.
+* Kappa is undefined (0 / 0) when the expected agreement p_e is 1, which happens only when both masks are
+  the same constant mask (both all background, or both all foreground): the masks are then identical and
+  kappa is defined as 1. With exactly one mask empty, kappa is 0 (p_o = p_e), as the table says.
+* :func:`average_precision` of an empty target (no positive voxel to rank) is defined like dice: 1 when
+  no voxel's probability exceeds the threshold (the empty answer is right), else 0 (a false positive).
+  It is not part of :func:`segmentation_metrics`, which sees the binary prediction only.
 """
 
 from __future__ import annotations
@@ -36,13 +52,19 @@ import numpy as np
 
 from medtextseg.utils.errors import MedTextSegError
 
-#: Metrics averaged with mean and std in :func:`summarize` (higher is better, all in [0, 1]).
-OVERLAP_METRICS: tuple[str, ...] = ("dice", "iou", "precision", "recall", "nsd")
+#: Metrics averaged with mean and std in :func:`summarize` (higher is better; all in [0, 1] except kappa, in
+#: [-1, 1]).
+OVERLAP_METRICS: tuple[str, ...] = ("dice", "iou", "precision", "recall", "nsd", "f1", "pixel_accuracy", "kappa",
+                                    "average_precision")
+#: Overlap metrics a record may lack (records written before they existed) or hold as None
+#: (``average_precision`` without a probability map); :func:`summarize` then reports their mean as None.
+OPTIONAL_METRICS: tuple[str, ...] = ("f1", "pixel_accuracy", "kappa", "average_precision")
 #: Distance metrics in mm (lower is better); may be inf, see the module docstring.
 DISTANCE_METRICS: tuple[str, ...] = ("hd95", "assd")
-#: Keys of the dict returned by :func:`segmentation_metrics`.
-METRIC_KEYS: tuple[str, ...] = (*OVERLAP_METRICS, *DISTANCE_METRICS,
-                                "pred_voxels", "target_voxels", "pred_empty", "target_empty")
+#: Keys of the dict returned by :func:`segmentation_metrics` (all overlap metrics but ``average_precision``,
+#: which needs the probability map: add ``record["average_precision"] = average_precision(...)`` yourself).
+METRIC_KEYS: tuple[str, ...] = (*(name for name in OVERLAP_METRICS if name != "average_precision"),
+                                *DISTANCE_METRICS, "pred_voxels", "target_voxels", "pred_empty", "target_empty")
 #: ``group`` of the summary row over all records. Not "all": "all" is a prompt kind ("outline all lesions").
 OVERALL_GROUP = "overall"
 
@@ -75,6 +97,68 @@ def _check_inputs(prediction: np.ndarray, target: np.ndarray,
     return masks[0], masks[1]
 
 
+def _agreement(prediction: np.ndarray, target: np.ndarray) -> dict[str, float]:
+    """``pixel_accuracy`` and Cohen's ``kappa`` of two bool masks, from exact integer confusion counts."""
+    tp = int(np.count_nonzero(prediction & target))
+    fp = int(np.count_nonzero(prediction)) - tp
+    fn = int(np.count_nonzero(target)) - tp
+    tn = prediction.size - tp - fp - fn
+    # kappa = (p_o - p_e) / (1 - p_e), multiplied through by N^2 / 2 (Python ints: no overflow, no rounding).
+    denominator = (tp + fp) * (fp + tn) + (tp + fn) * (fn + tn)
+    # denominator == 0 <=> p_e == 1 <=> both masks are the same constant mask: identical, so kappa = 1.
+    kappa = 1.0 if denominator == 0 else 2 * (tp * tn - fn * fp) / denominator
+    return {"pixel_accuracy": (tp + tn) / prediction.size, "kappa": kappa}
+
+
+def average_precision(probability: np.ndarray, target: np.ndarray, threshold: float = 0.5) -> float:
+    """Average precision of a probability map ranking the voxels of one binary target.
+
+    AP = sum_k (R_k - R_(k-1)) P_k over the distinct probability values taken as thresholds, highest first
+    (precision P_k and recall R_k of ``probability >= value_k``), computed by scikit-learn's
+    ``average_precision_score``; no interpolation, so it is not the 11-point VOC AP. Tied values form one
+    step.
+
+    Args:
+        probability: foreground probabilities in [0, 1], any shape (``[X, Y]``, ``[X, Y, Z]``), float.
+        target: binary mask (bool or 0/1) of the same shape.
+        threshold: used only when the target is empty (see below); the predictor's
+            ``inference.threshold``, where a voxel is foreground when ``probability > threshold``.
+
+    Returns:
+        A float in [0, 1]. A target with no foreground voxel has nothing to rank, so AP is undefined; like
+        dice (module docstring) it is then 1.0 when no voxel's probability exceeds ``threshold`` (the empty
+        answer is right) and 0.0 otherwise (a false positive). A target that is all foreground gives 1.0.
+
+    Raises:
+        MedTextSegError: shapes differ, the target is not binary, or probabilities are outside [0, 1] or
+            not finite (logits passed by mistake).
+
+    Example:
+        >>> # ranked 0.8 (background), 0.4 (lesion), 0.35 (lesion), 0.1: AP = 0.5 * 1/2 + 0.5 * 2/3
+        >>> round(average_precision(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 1, 1, 0])), 4)
+        0.5833
+    """
+    probability, target = np.asarray(probability), np.asarray(target)
+    if probability.shape != target.shape:
+        raise MedTextSegError(f"average_precision: probability and target must have the same shape, "
+                              f"got probability {probability.shape} and target {target.shape}")
+    if target.dtype != bool and np.any((target != 0) & (target != 1)):
+        raise MedTextSegError(f"average_precision: target must be a binary mask (bool or 0/1), "
+                              f"found values {np.unique(target)[:5].tolist()}...")
+    probability = probability.astype(float)
+    if probability.size and not (np.isfinite(probability).all() and probability.min() >= 0.0
+                                 and probability.max() <= 1.0):
+        raise MedTextSegError(f"average_precision: probability must be finite and in [0, 1], got values "
+                              f"from {np.nanmin(probability):.4g} to {np.nanmax(probability):.4g}; "
+                              "apply a sigmoid to logits first")
+    target = target.astype(bool).reshape(-1)
+    if not target.any():
+        return 0.0 if np.any(probability > threshold) else 1.0
+    from sklearn.metrics import average_precision_score  # imported here: scikit-learn takes a second to import
+
+    return float(average_precision_score(target, probability.reshape(-1)))
+
+
 def segmentation_metrics(prediction: np.ndarray, target: np.ndarray, spacing: Sequence[float],
                          nsd_tolerance_mm: float = 1.0) -> dict[str, float | bool | int]:
     """Overlap and surface metrics of one binary prediction against one binary target.
@@ -87,10 +171,11 @@ def segmentation_metrics(prediction: np.ndarray, target: np.ndarray, spacing: Se
             lies within this distance (inclusive) of the other surface.
 
     Returns:
-        ``dice``, ``iou``, ``precision``, ``recall``, ``nsd`` (floats in [0, 1]); ``hd95`` (95th percentile
-        symmetric Hausdorff distance, mm) and ``assd`` (average symmetric surface distance, mm), floats that
-        are inf when exactly one mask is empty; ``pred_voxels``, ``target_voxels`` (int);
-        ``pred_empty``, ``target_empty`` (bool). Empty masks follow the module docstring's table.
+        ``dice``, ``iou``, ``precision``, ``recall``, ``nsd``, ``f1`` (equal to ``dice``), ``pixel_accuracy``
+        (floats in [0, 1]) and ``kappa`` (Cohen's, in [-1, 1]); ``hd95`` (95th percentile symmetric Hausdorff
+        distance, mm) and ``assd`` (average symmetric surface distance, mm), floats that are inf when exactly
+        one mask is empty; ``pred_voxels``, ``target_voxels`` (int); ``pred_empty``, ``target_empty``
+        (bool). Empty masks follow the module docstring's table.
 
     Raises:
         MedTextSegError: shapes differ, the masks are not 2D/3D or not binary, or ``spacing`` has the
@@ -107,14 +192,15 @@ def segmentation_metrics(prediction: np.ndarray, target: np.ndarray, spacing: Se
     pred_voxels, target_voxels = int(prediction.sum()), int(target.sum())
     counts: dict[str, Any] = {"pred_voxels": pred_voxels, "target_voxels": target_voxels,
                               "pred_empty": pred_voxels == 0, "target_empty": target_voxels == 0}
+    agreement = _agreement(prediction, target)
     if pred_voxels == 0 and target_voxels == 0:
-        return {"dice": 1.0, "iou": 1.0, "precision": 1.0, "recall": 1.0, "nsd": 1.0,
+        return {"dice": 1.0, "iou": 1.0, "precision": 1.0, "recall": 1.0, "nsd": 1.0, "f1": 1.0, **agreement,
                 "hd95": 0.0, "assd": 0.0, **counts}
     if target_voxels == 0:
-        return {"dice": 0.0, "iou": 0.0, "precision": 0.0, "recall": 1.0, "nsd": 0.0,
+        return {"dice": 0.0, "iou": 0.0, "precision": 0.0, "recall": 1.0, "nsd": 0.0, "f1": 0.0, **agreement,
                 "hd95": math.inf, "assd": math.inf, **counts}
     if pred_voxels == 0:
-        return {"dice": 0.0, "iou": 0.0, "precision": 1.0, "recall": 0.0, "nsd": 0.0,
+        return {"dice": 0.0, "iou": 0.0, "precision": 1.0, "recall": 0.0, "nsd": 0.0, "f1": 0.0, **agreement,
                 "hd95": math.inf, "assd": math.inf, **counts}
 
     # Imported here: MONAI takes seconds to import, and summaries, reports and the CLI's --help need none of it.
@@ -149,7 +235,9 @@ def segmentation_metrics(prediction: np.ndarray, target: np.ndarray, spacing: Se
             "assd": compute_average_surface_distance(y_pred, y, include_background=True, symmetric=True,
                                                      spacing=spacing),
         }
-    return {name: float(value.reshape(-1)[0]) for name, value in values.items()} | counts
+    metrics = {name: float(value.reshape(-1)[0]) for name, value in values.items()}
+    # F1 of binary masks is Dice (2TP / (2TP + FP + FN)); copied so the two can never disagree.
+    return metrics | {"f1": metrics["dice"], **agreement} | counts
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -169,7 +257,9 @@ def _group_sort_key(value: Any) -> tuple[int, float, str]:
 def _summarize_group(group: str, group_by: str, records: list[dict]) -> dict[str, Any]:
     row: dict[str, Any] = {"group": group, "group_by": group_by, "n": len(records)}
     for name in OVERLAP_METRICS:
-        row[f"{name}_mean"], row[f"{name}_std"] = _mean_std([float(r[name]) for r in records])
+        # Optional metrics are in every record or in none (checked by summarize): none gives None.
+        row[f"{name}_mean"], row[f"{name}_std"] = _mean_std([float(r[name]) for r in records
+                                                             if r.get(name) is not None])
     for name in DISTANCE_METRICS:
         values = [float(r[name]) for r in records]
         finite = [v for v in values if math.isfinite(v)]
@@ -189,22 +279,24 @@ def summarize(records: list[dict], group_by: str = "kind") -> list[dict]:
 
     Args:
         records: one dict per (case, prompt), holding the keys of :func:`segmentation_metrics` and
-            ``group_by`` (other keys such as ``case``, ``prompt`` or ``n_lesions`` are ignored).
+            ``group_by`` (other keys such as ``case``, ``prompt`` or ``n_lesions`` are ignored), optionally
+            ``average_precision``. Keys of :data:`OPTIONAL_METRICS` may be absent or None (in all records).
         group_by: any record key; numeric values (``n_lesions``) are sorted numerically, others
             alphabetically.
 
     Returns:
         Rows (dicts) with ``group`` (the value as str; the last row is :data:`OVERALL_GROUP`), ``group_by``,
-        ``n``; ``{m}_mean`` and ``{m}_std`` (population std, ddof=0) for dice, iou, precision, recall,
-        nsd; ``hd95_mean``/``hd95_std``/``assd_mean``/``assd_std`` over the finite values (None when none
-        is finite) with ``hd95_inf``/``assd_inf`` counting the infinite ones; ``n_empty_target``;
+        ``n``; ``{m}_mean`` and ``{m}_std`` (population std, ddof=0) for each of :data:`OVERLAP_METRICS`
+        (None for an :data:`OPTIONAL_METRICS` name that the records lack); ``hd95_mean``/``hd95_std``/
+        ``assd_mean``/``assd_std`` over the finite values (None when none is finite) with
+        ``hd95_inf``/``assd_inf`` counting the infinite ones; ``n_empty_target``;
         ``empty_correct``, the fraction of empty-target records answered with an empty prediction (None
         when the group has no empty target); ``false_positive_cases`` (empty target, non-empty
         prediction) and ``missed_cases`` (non-empty target, empty prediction).
 
     Raises:
-        MedTextSegError: no records, a record without ``group_by`` or a metric key, or a group value that
-            equals :data:`OVERALL_GROUP`.
+        MedTextSegError: no records, a record without ``group_by`` or a metric key, an optional metric in
+            some records only, or a group value that equals :data:`OVERALL_GROUP`.
     """
     if not records:
         raise MedTextSegError("summarize: records is empty; evaluate at least one (case, prompt) first")
@@ -215,7 +307,7 @@ def summarize(records: list[dict], group_by: str = "kind") -> list[dict]:
             raise MedTextSegError(f"summarize: {where} has no key group_by={group_by!r}; "
                                   f"its keys are {sorted(record)}")
         missing = [key for key in (*OVERLAP_METRICS, *DISTANCE_METRICS, "pred_empty", "target_empty")
-                   if key not in record]
+                   if key not in record and key not in OPTIONAL_METRICS]
         if missing:
             raise MedTextSegError(f"summarize: {where} lacks metric keys {missing}; "
                                   "build records from segmentation_metrics()")
@@ -224,6 +316,12 @@ def summarize(records: list[dict], group_by: str = "kind") -> list[dict]:
                                   "summary row over all records; rename that group")
         value = record[group_by]
         groups.setdefault(value if isinstance(value, Hashable) else str(value), []).append(record)
+    for name in OPTIONAL_METRICS:
+        lacking = [index for index, record in enumerate(records) if record.get(name) is None]
+        if 0 < len(lacking) < len(records):
+            raise MedTextSegError(f"summarize: {name} is in some records but missing or None in records "
+                                  f"{lacking[:5]}{'...' if len(lacking) > 5 else ''}; a mean over a subset "
+                                  f"would mislead, so give it to every record or to none")
     rows = [_summarize_group(str(value), group_by, groups[value])
             for value in sorted(groups, key=_group_sort_key)]
     rows.append(_summarize_group(OVERALL_GROUP, group_by, list(records)))
