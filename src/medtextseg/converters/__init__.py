@@ -1,0 +1,1 @@
+"""Converters: public dataset layouts -> the medtextseg dataset format (``docs/dataset_format.md``)."""
