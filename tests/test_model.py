@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from helpers import as_if_trained
 from medtextseg.config import Config
 from medtextseg.data.transforms import coordinate_channels
 from medtextseg.models.factory import create_model
@@ -45,9 +46,8 @@ def test_text_changes_the_answer_only_when_conditioned():
     image = torch.randn(1, 3, 16, 16, 8)
     for conditioning, should_differ in (("film", True), ("none", False)):
         torch.manual_seed(0)
-        model = create_model(Config.load("default", [*SMALL, f"model.conditioning={conditioning}"]).model, 12)
-        for film in getattr(model, "film", None) or []:
-            torch.nn.init.normal_(film.mlp[-1].weight, std=0.5)  # as after training
+        model = as_if_trained(create_model(Config.load("default", [*SMALL, f"model.conditioning={conditioning}"]).model,
+                                           12))
         out_a = model(image, text_batch(1, seed=1)).logits
         out_b = model(image, text_batch(1, seed=2)).logits
         assert (not torch.allclose(out_a, out_b)) == should_differ

@@ -33,3 +33,10 @@ def test_valid_prompt_is_normalised():
 def test_bad_prompts_are_refused(prompt, message):
     with pytest.raises(MedTextSegError, match=message):
         validate_prompt(prompt, "prompt 1")
+
+
+def test_sides_that_name_a_heart_chamber_are_not_swapped():
+    # a mirrored left atrium is still the left atrium; a mirrored left kidney lies where the right one would
+    assert swap_left_right("segment the Left Ventricle and the left atrium") == \
+        "segment the Left Ventricle and the left atrium"
+    assert swap_left_right("the left kidney, not the right atrium") == "the right kidney, not the right atrium"

@@ -1,25 +1,8 @@
 import torch
 
+from helpers import CountingEncoder
 from medtextseg.text.batch import PromptEmbedding, TextBatch
 from medtextseg.text.cache import TextEmbeddingCache, cached_text_encoder
-
-
-class CountingEncoder:
-    """A fake encoder: embedding = the prompt's character codes, so every prompt differs."""
-
-    name = "counting"
-    dim = 4
-
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-
-    def encode(self, prompts):
-        self.calls += prompts
-        out = []
-        for p in prompts:
-            codes = torch.tensor([float(ord(c)) for c in p[:4].ljust(4)])
-            out.append(PromptEmbedding(codes / codes.norm(), codes[None].repeat(len(p.split()), 1)))
-        return out
 
 
 def test_text_batch_pads_and_masks():

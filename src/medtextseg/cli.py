@@ -1,4 +1,4 @@
-"""``medtextseg``: one command-line app, one subcommand per stage (synth, train, predict, evaluate, compare).
+"""``medtextseg``: one command-line app, one subcommand per stage (synth, train, predict, evaluate, compare, study).
 
 Heavy libraries are imported inside each command so that ``--help`` answers at once. Bad input ends
 with one line on stderr (``error: ...`` naming the file or field) and exit status 2.
@@ -164,6 +164,75 @@ def compare(
     write_comparison(summaries, out)
     typer.echo((out / "comparison_dice.md").read_text() if (out / "comparison_dice.md").is_file() else "")
     typer.echo(f"report in {out}")
+
+
+@app.command()
+@user_errors
+def study(
+    spec: Annotated[str, typer.Argument(help="study YAML file, or a shipped study: filmcbn_losses, "
+                                        "filmcbn_ablation")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="study folder: runs/ and one report per dataset")]
+    = Path("study"),
+    data: Annotated[list[str] | None, typer.Option("--data", "-d", help="NAME=DATASET_FOLDER, replaces the "
+                                                   "study's datasets (repeatable)")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="runs side by side (each gets cpu_count/workers "
+                                         "threads)")] = 1,
+) -> None:
+    """Train and evaluate N seeds x M configurations; write statistics (mean ± std, 95% CI, Shapiro-Wilk,
+    paired t / Wilcoxon with Holm correction), tables and plots. Rerun the same command to resume."""
+    from medtextseg.study.runner import run_study
+    from medtextseg.study.spec import load_study
+    from medtextseg.utils.errors import MedTextSegError
+
+    datasets = {}
+    for item in data or []:
+        name, sep, folder = item.partition("=")
+        if not sep:
+            raise MedTextSegError(f"--data {item!r}: expected NAME=DATASET_FOLDER")
+        datasets[name] = folder
+    reports = run_study(load_study(spec, datasets), out, workers=workers)
+    for dataset, summary in reports.items():
+        typer.echo(f"{dataset}: {summary}")
+
+
+def _convert_help() -> str:
+    """``convert --help``: the command, then every registered converter with its one-line description."""
+    from medtextseg.converters.registry import describe_converters
+
+    listing = "\n\n".join(f"* {line}" for line in describe_converters().splitlines()) or "(none registered)"
+    return ("Convert a public dataset into the medtextseg format (nnU-Net raw layout + prompts.jsonl + "
+            "prompt_vocabulary.json).\n\nResumable and idempotent: a second run converts only what is missing; "
+            "a case that cannot be converted is reported by name and the others go on.\n\nConverters (NAME):"
+            f"\n\n{listing}")
+
+
+@app.command(help=_convert_help())
+@user_errors
+def convert(
+    name: Annotated[str, typer.Argument(help="the converter, one of those listed above", show_default=False)],
+    src: Annotated[Path, typer.Option("--src", help="the source dataset folder")],
+    dst: Annotated[Path, typer.Option("--dst", help="the medtextseg dataset folder to write")],
+    overwrite: Annotated[bool, typer.Option(help="rewrite cases already converted")] = False,
+    spatial_dims: Annotated[int, typer.Option("--spatial-dims", help="3 for volumes, 2 for slices")] = 3,
+    option: Annotated[list[str] | None, typer.Option("--option", help="a converter option KEY=VALUE "
+                                                     "(repeatable; see the converter's documentation)")] = None,
+) -> None:
+    from medtextseg.converters.registry import get_converter
+    from medtextseg.utils.errors import MedTextSegError
+
+    function = get_converter(name)
+    if spatial_dims not in (2, 3):
+        raise MedTextSegError(f"--spatial-dims must be 2 or 3, got {spatial_dims}")
+    if not src.is_dir():
+        raise MedTextSegError(f"--src {src}: folder not found")
+    options = {}
+    for item in option or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise MedTextSegError(f"--option {item!r}: expected KEY=VALUE")
+        options[key.strip()] = value
+    summary = function(src, dst, overwrite=overwrite, spatial_dims=spatial_dims, **options)
+    typer.echo(summary.line())
 
 
 @app.command()

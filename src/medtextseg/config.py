@@ -7,12 +7,13 @@ with the field's full dotted name and the closest valid key, instead of being si
 from __future__ import annotations
 
 import difflib
+import warnings
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from medtextseg.utils.errors import MedTextSegError
 
@@ -34,6 +35,8 @@ class DataConfig(_Section):
     flip_left_right: float = Field(0.5, ge=0, le=1, description="probability of a left-right flip; "
                                    "'left' and 'right' are swapped in the prompt with it")
     intensity_augmentation: bool = True
+    prompt_sampling: bool = Field(False, description="reword each prompt line that has a 'class' at every step: "
+                                  "a random template x synonym of the dataset's prompt_vocabulary.json")
 
 
 class TextConfig(_Section):
@@ -45,17 +48,37 @@ class TextConfig(_Section):
 
 
 class ModelConfig(_Section):
-    """An N-D U-Net with text conditioning (FiLM at the bottleneck and every decoder stage)."""
+    """An N-D U-Net with text conditioning.
+
+    ``conditioning`` picks where the text enters: ``film`` at the bottleneck and every decoder stage (the
+    default), ``fusion`` = the FiLM -> SE -> CBN -> residual -> L2 chain at the bottleneck (FiLM/CBN method;
+    links switched by ``fusion_se``/``fusion_cbn``), ``concat`` = the tiled text vector concatenated at the
+    bottleneck, ``none`` = the image-only baseline.
+    """
 
     spatial_dims: Literal[2, 3] = 3
     in_channels: int = Field(3, ge=1)
     channels: list[int] = Field([16, 32, 64, 128], description="feature channels per resolution stage")
     strides: list[list[int]] = Field([[1, 1, 1], [2, 2, 1], [2, 2, 2], [2, 2, 2]],
                                      description="downsampling stride of each stage (first is the stem)")
-    conditioning: Literal["film", "none"] = Field("film", description="'none' = the image-only baseline")
+    conditioning: Literal["film", "fusion", "concat", "none"] = Field(
+        "film", description="film: every decoder stage; fusion: FiLM->SE->CBN->residual->L2 at the bottleneck; "
+        "concat: text tiled and concatenated at the bottleneck; none: the image-only baseline")
+    fusion_se: bool = Field(True, description="conditioning=fusion: SE after FiLM")
+    fusion_cbn: bool = Field(True, description="conditioning=fusion: conditional batch norm after SE")
+    cbn_position: Literal["bottleneck", "decoder", "both"] = Field(
+        "bottleneck", description="conditioning=fusion: where conditional batch norm sits (decoder = the "
+        "second-highest-resolution decoder stage, as the paper's 128-channel layer)")
+    downsample: Literal["conv", "maxpool"] = Field("conv", description="strided convolution or max-pooling")
+    block_attention: list[Literal["se", "cbam"]] = Field(
+        default_factory=list, description="refinement after every encoder and decoder stage, in order")
+    dropout: float = Field(0.0, ge=0, lt=1, description="channel dropout after every encoder stage")
+    negative_slope: float = Field(0.01, ge=0, description="of the LeakyReLU activations")
     text_tokens: bool = Field(True, description="FiLM also reads the prompt's token states (attention "
                               "pooling), not only the sentence embedding")
     coordinates: bool = Field(True, description="append whole-image voxel coordinates as input channels")
+    spatial_film: bool = Field(False, description="conditioning=film with coordinates: the text also sets a "
+                               "per-channel ramp along each whole-image axis (a handle for left/right words)")
     presence: bool = Field(True, description="train and use a presence logit (mean of the top-k mask logits) "
                            "saying whether the prompted target is in the image at all")
     presence_topk: int = Field(8, ge=1, description="k voxels read by the presence logit")
@@ -63,6 +86,8 @@ class ModelConfig(_Section):
 
     @model_validator(mode="after")
     def _check_stages(self) -> ModelConfig:
+        if self.spatial_film and not (self.coordinates and self.conditioning == "film"):
+            raise ValueError("model.spatial_film needs model.coordinates=true and model.conditioning=film")
         if len(self.channels) != len(self.strides):
             raise ValueError(f"model.channels has {len(self.channels)} stages but model.strides has "
                              f"{len(self.strides)}; give one stride per stage")
@@ -74,9 +99,56 @@ class ModelConfig(_Section):
 
 
 class LossConfig(_Section):
-    dice_weight: float = Field(1.0, ge=0)
-    bce_weight: float = Field(1.0, ge=0)
-    presence_weight: float = Field(0.5, ge=0)
+    """Weighted loss terms (names: ``medtextseg.losses.registry``, table in docs/architecture.md "Losses").
+
+    A weight of 0 switches a term off, e.g. one a base preset lists: presets merge ``terms`` key by key. Like
+    every dict field, ``--set loss.terms.tversky=1`` edits the dict the preset's YAML gives, which is empty
+    when the YAML has no ``loss.terms``; ``--set "loss.terms={dice: 1, tversky: 1}"`` says it all.
+    """
+
+    terms: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=lambda: {"dice": 1.0, "bce": 1.0},
+        description="loss term name -> weight; region terms (dice, ...) average over prompts with a target, "
+                    "pixel-wise terms (bce, ...) over all prompts")
+    params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="loss term name -> its keyword arguments, e.g. tversky: {alpha: 0.7}")
+    presence_weight: float = Field(0.5, ge=0, description="BCE of the presence logit against 'target not empty'")
+    deep_supervision_weights: list[Annotated[float, Field(ge=0)]] | Literal["halving"] | None = Field(
+        "halving", description="weights of the model's outputs, full resolution first, normalised to sum 1; "
+        "'halving' = 1, 1/2, 1/4, ...; null = train the full-resolution output only")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _rename_legacy_weights(cls, data: Any) -> Any:
+        # configs saved with runs before the term library (loss.dice_weight / loss.bce_weight) still load
+        if isinstance(data, dict) and ({"dice_weight", "bce_weight"} & data.keys()):
+            if "terms" in data:
+                raise ValueError("loss.dice_weight / loss.bce_weight are replaced by loss.terms; give only terms")
+            data = dict(data)
+            data["terms"] = {"dice": data.pop("dice_weight", 1.0), "bce": data.pop("bce_weight", 1.0)}
+            warnings.warn("config fields loss.dice_weight / loss.bce_weight are renamed: write loss.terms: "
+                          f"{data['terms']}", FutureWarning, stacklevel=2)
+        return data
+
+    @field_validator("terms", "params")
+    @classmethod
+    def _check_term_names(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        # imported here: the losses need torch, and the config must stay importable without it (fast CLI)
+        from medtextseg.losses.registry import check_loss_term_name, create_loss_term
+
+        for name in value:
+            check_loss_term_name(name)
+        if info.field_name == "params":
+            for name, params in value.items():
+                create_loss_term(name, **params)  # unknown or out-of-range parameters fail at load time
+        return value
+
+    @field_validator("deep_supervision_weights")
+    @classmethod
+    def _check_positive_sum(cls, value: Any) -> Any:
+        if isinstance(value, list) and not sum(value) > 0:
+            raise ValueError(f"the weights must have a positive sum, got {value}")
+        return value
 
 
 class TrainConfig(_Section):

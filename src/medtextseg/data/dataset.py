@@ -25,6 +25,7 @@ from torch import Tensor
 from medtextseg.data.layout import CaseRecord, PromptRecord
 from medtextseg.data.prompts import swap_left_right
 from medtextseg.data.transforms import coordinate_channels, preparation
+from medtextseg.data.vocabulary import PromptVocabulary
 
 
 @dataclass
@@ -72,11 +73,15 @@ class PromptSampleDataset(torch.utils.data.Dataset):
     Returns a dict: ``image`` [C (+ spatial coordinate channels), *patch] float32; ``targets``
     [K, 1, *patch] float32 in {0, 1}; ``prompts`` list of K strings (left/right swapped when the sample
     was mirrored); ``kinds`` list of K.
+
+    With a ``vocabulary`` (prompt sampling), a chosen prompt that has a ``class_name`` is reworded by
+    ``vocabulary.render`` with the item's own generator: reproducible by seed, different per sample and step.
     """
 
     def __init__(self, cases: list[PreparedCase], patch_size: list[int], prompts_per_image: int,
                  kind_weights: dict[str, float], flip_left_right: float = 0.5,
-                 intensity_augmentation: bool = True, seed: int = 0, coordinates: bool = False) -> None:
+                 intensity_augmentation: bool = True, seed: int = 0, coordinates: bool = False,
+                 vocabulary: PromptVocabulary | None = None) -> None:
         self.cases = [c for c in cases if c.prompts]
         self.patch_size = list(patch_size)
         self.k = prompts_per_image
@@ -85,6 +90,7 @@ class PromptSampleDataset(torch.utils.data.Dataset):
         self.intensity_augmentation = intensity_augmentation
         self.seed = seed
         self.coordinates = coordinates
+        self.vocabulary = vocabulary
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -124,6 +130,9 @@ class PromptSampleDataset(torch.utils.data.Dataset):
         image, coordinates = stacked[:channels], stacked[channels:first_target]
         targets = stacked[first_target:]
         texts = [p.prompt for p in prompts]
+        if self.vocabulary is not None:  # reworded before the flip, so that the flip swaps the new words
+            texts = [self.vocabulary.render(p.class_name, rng) if p.class_name else t
+                     for p, t in zip(prompts, texts, strict=True)]
         if rng.random() < self.flip_left_right:
             # axis 0 of the spatial dims is patient left-right in RAS, so the words must follow; the
             # coordinates are not mirrored: they say where patient right is, whatever the anatomy

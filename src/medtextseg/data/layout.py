@@ -17,14 +17,18 @@ import numpy as np
 
 from medtextseg.data.io import read_array, read_geometry
 from medtextseg.data.prompts import validate_prompt
+from medtextseg.data.vocabulary import VOCABULARY_FILE, PromptVocabulary
 from medtextseg.utils.errors import MedTextSegError
+from medtextseg.utils.json_files import read_json
 
 
 @dataclass
 class PromptRecord:
     """One (case, prompt, target) line of prompts.jsonl.
 
-    ``target`` is a tuple of label values (empty = absent target) or a mask file path.
+    ``target`` is a tuple of label values (empty = absent target) or a mask file path. ``class_name`` is the
+    optional ``class`` key: a class of the dataset's prompt vocabulary, whose phrasings may replace ``prompt``
+    in training (``data.prompt_sampling``).
     """
 
     case: str
@@ -32,6 +36,7 @@ class PromptRecord:
     target: tuple[int, ...] | Path
     kind: str = "other"
     meta: dict[str, Any] = field(default_factory=dict)
+    class_name: str | None = None
 
     @property
     def target_is_absent(self) -> bool:
@@ -50,7 +55,8 @@ class CaseRecord:
 
 @dataclass
 class DatasetLayout:
-    """What a dataset folder holds. ``cases`` keeps the file order; ``splits`` maps split -> case ids."""
+    """What a dataset folder holds. ``cases`` keeps the file order; ``splits`` maps split -> case ids;
+    ``vocabulary`` is read from ``prompt_vocabulary.json`` when the folder has one."""
 
     root: Path
     channel_names: list[str]
@@ -59,6 +65,7 @@ class DatasetLayout:
     spatial_dims: int
     cases: dict[str, CaseRecord]
     splits: dict[str, list[str]]
+    vocabulary: PromptVocabulary | None = None
 
     def split(self, name: str) -> list[CaseRecord]:
         if name not in self.splits:
@@ -70,18 +77,8 @@ class DatasetLayout:
         return sorted({p.prompt for case in cases for p in case.prompts})
 
 
-def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise MedTextSegError(f"{path}: file not found (a dataset folder needs dataset.json; see "
-                              "docs/dataset_format.md)")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise MedTextSegError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
-
-
 def _parse_dataset_json(path: Path) -> tuple[list[str], dict[str, int], str, int]:
-    meta = _read_json(path)
+    meta = read_json(path, "a dataset folder needs dataset.json; see docs/dataset_format.md")
     for key in ("channel_names", "labels", "file_ending"):
         if key not in meta:
             raise MedTextSegError(f"{path}: missing key {key!r}")
@@ -133,7 +130,8 @@ def _find_cases(root: Path, channel_count: int, file_ending: str) -> dict[str, C
     return cases
 
 
-def _parse_prompts(path: Path, root: Path, cases: dict[str, CaseRecord], labels: dict[str, int]) -> None:
+def _parse_prompts(path: Path, root: Path, cases: dict[str, CaseRecord], labels: dict[str, int],
+                   vocabulary: PromptVocabulary | None = None) -> None:
     if not path.is_file():
         raise MedTextSegError(f"{path}: file not found (one JSON line per case, prompt and target)")
     declared = set(labels.values())
@@ -171,11 +169,19 @@ def _parse_prompts(path: Path, root: Path, cases: dict[str, CaseRecord], labels:
         else:
             raise MedTextSegError(f"{where}: target must be a list of label values, [] or a mask path")
         prompt = validate_prompt(item["prompt"], where)
+        class_name = item.get("class")
+        if class_name is not None:
+            if vocabulary is None:
+                raise MedTextSegError(f"{where}: class {class_name!r} needs a {VOCABULARY_FILE} in {root} "
+                                      "(see docs/dataset_format.md)")
+            if class_name not in vocabulary:
+                raise MedTextSegError(f"{where}: class {class_name!r} is not in {root / VOCABULARY_FILE} "
+                                      f"(classes: {', '.join(vocabulary.classes)})")
         cases[case].prompts.append(PromptRecord(case, prompt, target_value, str(item.get("kind", "other")),
-                                                dict(item.get("meta", {}))))
+                                                dict(item.get("meta", {})), class_name))
 
 
-def _hash_split(cases: list[str]) -> dict[str, list[str]]:
+def hash_split(cases: list[str]) -> dict[str, list[str]]:
     def bucket(case: str) -> int:
         return int(hashlib.sha1(case.encode()).hexdigest(), 16) % 10
 
@@ -194,17 +200,19 @@ def load_dataset(root: str | Path) -> DatasetLayout:
         raise MedTextSegError(f"{root}: dataset folder not found")
     channel_names, labels, file_ending, spatial_dims = _parse_dataset_json(root / "dataset.json")
     cases = _find_cases(root, len(channel_names), file_ending)
-    _parse_prompts(root / "prompts.jsonl", root, cases, labels)
+    vocabulary_path = root / VOCABULARY_FILE
+    vocabulary = PromptVocabulary.load(vocabulary_path) if vocabulary_path.is_file() else None
+    _parse_prompts(root / "prompts.jsonl", root, cases, labels, vocabulary)
     splits_path = root / "splits.json"
     if splits_path.is_file():
-        splits = _read_json(splits_path)
+        splits = read_json(splits_path)
         for split, members in splits.items():
             unknown = [c for c in members if c not in cases]
             if unknown:
                 raise MedTextSegError(f"{splits_path}: split {split!r} names unknown case {unknown[0]!r}")
     else:
-        splits = _hash_split(list(cases))
-    return DatasetLayout(root, channel_names, labels, file_ending, spatial_dims, cases, splits)
+        splits = hash_split(list(cases))
+    return DatasetLayout(root, channel_names, labels, file_ending, spatial_dims, cases, splits, vocabulary)
 
 
 def verify_case(case: CaseRecord, labels: dict[str, int]) -> None:

@@ -11,8 +11,11 @@ MAX_PROMPT_CHARACTERS = 300
 _SIDE_WORDS = {"left": "right", "right": "left", "Left": "Right", "Right": "Left", "LEFT": "RIGHT",
                "RIGHT": "LEFT", "l": "r", "r": "l", "L": "R", "R": "L"}
 # "left"/"right" as words or word prefixes ("left-sided", "leftmost"); single letters only as standalone
-# words before a zone abbreviation ("L PZ"), so "R" in other contexts is untouched.
-_SIDE_PATTERN = re.compile(r"\b(left|right|Left|Right|LEFT|RIGHT)|\b([lLrR])(?=\s+(?:PZ|TZ|pz|tz)\b)")
+# words before a zone abbreviation ("L PZ"), so "R" in other contexts is untouched. Not where the side is
+# part of a structure's name rather than its position: the left atrium of a mirrored heart is still the
+# left atrium (its chamber, its blood), while a mirrored left kidney lies where the right one would.
+_NAMED_BY_SIDE = r"(?!\s+(?i:atri|ventric|heart))"
+_SIDE_PATTERN = re.compile(rf"\b(left|right|Left|Right|LEFT|RIGHT){_NAMED_BY_SIDE}|\b([lLrR])(?=\s+(?:PZ|TZ|pz|tz)\b)")
 
 
 def validate_prompt(prompt: object, where: str = "prompt") -> str:

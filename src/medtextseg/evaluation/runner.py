@@ -10,7 +10,7 @@ import numpy as np
 
 from medtextseg.data.io import read_array, read_geometry
 from medtextseg.data.layout import CaseRecord, PromptRecord, load_dataset, verify_dataset
-from medtextseg.evaluation.metrics import segmentation_metrics, summarize
+from medtextseg.evaluation.metrics import average_precision, segmentation_metrics, summarize
 from medtextseg.evaluation.report import save_loss_curve, save_overlay, write_records, write_summary
 from medtextseg.inference.predictor import Predictor
 from medtextseg.utils.atomic import write_text_atomic
@@ -72,6 +72,8 @@ def evaluate_run(run: str | Path, data_root: str | Path, out_dir: str | Path, sp
             target = prompt_target(case, prompt, label)
             metrics = segmentation_metrics(result.mask.reshape(spatial) > 0, target.reshape(spatial), spacing,
                                            nsd_tolerance_mm)
+            metrics["average_precision"] = average_precision(result.probability, target,
+                                                             predictor.config.inference.threshold)
             group = result_group(prompt)
             records.append({"case": case.case, "prompt": prompt.prompt, "kind": prompt.kind, "group": group,
                             "n_lesions": prompt.meta.get("n_lesions"), **metrics})

@@ -9,11 +9,23 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from monai.networks.blocks import UnetOutBlock, UnetResBlock, UnetUpBlock
+from monai.networks.layers.factories import Pool
 from torch import Tensor, nn
+
+from medtextseg.models.blocks.refinement import stage_refinement
+
+
+def _norm_name(norm: str) -> str | tuple:
+    return ("group", {"num_groups": 8}) if norm == "group" else norm
+
+
+def _activation(negative_slope: float) -> tuple:
+    return ("leakyrelu", {"negative_slope": negative_slope, "inplace": True})
 
 
 class UNetEncoder(nn.Module):
-    """Residual encoder: stage s applies a strided ``UnetResBlock`` (stride ``strides[s]``).
+    """Residual encoder: stage s downsamples by ``strides[s]``, applies a ``UnetResBlock`` (conv-norm-act-
+    conv-norm + shortcut, act), then the optional refinement (SE, CBAM, dropout).
 
     Args:
         spatial_dims: 2 or 3.
@@ -21,51 +33,70 @@ class UNetEncoder(nn.Module):
         channels: feature channels per stage, e.g. [16, 32, 64, 128].
         strides: per stage, the stride per spatial axis (first stage usually all ones).
         norm: MONAI norm name ("instance", "batch", "group").
+        downsample: "conv" (the block's first convolution is strided) or "maxpool" (max-pooling, then an
+            unstrided block, as the classic U-Net).
+        attention: refinement blocks after every stage, in order, from ("se", "cbam").
+        dropout: channel-dropout probability after every stage.
+        negative_slope: of the LeakyReLU activations.
     """
 
     def __init__(self, spatial_dims: int, in_channels: int, channels: Sequence[int],
-                 strides: Sequence[Sequence[int]], norm: str = "instance") -> None:
+                 strides: Sequence[Sequence[int]], norm: str = "instance", downsample: str = "conv",
+                 attention: Sequence[str] = (), dropout: float = 0.0, negative_slope: float = 0.01) -> None:
         super().__init__()
-        norm_name = ("group", {"num_groups": 8}) if norm == "group" else norm
+        if downsample not in ("conv", "maxpool"):
+            raise ValueError(f"downsample must be 'conv' or 'maxpool', got {downsample!r}")
+        pooled = downsample == "maxpool"
         inputs = [in_channels, *channels[:-1]]
         self.stages = nn.ModuleList(
-            UnetResBlock(spatial_dims, cin, cout, kernel_size=3, stride=stride, norm_name=norm_name,
-                         act_name=("leakyrelu", {"negative_slope": 0.01, "inplace": True}))
+            UnetResBlock(spatial_dims, cin, cout, kernel_size=3, stride=1 if pooled else stride,
+                         norm_name=_norm_name(norm), act_name=_activation(negative_slope))
             for cin, cout, stride in zip(inputs, channels, strides, strict=True))
+        self.pools = nn.ModuleList(
+            Pool[Pool.MAX, spatial_dims](kernel_size=stride, stride=stride)
+            if pooled and any(s != 1 for s in stride) else nn.Identity() for stride in strides)
+        self.refinements = nn.ModuleList(stage_refinement(spatial_dims, c, attention, dropout) for c in channels)
 
     def forward(self, image: Tensor) -> list[Tensor]:
         """image: [N, C_in, *spatial]. Returns per-stage features, highest resolution first."""
         features = []
         x = image
-        for stage in self.stages:
-            x = stage(x)
+        for pool, stage, refinement in zip(self.pools, self.stages, self.refinements, strict=True):
+            x = refinement(stage(pool(x)))
             features.append(x)
         return features
 
 
 class UNetDecoder(nn.Module):
-    """Transposed-conv upsampling + skip concatenation + conv block per stage, back to full resolution.
+    """Transposed-conv upsampling + skip concatenation + conv block (+ refinement) per stage.
 
     ``modulate(level, features)`` is called on the bottleneck (level = number of stages - 1) and after
     every decoder stage (levels L-2 .. 0); it is where text conditioning enters.
+
+    Args:
+        spatial_dims, channels, strides, norm, attention, negative_slope: as for ``UNetEncoder``.
+        out_channels: K of the output logits.
     """
 
     def __init__(self, spatial_dims: int, channels: Sequence[int], strides: Sequence[Sequence[int]],
-                 out_channels: int, norm: str = "instance") -> None:
+                 out_channels: int, norm: str = "instance", attention: Sequence[str] = (),
+                 negative_slope: float = 0.01) -> None:
         super().__init__()
-        norm_name = ("group", {"num_groups": 8}) if norm == "group" else norm
+        levels = list(reversed(range(len(channels) - 1)))
         self.ups = nn.ModuleList(
             UnetUpBlock(spatial_dims, channels[level + 1], channels[level], kernel_size=3,
                         stride=strides[level + 1], upsample_kernel_size=strides[level + 1],
-                        norm_name=norm_name)
-            for level in reversed(range(len(channels) - 1)))
+                        norm_name=_norm_name(norm), act_name=_activation(negative_slope))
+            for level in levels)
+        self.refinements = nn.ModuleList(stage_refinement(spatial_dims, channels[level], attention)
+                                         for level in levels)
         self.head = UnetOutBlock(spatial_dims, channels[0], out_channels)
 
     def forward(self, skips: list[Tensor], modulate: Callable[[int, Tensor], Tensor]) -> Tensor:
         """skips: encoder features (one row per sample). Returns logits [B, out_channels, *spatial]."""
         level = len(skips) - 1
         x = modulate(level, skips[level])
-        for up in self.ups:
+        for up, refinement in zip(self.ups, self.refinements, strict=True):
             level -= 1
-            x = modulate(level, up(x, skips[level]))
+            x = modulate(level, refinement(up(x, skips[level])))
         return self.head(x)

@@ -23,7 +23,8 @@ from medtextseg.config import Config
 from medtextseg.data.dataset import PreparedCase, PromptSampleDataset, collate_prompt_samples, prepare_case
 from medtextseg.data.layout import load_dataset, verify_dataset
 from medtextseg.data.prompts import swap_left_right
-from medtextseg.losses.segmentation import PromptSegmentationLoss
+from medtextseg.data.vocabulary import PromptVocabulary
+from medtextseg.losses.segmentation import build_loss
 from medtextseg.models.factory import count_parameters, create_model
 from medtextseg.text.cache import TextEmbeddingCache, cached_text_encoder
 from medtextseg.training.checkpoint import load_checkpoint, save_checkpoint
@@ -46,6 +47,19 @@ def prepare_cases(layout, case_ids: list[str], config: Config, progress: bool,
 
         iterator = track(case_ids, description=description, transient=True)
     return [prepare_case(layout.cases[c], config.data.spacing, layout.spatial_dims) for c in iterator]
+
+
+def training_prompt_texts(layout, case_ids: list[str], vocabulary: PromptVocabulary | None) -> list[str]:
+    """Every text training can feed the model, to encode once before step 1 (never per step): the prompts of
+    the cases, every wording of their classes when ``vocabulary`` (prompt sampling) is given, and all of
+    these with left and right swapped (the flip augmentation)."""
+    records = [p for case in case_ids for p in layout.cases[case].prompts]
+    prompts = {p.prompt for p in records}
+    if vocabulary is not None:
+        classes = {p.class_name for p in records if p.class_name}
+        prompts |= {text for name in classes for text in vocabulary.phrasings(name)}
+    prompts |= {swap_left_right(p) for p in prompts}
+    return sorted(prompts)
 
 
 def _lr_factor(step: int, config: Config) -> float:
@@ -102,6 +116,7 @@ class Trainer:
             torch.set_num_threads(config.train.num_threads)
 
         self.layout = load_dataset(config.data.root)
+        vocabulary = self._sampling_vocabulary()
         if self.layout.spatial_dims != config.model.spatial_dims:
             raise MedTextSegError(f"config field 'model.spatial_dims' is {config.model.spatial_dims} but the "
                                   f"dataset {self.layout.root} is {self.layout.spatial_dims}D; use a "
@@ -120,21 +135,21 @@ class Trainer:
         self.val_cases = prepare_cases(self.layout, val_ids, config, show, "preparing validation cases")
 
         self.text = text_cache_for(config)
-        prompts = {p.prompt for c in self.train_cases + self.val_cases for p in c.prompts}
-        prompts |= {swap_left_right(p) for p in prompts}
+        prompts = training_prompt_texts(self.layout, train_ids + val_ids, vocabulary)
         if ctx.is_main:  # rank 0 encodes and fills the disk cache; the others then read it
-            self.text.warm(sorted(prompts))
+            self.text.warm(prompts)
         ctx.barrier()
-        self.text.warm(sorted(prompts))
+        self.text.warm(prompts)
 
         self.model = create_model(config.model, self.text.dim).to(ctx.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.train.lr,
                                            weight_decay=config.train.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: _lr_factor(s, config))
-        self.loss = PromptSegmentationLoss(config.loss)
+        self.loss = build_loss(config.loss)
         self.dataset = PromptSampleDataset(self.train_cases, config.data.patch_size, config.data.prompts_per_image,
                                            config.data.kind_weights, config.data.flip_left_right,
-                                           config.data.intensity_augmentation, seed, config.model.coordinates)
+                                           config.data.intensity_augmentation, seed, config.model.coordinates,
+                                           vocabulary)
         self.sampler = DistributedSampler(self.dataset, num_replicas=ctx.world_size, rank=ctx.rank,
                                           shuffle=True, seed=seed, drop_last=True)
         per_rank = len(self.sampler)
@@ -150,6 +165,15 @@ class Trainer:
                                                 else None) if ctx.enabled else self.model)
         self.use_amp = config.train.amp and ctx.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+
+    def _sampling_vocabulary(self) -> PromptVocabulary | None:
+        """The dataset's prompt vocabulary when ``data.prompt_sampling`` is on, else None."""
+        if not self.config.data.prompt_sampling:
+            return None
+        if self.layout.vocabulary is None:
+            raise MedTextSegError(f"config field 'data.prompt_sampling' is on but {self.layout.root} has no "
+                                  "prompt_vocabulary.json; add one (docs/dataset_format.md) or turn it off")
+        return self.layout.vocabulary
 
     def _restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])

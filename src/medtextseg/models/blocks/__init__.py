@@ -1,0 +1,1 @@
+"""Image-side building blocks shared by the presets (attention refinements of feature maps)."""

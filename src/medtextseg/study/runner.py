@@ -1,0 +1,115 @@
+"""Run a study: train and evaluate every (dataset, configuration, seed), then write one report per dataset.
+
+Runs are independent processes' work: ``workers`` of them run side by side, each with
+``cpu_count // workers`` torch threads (on a 2-core machine, two single-threaded runs finish sooner than two
+two-threaded runs one after the other). Each run lives in ``out/runs/{dataset}/{configuration}/seed{n}``;
+a finished run (its ``result.json``) is never redone, and a killed one resumes from its ``last.pt``, so
+rerunning the command after a crash only does the missing work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from medtextseg.study.spec import StudySpec
+from medtextseg.utils.atomic import write_text_atomic
+
+
+def _finished(log: Path) -> bool:
+    if not log.is_file():
+        return False
+    lines = log.read_text(encoding="utf-8").strip().splitlines()
+    try:
+        return bool(lines) and json.loads(lines[-1]).get("event") == "end"
+    except json.JSONDecodeError:  # a line cut by a kill: the run did not finish
+        return False
+
+
+def run_one(study: dict[str, Any], dataset: str, configuration: str, seed: int, run_dir: str,
+            threads: int) -> dict[str, Any]:
+    """Train (or resume) and evaluate one run; returns the run dict of ``write_study_report``."""
+    from medtextseg.evaluation.runner import evaluate_run
+    from medtextseg.training.trainer import train
+
+    spec = StudySpec.model_validate(study)
+    run_dir = Path(run_dir)
+    result_path = run_dir / "result.json"
+    if result_path.is_file():
+        return json.loads(result_path.read_text(encoding="utf-8"))
+    config = spec.run_config(configuration, seed, dataset)
+    config.train.num_threads = threads
+    model_dir = run_dir / "model"
+    if not _finished(model_dir / "log.jsonl"):
+        train(config, model_dir, resume=(model_dir / "last.pt").is_file(), progress=False)
+    rows = evaluate_run(model_dir, spec.datasets[dataset], run_dir / "eval", split=spec.split, save_masks=False,
+                        overlays_per_group=1, progress=False)
+    end = json.loads((model_dir / "log.jsonl").read_text(encoding="utf-8").strip().splitlines()[-1])
+    result = {"dataset": dataset, "configuration": configuration, "seed": seed, "summary": rows,
+              "train_seconds": end.get("seconds"), "run_dir": str(run_dir)}
+    write_text_atomic(result_path, json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def _warm_text_cache(spec: StudySpec) -> None:
+    """Encode every prompt of every dataset once, here, so that no run loads the text encoder."""
+    from medtextseg.data.layout import load_dataset
+    from medtextseg.training.trainer import text_cache_for, training_prompt_texts
+
+    for dataset, folder in spec.datasets.items():
+        config = spec.run_config(next(iter(spec.configurations)), spec.seeds[0], dataset)
+        layout = load_dataset(folder)
+        vocabulary = layout.vocabulary if config.data.prompt_sampling else None
+        text_cache_for(config).warm(training_prompt_texts(layout, list(layout.cases), vocabulary))
+
+
+def run_study(spec: StudySpec, out_dir: str | Path, workers: int = 1, progress: bool = True) -> dict[str, Path]:
+    """Run every (dataset, configuration, seed) of ``spec`` and write ``out_dir/{dataset}/`` reports.
+
+    Returns:
+        dataset name -> the path of its ``summary.md``.
+    """
+    from medtextseg.study.report import write_study_report
+
+    out_dir = Path(out_dir)
+    write_text_atomic(out_dir / "study.yaml", json.dumps(spec.model_dump(), indent=1) + "\n")
+    _warm_text_cache(spec)
+    jobs = [(dataset, configuration, seed, str(out_dir / "runs" / dataset / configuration / f"seed{seed}"))
+            for dataset in spec.datasets for configuration in spec.configurations for seed in spec.seeds]
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    results: list[dict[str, Any]] = []
+    study = spec.model_dump()
+    bar = None
+    if progress:
+        from rich.progress import Progress
+
+        bar = Progress()
+        bar.start()
+        task = bar.add_task(f"{spec.name}: {len(jobs)} runs", total=len(jobs))
+    try:
+        if workers <= 1:
+            for job in jobs:
+                results.append(run_one(study, *job, threads))
+                if bar is not None:
+                    bar.advance(task)
+        else:
+            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+                futures = [pool.submit(run_one, study, *job, threads) for job in jobs]
+                for future in as_completed(futures):
+                    results.append(future.result())
+                    if bar is not None:
+                        bar.advance(task)
+    finally:
+        if bar is not None:
+            bar.stop()
+    reports = {}
+    for dataset in spec.datasets:
+        runs = sorted((r for r in results if r["dataset"] == dataset), key=lambda r: (r["configuration"], r["seed"]))
+        paths = write_study_report(runs, out_dir / dataset, metrics=[spec.primary_metric, *(
+            m for m in spec.metrics if m != spec.primary_metric)], title=f"{spec.name} on {dataset}")
+        reports[dataset] = paths["summary_md"]
+    return reports

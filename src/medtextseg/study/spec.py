@@ -1,0 +1,102 @@
+"""A study: N seeds x M configurations (x datasets) of one preset, as a validated YAML file.
+
+Example (``studies/filmcbn_losses.yaml``)::
+
+    name: filmcbn_losses
+    preset: filmcbn
+    seeds: [0, 1, 2]
+    overrides: [train.steps=300]            # every run
+    configurations:                         # name -> overrides of that configuration
+      dice: ["loss.terms={dice: 1.0}"]
+      jaccard: ["loss.terms={jaccard: 1.0}"]
+    datasets: {synthetic_2d: data/synth2d}  # name -> dataset folder (relative to the spec file)
+    dataset_overrides: {synthetic_2d: []}   # optional: overrides for one dataset's runs
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from medtextseg.config import Config
+from medtextseg.utils.errors import MedTextSegError
+
+
+class StudySpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    preset: str = "default"
+    seeds: list[int] = Field([0, 1, 2], min_length=1)
+    overrides: list[str] = Field(default_factory=list, description="--set overrides applied to every run")
+    configurations: dict[str, list[str]] = Field(..., min_length=1, description="name -> its overrides")
+    datasets: dict[str, str] = Field(default_factory=dict, description="name -> dataset folder")
+    dataset_overrides: dict[str, list[str]] = Field(
+        default_factory=dict, description="dataset name -> overrides for its runs (prompt kinds differ by dataset)")
+    split: str = "test"
+    metrics: list[str] = Field(["dice", "iou", "precision", "recall", "hd95"])
+    primary_metric: str = "dice"
+
+    def run_config(self, configuration: str, seed: int, dataset: str) -> Config:
+        """The resolved config of one run: preset + shared overrides + the dataset's + the configuration's +
+        seed + data root."""
+        return Config.load(self.preset, [*self.overrides, *self.dataset_overrides.get(dataset, []),
+                                         *self.configurations[configuration], f"train.seed={seed}",
+                                         f"data.root={self.datasets[dataset]}"])
+
+    def check(self) -> None:
+        """Resolve every run's config once, so a typo fails before hours of training, naming where it is."""
+        unknown = set(self.dataset_overrides) - set(self.datasets)
+        if unknown:
+            raise MedTextSegError(f"study {self.name!r}: dataset_overrides names unknown datasets "
+                                  f"{sorted(unknown)}; datasets are {sorted(self.datasets)}")
+        for dataset in self.datasets:
+            for name in self.configurations:
+                try:
+                    self.run_config(name, self.seeds[0], dataset)
+                except MedTextSegError as error:
+                    raise MedTextSegError(f"study {self.name!r}, dataset {dataset!r}, configuration {name!r}: "
+                                          f"{error}") from None
+
+
+def shipped_studies() -> list[str]:
+    folder = resources.files("medtextseg") / "studies"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_study(spec: str | Path, datasets: dict[str, str] | None = None) -> StudySpec:
+    """Read a study YAML (a path, or the name of a shipped study) and check every configuration.
+
+    Relative dataset folders are resolved against the spec file's folder (shipped studies: the current
+    directory). ``datasets`` replaces the spec's datasets when given (``--data NAME=PATH``).
+    """
+    path = Path(spec)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise MedTextSegError(f"study file not found: {path}")
+        text, base = path.read_text(encoding="utf-8"), path.parent
+    elif str(spec) in shipped_studies():
+        text, base = (resources.files("medtextseg") / "studies" / f"{spec}.yaml").read_text(encoding="utf-8"), Path()
+    else:
+        raise MedTextSegError(f"unknown study {str(spec)!r}: give a YAML file or one of "
+                              f"{', '.join(shipped_studies())}")
+    try:
+        raw = yaml.safe_load(text) or {}
+        study = StudySpec.model_validate(raw)
+    except yaml.YAMLError as error:
+        raise MedTextSegError(f"{spec}: not valid YAML ({error})") from None
+    except ValidationError as error:
+        item = error.errors()[0]
+        field = ".".join(str(p) for p in item["loc"])
+        raise MedTextSegError(f"{spec}: study field {field!r}: {item['msg']}") from None
+    if datasets:
+        study.datasets = dict(datasets)
+    if not study.datasets:
+        raise MedTextSegError(f"{spec}: no datasets; add 'datasets: {{name: folder}}' or pass --data NAME=PATH")
+    study.datasets = {name: str(folder if Path(folder).is_absolute() else base / folder)
+                      for name, folder in study.datasets.items()}
+    study.check()
+    return study

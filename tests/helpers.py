@@ -1,0 +1,37 @@
+"""Small helpers shared by tests (plain functions; fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from medtextseg.text.batch import PromptEmbedding
+
+
+def as_if_trained(model: nn.Module, std: float = 0.5, seed: int = 0) -> nn.Module:
+    """Give the text conditioners' zero-initialised layers random weights, as after training, so that the
+    prompt changes the answer (an untrained FiLM / CBN is the identity by design)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.conditioners.parameters():
+            if not parameter.any():
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)
+    return model
+
+
+class CountingEncoder:
+    """A fake encoder: embedding = the prompt's character codes, so every prompt differs."""
+
+    name = "counting"
+    dim = 4
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def encode(self, prompts):
+        self.calls += prompts
+        out = []
+        for p in prompts:
+            codes = torch.tensor([float(ord(c)) for c in p[:4].ljust(4)])
+            out.append(PromptEmbedding(codes / codes.norm(), codes[None].repeat(len(p.split()), 1)))
+        return out

@@ -1,0 +1,57 @@
+"""`medtextseg study`: a study YAML runs every (dataset, configuration, seed), resumes, and fails early on typos."""
+
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from medtextseg.cli import app
+from medtextseg.study.spec import load_study
+from medtextseg.utils.errors import MedTextSegError
+
+TINY = ["model.channels=[4,8,16]", "model.strides=[[1,1],[2,2],[2,2]]", "data.patch_size=[48,48]",
+        "train.batch_images=1", "data.prompts_per_image=2", "train.steps=2", "train.val_every=2",
+        "train.val_cases=1", "train.warmup_steps=1"]
+
+
+def write_spec(folder, dataset, configurations) -> str:
+    spec = {"name": "tiny", "preset": "default_2d", "seeds": [0, 1], "overrides": TINY,
+            "configurations": configurations, "datasets": {"synth": str(dataset)}, "metrics": ["dice", "hd95"]}
+    path = folder / "study.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return str(path)
+
+
+def test_study_runs_every_configuration_and_seed_then_resumes_without_retraining(dataset_2d, tmp_path):
+    spec = write_spec(tmp_path, dataset_2d, {"dice": ["loss.terms={dice: 1.0}"],
+                                             "dice_bce": ["loss.terms={dice_bce: 1.0}"]})
+    result = CliRunner().invoke(app, ["study", spec, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    report = tmp_path / "out" / "synth"
+    runs = [line.split(",")[:2] for line in (report / "runs.csv").read_text().splitlines()[1:]]
+    assert sorted({tuple(r) for r in runs}) == [("dice", "0"), ("dice", "1"), ("dice_bce", "0"), ("dice_bce", "1")]
+    assert (report / "violin.png").stat().st_size > 0
+    assert "## Pairwise comparisons" in (report / "summary.md").read_text()
+    trained = tmp_path / "out" / "runs" / "synth" / "dice_bce" / "seed1" / "model" / "config.yaml"
+    assert "dice_bce: 1.0" in trained.read_text() and "seed: 1" in trained.read_text()
+    stamp = (tmp_path / "out" / "runs" / "synth" / "dice" / "seed0" / "result.json").stat().st_mtime_ns
+    again = CliRunner().invoke(app, ["study", spec, "--out", str(tmp_path / "out")])
+    assert again.exit_code == 0, again.output
+    assert (tmp_path / "out" / "runs" / "synth" / "dice" / "seed0" / "result.json").stat().st_mtime_ns == stamp
+    assert json.loads((report / "study.json").read_text())["runs"]
+
+
+def test_a_typo_in_any_configuration_fails_before_training_and_names_it(dataset_2d, tmp_path):
+    spec = write_spec(tmp_path, dataset_2d, {"good": [], "bad": ["loss.terms={dicee: 1.0}"]})
+    with pytest.raises(MedTextSegError, match=r"configuration 'bad'.*unknown loss term 'dicee'"):
+        load_study(spec)
+    result = CliRunner().invoke(app, ["study", spec, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "error:" in result.output and not (tmp_path / "out" / "runs").exists()
+
+
+def test_shipped_studies_resolve():
+    for name in ("filmcbn_losses", "filmcbn_ablation"):
+        study = load_study(name)
+        assert len(study.seeds) == 3 and study.preset == "filmcbn"
+    assert set(load_study("filmcbn_losses").configurations) == {"dice", "jaccard", "tversky", "dice_bce"}
