@@ -9,12 +9,12 @@ from medtextseg.text.batch import PromptEmbedding
 
 
 def as_if_trained(model: nn.Module, std: float = 0.5, seed: int = 0) -> nn.Module:
-    """Give the text conditioners' zero-initialised layers random weights, as after training, so that the
-    prompt changes the answer (an untrained FiLM / CBN is the identity by design)."""
+    """Give the text conditioners' zero-initialised weight matrices random values, as after training, so that
+    the prompt changes the answer (an untrained FiLM / CBN is the identity by design)."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for parameter in model.conditioners.parameters():
-            if not parameter.any():
+            if parameter.ndim > 1 and not parameter.any():  # weights only: random biases would shift every answer
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)
     return model
 

@@ -21,12 +21,12 @@ def text_batch(rows: int, dim: int = 12, seed: int = 0) -> TextBatch:
 
 @pytest.mark.parametrize("preset", ["default", "image_only", "default_2d"])
 def test_every_parameter_learns(preset):
-    overrides = SMALL if preset != "default_2d" else ["model.channels=[4,8,16]", "model.strides=[[1,1],[2,2],[2,2]]",
-                                                      "model.coordinates=false"]
+    # default_2d keeps its coordinate channels: its spatial FiLM reads them (and must learn too)
+    overrides = SMALL if preset != "default_2d" else ["model.channels=[4,8,16]", "model.strides=[[1,1],[2,2],[2,2]]"]
     config = Config.load(preset, overrides)
     torch.manual_seed(0)
     model = create_model(config.model, text_dim=12)
-    shape = (2, 3, 16, 16, 8) if config.model.spatial_dims == 3 else (2, 3, 16, 16)
+    shape = (2, 3, 16, 16, 8) if config.model.spatial_dims == 3 else (2, 3 + 2, 16, 16)
     image, text = torch.randn(shape), text_batch(2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     for _ in range(2):  # FiLM starts as the identity (zero last layer): its first layer learns from step 2

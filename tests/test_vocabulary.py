@@ -242,7 +242,7 @@ def test_left_right_flip_swaps_the_rendered_words():
 
 TINY = ["model.in_channels=1", "model.channels=[4,8]", "model.strides=[[1,1],[2,2]]", "data.patch_size=[16,16]",
         "train.batch_images=1", "data.prompts_per_image=3", "train.val_every=100", "train.val_cases=1",
-        "train.warmup_steps=1", "train.steps=4", "model.coordinates=false"]
+        "train.warmup_steps=1", "train.steps=4"]
 
 
 def run_training(root, run_dir, monkeypatch, sampling: bool) -> tuple[CountingEncoder, list[int], list[list[str]]]:
