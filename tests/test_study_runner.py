@@ -40,6 +40,8 @@ def test_study_runs_every_configuration_and_seed_then_resumes_without_retraining
     assert again.exit_code == 0, again.output
     assert (tmp_path / "out" / "runs" / "synth" / "dice" / "seed0" / "result.json").stat().st_mtime_ns == stamp
     assert json.loads((report / "study.json").read_text())["runs"]
+    saved = load_study(tmp_path / "out" / "study.yaml")  # the resolved study is saved and loads back
+    assert saved.configurations == load_study(spec).configurations and saved.datasets == {"synth": str(dataset_2d)}
 
 
 def test_a_typo_in_any_configuration_fails_before_training_and_names_it(dataset_2d, tmp_path):

@@ -16,6 +16,8 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from medtextseg.study.spec import StudySpec
 from medtextseg.utils.atomic import write_text_atomic
 
@@ -76,7 +78,7 @@ def run_study(spec: StudySpec, out_dir: str | Path, workers: int = 1, progress: 
     from medtextseg.study.report import write_study_report
 
     out_dir = Path(out_dir)
-    write_text_atomic(out_dir / "study.yaml", json.dumps(spec.model_dump(), indent=1) + "\n")
+    write_text_atomic(out_dir / "study.yaml", yaml.safe_dump(spec.model_dump(), sort_keys=False))
     _warm_text_cache(spec)
     jobs = [(dataset, configuration, seed, str(out_dir / "runs" / dataset / configuration / f"seed{seed}"))
             for dataset in spec.datasets for configuration in spec.configurations for seed in spec.seeds]
