@@ -6,4 +6,3 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -c constraints-cpu.txt -e ".[dev]"
-bash scripts/setup_atlas.sh  # Colin27 T1 + AAL atlas (Debian mricron-data): the aal converter and its tests

@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/setup_atlas.sh  # Colin27 T1 + AAL atlas (Debian mricron-data, needs root): AAL tests / study
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 WORK=${WORK:-work}
 mts=.venv/bin/medtextseg

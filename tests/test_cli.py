@@ -72,6 +72,8 @@ def test_evaluate_and_compare_write_reports(cli_run):
     (["predict", "-m", "{tmp}", "-i", "{image}", "-p", "the gland"], "no best.pt or last.pt"),
     (["synth", "--out", "{tmp}/s", "--dim", "4"], "--dim must be 2 or 3"),
     (["compare", "x"], "expected NAME=EVALUATION_FOLDER"),
+    (["study", "filmcbn_losses", "--data", "synth"], "--data 'synth': expected NAME=DATASET_FOLDER"),
+    (["study", "filmcbn_lossez"], "unknown study 'filmcbn_lossez'"),
 ])
 def test_bad_input_ends_with_one_line_and_status_2(cli_run, tmp_path, args, message):
     image = sorted((cli_run / "data" / "imagesTr").glob("synth_000_*.nii.gz"))[0]

@@ -244,7 +244,7 @@ def test_registered_for_the_cli():
 @pytest.fixture(scope="module")
 def real_src() -> Path:
     if not (DEFAULT_SRC / "aal.nii.gz").is_file():
-        pytest.skip(f"{DEFAULT_SRC} has no AAL atlas: run bash scripts/setup.sh (it installs mricron-data)")
+        pytest.skip(f"{DEFAULT_SRC} has no AAL atlas: run bash scripts/setup_atlas.sh (it installs mricron-data)")
     return DEFAULT_SRC
 
 

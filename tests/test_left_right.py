@@ -38,7 +38,7 @@ def side_answers(model, cases, text, labels: dict[str, int], patch_size) -> list
 
 
 @pytest.mark.skipif(not (DEFAULT_SRC / ATLAS_FILE).is_file(),
-                    reason=f"{DEFAULT_SRC} has no AAL atlas: run bash scripts/setup.sh (it installs mricron-data)")
+                    reason=f"{DEFAULT_SRC} has no AAL atlas: run bash scripts/setup_atlas.sh (installs mricron-data)")
 def test_left_and_right_prompts_are_answered_on_the_named_side(tmp_path):
     root = tmp_path / "aal2d"
     convert_aal(DEFAULT_SRC, root, spatial_dims=2, num_cases=120, structures="caudate,putamen,thalamus",

@@ -35,6 +35,19 @@ def user_errors(command):
     return wrapper
 
 
+def key_value_pairs(items: list[str] | None, what: str, form: str) -> dict[str, str]:
+    """Parse repeated ``KEY=VALUE`` arguments; a malformed one is a one-line error naming ``what``."""
+    from medtextseg.utils.errors import MedTextSegError
+
+    pairs = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise MedTextSegError(f"{what} {item!r}: expected {form}")
+        pairs[key.strip()] = value
+    return pairs
+
+
 @app.command()
 @user_errors
 def synth(
@@ -153,10 +166,7 @@ def compare(
     from medtextseg.utils.errors import MedTextSegError
 
     summaries = {}
-    for item in evaluations:
-        name, sep, folder = item.partition("=")
-        if not sep:
-            raise MedTextSegError(f"{item!r}: expected NAME=EVALUATION_FOLDER")
+    for name, folder in key_value_pairs(evaluations, "evaluation", "NAME=EVALUATION_FOLDER").items():
         path = Path(folder) / "summary.json"
         if not path.is_file():
             raise MedTextSegError(f"{path}: not found (run `medtextseg evaluate` first)")
@@ -182,14 +192,8 @@ def study(
     paired t / Wilcoxon with Holm correction), tables and plots. Rerun the same command to resume."""
     from medtextseg.study.runner import run_study
     from medtextseg.study.spec import load_study
-    from medtextseg.utils.errors import MedTextSegError
 
-    datasets = {}
-    for item in data or []:
-        name, sep, folder = item.partition("=")
-        if not sep:
-            raise MedTextSegError(f"--data {item!r}: expected NAME=DATASET_FOLDER")
-        datasets[name] = folder
+    datasets = key_value_pairs(data, "--data", "NAME=DATASET_FOLDER")
     reports = run_study(load_study(spec, datasets), out, workers=workers)
     for dataset, summary in reports.items():
         typer.echo(f"{dataset}: {summary}")
@@ -225,12 +229,7 @@ def convert(
         raise MedTextSegError(f"--spatial-dims must be 2 or 3, got {spatial_dims}")
     if not src.is_dir():
         raise MedTextSegError(f"--src {src}: folder not found")
-    options = {}
-    for item in option or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise MedTextSegError(f"--option {item!r}: expected KEY=VALUE")
-        options[key.strip()] = value
+    options = key_value_pairs(option, "--option", "KEY=VALUE")
     summary = function(src, dst, overwrite=overwrite, spatial_dims=spatial_dims, **options)
     typer.echo(summary.line())
 
