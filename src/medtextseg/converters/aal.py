@@ -72,6 +72,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from medtextseg.converters.option_values import as_bool, as_float, as_int, as_list, option_error
 from medtextseg.converters.registry import register
 from medtextseg.converters.writer import RECORD_DIR, ConversionSummary, DatasetWriter
 from medtextseg.utils.atomic import write_text_atomic
@@ -208,47 +209,23 @@ class AALOptions:
 
 
 def _option_error(name: str, rule: str, value: Any) -> MedTextSegError:
-    return MedTextSegError(f"aal converter: option {name} must be {rule}, got {value!r}")
+    return option_error("aal", name, rule, value)
 
 
 def _as_int(name: str, value: Any, minimum: int) -> int:
-    try:
-        number = int(value) if not isinstance(value, bool) and float(value) == int(float(value)) else None
-    except (TypeError, ValueError, OverflowError):
-        number = None
-    if number is None or number < minimum:
-        raise _option_error(name, f"an integer >= {minimum}", value)
-    return number
+    return as_int("aal", name, value, minimum)
 
 
 def _as_float(name: str, value: Any, minimum: float, maximum: float = math.inf) -> float:
-    try:
-        number = float(value) if not isinstance(value, bool) else math.nan
-    except (TypeError, ValueError):
-        number = math.nan
-    if not minimum <= number <= maximum:
-        raise _option_error(name, f"a number in [{minimum}, {maximum}]", value)
-    return number
+    return as_float("aal", name, value, minimum, maximum)
 
 
 def _as_list(name: str, value: Any) -> list[str]:
-    """``"a, b"`` or ``["a", "b"]`` -> ``["a", "b"]``."""
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    if not isinstance(value, list | tuple):
-        raise _option_error(name, "a comma-separated list", value)
-    return [str(part).strip() for part in value]
+    return as_list("aal", name, value)
 
 
 def _as_bool(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise _option_error(name, "true or false", value)
+    return as_bool("aal", name, value)
 
 
 def parse_options(options: dict[str, Any]) -> AALOptions:

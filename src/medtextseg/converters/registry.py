@@ -10,11 +10,12 @@ A converter is a function in a module of this package, registered with its name:
 know with a :class:`MedTextSegError` listing those it does.
 
 Discovery: the first call to :func:`converters` (or :func:`get_converter`) imports every module of
-``medtextseg.converters`` except ``registry`` and ``writer``, so a new converter module registers itself just by
-existing: no list to keep up to date, no import to forget. The CLI builds ``convert --help`` from it, so converter
-modules must import only light modules at their top (the standard library, numpy, :mod:`..writer`) and the heavy
-ones (nibabel, SimpleITK, torch) inside their functions. A module that fails to import does not break the other
-converters or the rest of the CLI: it is listed by :func:`broken_modules` with its error, and shown there.
+``medtextseg.converters`` except ``registry``, ``writer`` and ``option_values``, so a new converter module
+registers itself just by existing: no list to keep up to date, no import to forget. The CLI builds ``convert
+--help`` from it, so converter modules must import only light modules at their top (the standard library, numpy,
+:mod:`..writer`) and the heavy ones (nibabel, SimpleITK, torch) inside their functions. A module that fails to
+import does not break the other converters or the rest of the CLI: it is listed by :func:`broken_modules` with its
+error, and shown there.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
 ConverterFunction = Callable[..., "ConversionSummary"]
 
-_NOT_CONVERTERS = frozenset({"registry", "writer"})
+_NOT_CONVERTERS = frozenset({"registry", "writer", "option_values"})
 
 
 @dataclass(frozen=True)
