@@ -13,7 +13,7 @@ TINY = ["--set", "model.channels=[4,8,16]", "--set", "model.strides=[[1,1],[2,2]
         "--set", "data.patch_size=[48,48]", "--set", "train.steps=2", "--set", "train.val_cases=1"]
 
 
-@pytest.mark.parametrize("command", ["synth", "train", "predict", "evaluate", "compare", "presets"])
+@pytest.mark.parametrize("command", ["synth", "train", "predict", "evaluate", "robustness", "compare", "presets"])
 def test_every_command_explains_itself(command):
     result = runner.invoke(app, [command, "--help"])
     assert result.exit_code == 0
@@ -49,6 +49,56 @@ def test_predict_writes_one_mask_per_prompt_on_the_input_grid(cli_run):
         assert mask.shape == nib.load(str(images[0])).shape
         assert (mask.affine == nib.load(str(images[0])).affine).all()
         assert (out / item["probability"]).is_file()
+
+
+@pytest.fixture(scope="module")
+def evidential_run(cli_run):
+    """A tiny TextBCS run (encoder attention, similarity maps, evidential head) on the cli_run data."""
+    result = runner.invoke(app, ["train", "--data", str(cli_run / "data"), "--out", str(cli_run / "textbcs"),
+                                 "--preset", "textbcs", *TINY, "--set", "model.vision_language_levels=[1,2]",
+                                 "--set", "model.similarity_levels=[1,2]", "--set", "data.structured_prompts=0.5"])
+    assert result.exit_code == 0, result.output
+    return cli_run / "textbcs"
+
+
+def test_predict_uncertainty_writes_maps_on_the_input_grid_and_overlays(cli_run, evidential_run):
+    images = sorted((cli_run / "data" / "imagesTr").glob("synth_000_*.nii.gz"))
+    out = cli_run / "pred_uncertainty"
+    result = runner.invoke(app, ["predict", "-m", str(evidential_run), *[a for p in images for a in ("-i", str(p))],
+                                 "-p", "location left peripheral zone; number one", "-o", str(out), "--uncertainty"])
+    assert result.exit_code == 0, result.output
+    (item,) = json.loads((out / "prompts.json").read_text())
+    assert item["uncertainty_kind"] == "dirichlet"
+    uncertainty, reference = nib.load(str(out / item["uncertainty"])), nib.load(str(images[0]))
+    assert uncertainty.shape == reference.shape and (uncertainty.affine == reference.affine).all()
+    values = uncertainty.get_fdata()
+    assert values.min() > 0 and values.max() <= 1  # u = 2 / S is never 0
+    assert (out / item["overlay"]).stat().st_size > 1000
+
+
+def test_evaluate_reports_calibration_uncertainty_and_lesion_detection(cli_run, evidential_run):
+    out = cli_run / "eval_textbcs"
+    result = runner.invoke(app, ["evaluate", "-m", str(evidential_run), "-d", str(cli_run / "data"), "-o", str(out),
+                                 "--no-save-masks"])
+    assert result.exit_code == 0, result.output
+    assert "calibration: ECE" in result.output and "lesion detection (picai_eval" in result.output
+    uncertainty = json.loads((out / "uncertainty.json").read_text())
+    assert uncertainty["overall"]["uncertainty_kind"] == "dirichlet" and 0 <= uncertainty["overall"]["ece"] <= 1
+    overall = json.loads((out / "summary.json").read_text())[-1]
+    assert overall["ece"] == pytest.approx(uncertainty["overall"]["ece"])
+    assert (out / "reliability.png").is_file()
+    detection = json.loads((out / "lesion_detection.json").read_text())
+    assert detection["cases"] > 0 and {"auroc", "ap", "picai_score"} <= set(detection)
+
+
+def test_robustness_scores_each_style(cli_run):
+    out = cli_run / "robustness"
+    result = runner.invoke(app, ["robustness", "-m", str(cli_run / "run"), "-d", str(cli_run / "data"), "-o", str(out),
+                                 "--split", "train", "--style", "original", "--style", "structured"])
+    assert result.exit_code == 0, result.output
+    assert "structured: Dice" in result.output
+    rows = json.loads((out / "robustness_summary.json").read_text())
+    assert {row["style"] for row in rows} == {"original", "structured"}
 
 
 def test_evaluate_and_compare_write_reports(cli_run):

@@ -59,3 +59,16 @@ def test_kinds_with_zero_weight_are_never_drawn():
     for epoch in range(5):
         dataset.epoch = epoch
         assert dataset[0]["kinds"] == ["single"] * 3
+
+
+def test_structured_prompts_replace_the_listed_texts_with_their_probability_and_flip_with_them():
+    structured = {"the lesion on the right": "location right; number one"}
+    dataset = PromptSampleDataset([make_case()], [8, 6, 4], 2, {}, flip_left_right=0.0, intensity_augmentation=False,
+                                  structured=structured, structured_probability=1.0)
+    assert sorted(dataset[0]["prompts"]) == ["location right; number one", "the lesion on the left"]
+    flipped = PromptSampleDataset([make_case()], [8, 6, 4], 2, {}, flip_left_right=1.0, intensity_augmentation=False,
+                                  structured=structured, structured_probability=1.0)
+    assert "location left; number one" in flipped[0]["prompts"]
+    never = PromptSampleDataset([make_case()], [8, 6, 4], 2, {}, flip_left_right=0.0, intensity_augmentation=False,
+                                structured=structured, structured_probability=0.0)
+    assert "location right; number one" not in never[0]["prompts"]

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from medtextseg.config import Config, LossConfig
+from medtextseg.losses.base import OutputLossTerm
 from medtextseg.losses.boundary import HausdorffDTLoss
 from medtextseg.losses.compound import DiceBCELoss
 from medtextseg.losses.deep_supervision import downsample_target, level_weights
@@ -85,11 +86,21 @@ def test_bce_equals_torch_per_sample(dims):
     torch.testing.assert_close(TopKBCELoss(percent=100)(logits, target), expected)
 
 
+def call(term, logits, target, weight=None):
+    """A term on mask logits; an ``OutputLossTerm`` gets them as its similarity map and as Dirichlet evidence
+    (expm1 of the positive part for the target, of the negative part for the background: large logits of the
+    right sign are overwhelming evidence, as the minimum-at-the-truth check needs)."""
+    if not isinstance(term, OutputLossTerm):
+        return term(logits, target, weight)
+    evidence = torch.cat([torch.expm1(F.relu(-logits)), torch.expm1(F.relu(logits))], dim=1)
+    return term(ModelOutput(logits=logits, similarity={"encoder_1": logits}, evidence=evidence), target, weight)
+
+
 @pytest.mark.parametrize("name", sorted(LOSS_TERMS))
 def test_all_ones_weight_equals_no_weight_for_every_registered_term(name):
     logits, target = random_case(SHAPES["3d"], seed=3)
     term = create_loss_term(name)
-    torch.testing.assert_close(term(logits, target, torch.ones_like(target)), term(logits, target))
+    torch.testing.assert_close(call(term, logits, target, torch.ones_like(target)), call(term, logits, target))
 
 
 # ---------------------------------------------------------------- weight maps
@@ -186,12 +197,12 @@ def test_every_term_gives_per_sample_values_gradients_and_a_minimum_at_the_truth
     logits, target = random_case(SHAPES[dims], seed=4)
     term = create_loss_term(name)
     logits.requires_grad_(True)
-    value = term(logits, target)
+    value = call(term, logits, target)
     assert value.shape == (3,) and torch.isfinite(value).all()
     value.sum().backward()
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
-    perfect = term((target * 2 - 1) * 20, target)
-    worst = term((1 - 2 * target) * 20, target)
+    perfect = call(term, (target * 2 - 1) * 20, target)
+    worst = call(term, (1 - 2 * target) * 20, target)
     assert perfect.max() < 1e-4 and (worst > 0.1).all()
 
 
@@ -334,8 +345,10 @@ def test_config_names_terms_and_params():
 
 def test_unknown_term_fails_at_load_with_the_valid_names():
     with pytest.raises(MedTextSegError, match=r"config field 'loss.terms'.*unknown loss term 'dicee' \(did you "
-                                              r"mean 'dice'\?\); valid: bce, dice, dice_bce, focal, focal_tversky, "
-                                              r"hausdorff, jaccard, topk_bce, tversky"):
+                                              r"mean 'dice'\?\); valid: bce, dice, dice_bce, evidential_ce, "
+                                              r"evidential_kl, focal, focal_tversky, hausdorff, jaccard, "
+                                              r"pixel_text_align, pixel_text_contrastive, pixel_text_heat, "
+                                              r"topk_bce, tversky"):
         Config.load("default", ["loss.terms={dicee: 1}"])
 
 

@@ -104,6 +104,10 @@ def predict(
     prompts: Annotated[list[str], typer.Option("--prompt", "-p", help="what to segment (repeat -p)")],
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("predictions"),
     probabilities: Annotated[bool, typer.Option(help="also write probability maps")] = False,
+    uncertainty: Annotated[bool, typer.Option(help="also write uncertainty maps (an evidential model's "
+                                              "Dirichlet uncertainty, else the entropy of the probability) and a "
+                                              "PNG per prompt: mask, probability and uncertainty on the image")
+                           ] = False,
 ) -> None:
     """Segment what each prompt names; one mask per prompt with exactly the input's shape and affine."""
     import json
@@ -119,12 +123,39 @@ def predict(
     for number, result in enumerate(results):
         mask_path = out / f"mask_{number:02d}{ending}"
         probability_path = out / f"probability_{number:02d}{ending}" if probabilities else None
-        result.save(mask_path, probability_path)
-        index.append({"prompt": result.prompt, "mask": mask_path.name, "voxels": result.voxels,
-                      "volume_ml": round(result.volume_ml, 3),
-                      **({"probability": probability_path.name} if probability_path else {})})
+        uncertainty_path = out / f"uncertainty_{number:02d}{ending}" if uncertainty else None
+        result.save(mask_path, probability_path, uncertainty_path)
+        entry = {"prompt": result.prompt, "mask": mask_path.name, "voxels": result.voxels,
+                 "volume_ml": round(result.volume_ml, 3)}
+        if probability_path:
+            entry["probability"] = probability_path.name
+        if uncertainty_path:
+            overlay_path = out / f"overlay_{number:02d}.png"
+            _save_prediction_overlay(images[0], result, overlay_path)
+            entry |= {"uncertainty": uncertainty_path.name, "uncertainty_kind": result.uncertainty_kind,
+                      "overlay": overlay_path.name}
+        index.append(entry)
         typer.echo(f"{mask_path}  {result.voxels} voxels ({result.volume_ml:.2f} ml)  <- {result.prompt!r}")
     write_text_atomic(out / "prompts.json", json.dumps(index, indent=1))
+
+
+def _save_prediction_overlay(image_path: Path, result, out_path: Path) -> None:
+    """PNG of the slice with most predicted voxels: mask contour, probability and uncertainty panels (RAS view)."""
+    import numpy as np
+
+    from medtextseg.data.io import read_array
+    from medtextseg.evaluation.report import save_overlay
+    from medtextseg.evaluation.runner import to_ras
+
+    affine = result.geometry.affine
+    spatial = result.mask.shape if result.mask.ndim == 2 or result.mask.shape[-1] > 1 else result.mask.shape[:2]
+
+    def ras(array):
+        return to_ras(np.asarray(array), affine).reshape(spatial)
+
+    save_overlay(ras(read_array(image_path)), np.zeros(spatial, dtype=bool), ras(result.mask), out_path,
+                 title=f"{result.prompt}  ({result.uncertainty_kind} uncertainty)",
+                 probability=ras(result.probability), uncertainty=ras(result.uncertainty))
 
 
 @app.command()
@@ -140,8 +171,12 @@ def evaluate(
     """Predict every prompt of a split and score it: Dice, IoU, HD95, ASSD, NSD, precision, recall.
 
     Writes metrics_per_prompt.{json,csv}, summary.{json,csv,md} (one row per prompt kind; `single_2plus` =
-    referring prompts in cases with 2+ lesions), overlays/*.png and the run's loss curve.
+    referring prompts in cases with 2+ lesions), overlays/*.png, the run's loss curve, and how much the
+    uncertainty means: uncertainty.json (expected calibration error; AUROC of the voxel uncertainty for the
+    voxels the mask gets wrong) with reliability.png.
     """
+    import json
+
     from rich.console import Console
 
     from medtextseg.evaluation.report import render_table
@@ -150,6 +185,48 @@ def evaluate(
     rows = evaluate_run(model, data, out, split=split, save_masks=save_masks, overlay_channel=overlay_channel)
     # a log file or pipe is not 80 columns wide: do not fold the table to fit one
     Console(width=None if sys.stdout.isatty() else 160).print(render_table(rows))
+    if rows:
+        overall = rows[-1]
+        auroc = overall["uncertainty_error_auroc"]
+        typer.echo(f"calibration: ECE {overall['ece']:.4f}; {overall['uncertainty_kind']} uncertainty finds the "
+                   f"wrong voxels with AUROC {'n/a' if auroc is None else f'{auroc:.3f}'}")
+    if (out / "lesion_detection.json").is_file():
+        detection = json.loads((out / "lesion_detection.json").read_text())
+        typer.echo("lesion detection (picai_eval, 'all lesions' prompts): " + ", ".join(
+            f"{key} {'n/a' if detection[key] is None else f'{detection[key]:.3f}'}"
+            for key in ("auroc", "ap", "picai_score")))
+    typer.echo(f"results in {out}")
+
+
+@app.command()
+@user_errors
+def robustness(
+    model: Annotated[Path, typer.Option("--model", "-m", help="run folder or checkpoint file")],
+    data: Annotated[Path, typer.Option("--data", "-d", help="dataset folder (prompts with attribute meta)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for the robustness tables and chart")],
+    split: Annotated[str, typer.Option(help="split to evaluate")] = "test",
+    style: Annotated[list[str] | None, typer.Option("--style", help="prompt style (repeatable): original, "
+                                                    "structured, short, long, unseen_synonyms; default all")]
+    = None,
+    seed: Annotated[int, typer.Option(help="seed of the wordings")] = 0,
+) -> None:
+    """Dice per prompt style: every prompt that names a lesion by its attributes, as written and reworded
+    (structured "location ...; shape ...", terse shorthand, a long clinical paraphrase, unseen synonyms).
+
+    Writes robustness_per_prompt.{json,csv}, robustness_summary.{json,csv} and robustness.png.
+    """
+    from medtextseg.data.attribute_prompts import PROMPT_STYLES
+    from medtextseg.evaluation.metrics import OVERALL_GROUP
+    from medtextseg.evaluation.robustness import ORIGINAL_STYLE, prompt_robustness
+
+    rows = prompt_robustness(model, data, out, split=split, styles=style or (ORIGINAL_STYLE, *PROMPT_STYLES),
+                             seed=seed)
+    for row in rows:
+        if row["group"] == OVERALL_GROUP:
+            dice = "–" if row["dice_mean"] is None else f"{row['dice_mean']:.3f}"
+            empty = "–" if row["empty_correct"] is None else f"{row['empty_correct']:.2f}"
+            typer.echo(f"{row['style']:>16}: Dice {dice} over {row['n_target']} prompts with a target; "
+                       f"absent answered empty {empty}")
     typer.echo(f"results in {out}")
 
 

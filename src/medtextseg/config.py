@@ -35,6 +35,10 @@ class DataConfig(_Section):
     flip_left_right: float = Field(0.5, ge=0, le=1, description="probability of a left-right flip; "
                                    "'left' and 'right' are swapped in the prompt with it")
     intensity_augmentation: bool = True
+    structured_prompts: float = Field(0.0, ge=0, le=1, description="probability that a prompt naming a lesion by "
+                                      "its attributes (meta side/zone/size/shape) is given in the structured "
+                                      "form 'location left peripheral zone; shape irregular; size large; "
+                                      "number one' (TextBCS) at a training step")
     prompt_sampling: bool = Field(False, description="reword each prompt line that has a 'class' at every step: "
                                   "a random template x synonym of the dataset's prompt_vocabulary.json")
 
@@ -63,12 +67,37 @@ class ModelConfig(_Section):
                                      description="downsampling stride of each stage (first is the stem)")
     conditioning: Literal["film", "fusion", "concat", "none"] = Field(
         "film", description="film: every decoder stage; fusion: FiLM->SE->CBN->residual->L2 at the bottleneck; "
-        "concat: text tiled and concatenated at the bottleneck; none: the image-only baseline")
+        "concat: text tiled and concatenated at the bottleneck; none: no decoder conditioning (the image-only "
+        "baseline unless vision_language_levels is set)")
+    vision_language_levels: list[int] = Field(
+        default_factory=list, description="encoder stages (0 = full resolution) followed by bidirectional "
+        "vision-language cross-attention whose word states are carried to the next one (TextBCS SVLI)")
+    similarity_levels: list[int] = Field(
+        default_factory=list, description="encoder stages whose features give a pixel-text similarity map "
+        "(losses pixel_text_contrastive / pixel_text_heat / pixel_text_align read them)")
+    similarity_dim: int = Field(64, ge=1, description="width of the shared pixel-text space")
+    similarity_temperature: float = Field(0.07, gt=0, description="tau of cos / tau at initialisation")
+    similarity_learnable_temperature: bool = Field(True, description="learn tau (TextBCS) or keep it fixed "
+                                                   "(Align-then-Refine)")
+    refiner: bool = Field(False, description="confidence-gated text cross-attention refiner on the last decoder "
+                          "features (Align-then-Refine stage 2)")
+    refiner_tokens: bool = Field(False, description="the refiner attends over the prompt's tokens, not one pooled "
+                                 "embedding")
+    refiner_gate: float = Field(0.44, gt=0, lt=1, description="refine voxels whose base probability exceeds this")
+    refiner_blend: float = Field(0.12, ge=0, le=1, description="how far the refined logits move the base ones")
+    head: Literal["sigmoid", "evidential"] = Field(
+        "sigmoid", description="sigmoid: one logit per voxel; evidential: Dirichlet evidence for {background, "
+        "target}, which also gives a per-voxel uncertainty map")
     fusion_se: bool = Field(True, description="conditioning=fusion: SE after FiLM")
     fusion_cbn: bool = Field(True, description="conditioning=fusion: conditional batch norm after SE")
     cbn_position: Literal["bottleneck", "decoder", "both"] = Field(
         "bottleneck", description="conditioning=fusion: where conditional batch norm sits (decoder = the "
         "second-highest-resolution decoder stage, as the paper's 128-channel layer)")
+    encoders: int = Field(1, ge=1, description="separate encoders over equal groups of the input channels, "
+                          "fused by concatenation + convolution at every stage (Align-then-Refine: one per "
+                          "sequence, = in_channels); 1 = the ordinary U-Net")
+    deep_supervision: bool = Field(False, description="1x1 heads after the decoder stages below full resolution; "
+                                   "loss.deep_supervision_weights weighs them")
     downsample: Literal["conv", "maxpool"] = Field("conv", description="strided convolution or max-pooling")
     block_attention: list[Literal["se", "cbam"]] = Field(
         default_factory=list, description="refinement after every encoder and decoder stage, in order")
@@ -88,6 +117,19 @@ class ModelConfig(_Section):
     def _check_stages(self) -> ModelConfig:
         if self.spatial_film and not (self.coordinates and self.conditioning == "film"):
             raise ValueError("model.spatial_film needs model.coordinates=true and model.conditioning=film")
+        for field in ("vision_language_levels", "similarity_levels"):
+            levels = getattr(self, field)
+            if any(not 0 <= level < len(self.channels) for level in levels) or len(set(levels)) != len(levels):
+                raise ValueError(f"model.{field} {levels} must be distinct stage numbers in "
+                                 f"0..{len(self.channels) - 1}")
+        if self.in_channels % self.encoders:
+            raise ValueError(f"model.encoders={self.encoders} must divide model.in_channels={self.in_channels} "
+                             "(each encoder reads an equal group of channels)")
+        if self.encoders > 1 and self.vision_language_levels:
+            raise ValueError("model.vision_language_levels needs model.encoders=1 (the attention's output feeds "
+                             "the next stage of one encoder)")
+        if self.head == "evidential" and (self.deep_supervision or self.refiner):
+            raise ValueError(f"model.{'refiner' if self.refiner else 'deep_supervision'} needs model.head=sigmoid")
         if len(self.channels) != len(self.strides):
             raise ValueError(f"model.channels has {len(self.channels)} stages but model.strides has "
                              f"{len(self.strides)}; give one stride per stage")
@@ -96,6 +138,19 @@ class ModelConfig(_Section):
                 raise ValueError(f"model.strides entry {stride} must have {self.spatial_dims} values "
                                  f"(model.spatial_dims={self.spatial_dims})")
         return self
+
+
+class TermSchedule(_Section):
+    """When a loss term counts: off for ``warmup_steps``, then ramped in over ``ramp_steps``; with ``gate`` the
+    ramp waits for stable training (``training/schedule.py``)."""
+
+    warmup_steps: int = Field(0, ge=0, description="steps with the term off")
+    ramp_steps: int = Field(0, ge=0, description="then linear from 0 to the full weight over these steps")
+    gate: bool = Field(False, description="the ramp waits until the loss plateaus or validation Dice is reached")
+    stable_window: int = Field(50, ge=1, description="gate: steps per window of the loss-plateau test")
+    stable_change: float = Field(0.05, gt=0, description="gate: relative change between two windows' mean loss")
+    stable_val_dice: float | None = Field(0.3, ge=0, le=1, description="gate: or this validation Dice")
+    latest_start: int | None = Field(None, ge=0, description="gate: open at this step regardless")
 
 
 class LossConfig(_Section):
@@ -112,6 +167,9 @@ class LossConfig(_Section):
                     "pixel-wise terms (bce, ...) over all prompts")
     params: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="loss term name -> its keyword arguments, e.g. tversky: {alpha: 0.7}")
+    schedules: dict[str, TermSchedule] = Field(
+        default_factory=dict, description="loss term name -> when it counts: warm-up, linear ramp, stability gate "
+        "(e.g. evidential_kl: {ramp_steps: 300}, the annealed KL of TextBCS)")
     presence_weight: float = Field(0.5, ge=0, description="BCE of the presence logit against 'target not empty'")
     deep_supervision_weights: list[Annotated[float, Field(ge=0)]] | Literal["halving"] | None = Field(
         "halving", description="weights of the model's outputs, full resolution first, normalised to sum 1; "
@@ -130,7 +188,7 @@ class LossConfig(_Section):
                           f"{data['terms']}", FutureWarning, stacklevel=2)
         return data
 
-    @field_validator("terms", "params")
+    @field_validator("terms", "params", "schedules")
     @classmethod
     def _check_term_names(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         # imported here: the losses need torch, and the config must stay importable without it (fast CLI)
@@ -142,6 +200,13 @@ class LossConfig(_Section):
             for name, params in value.items():
                 create_loss_term(name, **params)  # unknown or out-of-range parameters fail at load time
         return value
+
+    @model_validator(mode="after")
+    def _check_scheduled_terms(self) -> LossConfig:
+        unknown = sorted(set(self.schedules) - set(self.terms))
+        if unknown:
+            raise ValueError(f"loss.schedules names {unknown}, which loss.terms does not list")
+        return self
 
     @field_validator("deep_supervision_weights")
     @classmethod
@@ -163,10 +228,15 @@ class TrainConfig(_Section):
     amp: bool = Field(True, description="mixed precision when on a GPU (ignored on the CPU)")
     grad_clip: float = Field(12.0, gt=0)
     num_threads: int | None = Field(None, description="torch CPU threads (None: PyTorch's default)")
+    init_from: str | None = Field(None, description="start from the weights of this run folder or checkpoint "
+                                  "(by name and shape; a second training stage)")
+    init_exclude: list[str] = Field(default_factory=list, description="parameter-name prefixes not taken from "
+                                    "train.init_from (left as initialised)")
 
 
 class InferenceConfig(_Section):
     threshold: float = Field(0.5, gt=0, lt=1)
+    refiner: bool = Field(True, description="use the model's refiner (model.refiner) when predicting")
     presence_threshold: float = Field(0.5, gt=0, lt=1)
     overlap: float = Field(0.25, ge=0, lt=1)
     min_component_voxels: int = Field(0, ge=0, description="drop predicted components smaller than this")

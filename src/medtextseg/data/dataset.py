@@ -7,6 +7,7 @@ uninterrupted single-process run would.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,12 +77,15 @@ class PromptSampleDataset(torch.utils.data.Dataset):
 
     With a ``vocabulary`` (prompt sampling), a chosen prompt that has a ``class_name`` is reworded by
     ``vocabulary.render`` with the item's own generator: reproducible by seed, different per sample and step.
+    With ``structured`` (prompt text -> its structured attribute form, ``attribute_prompts``), a chosen prompt
+    found there is replaced by that form with probability ``structured_probability``.
     """
 
     def __init__(self, cases: list[PreparedCase], patch_size: list[int], prompts_per_image: int,
                  kind_weights: dict[str, float], flip_left_right: float = 0.5,
                  intensity_augmentation: bool = True, seed: int = 0, coordinates: bool = False,
-                 vocabulary: PromptVocabulary | None = None) -> None:
+                 vocabulary: PromptVocabulary | None = None, structured: Mapping[str, str] | None = None,
+                 structured_probability: float = 0.0) -> None:
         self.cases = [c for c in cases if c.prompts]
         self.patch_size = list(patch_size)
         self.k = prompts_per_image
@@ -91,6 +95,8 @@ class PromptSampleDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.coordinates = coordinates
         self.vocabulary = vocabulary
+        self.structured = structured if structured and structured_probability > 0 else None
+        self.structured_probability = structured_probability
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -133,6 +139,9 @@ class PromptSampleDataset(torch.utils.data.Dataset):
         if self.vocabulary is not None:  # reworded before the flip, so that the flip swaps the new words
             texts = [self.vocabulary.render(p.class_name, rng) if p.class_name else t
                      for p, t in zip(prompts, texts, strict=True)]
+        if self.structured is not None:  # draws only when on, so the other runs keep their random stream
+            texts = [self.structured[p.prompt] if p.prompt in self.structured
+                     and rng.random() < self.structured_probability else t for p, t in zip(prompts, texts, strict=True)]
         if rng.random() < self.flip_left_right:
             # axis 0 of the spatial dims is patient left-right in RAS, so the words must follow; the
             # coordinates are not mirrored: they say where patient right is, whatever the anatomy

@@ -42,6 +42,7 @@ _LEADING_KEYS = ("case", "prompt", "kind")
 COMPARABLE_METRICS: tuple[str, ...] = (*OVERLAP_METRICS, *DISTANCE_METRICS, "empty_correct")
 TARGET_COLOR = "lime"  # pure (0, 1, 0): tells target contours apart from prediction ones in any image
 PREDICTION_COLOR = "red"
+_MAP_COLORS = {"probability": "viridis", "uncertainty": "magma"}
 
 
 # --------------------------------------------------------------------------------------------- JSON, CSV
@@ -107,6 +108,19 @@ def _csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     return buffer.getvalue()
 
 
+def write_table(rows: Sequence[Mapping[str, Any]], out_dir: PathLike, stem: str,
+                leading: Sequence[str] = ()) -> tuple[Path, Path]:
+    """Write rows as ``{stem}.json`` (a list of objects) and ``{stem}.csv`` (``leading`` columns first).
+
+    Returns:
+        ``(json_path, csv_path)``; see the module docstring for how non-finite floats are written.
+    """
+    out_dir = Path(out_dir)
+    json_path = write_text_atomic(out_dir / f"{stem}.json", _dump_json([_encode_row(row) for row in rows]))
+    csv_path = write_text_atomic(out_dir / f"{stem}.csv", _csv_text(rows, _columns(rows, leading)))
+    return json_path, csv_path
+
+
 def write_records(records: Sequence[Mapping[str, Any]], out_dir: PathLike) -> tuple[Path, Path]:
     """Write per-(case, prompt) metrics as ``metrics_per_prompt.json`` and ``metrics_per_prompt.csv``.
 
@@ -118,11 +132,7 @@ def write_records(records: Sequence[Mapping[str, Any]], out_dir: PathLike) -> tu
     Returns:
         ``(json_path, csv_path)``. The JSON is a list of objects; see the module docstring for inf.
     """
-    out_dir = Path(out_dir)
-    encoded = [_encode_row(record) for record in records]
-    json_path = write_text_atomic(out_dir / RECORDS_JSON, _dump_json(encoded))
-    csv_path = write_text_atomic(out_dir / RECORDS_CSV, _csv_text(records, _columns(records, _LEADING_KEYS)))
-    return json_path, csv_path
+    return write_table(records, out_dir, Path(RECORDS_JSON).stem, _LEADING_KEYS)
 
 
 def read_records(json_path: PathLike) -> list[dict[str, Any]]:
@@ -375,7 +385,7 @@ def _pick_slice(target: np.ndarray, prediction: np.ndarray) -> int:
 
 def save_overlay(image: np.ndarray, target: np.ndarray, prediction: np.ndarray, out_path: PathLike,
                  title: str, probability: np.ndarray | None = None,
-                 spacing: Sequence[float] | None = None) -> Path:
+                 spacing: Sequence[float] | None = None, uncertainty: np.ndarray | None = None) -> Path:
     """Save a PNG of one axial slice: the image in grey, target contour green, prediction contour red.
 
     Args:
@@ -385,8 +395,9 @@ def save_overlay(image: np.ndarray, target: np.ndarray, prediction: np.ndarray, 
         prediction: binary mask of the image's shape.
         out_path: the PNG to write (folders created).
         title: the figure's title (e.g. case and prompt).
-        probability: optional map in [0, 1] of the image's shape, shown in a second panel.
+        probability: optional map in [0, 1] of the image's shape, shown in a panel of its own.
         spacing: optional voxel size (mm) per axis, so that anisotropic voxels display at true aspect.
+        uncertainty: optional map in [0, 1] of the image's shape, shown in a panel of its own.
 
     The slice k is the one with the most target voxels, else the most prediction voxels, else the middle;
     it is shown in radiological convention (see :func:`radiological_view`).
@@ -398,20 +409,19 @@ def save_overlay(image: np.ndarray, target: np.ndarray, prediction: np.ndarray, 
         MedTextSegError: an array's shape differs from the image's, or the image is not 2D/3D.
     """
     image = np.asarray(image, dtype=float)
-    _check_overlay_inputs(image, {"target": target, "prediction": prediction, "probability": probability})
-    if image.ndim == 2:  # one axial slice
-        image, target, prediction = (image[..., None], np.asarray(target)[..., None],
-                                     np.asarray(prediction)[..., None])
-        probability = None if probability is None else np.asarray(probability)[..., None]
+    maps = {name: np.asarray(volume, dtype=float) for name, volume in
+            (("probability", probability), ("uncertainty", uncertainty)) if volume is not None}
+    _check_overlay_inputs(image, {"target": target, "prediction": prediction, **maps})
     target, prediction = np.asarray(target) > 0, np.asarray(prediction) > 0
+    if image.ndim == 2:  # one axial slice
+        image, target, prediction = image[..., None], target[..., None], prediction[..., None]
+        maps = {name: volume[..., None] for name, volume in maps.items()}
     k = _pick_slice(target, prediction)
-    volumes = {"image": image, "target": target, "prediction": prediction}
-    if probability is not None:
-        volumes["probability"] = np.asarray(probability, dtype=float)
+    volumes = {"image": image, "target": target, "prediction": prediction, **maps}
     view = {name: radiological_view(volume[..., k]) for name, volume in volumes.items()}
     aspect = 1.0 if spacing is None else float(spacing[1]) / float(spacing[0])  # row height / column width
 
-    panels = 1 if probability is None else 2
+    panels = 1 + len(maps)
     figure = Figure(figsize=(4.8 * panels, 5.2), layout="constrained")
     FigureCanvasAgg(figure)
     figure.suptitle(title)
@@ -421,13 +431,13 @@ def save_overlay(image: np.ndarray, target: np.ndarray, prediction: np.ndarray, 
                 interpolation="nearest", aspect=aspect)
     axes.set_title(f"axial k={k} of {image.shape[-1]}  green: target  red: prediction", fontsize=8)
     overlays = [axes]
-    if probability is not None:
-        prob_axes = figure.add_subplot(1, panels, 2)
-        shown = prob_axes.imshow(view["probability"], cmap="viridis", vmin=0.0, vmax=1.0,
-                                 interpolation="nearest", aspect=aspect)
-        figure.colorbar(shown, ax=prob_axes, fraction=0.046, label="probability")
-        prob_axes.set_title("probability", fontsize=8)
-        overlays.append(prob_axes)
+    for panel, name in enumerate(maps, start=2):
+        map_axes = figure.add_subplot(1, panels, panel)
+        shown = map_axes.imshow(view[name], cmap=_MAP_COLORS[name], vmin=0.0, vmax=1.0,
+                                interpolation="nearest", aspect=aspect)
+        figure.colorbar(shown, ax=map_axes, fraction=0.046, label=name)
+        map_axes.set_title(name, fontsize=8)
+        overlays.append(map_axes)
     for ax in overlays:
         for name, color in (("target", TARGET_COLOR), ("prediction", PREDICTION_COLOR)):
             if view[name].any():  # contour of an all-zero array has nothing to draw and warns

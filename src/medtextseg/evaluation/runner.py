@@ -7,12 +7,16 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from medtextseg.data.io import read_array, read_geometry
 from medtextseg.data.layout import CaseRecord, PromptRecord, load_dataset, verify_dataset
-from medtextseg.evaluation.metrics import average_precision, segmentation_metrics, summarize
+from medtextseg.evaluation.lesion_detection import lesion_detection_metrics
+from medtextseg.evaluation.metrics import OVERALL_GROUP, average_precision, segmentation_metrics, summarize
 from medtextseg.evaluation.report import save_loss_curve, save_overlay, write_records, write_summary
+from medtextseg.evaluation.uncertainty import UncertaintyAccumulator, save_reliability_diagram
 from medtextseg.inference.predictor import Predictor
+from medtextseg.inference.sliding import binary_entropy
 from medtextseg.utils.atomic import write_text_atomic
 
 
@@ -43,9 +47,15 @@ def to_ras(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
 def evaluate_run(run: str | Path, data_root: str | Path, out_dir: str | Path, split: str = "test",
                  save_masks: bool = True, overlays_per_group: int = 2, overlay_channel: int = 0,
                  nsd_tolerance_mm: float = 1.0, progress: bool = True) -> list[dict]:
-    """Evaluate a run on a dataset split; write per-prompt metrics, a summary per group, overlays.
+    """Evaluate a run on a dataset split; write per-prompt metrics, a summary per group, overlays, the
+    calibration and uncertainty figures (``uncertainty.json``, ``reliability.png``) and, when the split has
+    prompts of kind ``all`` (every lesion), PI-CAI lesion detection metrics from their probability maps
+    (``lesion_detection.json``: case AUROC, lesion AP, PI-CAI score via ``picai_eval``).
 
-    Returns the summary rows (one per prompt kind, plus ``single_2plus`` and ``all``).
+    Returns the summary rows (one per prompt kind, plus ``single_2plus`` and ``all``); each also holds ``ece``,
+    ``uncertainty_error_auroc``, ``uncertainty_kind`` and ``entropy_error_auroc`` (the same AUROC for the entropy
+    of the probability, the model's own uncertainty when it has no other; see
+    :mod:`medtextseg.evaluation.uncertainty`).
     """
     out_dir = Path(out_dir)
     layout = load_dataset(data_root)
@@ -54,6 +64,12 @@ def evaluate_run(run: str | Path, data_root: str | Path, out_dir: str | Path, sp
     predictor = Predictor(run)
     records: list[dict] = []
     overlay_count: dict[str, int] = defaultdict(int)
+    threshold = predictor.config.inference.threshold
+    calibration: dict[str, UncertaintyAccumulator] = defaultdict(lambda: UncertaintyAccumulator(threshold))
+    # an evidential model's probabilities also have an entropy: how well it finds errors, for comparison
+    entropy_ranking: dict[str, UncertaintyAccumulator] = defaultdict(lambda: UncertaintyAccumulator(threshold))
+    uncertainty_kind = "entropy"
+    lesion_maps: list[tuple[np.ndarray, np.ndarray]] = []  # "all lesions" prompts: (probability, target)
     iterator = cases
     if progress:
         from rich.progress import track
@@ -75,6 +91,15 @@ def evaluate_run(run: str | Path, data_root: str | Path, out_dir: str | Path, sp
             metrics["average_precision"] = average_precision(result.probability, target,
                                                              predictor.config.inference.threshold)
             group = result_group(prompt)
+            uncertainty_kind = result.uncertainty_kind
+            entropy = (binary_entropy(torch.from_numpy(result.probability)).numpy()
+                       if uncertainty_kind != "entropy" else None)
+            for name in (group, OVERALL_GROUP):
+                calibration[name].add(result.probability, target, result.uncertainty)
+                if entropy is not None:
+                    entropy_ranking[name].add(result.probability, target, entropy)
+            if prompt.kind == "all":
+                lesion_maps.append((result.probability.reshape(spatial), target.reshape(spatial)))
             records.append({"case": case.case, "prompt": prompt.prompt, "kind": prompt.kind, "group": group,
                             "n_lesions": prompt.meta.get("n_lesions"), **metrics})
             if save_masks:
@@ -89,12 +114,26 @@ def evaluate_run(run: str | Path, data_root: str | Path, out_dir: str | Path, sp
                              to_ras(result.mask, geometry.affine).reshape(spatial),
                              out_dir / "overlays" / f"{group}_{overlay_count[group]}_{case.case}.png",
                              title=f"{case.case}: {prompt.prompt}  (Dice {metrics['dice']:.2f})",
-                             probability=to_ras(result.probability, geometry.affine).reshape(spatial))
+                             probability=to_ras(result.probability, geometry.affine).reshape(spatial),
+                             uncertainty=to_ras(result.uncertainty, geometry.affine).reshape(spatial))
         if save_masks:
             write_text_atomic(out_dir / "masks" / case.case / "prompts.json", json.dumps(index, indent=1))
     write_records(records, out_dir)
     rows = summarize(records, group_by="group") if records else []
+    uncertainty = {name: {**accumulator.summary(), "uncertainty_kind": uncertainty_kind,
+                          "entropy_error_auroc": (entropy_ranking[name].error_auroc() if name in entropy_ranking
+                                                  else accumulator.error_auroc())}
+                   for name, accumulator in calibration.items()}
+    for row in rows:
+        row |= uncertainty[row["group"]]
     write_summary(rows, out_dir, title=f"{Path(run).name} on {layout.root.name} ({split})")
+    if lesion_maps:  # lesion-level detection, as the PI-CAI challenge scores it
+        detection = lesion_detection_metrics(lesion_maps, kind="probability")
+        write_text_atomic(out_dir / "lesion_detection.json", json.dumps(detection, indent=1))
+    if records:
+        write_text_atomic(out_dir / "uncertainty.json", json.dumps(uncertainty, indent=1))
+        save_reliability_diagram(calibration[OVERALL_GROUP], out_dir / "reliability.png",
+                                 f"{Path(run).name} on {layout.root.name} ({split}): {uncertainty_kind} uncertainty")
     log = Path(run) / "log.jsonl" if Path(run).is_dir() else Path(run).parent / "log.jsonl"
     if log.is_file():
         save_loss_curve(log, out_dir / "loss_curve.png")

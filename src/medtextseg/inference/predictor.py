@@ -19,7 +19,7 @@ from medtextseg.data.io import Geometry, read_geometry, write_like
 from medtextseg.data.prompts import validate_prompt
 from medtextseg.data.transforms import preparation
 from medtextseg.inference.postprocessing import remove_small_components
-from medtextseg.inference.sliding import prompt_probabilities
+from medtextseg.inference.sliding import prompt_maps
 from medtextseg.models.factory import create_model
 from medtextseg.text.cache import TextEmbeddingCache, cached_text_encoder
 from medtextseg.training.checkpoint import load_checkpoint
@@ -35,12 +35,17 @@ class Segmentation:
         mask: [*file_shape] uint8 in {0, 1}, file voxel order.
         probability: [*file_shape] float32 in [0, 1].
         reference: the first channel file; its geometry is the mask's.
+        uncertainty: [*file_shape] float32 in [0, 1], or None.
+        uncertainty_kind: "dirichlet" (an evidential model's uncertainty mass) or "entropy" (the binary
+            entropy of the probability, in bits, for a sigmoid model).
     """
 
     prompt: str
     mask: np.ndarray
     probability: np.ndarray
     reference: Path
+    uncertainty: np.ndarray | None = None
+    uncertainty_kind: str = "entropy"
 
     @property
     def geometry(self) -> Geometry:
@@ -54,11 +59,16 @@ class Segmentation:
     def volume_ml(self) -> float:
         return self.voxels * float(np.prod(self.geometry.spacing)) / 1000.0
 
-    def save(self, mask_path: str | Path, probability_path: str | Path | None = None) -> None:
-        """Write the mask (and the probability map) with exactly the reference file's geometry."""
+    def save(self, mask_path: str | Path, probability_path: str | Path | None = None,
+             uncertainty_path: str | Path | None = None) -> None:
+        """Write the mask (and the probability and uncertainty maps) with exactly the reference file's geometry."""
         write_like(self.mask, self.reference, mask_path)
         if probability_path is not None:
             write_like(self.probability.astype(np.float32), self.reference, probability_path)
+        if uncertainty_path is not None:
+            if self.uncertainty is None:
+                raise MedTextSegError(f"no uncertainty map for prompt {self.prompt!r}")
+            write_like(self.uncertainty.astype(np.float32), self.reference, uncertainty_path)
 
     def __repr__(self) -> str:
         return (f"Segmentation(prompt={self.prompt!r}, shape={self.mask.shape}, voxels={self.voxels}, "
@@ -84,6 +94,7 @@ class Predictor:
         self.model = create_model(self.config.model, int(state["text_dim"]))
         self.model.load_state_dict(state["model"])
         self.model.to(self.device).eval()
+        self.model.use_refiner = self.config.inference.refiner
 
     def _check_inputs(self, image_paths: list[Path]) -> None:
         expected = self.config.model.in_channels
@@ -112,13 +123,13 @@ class Predictor:
             raise MedTextSegError(f"{paths[0]}: the image has NaN or infinite voxels")
         spatial_dims = self.config.model.spatial_dims
         model_input = image.as_tensor()[..., 0] if spatial_dims == 2 else image.as_tensor()
-        probabilities = prompt_probabilities(self.model, model_input.float(), self.text(prompts),
-                                             self.config.data.patch_size, self.config.inference.overlap,
-                                             self.config.inference.presence_threshold)
+        maps = prompt_maps(self.model, model_input.float(), self.text(prompts), self.config.data.patch_size,
+                           self.config.inference.overlap, self.config.inference.presence_threshold)
+        stacked = torch.cat([maps.probability, maps.uncertainty])  # [2P, *spatial]: inverted in one pass
         if spatial_dims == 2:
-            probabilities = probabilities[..., None]
+            stacked = stacked[..., None]
         # back to the file's grid: MONAI replays the recorded orientation/spacing operations in reverse
-        prediction = MetaTensor(probabilities, meta=image.meta)
+        prediction = MetaTensor(stacked, meta=image.meta)
         prediction.applied_operations = image.applied_operations
         inverted = Invertd("prediction", transform, orig_keys="image", nearest_interp=False)(
             {"prediction": prediction, "image": image})["prediction"]
@@ -127,8 +138,10 @@ class Predictor:
         if inverted.shape[1:] != geometry.shape:  # 2D files may carry a trailing singleton axis
             inverted = inverted.reshape((inverted.shape[0], *geometry.shape))
         results = []
-        for prompt, probability in zip(prompts, inverted, strict=True):
+        for prompt, probability, uncertainty in zip(prompts, inverted[: len(prompts)], inverted[len(prompts):],
+                                                    strict=True):
             mask = remove_small_components(probability > self.config.inference.threshold,
                                            self.config.inference.min_component_voxels)
-            results.append(Segmentation(prompt, mask.astype(np.uint8), probability, paths[0]))
+            results.append(Segmentation(prompt, mask.astype(np.uint8), probability, paths[0], uncertainty,
+                                        maps.uncertainty_kind))
         return results

@@ -1,25 +1,54 @@
-"""Probabilities for several prompts of one image in one sliding-window pass (MONAI's inferer).
+"""Probabilities (and uncertainty) for several prompts of one image in one sliding-window pass (MONAI's inferer).
 
-The prompts ride along as channels: the predictor returns [1, P, *window] for a window, so MONAI's
-Gaussian blending stitches all prompts at once and the image encoder runs once per window.
+The prompts ride along as channels: the predictor returns [1, P, *window] for a window (2P with the uncertainty
+of an evidential head), so MONAI's Gaussian blending stitches all prompts at once and the image encoder runs
+once per window.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from monai.inferers import sliding_window_inference
 from torch import Tensor, nn
 
 from medtextseg.data.transforms import coordinate_channels
+from medtextseg.models.evidential import dirichlet_uncertainty
 from medtextseg.text.batch import TextBatch
+
+
+class PromptMaps(NamedTuple):
+    """Per-prompt maps of one image: ``probability`` and ``uncertainty``, each [P, *spatial] float32 in [0, 1].
+
+    ``uncertainty_kind``: ``"dirichlet"`` (the uncertainty mass 2 / S of an evidential head) or ``"entropy"``
+    (the binary entropy of the probability, in bits, for a sigmoid head, which has no uncertainty of its own).
+    """
+
+    probability: Tensor
+    uncertainty: Tensor
+    uncertainty_kind: str
+
+
+def binary_entropy(probability: Tensor) -> Tensor:
+    """Entropy in bits of Bernoulli(p), elementwise, in [0, 1] (1 at p = 0.5)."""
+    p = probability.clamp(1e-7, 1 - 1e-7)
+    return -(p * torch.log(p) + (1 - p) * torch.log(1 - p)) / math.log(2)
 
 
 @torch.no_grad()
 def prompt_probabilities(model: nn.Module, image: Tensor, text: TextBatch, patch_size: Sequence[int],
                          overlap: float = 0.25, presence_threshold: float = 0.5, prompt_chunk: int = 16) -> Tensor:
-    """Probability that each voxel belongs to what each prompt names.
+    """``prompt_maps(...).probability``: [P, *spatial]; see :func:`prompt_maps`."""
+    return prompt_maps(model, image, text, patch_size, overlap, presence_threshold, prompt_chunk).probability
+
+
+@torch.no_grad()
+def prompt_maps(model: nn.Module, image: Tensor, text: TextBatch, patch_size: Sequence[int],
+                overlap: float = 0.25, presence_threshold: float = 0.5, prompt_chunk: int = 16) -> PromptMaps:
+    """Probability that each voxel belongs to what each prompt names, and how uncertain that is.
 
     When the model has a presence logit, a window whose presence probability is below
     ``presence_threshold`` contributes zeros: the target is not there. The gate is a hard decision, not a
@@ -37,8 +66,9 @@ def prompt_probabilities(model: nn.Module, image: Tensor, text: TextBatch, patch
         prompt_chunk: prompts decoded together (bounds memory for long prompt lists).
 
     Returns:
-        [P, *spatial] float32 probabilities in [0, 1].
+        ``PromptMaps`` with [P, *spatial] float32 probability and uncertainty maps in [0, 1].
     """
+    evidential = getattr(getattr(model, "config", None), "head", "sigmoid") == "evidential"
     device = next(model.parameters()).device
     if getattr(getattr(model, "config", None), "coordinates", False):
         image = torch.cat([image, coordinate_channels(image.shape[1:]).to(image.dtype)])
@@ -54,10 +84,16 @@ def prompt_probabilities(model: nn.Module, image: Tensor, text: TextBatch, patch
             if out.presence is not None:
                 present = torch.sigmoid(out.presence.float()) >= presence_threshold  # [P]
                 probability = probability * present.view(-1, 1, *[1] * (window.ndim - 2))
-            return probability.transpose(0, 1)  # [1, P, *window]
+            if evidential:  # [P, 2, *window]: the uncertainty is blended like the probability
+                probability = torch.cat([probability, dirichlet_uncertainty(out.evidence)], dim=1)
+            return probability.transpose(0, 1).flatten(0, 1)[None]  # [1, P or 2P, *window]
 
         blended = sliding_window_inference(image[None].to(device), roi_size=list(patch_size), sw_batch_size=1,
                                            predictor=predict, overlap=overlap, mode="gaussian")
-        outputs.append(blended[0].float().cpu())
-    result = torch.cat(outputs)
-    return result.as_tensor() if hasattr(result, "as_tensor") else result
+        blended = blended[0].float().cpu()
+        outputs.append(blended.unflatten(0, (2, len(rows))) if evidential else blended[None])
+    result = torch.cat(outputs, dim=1)  # [1 or 2, P, *spatial]
+    result = result.as_tensor() if hasattr(result, "as_tensor") else result
+    if evidential:
+        return PromptMaps(result[0], result[1], "dirichlet")
+    return PromptMaps(result[0], binary_entropy(result[0]), "entropy")

@@ -9,6 +9,10 @@ A loss term is an ``nn.Module`` called as ``term(logits, target, weight=None)`` 
   0 on unlabelled voxels; ``None`` weighs every voxel 1;
 
 and returns the per-sample loss [B] (float32), so the caller decides which samples to average.
+
+A few terms read more of the model's output than the mask logits (``OutputLossTerm``: the pixel-text
+similarity maps, the Dirichlet evidence); they are called as ``term(output, target, weight=None)`` with the
+whole ``ModelOutput`` and the full-resolution target, once per step (not per deep-supervision level).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
+from medtextseg.models.output import ModelOutput
 from medtextseg.utils.errors import MedTextSegError
 
 Scope = Literal["region", "pixel", "compound"]
@@ -36,6 +41,15 @@ class LossTerm(nn.Module):
     scope: ClassVar[Scope]
 
     def forward(self, logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
+        raise NotImplementedError
+
+
+class OutputLossTerm(LossTerm):
+    """A loss term on more of the model's output than the mask logits; ``scope`` as for ``LossTerm``."""
+
+    def forward(self, output: ModelOutput, target: Tensor, weight: Tensor | None = None) -> Tensor:  # type: ignore[override]
+        """output: the model's ``ModelOutput``; target: [B, 1, *spatial]; weight: as for ``LossTerm``.
+        Returns the per-sample loss [B]."""
         raise NotImplementedError
 
 

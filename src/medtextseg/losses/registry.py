@@ -9,8 +9,10 @@ from typing import Any
 from medtextseg.losses.base import LossTerm
 from medtextseg.losses.boundary import HausdorffDTLoss
 from medtextseg.losses.compound import DiceBCELoss
+from medtextseg.losses.evidential import EvidentialCrossEntropyLoss, EvidentialKLLoss
 from medtextseg.losses.pixelwise import BCELoss, FocalLoss, TopKBCELoss
 from medtextseg.losses.region import DiceLoss, FocalTverskyLoss, JaccardLoss, TverskyLoss
+from medtextseg.losses.similarity import PixelTextAlignLoss, PixelTextBCELoss, PixelTextHeatmapLoss
 from medtextseg.utils.errors import MedTextSegError
 
 LOSS_TERMS: dict[str, type[LossTerm]] = {
@@ -23,6 +25,12 @@ LOSS_TERMS: dict[str, type[LossTerm]] = {
     "focal": FocalLoss,
     "topk_bce": TopKBCELoss,
     "dice_bce": DiceBCELoss,
+    # on more of the output than the mask logits (``OutputLossTerm``)
+    "pixel_text_contrastive": PixelTextBCELoss,
+    "pixel_text_heat": PixelTextHeatmapLoss,
+    "pixel_text_align": PixelTextAlignLoss,
+    "evidential_ce": EvidentialCrossEntropyLoss,
+    "evidential_kl": EvidentialKLLoss,
 }
 
 

@@ -6,12 +6,14 @@ The default (``loss.terms: {dice: 1, bce: 1}``, ``presence_weight: 0.5``) is Dic
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from medtextseg.config import LossConfig
-from medtextseg.losses.base import LossTerm
+from medtextseg.losses.base import LossTerm, OutputLossTerm
 from medtextseg.losses.deep_supervision import downsample_target, downsample_weight, level_weights
 from medtextseg.losses.registry import create_loss_term
 from medtextseg.models.output import ModelOutput
@@ -27,6 +29,10 @@ class PromptSegmentationLoss(nn.Module):
       target -> an empty mask. With a weight map, samples whose weights are all 0 are left out.
     * A compound term (``dice_bce``) contributes its components, each by its own rule, under the names
       ``"<term>.<component>"``.
+    * Terms on more of the output (``OutputLossTerm``: similarity maps, evidence) are computed once, on the
+      full-resolution target, by the same sample rules.
+    * ``factors``: a term listed there has its weight scaled by that factor (``loss.schedules``, computed by the
+      trainer's ``LossWeightSchedule``); the others count fully.
     * BCE of the presence logit against "target not empty", when the model has one and ``presence_weight > 0``.
     * Deep supervision: when ``output.deep_supervision`` has maps and ``deep_supervision_weights`` is set, every
       term is summed over the resolutions with those weights, the targets max-pooled (and weight maps
@@ -35,8 +41,9 @@ class PromptSegmentationLoss(nn.Module):
     A sample's target is "not empty" when it has a foreground voxel of positive weight (any foreground voxel
     without a weight map). Terms of weight 0 are not computed.
 
-    Returns ``(total, parts)``: the scalar loss to back-propagate, and each term's value (before its weight,
-    after the deep-supervision sum) as floats for the log, so that total = sum(weight * part) + presence part.
+    Returns ``(total, parts)``: the scalar loss to back-propagate, and each term's value (before its weight and
+    factor, after the deep-supervision sum) as floats for the log, so that total = sum(weight * factor * part) +
+    presence part.
     """
 
     def __init__(self, config: LossConfig) -> None:
@@ -61,8 +68,8 @@ class PromptSegmentationLoss(nn.Module):
         """The term (or compound component, ``"<term>.<component>"``) logged as ``name``."""
         return self.terms[self.names.index(name)]
 
-    def forward(self, output: ModelOutput, targets: Tensor,
-                weight: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+    def forward(self, output: ModelOutput, targets: Tensor, weight: Tensor | None = None,
+                factors: Mapping[str, float] | None = None) -> tuple[Tensor, dict[str, float]]:
         """
         Args:
             output: the model's output; ``logits`` [B, 1, *spatial] (any float dtype), ``presence`` [B] logits or
@@ -70,6 +77,7 @@ class PromptSegmentationLoss(nn.Module):
             targets: [B, 1, *spatial] binary masks in {0, 1}; an all-zero mask is an absent target.
             weight: optional non-negative voxel weights broadcastable to ``targets`` (0 = unlabelled voxel),
                 passed to every term.
+            factors: term name -> factor on its weight (a scheduled term; absent names count fully).
 
         Raises:
             MedTextSegError: shapes do not match, a negative weight, or ``deep_supervision_weights`` does not
@@ -87,19 +95,27 @@ class PromptSegmentationLoss(nn.Module):
         else:
             level_weight = [1.0]
 
+        def samples(term: LossTerm) -> Tensor:
+            return present if term.scope == "region" else counted
+
         values: dict[str, Tensor] = {}
+        for name, term in zip(self.names, self.terms, strict=True):
+            if isinstance(term, OutputLossTerm):
+                values[name] = _masked_mean(term(output, targets, weight), samples(term))
         for factor, level_logits in zip(level_weight, levels, strict=True):
             size = level_logits.shape[2:]
             level_targets = downsample_target(targets, size)
             level_map = None if weight is None else downsample_weight(weight, targets.shape, size)
             for name, term in zip(self.names, self.terms, strict=True):
-                per_sample = term(level_logits, level_targets, level_map)  # [B]
-                value = factor * _masked_mean(per_sample, present if term.scope == "region" else counted)
+                if isinstance(term, OutputLossTerm):
+                    continue
+                value = factor * _masked_mean(term(level_logits, level_targets, level_map), samples(term))
                 values[name] = values[name] + value if name in values else value
 
         total = logits.sum() * 0.0  # keeps the graph when every term is off
+        factors = factors or {}
         for name, term_weight in zip(self.names, self.weights, strict=True):
-            total = total + term_weight * values[name]
+            total = total + term_weight * factors.get(name.split(".")[0], 1.0) * values[name]
         parts = {name: float(value.detach()) for name, value in values.items()}
         if output.presence is not None and self.config.presence_weight > 0:
             presence = F.binary_cross_entropy_with_logits(output.presence.float(), present.float())

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from monai.networks.blocks import UnetOutBlock, UnetResBlock, UnetUpBlock
+import torch
+from monai.networks.blocks import Convolution, UnetOutBlock, UnetResBlock, UnetUpBlock
 from monai.networks.layers.factories import Pool
 from torch import Tensor, nn
 
@@ -57,14 +58,62 @@ class UNetEncoder(nn.Module):
             if pooled and any(s != 1 for s in stride) else nn.Identity() for stride in strides)
         self.refinements = nn.ModuleList(stage_refinement(spatial_dims, c, attention, dropout) for c in channels)
 
-    def forward(self, image: Tensor) -> list[Tensor]:
-        """image: [N, C_in, *spatial]. Returns per-stage features, highest resolution first."""
+    def forward(self, image: Tensor, after_stage: Callable[[int, Tensor], Tensor] | None = None) -> list[Tensor]:
+        """image: [N, C_in, *spatial]. Returns per-stage features, highest resolution first.
+
+        ``after_stage(level, features)``, when given, is applied to every stage's output before it becomes the
+        skip and the next stage's input (encoder-side text conditioning); it may change the batch size.
+        """
         features = []
         x = image
-        for pool, stage, refinement in zip(self.pools, self.stages, self.refinements, strict=True):
+        for level, (pool, stage, refinement) in enumerate(zip(self.pools, self.stages, self.refinements,
+                                                               strict=True)):
             x = refinement(stage(pool(x)))
+            if after_stage is not None:
+                x = after_stage(level, x)
             features.append(x)
         return features
+
+
+class MultiSequenceEncoder(nn.Module):
+    """One ``UNetEncoder`` per group of input channels (e.g. per MRI sequence), fused at every stage by
+    concatenation + a 3x3(x3) convolution-norm-activation (Align-then-Refine's multi-encoder backbone).
+
+    Each sequence keeps its own filters down to the bottleneck, so a sequence-specific pattern (a dark ADC spot)
+    is not averaged away in the first convolution; the decoder sees the fused features as skips.
+
+    Args:
+        groups: input channels of each encoder, in the input's channel order (their sum: the image channels).
+        shared_channels: trailing input channels every encoder also gets (the coordinate channels).
+        spatial_dims, channels, strides, norm, downsample, attention, dropout, negative_slope: as for
+            ``UNetEncoder``.
+    """
+
+    def __init__(self, spatial_dims: int, groups: Sequence[int], shared_channels: int, channels: Sequence[int],
+                 strides: Sequence[Sequence[int]], norm: str = "instance", downsample: str = "conv",
+                 attention: Sequence[str] = (), dropout: float = 0.0, negative_slope: float = 0.01) -> None:
+        super().__init__()
+        self.groups = list(groups)
+        self.shared_channels = shared_channels
+        self.encoders = nn.ModuleList(
+            UNetEncoder(spatial_dims, size + shared_channels, channels, strides, norm, downsample, attention,
+                        dropout, negative_slope) for size in self.groups)
+        self.fusions = nn.ModuleList(
+            Convolution(spatial_dims, len(self.groups) * c, c, kernel_size=3, norm=_norm_name(norm),
+                        act=_activation(negative_slope)) for c in channels)
+
+    def forward(self, image: Tensor, after_stage: Callable[[int, Tensor], Tensor] | None = None) -> list[Tensor]:
+        """image: [N, sum(groups) + shared_channels, *spatial]. Returns fused per-stage features, highest resolution
+        first; ``after_stage`` (as for ``UNetEncoder``) applies to the fused features only."""
+        sequences = image[:, : sum(self.groups)].split(self.groups, dim=1)
+        shared = image[:, sum(self.groups):]
+        per_encoder = [encoder(torch.cat([sequence, shared], dim=1))
+                       for encoder, sequence in zip(self.encoders, sequences, strict=True)]
+        fused = []
+        for level, (fusion, features) in enumerate(zip(self.fusions, zip(*per_encoder, strict=True), strict=True)):
+            x = fusion(torch.cat(features, dim=1))
+            fused.append(after_stage(level, x) if after_stage is not None else x)
+        return fused
 
 
 class UNetDecoder(nn.Module):
@@ -76,11 +125,13 @@ class UNetDecoder(nn.Module):
     Args:
         spatial_dims, channels, strides, norm, attention, negative_slope: as for ``UNetEncoder``.
         out_channels: K of the output logits.
+        deep_supervision: also return logits of 1x1 heads after the decoder stages below full resolution
+            (levels 1 .. L-2; not the bottleneck, as nnU-Net).
     """
 
     def __init__(self, spatial_dims: int, channels: Sequence[int], strides: Sequence[Sequence[int]],
                  out_channels: int, norm: str = "instance", attention: Sequence[str] = (),
-                 negative_slope: float = 0.01) -> None:
+                 negative_slope: float = 0.01, deep_supervision: bool = False) -> None:
         super().__init__()
         levels = list(reversed(range(len(channels) - 1)))
         self.ups = nn.ModuleList(
@@ -91,12 +142,20 @@ class UNetDecoder(nn.Module):
         self.refinements = nn.ModuleList(stage_refinement(spatial_dims, channels[level], attention)
                                          for level in levels)
         self.head = UnetOutBlock(spatial_dims, channels[0], out_channels)
+        self.deep_heads = nn.ModuleDict({str(level): UnetOutBlock(spatial_dims, channels[level], out_channels)
+                                         for level in range(1, len(channels) - 1)} if deep_supervision else {})
 
-    def forward(self, skips: list[Tensor], modulate: Callable[[int, Tensor], Tensor]) -> Tensor:
-        """skips: encoder features (one row per sample). Returns logits [B, out_channels, *spatial]."""
+    def forward(self, skips: list[Tensor], modulate: Callable[[int, Tensor], Tensor]
+                ) -> tuple[Tensor, list[Tensor], Tensor]:
+        """skips: encoder features (one row per sample). Returns logits [B, out_channels, *spatial], the
+        deep-supervision logits [B, out_channels, *spatial_level], highest resolution first (empty without), and
+        the last stage's features [B, channels[0], *spatial] that the head read."""
         level = len(skips) - 1
         x = modulate(level, skips[level])
+        deep = []
         for up, refinement in zip(self.ups, self.refinements, strict=True):
             level -= 1
             x = modulate(level, refinement(up(x, skips[level])))
-        return self.head(x)
+            if str(level) in self.deep_heads:
+                deep.insert(0, self.deep_heads[str(level)](x))
+        return self.head(x), deep, x

@@ -7,12 +7,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from medtextseg.config import ModelConfig
-from medtextseg.models.backbone import UNetDecoder, UNetEncoder
+from medtextseg.models.backbone import MultiSequenceEncoder, UNetDecoder, UNetEncoder
+from medtextseg.models.conditioning.bidirectional_attention import VisionLanguageStage
 from medtextseg.models.conditioning.film import FiLM
 from medtextseg.models.conditioning.fusion import ConcatFusion, FusionChain, ResidualConditionalBatchNorm
 from medtextseg.models.conditioning.text_summary import TextSummary
+from medtextseg.models.evidential import evidence_from_logits, evidential_logits
 from medtextseg.models.output import ModelOutput
 from medtextseg.models.presence import topk_presence
+from medtextseg.models.refiner import ConfidenceGatedRefiner
+from medtextseg.models.similarity import PixelTextSimilarity
 from medtextseg.text.batch import TextBatch
 
 
@@ -39,12 +43,38 @@ def build_conditioners(config: ModelConfig, text_dim: int) -> nn.ModuleDict:
     return nn.ModuleDict(modules)
 
 
-class TextGuidedUNet(nn.Module):
-    """U-Net + text conditioning where ``config.conditioning`` says + a presence logit read from the mask.
+def build_vision_language_stages(config: ModelConfig, text_dim: int) -> nn.ModuleDict:
+    """Encoder level -> ``VisionLanguageStage``; each takes the word states of the one before (D at the first)."""
+    stages, text_in = {}, text_dim
+    for level in sorted(config.vision_language_levels):
+        stages[str(level)] = VisionLanguageStage(config.channels[level], text_in)
+        text_in = config.channels[level]
+    return nn.ModuleDict(stages)
 
-    The conditioners read a ``TextSummary`` of the prompt: the sentence embedding, plus attention reads of
-    its tokens when ``config.text_tokens``. With ``conditioning='none'`` the same network ignores the text:
-    the image-only baseline.
+
+def masked_mean(words: Tensor, mask: Tensor) -> Tensor:
+    """words: [B, T, C]; mask: [B, T] bool. Returns the mean of the real tokens' states [B, C]."""
+    weights = mask.to(words.dtype).unsqueeze(-1)
+    return (words * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
+class TextGuidedUNet(nn.Module):
+    """U-Net + text conditioning where the config says + a presence logit read from the mask.
+
+    Where the text enters:
+
+    * decoder (``config.conditioning``): the conditioners read a ``TextSummary`` of the prompt, the sentence
+      embedding plus attention reads of its tokens when ``config.text_tokens``;
+    * encoder (``config.vision_language_levels``): bidirectional pixel-word cross-attention after those stages,
+      the word states carried from stage to stage (TextBCS). From the first such stage on, the encoder runs
+      once per prompt rather than once per image.
+
+    * after the decoder (``config.refiner``): the confidence-gated cross-attention refiner edits the logits where
+      the base model is confident (Align-then-Refine stage 2).
+
+    With none, the same network ignores the text: the image-only baseline. ``config.similarity_levels`` adds
+    pixel-text similarity maps (for the contrastive, heatmap and alignment losses); ``config.head='evidential'``
+    makes the head output Dirichlet evidence (``ModelOutput.evidence``) besides the usual logit.
 
     Args:
         config: the model section (spatial_dims, in_channels, channels, strides, conditioning, ...).
@@ -54,15 +84,34 @@ class TextGuidedUNet(nn.Module):
     def __init__(self, config: ModelConfig, text_dim: int) -> None:
         super().__init__()
         self.config = config
-        in_channels = config.in_channels + (config.spatial_dims if config.coordinates else 0)
-        self.encoder = UNetEncoder(config.spatial_dims, in_channels, config.channels, config.strides, config.norm,
-                                   downsample=config.downsample, attention=config.block_attention,
-                                   dropout=config.dropout, negative_slope=config.negative_slope)
-        self.decoder = UNetDecoder(config.spatial_dims, config.channels, config.strides, 1, config.norm,
-                                   attention=config.block_attention, negative_slope=config.negative_slope)
+        coordinate_channels = config.spatial_dims if config.coordinates else 0
+        stages = {"downsample": config.downsample, "attention": config.block_attention, "dropout": config.dropout,
+                  "negative_slope": config.negative_slope}
+        if config.encoders == 1:
+            self.encoder = UNetEncoder(config.spatial_dims, config.in_channels + coordinate_channels, config.channels,
+                                       config.strides, config.norm, **stages)
+        else:
+            self.encoder = MultiSequenceEncoder(config.spatial_dims, [config.in_channels // config.encoders]
+                                                * config.encoders, coordinate_channels, config.channels,
+                                                config.strides, config.norm, **stages)
+        head_channels = 2 if config.head == "evidential" else 1
+        self.decoder = UNetDecoder(config.spatial_dims, config.channels, config.strides, head_channels,
+                                   config.norm, attention=config.block_attention,
+                                   negative_slope=config.negative_slope, deep_supervision=config.deep_supervision)
         conditioned = config.conditioning != "none"
         self.text_summary = TextSummary(text_dim, use_tokens=config.text_tokens) if conditioned else None
         self.conditioners = build_conditioners(config, self.text_summary.out_dim if conditioned else text_dim)
+        self.vision_language = build_vision_language_stages(config, text_dim)
+        self.refiner = ConfidenceGatedRefiner(config.spatial_dims, config.channels[0], text_dim,
+                                              gate=config.refiner_gate, blend=config.refiner_blend,
+                                              tokens=config.refiner_tokens) if config.refiner else None
+        self.use_refiner = True  # prediction may switch the refiner off (inference.refiner)
+        self.similarity = nn.ModuleDict({
+            str(level): PixelTextSimilarity(
+                config.spatial_dims, config.channels[level],
+                config.channels[level] if str(level) in self.vision_language else text_dim,
+                config.similarity_dim, config.similarity_temperature, config.similarity_learnable_temperature)
+            for level in config.similarity_levels})
 
     def _coordinates(self, image: Tensor, shapes: list[torch.Size]) -> list[Tensor]:
         """The whole-image coordinate input channels averaged down to every level's grid (spatial FiLM)."""
@@ -83,17 +132,34 @@ class TextGuidedUNet(nn.Module):
                 encoder runs once per image, however many prompts it has.
 
         Returns:
-            ModelOutput with logits [B, 1, *spatial] and presence [B] (or None).
+            ModelOutput with logits [B, 1, *spatial], presence [B] (or None), similarity maps
+            ``"encoder_{level}"`` [B, 1, *spatial_level] and evidence [B, 2, *spatial] (evidential head).
         """
-        skips = self.encoder(image)
+        rows = image.shape[0] if image_index is None else len(image_index)
+        if rows != len(text):
+            raise ValueError(f"{len(text)} prompts for {rows} images: pass image_index "
+                             "to say which image each prompt is for")
+        text = text.to(image.device)
+        # the encoder is shared by an image's prompts up to the first stage that reads the text
+        per_prompt_from = min((int(k) for k in self.vision_language), default=len(self.config.channels))
+        words, stage_words = text.tokens, {}
+
+        def attend(level: int, features: Tensor) -> Tensor:
+            nonlocal words
+            if level == per_prompt_from and image_index is not None:
+                features = features[image_index]
+            if str(level) not in self.vision_language:
+                return features
+            features, words = self.vision_language[str(level)](features, words, text.mask)
+            stage_words[level] = words
+            return features
+
+        skips = self.encoder(image, attend if self.vision_language else None)
         coordinates = self._coordinates(image, [s.shape[2:] for s in skips])
         if image_index is not None:
-            skips = [s[image_index] for s in skips]
+            skips = [s[image_index] if level < per_prompt_from else s for level, s in enumerate(skips)]
             coordinates = [c[image_index] for c in coordinates] if coordinates else coordinates
-        if skips[0].shape[0] != len(text):
-            raise ValueError(f"{len(text)} prompts for {skips[0].shape[0]} images: pass image_index "
-                             "to say which image each prompt is for")
-        summary = self.text_summary(text.to(skips[0].device)).to(skips[0].dtype) if self.text_summary else None
+        summary = self.text_summary(text).to(skips[0].dtype) if self.text_summary else None
 
         def modulate(level: int, features: Tensor) -> Tensor:
             if str(level) not in self.conditioners:
@@ -102,6 +168,17 @@ class TextGuidedUNet(nn.Module):
                 return self.conditioners[str(level)](features, summary, coordinates[level])
             return self.conditioners[str(level)](features, summary)
 
-        logits = self.decoder(skips, modulate)
+        logits, deep_supervision, features = self.decoder(skips, modulate)
+        if self.refiner is not None and self.use_refiner:
+            logits = self.refiner(features, logits, self.decoder.head, text)
+        evidence = None
+        if self.config.head == "evidential":
+            evidence = evidence_from_logits(logits)
+            logits = evidential_logits(evidence)
+        similarity = {
+            f"encoder_{level}": head(skips[int(level)], masked_mean(stage_words[int(level)], text.mask)
+                                     if int(level) in stage_words else text.pooled)
+            for level, head in self.similarity.items()}
         presence = topk_presence(logits, self.config.presence_topk) if self.config.presence else None
-        return ModelOutput(logits=logits, presence=presence)
+        return ModelOutput(logits=logits, presence=presence, deep_supervision=deep_supervision,
+                           similarity=similarity, evidence=evidence)

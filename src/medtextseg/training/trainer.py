@@ -12,6 +12,7 @@ import json
 import math
 import random
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
 from medtextseg.config import Config
+from medtextseg.data.attribute_prompts import attribute_prompt_texts
 from medtextseg.data.dataset import PreparedCase, PromptSampleDataset, collate_prompt_samples, prepare_case
 from medtextseg.data.layout import load_dataset, verify_dataset
 from medtextseg.data.prompts import swap_left_right
@@ -29,6 +31,8 @@ from medtextseg.models.factory import count_parameters, create_model
 from medtextseg.text.cache import TextEmbeddingCache, cached_text_encoder
 from medtextseg.training.checkpoint import load_checkpoint, save_checkpoint
 from medtextseg.training.distributed import DistributedContext, init_distributed, shutdown_distributed
+from medtextseg.training.schedule import LossWeightSchedule
+from medtextseg.training.transfer import transfer_weights
 from medtextseg.training.validation import validation_dice
 from medtextseg.utils.atomic import write_text_atomic
 from medtextseg.utils.errors import MedTextSegError
@@ -49,15 +53,18 @@ def prepare_cases(layout, case_ids: list[str], config: Config, progress: bool,
     return [prepare_case(layout.cases[c], config.data.spacing, layout.spatial_dims) for c in iterator]
 
 
-def training_prompt_texts(layout, case_ids: list[str], vocabulary: PromptVocabulary | None) -> list[str]:
+def training_prompt_texts(layout, case_ids: list[str], vocabulary: PromptVocabulary | None,
+                          structured: Mapping[str, str] | None = None) -> list[str]:
     """Every text training can feed the model, to encode once before step 1 (never per step): the prompts of
-    the cases, every wording of their classes when ``vocabulary`` (prompt sampling) is given, and all of
-    these with left and right swapped (the flip augmentation)."""
+    the cases, every wording of their classes when ``vocabulary`` (prompt sampling) is given, their structured
+    forms when ``structured`` is, and all of these with left and right swapped (the flip augmentation)."""
     records = [p for case in case_ids for p in layout.cases[case].prompts]
     prompts = {p.prompt for p in records}
     if vocabulary is not None:
         classes = {p.class_name for p in records if p.class_name}
         prompts |= {text for name in classes for text in vocabulary.phrasings(name)}
+    if structured:
+        prompts |= set(structured.values())
     prompts |= {swap_left_right(p) for p in prompts}
     return sorted(prompts)
 
@@ -134,8 +141,10 @@ class Trainer:
         self.train_cases = prepare_cases(self.layout, train_ids, config, show, "preparing training cases")
         self.val_cases = prepare_cases(self.layout, val_ids, config, show, "preparing validation cases")
 
+        structured = (attribute_prompt_texts(p for case in train_ids for p in self.layout.cases[case].prompts)
+                      if config.data.structured_prompts > 0 else None)
         self.text = text_cache_for(config)
-        prompts = training_prompt_texts(self.layout, train_ids + val_ids, vocabulary)
+        prompts = training_prompt_texts(self.layout, train_ids + val_ids, vocabulary, structured)
         if ctx.is_main:  # rank 0 encodes and fills the disk cache; the others then read it
             self.text.warm(prompts)
         ctx.barrier()
@@ -146,10 +155,11 @@ class Trainer:
                                            weight_decay=config.train.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: _lr_factor(s, config))
         self.loss = build_loss(config.loss)
+        self.schedule = LossWeightSchedule(config.loss.schedules)
         self.dataset = PromptSampleDataset(self.train_cases, config.data.patch_size, config.data.prompts_per_image,
                                            config.data.kind_weights, config.data.flip_left_right,
                                            config.data.intensity_augmentation, seed, config.model.coordinates,
-                                           vocabulary)
+                                           vocabulary, structured, config.data.structured_prompts)
         self.sampler = DistributedSampler(self.dataset, num_replicas=ctx.world_size, rank=ctx.rank,
                                           shuffle=True, seed=seed, drop_last=True)
         per_rank = len(self.sampler)
@@ -161,6 +171,10 @@ class Trainer:
         self.best = -1.0
         if self.resume:
             self._restore(load_checkpoint(self.run_dir / "last.pt"))
+        elif config.train.init_from:
+            report = transfer_weights(self.model, config.train.init_from, config.train.init_exclude)
+            if ctx.is_main:
+                write_text_atomic(self.run_dir / "init_transfer.json", json.dumps(report, indent=1))
         self.network = (DistributedDataParallel(self.model, device_ids=[ctx.device] if ctx.device.type == "cuda"
                                                 else None) if ctx.enabled else self.model)
         self.use_amp = config.train.amp and ctx.device.type == "cuda"
@@ -180,6 +194,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.best = int(state["step"]), float(state["best"])
+        self.schedule.load_state_dict(state.get("schedule", {}))
         random.setstate(state["rng"]["python"])
         np.random.set_state(state["rng"]["numpy"])
         torch.set_rng_state(state["rng"]["torch"])
@@ -194,6 +209,7 @@ class Trainer:
                  "spatial_dims": self.layout.spatial_dims}
         if full:
             state |= {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                      "schedule": self.schedule.state_dict(),
                       "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
                               "torch": torch.get_rng_state()}}
         return state
@@ -210,6 +226,7 @@ class Trainer:
                                          self.config.inference.threshold, self.config.inference.presence_threshold,
                                          self.config.inference.min_component_voxels)
                 self._log({"step": self.step, **scores})
+                self.schedule.observe_validation(scores["val_dice"])
             # without validation cases the latest weights count as the best
             if not scores or scores["val_dice"] > self.best:
                 self.best = scores.get("val_dice", self.best)
@@ -236,11 +253,14 @@ class Trainer:
         text = self.text(batch["prompts"]).to(device)
         with torch.autocast(device.type, dtype=torch.float16, enabled=self.use_amp):
             output = self.network(image, text, batch["image_index"].to(device))
-        loss, parts = self.loss(output, targets)
+        factors = self.schedule.factors(self.step)
+        loss, parts = self.loss(output, targets, factors=factors)
+        parts |= {f"factor.{name}": value for name, value in factors.items()}
         self.optimizer.zero_grad(set_to_none=True)
         if not torch.isfinite(loss):  # skip the update rather than poison the weights
             self.scheduler.step()
             return {"loss": float("nan"), **parts}
+        self.schedule.observe_loss(float(loss.detach()))
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
