@@ -163,7 +163,9 @@ def main() -> None:
                 "dice_overall": overall["dice_mean"],
                 "absent_empty": rows["absent"]["empty_correct"] if "absent" in rows else None,
                 "ece": overall.get("ece"), "uncertainty_auroc": overall.get("uncertainty_error_auroc"),
-                "uncertainty": overall.get("uncertainty_kind"), "entropy_auroc": overall.get("entropy_error_auroc"),
+                "uncertainty": overall.get("uncertainty_kind"),
+                # a sigmoid model's own uncertainty is the entropy
+                "entropy_auroc": overall.get("entropy_error_auroc", overall.get("uncertainty_error_auroc")),
                 "parameters": count_parameters(create_model(config.model, TEXT_DIM))})
     for result in results:  # timed last, back to back, so that the ratios are measured under one machine load
         result["step_seconds"] = step_seconds(Config.load(result["preset"], SAME_BUDGET))

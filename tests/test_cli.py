@@ -79,8 +79,11 @@ def test_predict_uncertainty_writes_maps_on_the_input_grid_and_overlays(cli_run,
 def test_evaluate_reports_calibration_uncertainty_and_lesion_detection(cli_run, evidential_run):
     out = cli_run / "eval_textbcs"
     result = runner.invoke(app, ["evaluate", "-m", str(evidential_run), "-d", str(cli_run / "data"), "-o", str(out),
-                                 "--no-save-masks"])
+                                 "--no-save-masks", "--component-sweep", "0,20"])
     assert result.exit_code == 0, result.output
+    sweep = json.loads((out / "component_sweep.json").read_text())
+    assert {(row["min_voxels"], row["group"]) for row in sweep} >= {(0, "overall"), (20, "overall")}
+    assert "component sweep (overall Dice by minimum component size): 0:" in result.output
     assert "calibration: ECE" in result.output and "lesion detection (picai_eval" in result.output
     uncertainty = json.loads((out / "uncertainty.json").read_text())
     assert uncertainty["overall"]["uncertainty_kind"] == "dirichlet" and 0 <= uncertainty["overall"]["ece"] <= 1

@@ -52,3 +52,6 @@ def test_small_components_are_dropped_and_large_ones_kept():
     assert kept.sum() == 9 and kept[1:4, 1:4, 1].all()
     assert remove_small_components(mask, 3).sum() == 12
     assert remove_small_components(mask, 0) is mask
+    # the largest component stays even when below the minimum (Align-then-Refine's "largest + >= m")
+    assert remove_small_components(mask, 20, keep_largest=True).sum() == 9
+    assert remove_small_components(mask, 20).sum() == 0

@@ -167,6 +167,9 @@ def evaluate(
     split: Annotated[str, typer.Option(help="split to evaluate")] = "test",
     overlay_channel: Annotated[int, typer.Option(help="image channel shown in overlay PNGs")] = 0,
     save_masks: Annotated[bool, typer.Option(help="write every predicted mask")] = True,
+    component_sweep: Annotated[str | None, typer.Option(help="also score masks post-processed to the largest "
+                                                        "component plus those of >= m voxels, for each m of a "
+                                                        "comma-separated list, e.g. 0,10,20,50,100")] = None,
 ) -> None:
     """Predict every prompt of a split and score it: Dice, IoU, HD95, ASSD, NSD, precision, recall.
 
@@ -181,8 +184,16 @@ def evaluate(
 
     from medtextseg.evaluation.report import render_table
     from medtextseg.evaluation.runner import evaluate_run
+    from medtextseg.utils.errors import MedTextSegError
 
-    rows = evaluate_run(model, data, out, split=split, save_masks=save_masks, overlay_channel=overlay_channel)
+    sweep = []
+    for item in (component_sweep or "").split(","):
+        if item.strip():
+            if not item.strip().isdigit():
+                raise MedTextSegError(f"--component-sweep {component_sweep!r}: expected voxel counts like 0,10,20")
+            sweep.append(int(item))
+    rows = evaluate_run(model, data, out, split=split, save_masks=save_masks, overlay_channel=overlay_channel,
+                        component_sweep=sweep)
     # a log file or pipe is not 80 columns wide: do not fold the table to fit one
     Console(width=None if sys.stdout.isatty() else 160).print(render_table(rows))
     if rows:
@@ -195,6 +206,10 @@ def evaluate(
         typer.echo("lesion detection (picai_eval, 'all lesions' prompts): " + ", ".join(
             f"{key} {'n/a' if detection[key] is None else f'{detection[key]:.3f}'}"
             for key in ("auroc", "ap", "picai_score")))
+    if sweep:
+        typer.echo("component sweep (overall Dice by minimum component size): " + ", ".join(
+            f"{row['min_voxels']}: {row['dice_mean']:.3f}"
+            for row in json.loads((out / "component_sweep.json").read_text()) if row["group"] == "overall"))
     typer.echo(f"results in {out}")
 
 

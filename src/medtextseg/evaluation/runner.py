@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,9 @@ from medtextseg.data.io import read_array, read_geometry
 from medtextseg.data.layout import CaseRecord, PromptRecord, load_dataset, verify_dataset
 from medtextseg.evaluation.lesion_detection import lesion_detection_metrics
 from medtextseg.evaluation.metrics import OVERALL_GROUP, average_precision, segmentation_metrics, summarize
-from medtextseg.evaluation.report import save_loss_curve, save_overlay, write_records, write_summary
+from medtextseg.evaluation.report import save_loss_curve, save_overlay, write_records, write_summary, write_table
 from medtextseg.evaluation.uncertainty import UncertaintyAccumulator, save_reliability_diagram
+from medtextseg.inference.postprocessing import remove_small_components
 from medtextseg.inference.predictor import Predictor
 from medtextseg.inference.sliding import binary_entropy
 from medtextseg.utils.atomic import write_text_atomic
@@ -46,11 +48,14 @@ def to_ras(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
 
 def evaluate_run(run: str | Path, data_root: str | Path, out_dir: str | Path, split: str = "test",
                  save_masks: bool = True, overlays_per_group: int = 2, overlay_channel: int = 0,
-                 nsd_tolerance_mm: float = 1.0, progress: bool = True) -> list[dict]:
+                 nsd_tolerance_mm: float = 1.0, progress: bool = True,
+                 component_sweep: Sequence[int] = ()) -> list[dict]:
     """Evaluate a run on a dataset split; write per-prompt metrics, a summary per group, overlays, the
     calibration and uncertainty figures (``uncertainty.json``, ``reliability.png``) and, when the split has
     prompts of kind ``all`` (every lesion), PI-CAI lesion detection metrics from their probability maps
-    (``lesion_detection.json``: case AUROC, lesion AP, PI-CAI score via ``picai_eval``).
+    (``lesion_detection.json``: case AUROC, lesion AP, PI-CAI score via ``picai_eval``). With ``component_sweep``
+    (minimum sizes m in voxels), every prompt is also scored with its mask post-processed to the largest connected
+    component plus those of at least m voxels (``component_sweep.json``/``.csv``: one row per m and group).
 
     Returns the summary rows (one per prompt kind, plus ``single_2plus`` and ``all``); each also holds ``ece``,
     ``uncertainty_error_auroc``, ``uncertainty_kind`` and ``entropy_error_auroc`` (the same AUROC for the entropy
@@ -70,6 +75,7 @@ def evaluate_run(run: str | Path, data_root: str | Path, out_dir: str | Path, sp
     entropy_ranking: dict[str, UncertaintyAccumulator] = defaultdict(lambda: UncertaintyAccumulator(threshold))
     uncertainty_kind = "entropy"
     lesion_maps: list[tuple[np.ndarray, np.ndarray]] = []  # "all lesions" prompts: (probability, target)
+    sweep_records: list[dict] = []
     iterator = cases
     if progress:
         from rich.progress import track
@@ -100,6 +106,12 @@ def evaluate_run(run: str | Path, data_root: str | Path, out_dir: str | Path, sp
                     entropy_ranking[name].add(result.probability, target, entropy)
             if prompt.kind == "all":
                 lesion_maps.append((result.probability.reshape(spatial), target.reshape(spatial)))
+            for min_voxels in component_sweep:
+                swept = remove_small_components(result.probability.reshape(spatial) > threshold, min_voxels,
+                                                keep_largest=True)
+                sweep_records.append({"case": case.case, "prompt": prompt.prompt, "group": group,
+                                      "min_voxels": min_voxels, **segmentation_metrics(
+                                          swept, target.reshape(spatial), spacing, nsd_tolerance_mm)})
             records.append({"case": case.case, "prompt": prompt.prompt, "kind": prompt.kind, "group": group,
                             "n_lesions": prompt.meta.get("n_lesions"), **metrics})
             if save_masks:
@@ -127,6 +139,11 @@ def evaluate_run(run: str | Path, data_root: str | Path, out_dir: str | Path, sp
     for row in rows:
         row |= uncertainty[row["group"]]
     write_summary(rows, out_dir, title=f"{Path(run).name} on {layout.root.name} ({split})")
+    if sweep_records:
+        sweep_rows = [row | {"min_voxels": m} for m in component_sweep
+                      for row in summarize([r for r in sweep_records if r["min_voxels"] == m], group_by="group")]
+        write_table(sweep_rows, out_dir, "component_sweep", ("min_voxels", "group", "n", "dice_mean", "hd95_mean",
+                                                              "nsd_mean"))
     if lesion_maps:  # lesion-level detection, as the PI-CAI challenge scores it
         detection = lesion_detection_metrics(lesion_maps, kind="probability")
         write_text_atomic(out_dir / "lesion_detection.json", json.dumps(detection, indent=1))

@@ -5,8 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 
-def remove_small_components(mask: np.ndarray, min_voxels: int) -> np.ndarray:
-    """Drop connected components (full connectivity) smaller than ``min_voxels``. mask: bool [*spatial]."""
+def remove_small_components(mask: np.ndarray, min_voxels: int, keep_largest: bool = False) -> np.ndarray:
+    """Drop connected components (full connectivity) smaller than ``min_voxels``. mask: bool [*spatial].
+
+    ``keep_largest``: the largest component stays whatever its size (Align-then-Refine's post-processing: the
+    largest component plus those of at least ``min_voxels``).
+    """
     if min_voxels <= 0 or not mask.any():
         return mask
     from scipy import ndimage
@@ -14,5 +18,7 @@ def remove_small_components(mask: np.ndarray, min_voxels: int) -> np.ndarray:
     labels, count = ndimage.label(mask, structure=np.ones((3,) * mask.ndim))
     sizes = np.bincount(labels.ravel())
     keep = sizes >= min_voxels
+    if keep_largest:
+        keep[1 + int(np.argmax(sizes[1:]))] = True
     keep[0] = False
     return keep[labels]
