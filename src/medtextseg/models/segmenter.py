@@ -67,8 +67,7 @@ class TextGuidedUNet(nn.Module):
       embedding plus attention reads of its tokens when ``config.text_tokens``;
     * encoder (``config.vision_language_levels``): bidirectional pixel-word cross-attention after those stages,
       the word states carried from stage to stage (TextBCS). From the first such stage on, the encoder runs
-      once per prompt rather than once per image.
-
+      once per prompt rather than once per image;
     * after the decoder (``config.refiner``): the confidence-gated cross-attention refiner edits the logits where
       the base model is confident (Align-then-Refine stage 2).
 

@@ -260,14 +260,15 @@ class Trainer:
         if not torch.isfinite(loss):  # skip the update rather than poison the weights
             self.scheduler.step()
             return {"loss": float("nan"), **parts}
-        self.schedule.observe_loss(float(loss.detach()))
+        value = float(loss.detach())
+        self.schedule.observe_loss(value)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        return {"loss": float(loss.detach()), **parts}
+        return {"loss": value, **parts}
 
     def run(self) -> Path:
         """Train to ``config.train.steps`` and return the run folder."""
