@@ -15,9 +15,11 @@ import torch
 from medtextseg.inference.predictor import Predictor, Segmentation
 
 
-def load_model(run_or_checkpoint: str | Path, device: str | torch.device | None = None) -> Predictor:
-    """A trained model ready to segment: a run folder (its ``best.pt``) or a checkpoint file."""
-    return Predictor(run_or_checkpoint, device)
+def load_model(run_or_checkpoint: str | Path, device: str | torch.device | None = None,
+               refiner: bool | None = None) -> Predictor:
+    """A trained model ready to segment: a run folder (its ``best.pt``) or a checkpoint file. ``refiner``
+    switches a refiner model's refiner on or off (None: as its config says)."""
+    return Predictor(run_or_checkpoint, device, refiner)
 
 
 def segment(image_paths: str | Path | list[str | Path], prompts: str | list[str],

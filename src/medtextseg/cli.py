@@ -108,6 +108,8 @@ def predict(
                                               "Dirichlet uncertainty, else the entropy of the probability) and a "
                                               "PNG per prompt: mask, probability and uncertainty on the image")
                            ] = False,
+    refiner: Annotated[bool | None, typer.Option("--refiner/--no-refiner", help="use the model's refiner "
+                                                 "(model.refiner); default: as the run's inference.refiner")] = None,
 ) -> None:
     """Segment what each prompt names; one mask per prompt with exactly the input's shape and affine."""
     import json
@@ -116,7 +118,7 @@ def predict(
     from medtextseg.data.io import NIFTI_ENDINGS
     from medtextseg.utils.atomic import write_text_atomic
 
-    results = load_model(model).predict(images, prompts)
+    results = load_model(model, refiner=refiner).predict(images, prompts)
     ending = next((e for e in NIFTI_ENDINGS[::-1] if str(images[0]).lower().endswith(e)),
                   "".join(images[0].suffixes) or ".nii.gz")
     index = []
@@ -170,6 +172,8 @@ def evaluate(
     component_sweep: Annotated[str | None, typer.Option(help="also score masks post-processed to the largest "
                                                         "component plus those of >= m voxels, for each m of a "
                                                         "comma-separated list, e.g. 0,10,20,50,100")] = None,
+    refiner: Annotated[bool | None, typer.Option("--refiner/--no-refiner", help="use the model's refiner "
+                                                 "(model.refiner); default: as the run's inference.refiner")] = None,
 ) -> None:
     """Predict every prompt of a split and score it: Dice, IoU, HD95, ASSD, NSD, precision, recall.
 
@@ -193,7 +197,7 @@ def evaluate(
                 raise MedTextSegError(f"--component-sweep {component_sweep!r}: expected voxel counts like 0,10,20")
             sweep.append(int(item))
     rows = evaluate_run(model, data, out, split=split, save_masks=save_masks, overlay_channel=overlay_channel,
-                        component_sweep=sweep)
+                        component_sweep=sweep, refiner=refiner)
     # a log file or pipe is not 80 columns wide: do not fold the table to fit one
     Console(width=None if sys.stdout.isatty() else 160).print(render_table(rows))
     if rows:

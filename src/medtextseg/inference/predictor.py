@@ -81,9 +81,11 @@ class Predictor:
     Args:
         checkpoint: a checkpoint file or a run folder (its ``best.pt``).
         device: where to run (default: CUDA when available).
+        refiner: use the model's refiner (``model.refiner``); None: as ``inference.refiner`` of its config says.
     """
 
-    def __init__(self, checkpoint: str | Path, device: str | torch.device | None = None) -> None:
+    def __init__(self, checkpoint: str | Path, device: str | torch.device | None = None,
+                 refiner: bool | None = None) -> None:
         state = load_checkpoint(checkpoint)
         self.config = Config.from_dict(state["config"])
         self.channel_names: list[str] = list(state.get("channel_names", []))
@@ -94,7 +96,7 @@ class Predictor:
         self.model = create_model(self.config.model, int(state["text_dim"]))
         self.model.load_state_dict(state["model"])
         self.model.to(self.device).eval()
-        self.model.use_refiner = self.config.inference.refiner
+        self.model.use_refiner = self.config.inference.refiner if refiner is None else refiner
 
     def _check_inputs(self, image_paths: list[Path]) -> None:
         expected = self.config.model.in_channels
