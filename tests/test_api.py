@@ -28,3 +28,16 @@ def test_segment_from_a_checkpoint_file(tmp_path, dataset_3d):
     np.testing.assert_allclose(again.probability, gland.probability, atol=1e-6)
     with pytest.raises(MedTextSegError, match=r"the model takes 3 image file\(s\), one per channel.*got 2"):
         segment(images[:2], "the gland", predictor)
+
+
+def test_a_text_encoder_that_differs_from_training_is_refused_or_flagged(tmp_path, dataset_3d):
+    config = Config.load("default", ["model.channels=[4,8]", "model.strides=[[1,1,1],[2,2,2]]"])
+    model = create_model(config.model, 768)  # as if trained with a 768-d encoder (a BERT)
+    checkpoint = save_checkpoint(tmp_path / "m.pt", {"model": model.state_dict(), "config": config.model_dump(),
+                                                      "text_dim": 768, "text_encoder": "Bio_ClinicalBERT-t32"})
+    images = sorted((dataset_3d / "imagesTr").glob("synth_000_*.nii.gz"))
+    with pytest.warns(UserWarning, match="trained with text encoder 'Bio_ClinicalBERT-t32'"):
+        predictor = load_model(checkpoint)
+    with pytest.raises(MedTextSegError, match=r"768-d prompt embeddings\) but its text encoder 'minilm' now gives "
+                                              r"384-d ones"):
+        segment(images, "the prostate gland", predictor)

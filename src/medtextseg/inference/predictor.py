@@ -6,6 +6,7 @@ Files -> ``preparation`` (RAS, spacing, z-score) -> sliding window for all promp
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,7 +94,13 @@ class Predictor:
         cache_dir = self.config.text.cache_dir if self.config.text.cache_dir is not None else "default"
         self.text: TextEmbeddingCache = cached_text_encoder(self.config.text.encoder, self.config.text.max_tokens,
                                                             cache_dir)
-        self.model = create_model(self.config.model, int(state["text_dim"]))
+        self.text_dim, self.trained_encoder = int(state["text_dim"]), state.get("text_encoder")
+        if self.trained_encoder not in (None, self.text.encoder_name):
+            # a local folder's name carries a hash of its path: the same model moved elsewhere differs here too
+            warnings.warn(f"{checkpoint}: trained with text encoder {self.trained_encoder!r}, predicting with "
+                          f"{self.text.encoder_name!r}; the answers are only right if it is the same model",
+                          stacklevel=2)
+        self.model = create_model(self.config.model, self.text_dim)
         self.model.load_state_dict(state["model"])
         self.model.to(self.device).eval()
         self.model.use_refiner = self.config.inference.refiner if refiner is None else refiner
@@ -125,7 +132,13 @@ class Predictor:
             raise MedTextSegError(f"{paths[0]}: the image has NaN or infinite voxels")
         spatial_dims = self.config.model.spatial_dims
         model_input = image.as_tensor()[..., 0] if spatial_dims == 2 else image.as_tensor()
-        maps = prompt_maps(self.model, model_input.float(), self.text(prompts), self.config.data.patch_size,
+        text = self.text(prompts)
+        if text.pooled.shape[-1] != self.text_dim:
+            raise MedTextSegError(f"the model was trained with {self.trained_encoder} ({self.text_dim}-d prompt "
+                                  f"embeddings) but its text encoder {self.config.text.encoder!r} now gives "
+                                  f"{text.pooled.shape[-1]}-d ones; point text.encoder at the model it was "
+                                  "trained with")
+        maps = prompt_maps(self.model, model_input.float(), text, self.config.data.patch_size,
                            self.config.inference.overlap, self.config.inference.presence_threshold)
         stacked = torch.cat([maps.probability, maps.uncertainty])  # [2P, *spatial]: inverted in one pass
         if spatial_dims == 2:
