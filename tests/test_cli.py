@@ -65,7 +65,8 @@ def test_predict_uncertainty_writes_maps_on_the_input_grid_and_overlays(cli_run,
     images = sorted((cli_run / "data" / "imagesTr").glob("synth_000_*.nii.gz"))
     out = cli_run / "pred_uncertainty"
     result = runner.invoke(app, ["predict", "-m", str(evidential_run), *[a for p in images for a in ("-i", str(p))],
-                                 "-p", "location left peripheral zone; number one", "-o", str(out), "--uncertainty"])
+                                 "-p", "location left peripheral zone; number one", "-o", str(out), "--uncertainty",
+                                 "--tta"])
     assert result.exit_code == 0, result.output
     (item,) = json.loads((out / "prompts.json").read_text())
     assert item["uncertainty_kind"] == "dirichlet"

@@ -16,10 +16,11 @@ from medtextseg.inference.predictor import Predictor, Segmentation
 
 
 def load_model(run_or_checkpoint: str | Path, device: str | torch.device | None = None,
-               refiner: bool | None = None) -> Predictor:
+               refiner: bool | None = None, mirror_axes: list[int] | str | None = None) -> Predictor:
     """A trained model ready to segment: a run folder (its ``best.pt``) or a checkpoint file. ``refiner``
-    switches a refiner model's refiner on or off (None: as its config says)."""
-    return Predictor(run_or_checkpoint, device, refiner)
+    switches a refiner model's refiner on or off, ``mirror_axes`` sets the mirror test-time augmentation (None:
+    as its config says)."""
+    return Predictor(run_or_checkpoint, device, refiner, mirror_axes)
 
 
 def segment(image_paths: str | Path | list[str | Path], prompts: str | list[str],

@@ -110,6 +110,9 @@ def predict(
                            ] = False,
     refiner: Annotated[bool | None, typer.Option("--refiner/--no-refiner", help="use the model's refiner "
                                                  "(model.refiner); default: as the run's inference.refiner")] = None,
+    tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="mirror test-time augmentation along every "
+                                             "axis, 'left'/'right' swapped in the mirrored prompt; default: as the "
+                                             "run's inference.mirror_axes")] = None,
 ) -> None:
     """Segment what each prompt names; one mask per prompt with exactly the input's shape and affine."""
     import json
@@ -118,7 +121,7 @@ def predict(
     from medtextseg.data.io import NIFTI_ENDINGS
     from medtextseg.utils.atomic import write_text_atomic
 
-    results = load_model(model, refiner=refiner).predict(images, prompts)
+    results = load_model(model, refiner=refiner, mirror_axes=_mirror_axes(tta)).predict(images, prompts)
     ending = next((e for e in NIFTI_ENDINGS[::-1] if str(images[0]).lower().endswith(e)),
                   "".join(images[0].suffixes) or ".nii.gz")
     index = []
@@ -139,6 +142,11 @@ def predict(
         index.append(entry)
         typer.echo(f"{mask_path}  {result.voxels} voxels ({result.volume_ml:.2f} ml)  <- {result.prompt!r}")
     write_text_atomic(out / "prompts.json", json.dumps(index, indent=1))
+
+
+def _mirror_axes(tta: bool | None) -> str | list[int] | None:
+    """--tta: every spatial axis; --no-tta: none; neither: None (the run's inference.mirror_axes)."""
+    return None if tta is None else "all" if tta else []
 
 
 def _save_prediction_overlay(image_path: Path, result, out_path: Path) -> None:
@@ -174,6 +182,9 @@ def evaluate(
                                                         "comma-separated list, e.g. 0,10,20,50,100")] = None,
     refiner: Annotated[bool | None, typer.Option("--refiner/--no-refiner", help="use the model's refiner "
                                                  "(model.refiner); default: as the run's inference.refiner")] = None,
+    tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="mirror test-time augmentation along every "
+                                             "axis, 'left'/'right' swapped in the mirrored prompt; default: as the "
+                                             "run's inference.mirror_axes")] = None,
 ) -> None:
     """Predict every prompt of a split and score it: Dice, IoU, HD95, ASSD, NSD, precision, recall.
 
@@ -197,7 +208,7 @@ def evaluate(
                 raise MedTextSegError(f"--component-sweep {component_sweep!r}: expected voxel counts like 0,10,20")
             sweep.append(int(item))
     rows = evaluate_run(model, data, out, split=split, save_masks=save_masks, overlay_channel=overlay_channel,
-                        component_sweep=sweep, refiner=refiner)
+                        component_sweep=sweep, refiner=refiner, mirror_axes=_mirror_axes(tta))
     # a log file or pipe is not 80 columns wide: do not fold the table to fit one
     Console(width=None if sys.stdout.isatty() else 160).print(render_table(rows))
     if rows:

@@ -237,6 +237,9 @@ class TrainConfig(_Section):
 class InferenceConfig(_Section):
     threshold: float = Field(0.5, gt=0, lt=1)
     refiner: bool = Field(True, description="use the model's refiner (model.refiner) when predicting")
+    mirror_axes: list[Annotated[int, Field(ge=0, le=2)]] = Field(
+        default_factory=list, description="mirror test-time augmentation along these spatial axes (0 = the "
+        "patient's left-right: that pass reads the prompt with left and right swapped)")
     presence_threshold: float = Field(0.5, gt=0, lt=1)
     overlap: float = Field(0.25, ge=0, lt=1)
     min_component_voxels: int = Field(0, ge=0, description="drop predicted components smaller than this")
@@ -252,6 +255,13 @@ class Config(_Section):
     loss: LossConfig = LossConfig()
     train: TrainConfig = TrainConfig()
     inference: InferenceConfig = InferenceConfig()
+
+    @model_validator(mode="after")
+    def _check_mirror_axes(self) -> Config:
+        if any(axis >= self.model.spatial_dims for axis in self.inference.mirror_axes):
+            raise ValueError(f"inference.mirror_axes {self.inference.mirror_axes} must be spatial axes "
+                             f"0..{self.model.spatial_dims - 1} (model.spatial_dims={self.model.spatial_dims})")
+        return self
 
     @classmethod
     def load(cls, preset: str | Path = "default", overrides: list[str] | None = None) -> Config:

@@ -49,14 +49,16 @@ def to_ras(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
 def evaluate_run(run: str | Path, data_root: str | Path, out_dir: str | Path, split: str = "test",
                  save_masks: bool = True, overlays_per_group: int = 2, overlay_channel: int = 0,
                  nsd_tolerance_mm: float = 1.0, progress: bool = True,
-                 component_sweep: Sequence[int] = (), refiner: bool | None = None) -> list[dict]:
+                 component_sweep: Sequence[int] = (), refiner: bool | None = None,
+                 mirror_axes: list[int] | str | None = None) -> list[dict]:
     """Evaluate a run on a dataset split; write per-prompt metrics, a summary per group, overlays, the
     calibration and uncertainty figures (``uncertainty.json``, ``reliability.png``) and, when the split has
     prompts of kind ``all`` (every lesion), PI-CAI lesion detection metrics from their probability maps
     (``lesion_detection.json``: case AUROC, lesion AP, PI-CAI score via ``picai_eval``). With ``component_sweep``
     (minimum sizes m in voxels), every prompt is also scored with its mask post-processed to the largest connected
     component plus those of at least m voxels (``component_sweep.json``/``.csv``: one row per m and group).
-    ``refiner`` switches a refiner model's refiner on or off (None: as the run's config says).
+    ``refiner`` switches a refiner model's refiner on or off and ``mirror_axes`` sets the mirror test-time
+    augmentation (None: as the run's config says).
 
     Returns the summary rows (one per prompt kind, plus ``single_2plus`` and ``all``); each also holds ``ece``,
     ``uncertainty_error_auroc``, ``uncertainty_kind`` and ``entropy_error_auroc`` (the same AUROC for the entropy
@@ -67,7 +69,7 @@ def evaluate_run(run: str | Path, data_root: str | Path, out_dir: str | Path, sp
     layout = load_dataset(data_root)
     cases = layout.split(split)
     verify_dataset(layout, [c.case for c in cases], progress=progress)
-    predictor = Predictor(run, refiner=refiner)
+    predictor = Predictor(run, refiner=refiner, mirror_axes=mirror_axes)
     records: list[dict] = []
     overlay_count: dict[str, int] = defaultdict(int)
     threshold = predictor.config.inference.threshold

@@ -17,7 +17,7 @@ from monai.transforms import Invertd
 
 from medtextseg.config import Config
 from medtextseg.data.io import Geometry, read_geometry, write_like
-from medtextseg.data.prompts import validate_prompt
+from medtextseg.data.prompts import swap_left_right, validate_prompt
 from medtextseg.data.transforms import preparation
 from medtextseg.inference.postprocessing import remove_small_components
 from medtextseg.inference.sliding import prompt_maps
@@ -83,12 +83,18 @@ class Predictor:
         checkpoint: a checkpoint file or a run folder (its ``best.pt``).
         device: where to run (default: CUDA when available).
         refiner: use the model's refiner (``model.refiner``); None: as ``inference.refiner`` of its config says.
+        mirror_axes: mirror test-time augmentation along these spatial axes, or "all"; None:
+            ``inference.mirror_axes``.
     """
 
     def __init__(self, checkpoint: str | Path, device: str | torch.device | None = None,
-                 refiner: bool | None = None) -> None:
+                 refiner: bool | None = None, mirror_axes: list[int] | str | None = None) -> None:
         state = load_checkpoint(checkpoint)
         self.config = Config.from_dict(state["config"])
+        if mirror_axes is not None:
+            axes = list(range(self.config.model.spatial_dims)) if mirror_axes == "all" else list(mirror_axes)
+            self.config = Config.from_dict({**self.config.model_dump(), "inference": {
+                **self.config.inference.model_dump(), "mirror_axes": axes}})
         self.channel_names: list[str] = list(state.get("channel_names", []))
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         cache_dir = self.config.text.cache_dir if self.config.text.cache_dir is not None else "default"
@@ -138,8 +144,11 @@ class Predictor:
                                   f"embeddings) but its text encoder {self.config.text.encoder!r} now gives "
                                   f"{text.pooled.shape[-1]}-d ones; point text.encoder at the model it was "
                                   "trained with")
+        mirror_axes = self.config.inference.mirror_axes
+        mirrored = self.text([swap_left_right(p) for p in prompts]) if 0 in mirror_axes else None
         maps = prompt_maps(self.model, model_input.float(), text, self.config.data.patch_size,
-                           self.config.inference.overlap, self.config.inference.presence_threshold)
+                           self.config.inference.overlap, self.config.inference.presence_threshold,
+                           mirror_axes=mirror_axes, mirrored_text=mirrored)
         stacked = torch.cat([maps.probability, maps.uncertainty])  # [2P, *spatial]: inverted in one pass
         if spatial_dims == 2:
             stacked = stacked[..., None]

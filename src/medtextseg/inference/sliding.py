@@ -47,8 +47,15 @@ def prompt_probabilities(model: nn.Module, image: Tensor, text: TextBatch, patch
 
 @torch.no_grad()
 def prompt_maps(model: nn.Module, image: Tensor, text: TextBatch, patch_size: Sequence[int],
-                overlap: float = 0.25, presence_threshold: float = 0.5, prompt_chunk: int = 16) -> PromptMaps:
+                overlap: float = 0.25, presence_threshold: float = 0.5, prompt_chunk: int = 16,
+                mirror_axes: Sequence[int] = (), mirrored_text: TextBatch | None = None) -> PromptMaps:
     """Probability that each voxel belongs to what each prompt names, and how uncertain that is.
+
+    Mirror test-time augmentation (``mirror_axes``): every window is also predicted flipped along each listed
+    spatial axis and flipped back, and the answers are averaged. Axis 0 is the patient's left-right axis (RAS):
+    mirrored there, "left" in a prompt names the other side, so that pass reads ``mirrored_text``, the prompts with
+    left and right swapped, exactly as the flip augmentation of training does; the coordinate channels are never
+    flipped (they say where the patient's right is).
 
     When the model has a presence logit, a window whose presence probability is below
     ``presence_threshold`` contributes zeros: the target is not there. The gate is a hard decision, not a
@@ -64,29 +71,47 @@ def prompt_maps(model: nn.Module, image: Tensor, text: TextBatch, patch_size: Se
         overlap: window overlap fraction.
         presence_threshold: below it, a window's answer is empty.
         prompt_chunk: prompts decoded together (bounds memory for long prompt lists).
+        mirror_axes: spatial axes of the mirror test-time augmentation (none by default).
+        mirrored_text: the P prompts with left and right swapped; required when ``0 in mirror_axes``.
 
     Returns:
         ``PromptMaps`` with [P, *spatial] float32 probability and uncertainty maps in [0, 1].
     """
-    evidential = getattr(getattr(model, "config", None), "head", "sigmoid") == "evidential"
+    config = getattr(model, "config", None)
+    evidential = getattr(config, "head", "sigmoid") == "evidential"
     device = next(model.parameters()).device
-    if getattr(getattr(model, "config", None), "coordinates", False):
+    image_channels = image.shape[0]
+    if getattr(config, "coordinates", False):
         image = torch.cat([image, coordinate_channels(image.shape[1:]).to(image.dtype)])
+    if any(not 0 <= axis < image.ndim - 1 for axis in mirror_axes):
+        raise ValueError(f"mirror_axes {list(mirror_axes)} must be spatial axes 0..{image.ndim - 2}")
+    if 0 in mirror_axes and mirrored_text is None:
+        raise ValueError("mirroring along axis 0 (left-right) needs mirrored_text, the prompts with the sides swapped")
     outputs = []
     for start in range(0, len(text), prompt_chunk):
         rows = list(range(start, min(start + prompt_chunk, len(text))))
         chunk = text.index(rows).to(device)
+        swapped = mirrored_text.index(rows).to(device) if mirrored_text is not None else chunk
         index = torch.zeros(len(rows), dtype=torch.long, device=device)
 
-        def predict(window: Tensor, chunk: TextBatch = chunk, index: Tensor = index) -> Tensor:
-            out = model(window, chunk, index)
+        def answer(window: Tensor, prompts: TextBatch, index: Tensor = index) -> Tensor:
+            out = model(window, prompts, index)
             probability = torch.sigmoid(out.logits.float())  # [P, 1, *window]
             if out.presence is not None:
                 present = torch.sigmoid(out.presence.float()) >= presence_threshold  # [P]
                 probability = probability * present.view(-1, 1, *[1] * (window.ndim - 2))
             if evidential:  # [P, 2, *window]: the uncertainty is blended like the probability
                 probability = torch.cat([probability, dirichlet_uncertainty(out.evidence)], dim=1)
-            return probability.transpose(0, 1).flatten(0, 1)[None]  # [1, P or 2P, *window]
+            return probability
+
+        def predict(window: Tensor, chunk: TextBatch = chunk, swapped: TextBatch = swapped) -> Tensor:
+            total = answer(window, chunk)
+            for axis in mirror_axes:
+                dim = 2 + axis
+                flipped = torch.cat([window[:, :image_channels].flip(dim), window[:, image_channels:]], dim=1)
+                total = total + answer(flipped, swapped if axis == 0 else chunk).flip(dim)
+            average = total / (1 + len(mirror_axes))
+            return average.transpose(0, 1).flatten(0, 1)[None]  # [1, P or 2P, *window]
 
         blended = sliding_window_inference(image[None].to(device), roi_size=list(patch_size), sw_batch_size=1,
                                            predictor=predict, overlap=overlap, mode="gaussian")
