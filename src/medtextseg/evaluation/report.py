@@ -19,7 +19,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -329,16 +329,12 @@ def write_comparison(summaries: Mapping[str, Sequence[Mapping[str, Any]]], out_d
     figure = Figure(figsize=(max(5.0, 1.0 + len(table) * (0.4 + 0.4 * len(runs))), 4.0), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    width = 0.8 / len(runs)
-    positions = np.arange(len(table))
-    for index, run in enumerate(runs):
+    series = {}
+    for run in runs:
         stds = {str(row["group"]): row.get(f"{metric}_std") for row in summaries[run]}
-        heights = [np.nan if row[run] is None else row[run] for row in table]
-        errors = [stds.get(row["group"]) or 0.0 for row in table]
-        bars = axes.bar(positions + (index - (len(runs) - 1) / 2) * width, heights, width, label=run,
-                        yerr=errors if metric != "empty_correct" else None, capsize=2)
-        axes.bar_label(bars, labels=[_format_value(row[run]) for row in table], fontsize=7, padding=2)
-    axes.set_xticks(positions, [row["group"] for row in table], rotation=30 if len(table) > 6 else 0)
+        series[run] = ([row[run] for row in table],
+                       [stds.get(row["group"]) or 0.0 for row in table] if metric != "empty_correct" else None)
+    grouped_bars(axes, [row["group"] for row in table], series, _format_value, fontsize=7)
     axes.set_ylabel(f"{metric} (mm)" if metric in DISTANCE_METRICS else metric)
     if metric not in DISTANCE_METRICS:
         axes.set_ylim(0, 1.1)
@@ -349,6 +345,21 @@ def write_comparison(summaries: Mapping[str, Sequence[Mapping[str, Any]]], out_d
         figure.savefig(tmp, format="png", dpi=120)
     paths["png"] = out_dir / f"{stem}.png"
     return paths
+
+
+def grouped_bars(axes, groups: Sequence[str], series: Mapping[str, tuple[Sequence[float | None],
+                                                                        Sequence[float] | None]],
+                 label: Callable[[Any], str], fontsize: int = 6) -> None:
+    """Bars side by side per group, one colour per series (name -> (heights, error bars or None)); None heights
+    are gaps; every bar is labelled with ``label(height)``."""
+    width = 0.8 / len(series)
+    positions = np.arange(len(groups))
+    for index, (name, (heights, errors)) in enumerate(series.items()):
+        values = [np.nan if h is None else h for h in heights]
+        bars = axes.bar(positions + (index - (len(series) - 1) / 2) * width, values, width, label=name,
+                        yerr=errors, capsize=2)
+        axes.bar_label(bars, labels=[label(h) for h in heights], fontsize=fontsize, padding=2)
+    axes.set_xticks(positions, list(groups), rotation=30 if len(groups) > 6 else 0)
 
 
 # ----------------------------------------------------------------------------------------------- overlays

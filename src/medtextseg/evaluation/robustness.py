@@ -34,7 +34,7 @@ from medtextseg.data.attribute_prompts import PROMPT_STYLES, can_restyle, restyl
 from medtextseg.data.io import read_array, read_geometry
 from medtextseg.data.layout import load_dataset, verify_dataset
 from medtextseg.evaluation.metrics import segmentation_metrics, summarize
-from medtextseg.evaluation.report import write_table
+from medtextseg.evaluation.report import grouped_bars, write_table
 from medtextseg.evaluation.runner import prompt_target, result_group
 from medtextseg.inference.predictor import Predictor
 from medtextseg.utils.atomic import atomic_path
@@ -96,9 +96,8 @@ def _save_chart(rows: Sequence[Mapping[str, Any]], styles: tuple[str, ...], out_
     figure = Figure(figsize=(max(6.0, 1.5 + len(groups) * (0.5 + 0.35 * len(styles))), 4.2), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    width = 0.8 / len(styles)
-    positions = np.arange(len(groups))
-    for index, style in enumerate(styles):
+    series = {}
+    for style in styles:
         heights, errors = [], []
         for group in groups:
             row = by_key.get((style, group), {})
@@ -106,14 +105,12 @@ def _save_chart(rows: Sequence[Mapping[str, Any]], styles: tuple[str, ...], out_
                 heights.append(row["dice_mean"])
                 errors.append(row.get("dice_std") or 0.0)
             else:  # a group without targets (absent): the fraction answered empty, which has no spread
-                heights.append(np.nan if row.get("empty_correct") is None else row["empty_correct"])
+                heights.append(row.get("empty_correct"))
                 errors.append(0.0)
-        bars = axes.bar(positions + (index - (len(styles) - 1) / 2) * width, heights, width, label=style,
-                        yerr=errors, capsize=2)
-        axes.bar_label(bars, labels=["–" if np.isnan(h) else f"{h:.2f}" for h in heights], fontsize=6, padding=2)
-    labels = [f"{group}\n(answered empty)" if all(by_key.get((s, group), {}).get("dice_mean") is None
-                                                  for s in styles) else group for group in groups]
-    axes.set_xticks(positions, labels)
+        series[style] = (heights, errors)
+    grouped_bars(axes, groups, series, lambda h: "–" if h is None else f"{h:.2f}")
+    axes.set_xticks(range(len(groups)), [f"{group}\n(answered empty)" if all(
+        by_key.get((s, group), {}).get("dice_mean") is None for s in styles) else group for group in groups])
     axes.set_ylabel("Dice")
     axes.set_ylim(0, 1.15)
     axes.set_title(title)
