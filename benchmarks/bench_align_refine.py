@@ -23,8 +23,7 @@ import argparse
 import json
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
+from results_table import write_results
 
 from medtextseg.config import Config
 from medtextseg.data.synthetic import make_synthetic_dataset
@@ -82,24 +81,10 @@ def main() -> None:
         results.append({"variant": name, "steps": f"{args.steps} + {args.stage2_steps}",
                         **run_variant("atr_refine", [f"train.init_from={stage1}", *overrides], data,
                                       args.stage2_steps, args.out / folder_name(name))})
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=1))
     columns = ["variant", "steps", "n", "dice", "dice_lcc_min20", "hd95", "hd95_inf", "nsd", "auroc", "ap",
                "picai_score"]
-
-    def cell(value) -> str:
-        return "–" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in results]
-    (args.out / "results.md").write_text("\n".join(lines) + "\n")
-    table = Table(title="Align-then-Refine ablation (synthetic 3D test split, 'all lesions' prompts)")
-    for column in columns:
-        table.add_column(column, justify="right")
-    for result in results:
-        table.add_row(*(cell(result.get(c)) for c in columns))
-    Console(width=200).print(table)
-
+    write_results(results, columns, args.out,
+                  "Align-then-Refine ablation (synthetic 3D test split, 'all lesions' prompts)")
 
 if __name__ == "__main__":
     main()

@@ -31,8 +31,7 @@ import time
 from pathlib import Path
 
 import torch
-from rich.console import Console
-from rich.table import Table
+from results_table import write_results
 
 from medtextseg.config import Config
 from medtextseg.data.synthetic import make_synthetic_dataset
@@ -170,24 +169,10 @@ def main() -> None:
     for result in results:  # timed last, back to back, so that the ratios are measured under one machine load
         result["step_seconds"] = step_seconds(Config.load(result["preset"], SAME_BUDGET))
         result["peak_step_memory_mb"] = peak_step_memory_mb(result["preset"]) if result["dims"] == 3 else None
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=1))
     columns = ["dims", "model", "steps", *(f"dice_{g}" for g in GROUPS), "dice_overall", "absent_empty", "ece",
                "uncertainty_auroc", "uncertainty", "entropy_auroc", "parameters", "step_seconds", "peak_step_memory_mb"]
-
-    def cell(value) -> str:
-        return "–" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in results]
-    (args.out / "results.md").write_text("\n".join(lines) + "\n")
-    table = Table(title="TextBCS vs FiLM/CBN vs image-only (synthetic test split, one training budget)")
-    for column in columns:
-        table.add_column(column.replace("_", " "), justify="right")
-    for result in results:
-        table.add_row(*(cell(result.get(c)) for c in columns))
-    Console(width=250).print(table)
-
+    write_results(results, columns, args.out,
+                  "TextBCS vs FiLM/CBN vs image-only (synthetic test split, one training budget)")
 
 if __name__ == "__main__":
     main()
