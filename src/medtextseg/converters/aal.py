@@ -63,7 +63,6 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import itertools
-import json
 import math
 import re
 from dataclasses import asdict, dataclass
@@ -74,8 +73,13 @@ import numpy as np
 
 from medtextseg.converters.option_values import as_bool, as_float, as_int, as_list, option_error
 from medtextseg.converters.registry import register
-from medtextseg.converters.writer import RECORD_DIR, ConversionSummary, DatasetWriter
-from medtextseg.utils.atomic import write_text_atomic
+from medtextseg.converters.writer import (
+    RECORD_DIR,
+    ConversionSummary,
+    DatasetWriter,
+    check_conversion_options,
+    record_conversion_options,
+)
 from medtextseg.utils.errors import MedTextSegError
 
 if TYPE_CHECKING:
@@ -84,7 +88,6 @@ if TYPE_CHECKING:
 DEFAULT_SRC = Path("/usr/share/mricron/templates")
 ATLAS_FILE = "aal.nii.gz"
 NAMES_FILE = "aal.nii.txt"
-OPTIONS_FILE = "aal_conversion.json"
 SETUP_HINT = "install the Debian package mricron-data: bash scripts/setup_atlas.sh"
 
 
@@ -640,20 +643,14 @@ def _check_earlier_run(dst: Path, fingerprint: dict[str, Any], overwrite: bool, 
 
     Dropped: the records, images and labels of ``aal*`` cases of an earlier run with more cases.
     """
-    path = dst / OPTIONS_FILE
-    if path.is_file() and not overwrite:
-        earlier = json.loads(path.read_text(encoding="utf-8"))
-        if earlier != fingerprint:
-            changed = sorted(k for k in set(earlier) | set(fingerprint) if earlier.get(k) != fingerprint.get(k))
-            raise MedTextSegError(f"{dst}: was converted with other aal options ({', '.join(changed)} differ); "
-                                  "use another --dst, or --overwrite to rebuild it")
+    path = check_conversion_options(dst, "aal", fingerprint, overwrite)
     records = dst / RECORD_DIR
     for record in sorted(records.glob("aal*.json")) if records.is_dir() else []:
         if record.stem not in case_ids:
             record.unlink()
             (dst / "imagesTr" / f"{record.stem}_0000.nii.gz").unlink(missing_ok=True)
             (dst / "labelsTr" / f"{record.stem}.nii.gz").unlink(missing_ok=True)
-    write_text_atomic(path, json.dumps(fingerprint, indent=2) + "\n")
+    record_conversion_options(path, fingerprint)
 
 
 @register("aal", "Colin27 T1 + AAL atlas (Debian mricron-data): one subject, randomly deformed; a prompt per "

@@ -66,7 +66,6 @@ from __future__ import annotations
 
 import csv
 import difflib
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,7 +75,6 @@ import numpy as np
 
 from medtextseg.converters.option_values import as_bool, as_float, as_int
 from medtextseg.converters.registry import register
-from medtextseg.utils.atomic import write_text_atomic
 from medtextseg.utils.errors import MedTextSegError
 
 if TYPE_CHECKING:
@@ -91,7 +89,6 @@ LESION_SETS = {"human_expert": "csPCa_lesion_delineations/human_expert/resampled
                "AI": "csPCa_lesion_delineations/AI/Bosma22a"}
 GLAND_DIR = "anatomical_delineations/whole_gland/AI/Bosma22b"
 MARKSHEET = "clinical_information/marksheet.csv"
-OPTIONS_FILE = "picai_conversion.json"
 GLAND_LABEL = 1
 FIRST_LESION_LABEL = 2
 ALL_PROMPT = "segment all clinically significant lesions"
@@ -506,18 +503,6 @@ def _convert_study(writer: DatasetWriter, study: SourceStudy, opts: PicaiOptions
 
 
 # -------------------------------------------------------------------- the conversion
-def _check_earlier_run(dst: Path, fingerprint: dict[str, Any], overwrite: bool) -> None:
-    """Refuse to add cases made with other options to an earlier conversion (unless ``overwrite``)."""
-    path = dst / OPTIONS_FILE
-    if path.is_file() and not overwrite:
-        earlier = json.loads(path.read_text(encoding="utf-8"))
-        if earlier != fingerprint:
-            changed = sorted(k for k in set(earlier) | set(fingerprint) if earlier.get(k) != fingerprint.get(k))
-            raise MedTextSegError(f"{dst}: was converted with other picai options ({', '.join(changed)} differ); "
-                                  "use another --dst, or --overwrite to rebuild it")
-    write_text_atomic(path, json.dumps(fingerprint, indent=2) + "\n")
-
-
 def _vocabulary(dst: Path, overwrite: bool) -> None:
     """Write ``prompt_vocabulary.json`` (class ``prostate``), or keep the one already in ``dst`` (it may be edited)."""
     from medtextseg.data.vocabulary import VOCABULARY_FILE, PromptVocabulary, default_vocabulary_for
@@ -551,7 +536,7 @@ def convert_picai(src: Path, dst: Path, *, overwrite: bool = False, spatial_dims
     Raises:
         MedTextSegError: a bad option, no PI-CAI images or labels, or ``dst`` written earlier with other options.
     """
-    from medtextseg.converters.writer import DatasetWriter
+    from medtextseg.converters.writer import DatasetWriter, check_conversion_options, record_conversion_options
     from medtextseg.data.layout import hash_split
 
     if spatial_dims != 3 or isinstance(spatial_dims, bool):
@@ -562,7 +547,8 @@ def convert_picai(src: Path, dst: Path, *, overwrite: bool = False, spatial_dims
     opts = parse_options(src, options)
     studies = find_studies(opts.images)
     clinical = read_marksheet(opts.labels / MARKSHEET)
-    _check_earlier_run(dst, opts.fingerprint(), overwrite)
+    record_conversion_options(check_conversion_options(dst, "picai", opts.fingerprint(), overwrite),
+                              opts.fingerprint())
     labels = {"background": 0, **({"prostate": GLAND_LABEL} if opts.gland else {}),
               **{f"lesion_{n}": FIRST_LESION_LABEL + n - 1 for n in range(1, opts.max_lesions + 1)}}
     extra = {"converter": "picai", "source": str(src), "labels_source": str(opts.labels),

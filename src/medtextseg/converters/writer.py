@@ -173,3 +173,27 @@ class DatasetWriter:
         write_text_atomic(self.dst / "dataset.json", json.dumps(dataset, indent=2) + "\n")
         write_text_atomic(self.dst / "conversion_summary.json", json.dumps(self.summary.to_dict(), indent=2) + "\n")
         return self.summary
+
+
+def check_conversion_options(dst: Path, converter: str, fingerprint: dict[str, Any], overwrite: bool) -> Path:
+    """Refuse to add cases made with other options to an earlier conversion into ``dst`` (unless ``overwrite``).
+
+    The options that decide a case's content are recorded in ``{dst}/{converter}_conversion.json``; a resumed
+    or repeated run must give the same ones. Returns that file's path, for the caller to write once it has
+    cleaned up (:func:`record_conversion_options`).
+
+    Raises:
+        MedTextSegError: the recorded options differ, naming the ones that do.
+    """
+    path = Path(dst) / f"{converter}_conversion.json"
+    if path.is_file() and not overwrite:
+        earlier = json.loads(path.read_text(encoding="utf-8"))
+        if earlier != fingerprint:
+            changed = sorted(k for k in set(earlier) | set(fingerprint) if earlier.get(k) != fingerprint.get(k))
+            raise MedTextSegError(f"{dst}: was converted with other {converter} options ({', '.join(changed)} "
+                                  "differ); use another --dst, or --overwrite to rebuild it")
+    return path
+
+
+def record_conversion_options(path: Path, fingerprint: dict[str, Any]) -> None:
+    write_text_atomic(path, json.dumps(fingerprint, indent=2) + "\n")
