@@ -46,6 +46,7 @@ from typing import Any, Literal
 import numpy as np
 from scipy import ndimage
 
+from medtextseg.evaluation.metrics import map_and_binary_target
 from medtextseg.utils.errors import MedTextSegError
 
 #: String thresholds of ``extract_lesion_candidates`` (report_guided_annotation 0.3). "dynamic*" extract up to
@@ -168,13 +169,7 @@ def _case_maps(index: int, case: Any, kind: MapKind, extraction: dict[str, Any])
     where = f"lesion_detection_metrics: case {index}"
     if not (isinstance(case, (tuple, list)) and len(case) == 2):
         raise MedTextSegError(f"{where} must be a pair (prediction map, ground-truth mask), got {type(case).__name__}")
-    prediction, target = np.asarray(case[0]), np.asarray(case[1])
-    if prediction.shape != target.shape:
-        raise MedTextSegError(f"{where}: prediction and ground truth must have the same shape, "
-                              f"got prediction {prediction.shape} and ground truth {target.shape}")
-    if target.dtype != bool and np.any((target != 0) & (target != 1)):
-        raise MedTextSegError(f"{where}: ground truth must be a binary lesion mask (bool or 0/1), found values "
-                              f"{np.unique(target)[:5].tolist()}...; binarize label maps first")
+    prediction, target = map_and_binary_target(case[0], case[1], where, "prediction")
     target = _as_3d(target, where).astype(np.int32)
     if kind == "probability":
         return _as_3d(detection_map(prediction, **extraction), where), target

@@ -110,6 +110,23 @@ def _agreement(prediction: np.ndarray, target: np.ndarray) -> dict[str, float]:
     return {"pixel_accuracy": (tp + tn) / prediction.size, "kappa": kappa}
 
 
+def map_and_binary_target(values: Any, target: Any, where: str, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(values, target)`` as arrays, checked: one shape, and a binary target (bool or 0/1).
+
+    Raises:
+        MedTextSegError: ``{where}: {name} and target must have the same shape, ...`` or ``{where}: target must be
+            a binary mask ...``.
+    """
+    values, target = np.asarray(values), np.asarray(target)
+    if values.shape != target.shape:
+        raise MedTextSegError(f"{where}: {name} and target must have the same shape, "
+                              f"got {name} {values.shape} and target {target.shape}")
+    if target.dtype != bool and np.any((target != 0) & (target != 1)):
+        raise MedTextSegError(f"{where}: target must be a binary mask (bool or 0/1), "
+                              f"found values {np.unique(target)[:5].tolist()}...; binarize label maps first")
+    return values, target
+
+
 def average_precision(probability: np.ndarray, target: np.ndarray, threshold: float = 0.5) -> float:
     """Average precision of a probability map ranking the voxels of one binary target.
 
@@ -138,13 +155,7 @@ def average_precision(probability: np.ndarray, target: np.ndarray, threshold: fl
         >>> round(average_precision(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 1, 1, 0])), 4)
         0.5833
     """
-    probability, target = np.asarray(probability), np.asarray(target)
-    if probability.shape != target.shape:
-        raise MedTextSegError(f"average_precision: probability and target must have the same shape, "
-                              f"got probability {probability.shape} and target {target.shape}")
-    if target.dtype != bool and np.any((target != 0) & (target != 1)):
-        raise MedTextSegError(f"average_precision: target must be a binary mask (bool or 0/1), "
-                              f"found values {np.unique(target)[:5].tolist()}...")
+    probability, target = map_and_binary_target(probability, target, "average_precision", "probability")
     probability = probability.astype(float)
     if probability.size and not (np.isfinite(probability).all() and probability.min() >= 0.0
                                  and probability.max() <= 1.0):
