@@ -82,10 +82,14 @@ def test_refiner_moves_only_confident_voxels_and_only_by_alpha(tokens):
     torch.testing.assert_close(refined[:, :, :3], base[:, :, :3])
     moved = (refined - base)[:, :, 3:]
     assert moved.abs().max() > 0
-    # the blend: base + 0.12 (head(X + tanh(g) D) - base) on the confident half
+    # the blend: base + 0.12 (head(X + tanh(g) D) - base) on the confident half; alpha = 1 gives head(X + ...)
     with torch.no_grad():
         full = (refined[:, :, 3:] - base[:, :, 3:]) / 0.12 + base[:, :, 3:]
     assert torch.isfinite(full).all()
+    refiner.blend = 1.0
+    torch.testing.assert_close(refiner(features, base, head, text(2))[:, :, 3:], full, rtol=1e-4, atol=1e-4)
+    refiner.gate = 0.999  # nothing is that confident: the refiner changes nothing
+    torch.testing.assert_close(refiner(features, base, head, text(2)), base)
 
 
 def test_refiner_model_switches_off_at_inference_and_needs_a_sigmoid_head():
@@ -143,3 +147,30 @@ def test_transfer_from_a_missing_run_is_named(tmp_path):
     model = create_model(Config.load("default_2d", TINY).model, 384)
     with pytest.raises(MedTextSegError, match="nowhere"):
         transfer_weights(model, tmp_path / "nowhere", [])
+
+
+def test_the_refiner_learns_what_the_prompt_says_inside_the_confident_region():
+    """Base logits say "target" (0.5) on a region; prompt A means it, prompt B does not. Trained with BCE for a few
+    steps, the refiner lifts the region for A and lowers it for B; voxels outside the gate never move."""
+    torch.manual_seed(0)
+    refiner = ConfidenceGatedRefiner(2, channels=8, text_dim=6, blend=1.0)
+    head = torch.nn.Conv2d(8, 1, 1)
+    features = torch.randn(2, 8, 6, 6)
+    region = torch.zeros(2, 1, 6, 6, dtype=torch.bool)
+    region[..., 1:5, 1:5] = True
+    base = torch.where(region, 0.5, -5.0)  # confident (sigmoid 0.62 > 0.44) only on the region
+    prompts = text(2)  # row 0: prompt A, row 1: prompt B
+    target = torch.zeros(2, 1, 6, 6)
+    target[0][region[0]] = 1.0
+    optimizer = torch.optim.Adam([p for n, p in refiner.named_parameters()], lr=1e-2)
+    refiner.train()
+    for _ in range(60):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(refiner(features, base, head, prompts), target)
+        loss.backward()
+        optimizer.step()
+    refiner.eval()
+    with torch.no_grad():
+        refined = refiner(features, base, head, prompts)
+    assert refined[0][region[0]].mean() > 0.5 + 1.0 and refined[1][region[1]].mean() < 0.5 - 1.0
+    torch.testing.assert_close(refined[~region], base[~region])
