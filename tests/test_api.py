@@ -26,6 +26,10 @@ def test_segment_from_a_checkpoint_file(tmp_path, dataset_3d):
     assert "Segmentation(prompt='the prostate gland'" in repr(gland)
     [again] = segment(images, "the prostate gland", checkpoint)  # a path works as the model too
     np.testing.assert_allclose(again.probability, gland.probability, atol=1e-6)
+    assert gland.uncertainty.shape == gland.mask.shape  # the entropy of a sigmoid model, on the input grid
+    [plain] = predictor.predict(images, ["the prostate gland"], uncertainty=False)
+    assert plain.uncertainty is None
+    np.testing.assert_allclose(plain.probability, gland.probability, atol=1e-6)
     with pytest.raises(MedTextSegError, match=r"the model takes 3 image file\(s\), one per channel.*got 2"):
         segment(images[:2], "the gland", predictor)
 

@@ -121,7 +121,8 @@ def predict(
     from medtextseg.data.io import NIFTI_ENDINGS
     from medtextseg.utils.atomic import write_text_atomic
 
-    results = load_model(model, refiner=refiner, mirror_axes=_mirror_axes(tta)).predict(images, prompts)
+    results = load_model(model, refiner=refiner, mirror_axes=_mirror_axes(tta)).predict(images, prompts,
+                                                                                       uncertainty=uncertainty)
     ending = next((e for e in NIFTI_ENDINGS[::-1] if str(images[0]).lower().endswith(e)),
                   "".join(images[0].suffixes) or ".nii.gz")
     index = []

@@ -163,7 +163,7 @@ def prompt_robustness(run: str | Path, data_root: str | Path, out_dir: str | Pat
             continue
         geometry = read_geometry(case.image_paths[0])
         label = read_array(case.label_path) if case.label_path else None
-        results = predictor.predict(case.image_paths, [text for *_, text in variants])
+        results = predictor.predict(case.image_paths, [text for *_, text in variants], uncertainty=False)
         spatial = geometry.shape if layout.spatial_dims == 3 else geometry.shape[:2]
         spacing = geometry.spacing[: len(spatial)]
         targets: dict[int, np.ndarray] = {}

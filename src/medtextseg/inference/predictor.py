@@ -124,8 +124,13 @@ class Predictor:
                                       "image must be co-registered on one grid")
 
     @torch.no_grad()
-    def predict(self, image_paths: list[str | Path], prompts: list[str]) -> list[Segmentation]:
-        """One ``Segmentation`` per prompt for the image made of ``image_paths`` (one file per channel)."""
+    def predict(self, image_paths: list[str | Path], prompts: list[str],
+                uncertainty: bool = True) -> list[Segmentation]:
+        """One ``Segmentation`` per prompt for the image made of ``image_paths`` (one file per channel).
+
+        ``uncertainty=False`` skips bringing the uncertainty maps back to the file grid (half the inversion work);
+        the results' ``uncertainty`` is then None.
+        """
         paths = [Path(p) for p in image_paths]
         prompts = [validate_prompt(p, f"prompt {i + 1}") for i, p in enumerate(prompts)]
         if not prompts:
@@ -149,7 +154,8 @@ class Predictor:
         maps = prompt_maps(self.model, model_input.float(), text, self.config.data.patch_size,
                            self.config.inference.overlap, self.config.inference.presence_threshold,
                            mirror_axes=mirror_axes, mirrored_text=mirrored)
-        stacked = torch.cat([maps.probability, maps.uncertainty])  # [2P, *spatial]: inverted in one pass
+        # [2P or P, *spatial]: both maps inverted in one pass
+        stacked = torch.cat([maps.probability, maps.uncertainty]) if uncertainty else maps.probability
         if spatial_dims == 2:
             stacked = stacked[..., None]
         # back to the file's grid: MONAI replays the recorded orientation/spacing operations in reverse
@@ -162,10 +168,11 @@ class Predictor:
         if inverted.shape[1:] != geometry.shape:  # 2D files may carry a trailing singleton axis
             inverted = inverted.reshape((inverted.shape[0], *geometry.shape))
         results = []
-        for prompt, probability, uncertainty in zip(prompts, inverted[: len(prompts)], inverted[len(prompts):],
-                                                    strict=True):
+        uncertainties = inverted[len(prompts):] if uncertainty else [None] * len(prompts)
+        for prompt, probability, uncertainty_map in zip(prompts, inverted[: len(prompts)], uncertainties,
+                                                        strict=True):
             mask = remove_small_components(probability > self.config.inference.threshold,
                                            self.config.inference.min_component_voxels)
-            results.append(Segmentation(prompt, mask.astype(np.uint8), probability, paths[0], uncertainty,
+            results.append(Segmentation(prompt, mask.astype(np.uint8), probability, paths[0], uncertainty_map,
                                         maps.uncertainty_kind))
         return results
