@@ -8,6 +8,7 @@ the images (DistributedSampler), and rank 0 validates, logs and writes checkpoin
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import random
@@ -275,6 +276,11 @@ class Trainer:
         try:
             return self._run()
         finally:
+            # Drop the DDP wrapper while the process group is still registered: if its reducer held the
+            # group's last reference, the gloo destructor would join worker threads that wait for the GIL
+            # this thread holds, and the process would hang at exit (seen in CI, torch 2.13).
+            self.network = None
+            gc.collect()
             shutdown_distributed()
 
     def _run(self) -> Path:
