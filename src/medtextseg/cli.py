@@ -73,6 +73,34 @@ def synth(
 
 @app.command()
 @user_errors
+def sparsify(
+    src: Annotated[Path, typer.Option("--src", help="a densely labelled 3D dataset folder")],
+    dst: Annotated[Path, typer.Option("--dst", help="the barely-labelled copy to write")],
+    fraction: Annotated[float, typer.Option(help="share of the training volumes that keep labelled slices; the "
+                                                 "others become unlabelled")] = 0.1,
+    planes: Annotated[str, typer.Option(help="annotated planes per labelled volume: S sagittal, C coronal, "
+                                             "A axial")] = "SCA",
+    slice_: Annotated[str, typer.Option("--slice", help="which slice per plane: 'largest' foreground or "
+                                                        "'middle'")] = "largest",
+    seed: Annotated[int, typer.Option(help="draws the labelled volumes")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="replace --dst if it exists")] = False,
+) -> None:
+    """Make a barely-labelled copy of a dataset: a few annotated slices per labelled volume (RADA's protocol).
+
+    Unannotated voxels get the label 'ignore' (nnU-Net's convention, declared in dataset.json); validation and
+    test labels stay dense. Train the copy with the presets rada, rada_text or rada_single.
+    """
+    from medtextseg.data.sparse_labels import sparsify_dataset
+
+    summary = sparsify_dataset(src, dst, fraction, planes, slice_, seed, overwrite)
+    labelled = sum(isinstance(v, dict) for v in summary.values())
+    unlabelled = sum(v == "unlabelled" for v in summary.values())
+    typer.echo(f"wrote {dst}: {labelled} training volumes with {len(planes)} annotated slices, {unlabelled} "
+               f"unlabelled, {len(summary) - labelled - unlabelled} dense (validation/test)")
+
+
+@app.command()
+@user_errors
 def train(
     data: Annotated[Path | None, typer.Option("--data", "-d", help="dataset folder (sets data.root)")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="run folder: config, log, checkpoints")] = Path("runs/run"),
@@ -99,8 +127,8 @@ def train(
 @user_errors
 def predict(
     model: Annotated[Path, typer.Option("--model", "-m", help="run folder or checkpoint file")],
-    images: Annotated[list[Path], typer.Option("--image", "-i", help="one file per channel, in the model's "
-                                                "channel order (repeat -i)")],
+    images: Annotated[list[Path], typer.Option("--image", "-i", help="one file (or DICOM series folder) per "
+                                                "channel, in the model's channel order (repeat -i)")],
     prompts: Annotated[list[str], typer.Option("--prompt", "-p", help="what to segment (repeat -p)")],
     out: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("predictions"),
     probabilities: Annotated[bool, typer.Option(help="also write probability maps")] = False,
@@ -118,13 +146,15 @@ def predict(
     import json
 
     from medtextseg.api import load_model
-    from medtextseg.data.io import NIFTI_ENDINGS
+    from medtextseg.data.io import NIFTI_ENDINGS, is_dicom_series
     from medtextseg.utils.atomic import write_text_atomic
 
     results = load_model(model, refiner=refiner, mirror_axes=_mirror_axes(tta)).predict(images, prompts,
                                                                                        uncertainty=uncertainty)
-    ending = next((e for e in NIFTI_ENDINGS[::-1] if str(images[0]).lower().endswith(e)),
-                  "".join(images[0].suffixes) or ".nii.gz")
+    # a DICOM series (folder) input gets NIfTI outputs on its grid
+    ending = ".nii.gz" if is_dicom_series(images[0]) else next(
+        (e for e in NIFTI_ENDINGS[::-1] if str(images[0]).lower().endswith(e)),
+        "".join(images[0].suffixes) or ".nii.gz")
     index = []
     for number, result in enumerate(results):
         mask_path = out / f"mask_{number:02d}{ending}"
@@ -340,6 +370,23 @@ def convert(
     options = key_value_pairs(option, "--option", "KEY=VALUE")
     summary = function(src, dst, overwrite=overwrite, spatial_dims=spatial_dims, **options)
     typer.echo(summary.line())
+
+
+@app.command("export-biomedsegfm")
+@user_errors
+def export_biomedsegfm(
+    src: Annotated[Path, typer.Option("--src", help="the medtextseg dataset folder")],
+    dst: Annotated[Path, typer.Option("--dst", help="output folder: class_prompts.json and NAME/{case}.npz")],
+    name: Annotated[str | None, typer.Option(help="dataset key and folder name (default: dataset.json name)")] = None,
+    channel: Annotated[int, typer.Option(help="the image channel written as imgs")] = 0,
+    uint8: Annotated[bool, typer.Option("--uint8", help="rescale each image to 0-255 uint8 like the challenge "
+                                        "data (the voxels are then not kept)")] = False,
+) -> None:
+    """Write a dataset in the BiomedSegFM format (CVPR 2025 text-guided 3D segmentation challenge): one .npz per
+    case (imgs and gts as (Z, Y, X), spacing as (x, y, z)) and class_prompts.json (label value -> prompt texts)."""
+    from medtextseg.converters.biomedsegfm_export import export_biomedsegfm as export
+
+    typer.echo(export(src, dst, name=name, channel=channel, uint8=uint8).line())
 
 
 @app.command()

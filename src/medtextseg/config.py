@@ -65,10 +65,17 @@ class ModelConfig(_Section):
     channels: list[int] = Field([16, 32, 64, 128], description="feature channels per resolution stage")
     strides: list[list[int]] = Field([[1, 1, 1], [2, 2, 1], [2, 2, 2], [2, 2, 2]],
                                      description="downsampling stride of each stage (first is the stem)")
-    conditioning: Literal["film", "fusion", "concat", "none"] = Field(
+    conditioning: Literal["film", "fusion", "concat", "dynamic_head", "none"] = Field(
         "film", description="film: every decoder stage; fusion: FiLM->SE->CBN->residual->L2 at the bottleneck; "
-        "concat: text tiled and concatenated at the bottleneck; none: no decoder conditioning (the image-only "
-        "baseline unless vision_language_levels is set)")
+        "concat: text tiled and concatenated at the bottleneck; dynamic_head: a per-sample bias from the text "
+        "and the bottleneck added before the output convolution (SGTC/RADA); none: no decoder conditioning (the "
+        "image-only baseline unless vision_language_levels is set)")
+    region_dim: int = Field(0, ge=0, description="conditioning=dynamic_head: width of a region-aware image "
+                            "prototype fused with the text embedding (RADA; 1280 for EfficientNet-Lite0); 0 = text "
+                            "only")
+    region_rho: float = Field(0.2, ge=0, le=1, description="residual ratio of the region-text fusion adapter")
+    networks: int = Field(1, ge=1, description="independently initialised copies trained together "
+                          "(cotraining); prediction averages their probabilities (inference.network picks one)")
     vision_language_levels: list[int] = Field(
         default_factory=list, description="encoder stages (0 = full resolution) followed by bidirectional "
         "vision-language cross-attention whose word states are carried to the next one (TextBCS SVLI)")
@@ -122,6 +129,9 @@ class ModelConfig(_Section):
             if any(not 0 <= level < len(self.channels) for level in levels) or len(set(levels)) != len(levels):
                 raise ValueError(f"model.{field} {levels} must be distinct stage numbers in "
                                  f"0..{len(self.channels) - 1}")
+        if self.region_dim and self.conditioning != "dynamic_head":
+            raise ValueError("model.region_dim needs model.conditioning=dynamic_head (the fused embedding feeds "
+                             "the dynamic head)")
         if self.in_channels % self.encoders:
             raise ValueError(f"model.encoders={self.encoders} must divide model.in_channels={self.in_channels} "
                              "(each encoder reads an equal group of channels)")
@@ -243,6 +253,58 @@ class InferenceConfig(_Section):
     presence_threshold: float = Field(0.5, gt=0, lt=1)
     overlap: float = Field(0.25, ge=0, lt=1)
     min_component_voxels: int = Field(0, ge=0, description="drop predicted components smaller than this")
+    network: int | None = Field(None, ge=0, description="co-trained models (model.networks > 1): predict with "
+                                "this member alone (0-based); null averages their probabilities")
+
+
+class CoTrainingConfig(_Section):
+    """Barely-supervised co-training from sparse slice labels (RADA, METHODS.md section 2).
+
+    Network k is supervised by the annotated planes ``views[k]`` of the labelled volumes (propagated through
+    the volume and weighted ``alpha ** distance``) and by the other networks' confident predictions on the
+    unlabelled volumes (cross pseudo supervision, weight ``beta``). With one view of all three planes, no
+    unlabelled volumes and no propagation it is plain weighted supervised training: the sparse-only and, on
+    dense labels, the fully supervised baselines.
+    """
+
+    enabled: bool = Field(False, description="train with the co-trainer (training/cotraining.py)")
+    prompt: str | None = Field(None, description="the sentence naming the target, given to every network (RADA: "
+                               "one prompt per dataset, e.g. 'segment the left atrium')")
+    target_labels: list[str] | None = Field(None, description="dataset.json label names whose union is the target "
+                                            "(default: every label but background and ignore)")
+    views: list[str] = Field(["SC", "AS", "AC"], description="per network, the annotated planes that supervise it "
+                             "(S sagittal, C coronal, A axial); one entry per model.networks")
+    propagation: bool = Field(True, description="densify each annotated slice by slice-to-slice registration")
+    propagation_iterations: int = Field(40, ge=1, description="demons iterations per slice pair")
+    alpha: float = Field(0.97, gt=0, le=1, description="propagated voxels weigh alpha ** distance to their slice")
+    alpha_every: int = Field(1000, ge=1, description="alpha follows a cosine to 0, updated every this many steps")
+    beta: float = Field(0.1, ge=0, lt=0.5, description="maximum weight of each other network's pseudo labels")
+    beta_ramp_steps: int = Field(6000, ge=1, description="sigmoid ramp-up of beta (SGTC: 40 epochs x 150 steps)")
+    beta_ramp_every: int = Field(150, ge=1, description="beta is raised in steps of this many iterations")
+    uncertainty_passes: int = Field(8, ge=1, description="noisy forward passes that estimate a pseudo label's "
+                                    "entropy")
+    noise_std: float = Field(0.1, ge=0, description="std of the input noise of those passes")
+    noise_clip: float = Field(0.2, ge=0, description="the noise is clipped to +- this")
+    labelled_per_batch: int = Field(2, ge=1, description="labelled patches per network per step")
+    unlabelled_per_batch: int = Field(2, ge=0, description="unlabelled patches per network per step (0: no "
+                                      "cross pseudo supervision)")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (one optimiser per network)")
+    lr_step: int = Field(2500, ge=1, description="the learning rate is multiplied by lr_gamma every lr_step steps")
+    lr_gamma: float = Field(0.1, gt=0, le=1)
+    region_encoder: str = Field("efficientnet_lite0", description="frozen encoder of the annotated slices + masks "
+                                "(model.region_dim > 0): 'efficientnet_lite0', or 'package.module:factory' "
+                                "returning a callable (slice [3, H, W], mask [H, W]) -> [region_dim]")
+    cache_dir: str | None = Field(None, description="where propagated labels are cached (default: "
+                                  "{data.root}/.medtextseg_cache)")
+
+    @field_validator("views")
+    @classmethod
+    def _check_views(cls, value: list[str]) -> list[str]:
+        from medtextseg.data.sparse_labels import plane_axes
+
+        for view in value:  # MedTextSegError is a ValueError: pydantic reports it with the field's name
+            plane_axes(view, "cotraining.views")
+        return [view.upper() for view in value]
 
 
 class Config(_Section):
@@ -255,6 +317,17 @@ class Config(_Section):
     loss: LossConfig = LossConfig()
     train: TrainConfig = TrainConfig()
     inference: InferenceConfig = InferenceConfig()
+    cotraining: CoTrainingConfig = CoTrainingConfig()
+
+    @model_validator(mode="after")
+    def _check_networks(self) -> Config:
+        if self.cotraining.enabled and len(self.cotraining.views) != self.model.networks:
+            raise ValueError(f"cotraining.views has {len(self.cotraining.views)} entries for model.networks="
+                             f"{self.model.networks}; give one view per network")
+        if self.inference.network is not None and self.inference.network >= self.model.networks:
+            raise ValueError(f"inference.network={self.inference.network} but the model has "
+                             f"{self.model.networks} network(s)")
+        return self
 
     @model_validator(mode="after")
     def _check_mirror_axes(self) -> Config:

@@ -45,6 +45,8 @@ from medtextseg.utils.errors import MedTextSegError
 from medtextseg.utils.json_files import read_json
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from medtextseg.converters.writer import ConversionSummary, DatasetWriter
     from medtextseg.data.vocabulary import PromptVocabulary
 
@@ -60,6 +62,12 @@ class SourceCase:
     image_paths: list[Path]
     label_path: Path | None
     problem: str = ""  # why it cannot be converted, found while listing (a missing file)
+    # source label value -> output value, for a layout whose label file holds other values than the output's
+    # (LA2018 stores its mask as 0/255, BraTS 2021 the enhancing tumour as 4); only these values may occur
+    label_values: dict[int, int] | None = None
+    # a layout without one image file per channel and a label file (DICOM slices + PNG masks) reads its case itself:
+    # () -> (channels, each [X, Y, Z]; affine 4 x 4; label [X, Y, Z] int64 of declared values), as load_case returns
+    reader: Callable[[], tuple[list[np.ndarray], np.ndarray, np.ndarray]] | None = None
 
 
 @dataclass
@@ -67,7 +75,9 @@ class SourceDataset:
     """What the converter needs from a source folder, whichever its layout.
 
     ``classes`` maps a class name to its label values (one value, or several for a region); ``values`` lists
-    every label value a label map may hold (0 included).
+    every label value a label map may hold (0 included). ``value_names`` names, in the output's dataset.json, the
+    values that no single-value class names (else ``label_{v}``). ``slice_axis`` is the voxel axis that
+    ``--spatial-dims 2`` slices along: 2, or 0 for a layout that stores its axial slices first (KiTS19).
     """
 
     name: str
@@ -76,6 +86,8 @@ class SourceDataset:
     values: list[int]
     cases: list[SourceCase] = field(default_factory=list)
     four_d: bool = False
+    value_names: dict[int, str] = field(default_factory=dict)
+    slice_axis: int = 2
 
 
 # -------------------------------------------------------------------- reading the source layouts
@@ -248,8 +260,10 @@ def apply_options(source: SourceDataset, options: dict[str, str]) -> tuple[str, 
 
 
 def output_labels(source: SourceDataset) -> dict[str, int]:
-    """dataset.json labels of the output: a single-value class keeps its name, other values are ``label_{v}``."""
-    named = {members[0]: name for name, members in source.classes.items() if len(members) == 1}
+    """dataset.json labels of the output: a single-value class keeps its name, other values are named by
+    ``source.value_names`` or ``label_{v}``."""
+    named = {**source.value_names, **{members[0]: name for name, members in source.classes.items()
+                                      if len(members) == 1}}
     labels = {"background": 0}
     for value in source.values:
         if value != 0:
@@ -275,6 +289,8 @@ def load_case(source: SourceDataset, case: SourceCase, tolerance: float) -> tupl
 
     if case.problem:
         raise MedTextSegError(case.problem)
+    if case.reader is not None:
+        return case.reader()
     reference = read_geometry(case.image_paths[0])
     channels: list[np.ndarray] = []
     for path in case.image_paths:
@@ -300,11 +316,27 @@ def load_case(source: SourceDataset, case: SourceCase, tolerance: float) -> tupl
     if not np.all(np.isfinite(label)) or np.any(label != np.round(label)):
         raise MedTextSegError(f"{case.label_path.name}: label map has non-integer values")
     label = label.astype(np.int64)
+    if case.label_values is not None:
+        return channels, reference.affine, _map_values(label, case.label_values, case.label_path.name)
     undeclared = sorted(set(np.unique(label).tolist()) - set(source.values))
     if undeclared:
         raise MedTextSegError(f"{case.label_path.name}: label value {undeclared[0]} is not declared in "
                               f"dataset.json labels ({', '.join(map(str, source.values))})")
     return channels, reference.affine, label
+
+
+def _map_values(label: np.ndarray, mapping: dict[int, int], name: str) -> np.ndarray:
+    """``label`` with each source value replaced by ``mapping[value]``.
+
+    Raises:
+        MedTextSegError: a value of ``label`` that ``mapping`` does not list.
+    """
+    found, inverse = np.unique(label, return_inverse=True)
+    unknown = [int(v) for v in found if int(v) not in mapping]
+    if unknown:
+        raise MedTextSegError(f"{name}: label value {unknown[0]} is not declared (this layout's label values: "
+                              f"{', '.join(map(str, sorted(mapping)))})")
+    return np.array([mapping[int(v)] for v in found], dtype=np.int64)[inverse].reshape(label.shape)
 
 
 def prompt_lines(classes: dict[str, tuple[int, ...]], present: set[int], vocabulary: PromptVocabulary,
@@ -321,10 +353,18 @@ def prompt_lines(classes: dict[str, tuple[int, ...]], present: set[int], vocabul
     return lines
 
 
-def _slice_affine(affine: np.ndarray, k: int) -> np.ndarray:
+def _slice_affine(affine: np.ndarray, k: int, axis: int = 2) -> np.ndarray:
+    """The affine of slice ``k`` along voxel ``axis``, whose two other axes become its first two (in order)."""
+    order = [a for a in range(3) if a != axis] + [axis]
     moved = np.array(affine, dtype=float)
-    moved[:3, 3] = affine[:3, 3] + affine[:3, 2] * k
+    moved[:3, :3] = np.asarray(affine, dtype=float)[:3, order]
+    moved[:3, 3] = affine[:3, 3] + affine[:3, axis] * k
     return moved
+
+
+def _axis_last(array: np.ndarray, axis: int) -> np.ndarray:
+    """``array`` with its voxel ``axis`` moved last (a view), so that ``[:, :, k]`` is slice ``k`` along it."""
+    return array if axis == 2 else np.moveaxis(array, axis, 2)
 
 
 def _slice_ids(case: str, label: np.ndarray, slices: str) -> list[tuple[str, int]]:
@@ -350,21 +390,32 @@ def _convert_case(writer: DatasetWriter, source: SourceDataset, case: SourceCase
     if case.problem:
         raise MedTextSegError(case.problem)
     # 2D: the label says which slices there are; the image is read only when one of them is still to do
-    ids = _slice_ids(case.case, _spatial(np.asarray(read_array(case.label_path))), slices)
+    axis = source.slice_axis
+    loaded = load_case(source, case, tolerance) if case.reader is not None else None  # no label file to peek at
+    label_map = loaded[2] if loaded else _spatial(np.asarray(read_array(case.label_path)))
+    ids = _slice_ids(case.case, _axis_last(label_map, axis), slices)
     pending = [(name, k) for name, k in ids if not writer.is_done(name)]
     if pending:
-        channels, affine, label = load_case(source, case, tolerance)
+        channels, affine, label = loaded or load_case(source, case, tolerance)
+        channels, label = [_axis_last(c, axis) for c in channels], _axis_last(label, axis)
         for name, k in pending:
             part = label[:, :, k]
             meta = {"source_case": case.case, "slice": k}
-            writer.write_case(name, [c[:, :, k] for c in channels], _slice_affine(affine, k), part,
+            writer.write_case(name, [c[:, :, k] for c in channels], _slice_affine(affine, k, axis), part,
                               prompt_lines(source.classes, set(np.unique(part).tolist()), vocabulary, meta))
     return [name for name, _ in ids]
 
 
 # -------------------------------------------------------------------- the conversion
-def _vocabulary(dst: Path, classes: list[str], overwrite: bool) -> PromptVocabulary:
-    """The output's vocabulary: built-in wordings, or the one already in ``dst`` (it may have been edited)."""
+def output_vocabulary(dst: Path, classes: list[str], overwrite: bool,
+                      build: Callable[[], PromptVocabulary] | None = None,
+                      built_from: str = "the built-in tables") -> PromptVocabulary:
+    """The output's vocabulary: the one already in ``dst`` (it may have been edited), else ``build()`` (default:
+    the built-in wordings of ``classes``), saved there. ``built_from`` names the source in the error message.
+
+    Raises:
+        MedTextSegError: the vocabulary in ``dst`` lacks one of ``classes``.
+    """
     from medtextseg.data.vocabulary import VOCABULARY_FILE, PromptVocabulary, default_vocabulary_for
 
     path = dst / VOCABULARY_FILE
@@ -373,9 +424,9 @@ def _vocabulary(dst: Path, classes: list[str], overwrite: bool) -> PromptVocabul
         missing = [c for c in classes if c not in vocabulary]
         if missing:
             raise MedTextSegError(f"{path}: class {missing[0]!r} has no synonyms; add it, or pass --overwrite "
-                                  "to rebuild the vocabulary from the built-in tables")
+                                  f"to rebuild the vocabulary from {built_from}")
         return vocabulary
-    vocabulary = default_vocabulary_for(classes)
+    vocabulary = build() if build is not None else default_vocabulary_for(classes)
     vocabulary.save(path)
     return vocabulary
 
@@ -393,7 +444,7 @@ def convert_labelled(source: SourceDataset, src: Path, dst: Path, converter: str
         raise MedTextSegError(f"{src / 'dataset.json'}: no label other than background, so nothing to prompt")
     if src.resolve() == dst.resolve():
         raise MedTextSegError(f"--dst {dst}: must differ from --src")
-    vocabulary = _vocabulary(dst, list(source.classes), overwrite)
+    vocabulary = output_vocabulary(dst, list(source.classes), overwrite)
     writer = DatasetWriter(dst, source.name, source.channel_names, output_labels(source), spatial_dims,
                            overwrite, extra={"converter": converter, "source": str(src)})
     outputs: dict[str, list[str]] = {}
@@ -430,4 +481,5 @@ def convert_msd(src: Path, dst: Path, *, overwrite: bool = False, spatial_dims: 
                             spatial_dims=spatial_dims, options=options)
 
 
-__all__ = ["convert_labelled", "convert_msd", "convert_nnunet", "read_msd_source", "read_nnunet_source"]
+__all__ = ["convert_labelled", "convert_msd", "convert_nnunet", "output_vocabulary", "read_msd_source",
+           "read_nnunet_source"]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import math
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from medtextseg.utils.errors import MedTextSegError
@@ -10,6 +12,16 @@ from medtextseg.utils.errors import MedTextSegError
 
 def option_error(converter: str, name: str, rule: str, value: Any) -> MedTextSegError:
     return MedTextSegError(f"{converter} converter: option {name} must be {rule}, got {value!r}")
+
+
+def check_option_names(converter: str, options: Iterable[str], known: Sequence[str]) -> None:
+    """Refuse an ``--option`` key the converter does not take, naming the closest known one and all of them."""
+    for name in options:
+        if name not in known:
+            close = difflib.get_close_matches(name, list(known), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise MedTextSegError(f"--option {name}: unknown option{hint}; the {converter} converter takes "
+                                  f"{', '.join(known)}")
 
 
 def as_int(converter: str, name: str, value: Any, minimum: int) -> int:

@@ -65,7 +65,6 @@ Example:
 from __future__ import annotations
 
 import csv
-import difflib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,7 +72,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medtextseg.converters.option_values import as_bool, as_float, as_int
+from medtextseg.converters.option_values import as_bool, as_float, as_int, check_option_names
 from medtextseg.converters.registry import register
 from medtextseg.utils.errors import MedTextSegError
 
@@ -165,12 +164,7 @@ def parse_options(src: Path, options: dict[str, Any]) -> PicaiOptions:
         MedTextSegError: an unknown option (with the known ones), a bad value, or a labels folder without the
             lesion delineations of ``lesion_set``.
     """
-    for name in options:
-        if name not in OPTIONS:
-            close = difflib.get_close_matches(name, OPTIONS, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise MedTextSegError(f"--option {name}: unknown option{hint}; the picai converter takes "
-                                  f"{', '.join(OPTIONS)}")
+    check_option_names("picai", options, OPTIONS)
     lesion_set = str(options.get("lesion_set", "human_expert"))
     lesion_set = {"ai": "AI"}.get(lesion_set.lower(), lesion_set)
     if lesion_set not in LESION_SETS:
@@ -291,9 +285,11 @@ def _same_grid(image: Any, reference: Any, tolerance: float) -> bool:
             and bool(np.allclose(itk_to_ras_affine(image), itk_to_ras_affine(reference), atol=tolerance)))
 
 
-def on_grid(image: Any, reference: Any, name: str, labels: bool, tolerance: float) -> np.ndarray:
-    """``image`` on the grid of ``reference`` (the T2W): its own voxels when already there (within ``tolerance`` mm),
-    else resampled with SimpleITK (linear, or nearest neighbour for ``labels``; 0 outside its extent).
+def on_grid(image: Any, reference: Any, name: str, labels: bool, tolerance: float,
+            reference_name: str = "T2W") -> np.ndarray:
+    """``image`` on the grid of ``reference`` (the T2W; messages call it ``reference_name``): its own voxels when
+    already there (within ``tolerance`` mm), else resampled with SimpleITK (linear, or nearest neighbour for
+    ``labels``; 0 outside its extent).
 
     Returns:
         ``[X, Y, Z]`` float32 (images) or int64 (labels), the reference's shape.
@@ -314,9 +310,10 @@ def on_grid(image: Any, reference: Any, name: str, labels: bool, tolerance: floa
             resampled = sitk.Resample(image if labels else sitk.Cast(image, sitk.sitkFloat32), reference,
                                       sitk.Transform(), interpolator, 0)
         except Exception as error:  # e.g. a singular direction matrix
-            raise MedTextSegError(f"{name}: cannot be resampled onto the T2W grid ({_itk_message(error)})") from None
+            raise MedTextSegError(f"{name}: cannot be resampled onto the {reference_name} grid "
+                                  f"({_itk_message(error)})") from None
         if not _array(covered).any():
-            raise MedTextSegError(f"{name}: does not overlap the T2W grid (sizes {image.GetSize()} and "
+            raise MedTextSegError(f"{name}: does not overlap the {reference_name} grid (sizes {image.GetSize()} and "
                                   f"{reference.GetSize()}, origins {_mm(image.GetOrigin())} and "
                                   f"{_mm(reference.GetOrigin())}); cannot resample it")
         array = _array(resampled)

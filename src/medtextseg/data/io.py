@@ -1,7 +1,9 @@
 """Image files with their geometry: read headers and voxels, write masks on exactly a reference's grid.
 
 NIfTI goes through nibabel (which keeps qform/sform and codes); MHA, NRRD and other ITK formats through
-SimpleITK. Arrays are always in the file's voxel order (i, j, k), as MONAI's readers return them.
+SimpleITK; a DICOM series (a folder of slice files, or ``FOLDER/SERIES_UID``) through
+:mod:`medtextseg.data.dicom_series`. Arrays are always in the file's voxel order (i, j, k), as MONAI's readers
+return them; for a DICOM series that is (row direction, column direction, slice normal), slices sorted by position.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medtextseg.data.dicom_series import is_dicom_series, read_series, series_geometry
 from medtextseg.data.sitk_reader import itk_to_ras_affine
 from medtextseg.utils.atomic import atomic_path
 from medtextseg.utils.errors import MedTextSegError
@@ -38,8 +41,11 @@ class Geometry:
 
 
 def read_geometry(path: str | Path) -> Geometry:
-    """The grid of an image file, from its header only (voxels are not read)."""
+    """The grid of an image file or DICOM series, from its header(s) only (voxels are not read)."""
     path = Path(path)
+    if is_dicom_series(path):
+        geometry = series_geometry(path)
+        return Geometry(geometry.shape, geometry.affine.copy())
     if not path.is_file():
         raise MedTextSegError(f"{path}: file not found")
     try:
@@ -67,8 +73,10 @@ def read_geometry(path: str | Path) -> Geometry:
 
 
 def read_array(path: str | Path) -> np.ndarray:
-    """All voxels of an image file, in file voxel order."""
+    """All voxels of an image file or DICOM series, in file voxel order."""
     path = Path(path)
+    if is_dicom_series(path):
+        return read_series(path).array
     try:
         if is_nifti(path):
             import nibabel as nib
@@ -86,7 +94,8 @@ def read_array(path: str | Path) -> np.ndarray:
 def write_like(array: np.ndarray, reference: str | Path, destination: str | Path) -> Path:
     """Write ``array`` (file voxel order, the reference's shape) with exactly the reference's geometry.
 
-    uint8 arrays are written as masks; floating arrays as float32 maps. The file is written atomically.
+    uint8 arrays are written as masks; floating arrays as float32 maps. The file is written atomically. A DICOM
+    series reference gives its grid to a NIfTI (or other ITK-format) destination; DICOM is never written.
 
     Raises:
         MedTextSegError: when the array's shape differs from the reference's.
@@ -99,7 +108,9 @@ def write_like(array: np.ndarray, reference: str | Path, destination: str | Path
     dtype = np.uint8 if array.dtype in (np.uint8, np.bool_) else np.float32
     array = array.astype(dtype)
     with atomic_path(destination) as tmp:
-        if is_nifti(destination) and is_nifti(reference):
+        if is_dicom_series(reference):
+            _write_on_series_grid(array, reference, destination, tmp)
+        elif is_nifti(destination) and is_nifti(reference):
             import nibabel as nib
 
             ref = nib.load(str(reference))
@@ -116,3 +127,25 @@ def write_like(array: np.ndarray, reference: str | Path, destination: str | Path
             out.CopyInformation(ref_image)
             sitk.WriteImage(out, str(tmp), useCompression=True)
     return destination
+
+
+def _write_on_series_grid(array: np.ndarray, reference: Path, destination: Path, tmp: Path) -> None:
+    """Write ``array`` on a DICOM series' grid: NIfTI through nibabel (its exact affine), else through SimpleITK."""
+    geometry = series_geometry(reference)
+    if is_nifti(destination):
+        import nibabel as nib
+
+        out = nib.Nifti1Image(array, geometry.affine)
+        out.header.set_xyzt_units("mm")
+        out.set_qform(geometry.affine, code=1)
+        out.set_sform(geometry.affine, code=1)
+        out.header.set_slope_inter(1, 0)
+        nib.save(out, str(tmp))
+        return
+    import SimpleITK as sitk
+
+    out = sitk.GetImageFromArray(array.transpose(tuple(reversed(range(array.ndim)))))
+    out.SetOrigin(geometry.origin)
+    out.SetSpacing(geometry.spacing)
+    out.SetDirection(geometry.direction)
+    sitk.WriteImage(out, str(tmp), useCompression=True)

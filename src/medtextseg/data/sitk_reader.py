@@ -37,8 +37,10 @@ class SimpleITKReader(ImageReader):
     def read(self, data: Sequence[PathLike] | PathLike, **kwargs):
         import SimpleITK as sitk
 
+        from medtextseg.data.dicom_series import is_dicom_series, series_image
+
         self.filenames = [str(f) for f in ensure_tuple(data)]
-        images = [sitk.ReadImage(f) for f in self.filenames]
+        images = [series_image(f) if is_dicom_series(f) else sitk.ReadImage(f) for f in self.filenames]
         return images if len(images) > 1 else images[0]
 
     def get_data(self, img) -> tuple[np.ndarray, dict]:

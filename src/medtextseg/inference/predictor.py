@@ -110,6 +110,8 @@ class Predictor:
         self.model.load_state_dict(state["model"])
         self.model.to(self.device).eval()
         self.model.use_refiner = self.config.inference.refiner if refiner is None else refiner
+        if self.config.model.networks > 1:
+            self.model.active = self.config.inference.network
 
     def _check_inputs(self, image_paths: list[Path]) -> None:
         expected = self.config.model.in_channels

@@ -5,11 +5,14 @@ from __future__ import annotations
 from torch import nn
 
 from medtextseg.config import ModelConfig
+from medtextseg.models.co_trained import CoTrainedSegmenters
 from medtextseg.models.segmenter import TextGuidedUNet
 
 
 def create_model(config: ModelConfig, text_dim: int) -> nn.Module:
     """Return the segmenter a model config describes; ``text_dim`` is the text encoder's D."""
+    if config.networks > 1:
+        return CoTrainedSegmenters(config, text_dim)
     return TextGuidedUNet(config, text_dim)
 
 

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from medtextseg.config import ModelConfig
 from medtextseg.models.backbone import MultiSequenceEncoder, UNetDecoder, UNetEncoder
 from medtextseg.models.conditioning.bidirectional_attention import VisionLanguageStage
+from medtextseg.models.conditioning.dynamic_head import RegionAwareFusion, SemanticDynamicBias
 from medtextseg.models.conditioning.film import FiLM
 from medtextseg.models.conditioning.fusion import ConcatFusion, FusionChain, ResidualConditionalBatchNorm
 from medtextseg.models.conditioning.text_summary import TextSummary
@@ -27,7 +28,7 @@ def build_conditioners(config: ModelConfig, text_dim: int) -> nn.ModuleDict:
     """
     dims, channels = config.spatial_dims, config.channels
     bottleneck = len(channels) - 1
-    if config.conditioning == "none":
+    if config.conditioning in ("none", "dynamic_head"):  # the dynamic head is not a per-stage conditioner
         return nn.ModuleDict()
     if config.conditioning == "film":
         axes = dims if config.spatial_film else 0
@@ -68,6 +69,8 @@ class TextGuidedUNet(nn.Module):
     * encoder (``config.vision_language_levels``): bidirectional pixel-word cross-attention after those stages,
       the word states carried from stage to stage (TextBCS). From the first such stage on, the encoder runs
       once per prompt rather than once per image;
+    * before the output convolution (``config.conditioning='dynamic_head'``): a per-sample bias from the prompt
+      (fused with a region-aware image prototype when ``config.region_dim``) and the bottleneck (SGTC/RADA);
     * after the decoder (``config.refiner``): the confidence-gated cross-attention refiner edits the logits where
       the base model is confident (Align-then-Refine stage 2).
 
@@ -97,7 +100,7 @@ class TextGuidedUNet(nn.Module):
         self.decoder = UNetDecoder(config.spatial_dims, config.channels, config.strides, head_channels,
                                    config.norm, attention=config.block_attention,
                                    negative_slope=config.negative_slope, deep_supervision=config.deep_supervision)
-        conditioned = config.conditioning != "none"
+        conditioned = config.conditioning not in ("none", "dynamic_head")
         self.text_summary = TextSummary(text_dim, use_tokens=config.text_tokens) if conditioned else None
         self.conditioners = build_conditioners(config, self.text_summary.out_dim if conditioned else text_dim)
         self.vision_language = build_vision_language_stages(config, text_dim)
@@ -105,6 +108,10 @@ class TextGuidedUNet(nn.Module):
                                               gate=config.refiner_gate, blend=config.refiner_blend,
                                               tokens=config.refiner_tokens) if config.refiner else None
         self.use_refiner = True  # prediction may switch the refiner off (inference.refiner)
+        self.dynamic_bias = SemanticDynamicBias(config.channels[-1], text_dim, config.channels[0]) \
+            if config.conditioning == "dynamic_head" else None
+        self.region_fusion = RegionAwareFusion(text_dim, config.region_dim, config.region_rho) \
+            if config.region_dim else None
         self.similarity = nn.ModuleDict({
             str(level): PixelTextSimilarity(
                 config.spatial_dims, config.channels[level],
@@ -159,8 +166,14 @@ class TextGuidedUNet(nn.Module):
             skips = [s[image_index] if level < per_prompt_from else s for level, s in enumerate(skips)]
             coordinates = [c[image_index] for c in coordinates] if coordinates else coordinates
         summary = self.text_summary(text).to(skips[0].dtype) if self.text_summary else None
+        head_bias = None
+        if self.dynamic_bias is not None:
+            embedding = self.region_fusion(text.pooled) if self.region_fusion is not None else text.pooled
+            head_bias = self.dynamic_bias(skips[-1], embedding)
 
         def modulate(level: int, features: Tensor) -> Tensor:
+            if level == 0 and head_bias is not None:  # the last decoder features, before the output convolution
+                features = features + head_bias.reshape(*head_bias.shape, *([1] * (features.ndim - 2)))
             if str(level) not in self.conditioners:
                 return features
             if coordinates:

@@ -26,12 +26,14 @@ from medtextseg.data.attribute_prompts import attribute_prompt_texts
 from medtextseg.data.dataset import PreparedCase, PromptSampleDataset, collate_prompt_samples, prepare_case
 from medtextseg.data.layout import load_dataset, verify_dataset
 from medtextseg.data.prompts import swap_left_right
+from medtextseg.data.sparse_labels import IGNORE_LABEL
 from medtextseg.data.vocabulary import PromptVocabulary
 from medtextseg.losses.segmentation import build_loss
 from medtextseg.models.factory import count_parameters, create_model
 from medtextseg.text.cache import TextEmbeddingCache, cached_text_encoder
 from medtextseg.training.checkpoint import load_checkpoint, save_checkpoint
 from medtextseg.training.distributed import DistributedContext, init_distributed, shutdown_distributed
+from medtextseg.training.progress import StepProgress
 from medtextseg.training.schedule import LossWeightSchedule
 from medtextseg.training.transfer import transfer_weights
 from medtextseg.training.validation import validation_dice
@@ -79,7 +81,7 @@ def _lr_factor(step: int, config: Config) -> float:
     return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def _truncate_log(log_path: Path, last_step: int) -> None:
+def truncate_log(log_path: Path, last_step: int) -> None:
     """Drop log lines written after the checkpoint a resumed run restarts from."""
     if not log_path.is_file():
         return
@@ -133,6 +135,11 @@ class Trainer:
             raise MedTextSegError(f"config field 'model.in_channels' is {config.model.in_channels} but "
                                   f"{self.layout.root / 'dataset.json'} declares {len(self.layout.channel_names)} "
                                   f"channels ({', '.join(self.layout.channel_names)})")
+        if IGNORE_LABEL in self.layout.labels:
+            raise MedTextSegError(f"{self.layout.root}: has sparse labels (dataset.json declares {IGNORE_LABEL!r}); "
+                                  "train it with a co-training preset: rada, rada_text or rada_single")
+        if config.model.networks > 1:
+            raise MedTextSegError("config field 'model.networks' > 1 needs cotraining.enabled=true")
         train_ids, val_ids = self.layout.splits.get("train", []), self.layout.splits.get("val", [])
         if not train_ids:
             raise MedTextSegError(f"{self.layout.root}: the train split is empty")
@@ -200,7 +207,7 @@ class Trainer:
         np.random.set_state(state["rng"]["numpy"])
         torch.set_rng_state(state["rng"]["torch"])
         if self.ctx.is_main:
-            _truncate_log(self.run_dir / "log.jsonl", self.step)
+            truncate_log(self.run_dir / "log.jsonl", self.step)
 
     # ---------------------------------------------------------------- outputs
     def _state(self, full: bool) -> dict:
@@ -295,14 +302,7 @@ class Trainer:
                            "world_size": ctx.world_size, "device": str(ctx.device)})
         self.model.train()
         total = config.train.steps
-        progress = None
-        if self.progress and ctx.is_main:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-            progress = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                                TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
-            task = progress.add_task("train", total=total, completed=self.step, info="")
-            progress.start()
+        progress = StepProgress("train", total, self.step, self.progress and ctx.is_main)
         started, window = time.perf_counter(), []
         try:
             batches = self._batches()
@@ -319,19 +319,15 @@ class Trainer:
                 elif ctx.enabled and (self.step % 10 == 0 or self.step == total):
                     ctx.mean(float(np.nanmean(window)))  # every rank joins the all-reduce
                     window = []
-                if self.step % config.train.val_every == 0 or self.step == total:
-                    scores = self._validate_and_save()
-                    if progress is not None and scores:
-                        progress.update(task, info=f"val Dice {scores['val_dice']:.3f}")
-                if progress is not None:
-                    progress.update(task, completed=self.step)
+                scores = self._validate_and_save() if self.step % config.train.val_every == 0 or \
+                    self.step == total else None
+                progress.update(self.step, scores)
         except KeyboardInterrupt:
             if ctx.is_main:  # keep what was learnt: resume continues from here
                 save_checkpoint(self.run_dir / "last.pt", self._state(full=True))
             raise
         finally:
-            if progress is not None:
-                progress.stop()
+            progress.stop()
         if ctx.is_main:
             self._log({"step": self.step, "event": "end", "seconds": round(time.perf_counter() - started, 2),
                        "best_val_dice": self.best})
@@ -339,7 +335,13 @@ class Trainer:
 
 
 def train(config: Config, run_dir: str | Path, resume: bool = False, progress: bool = True) -> Path:
-    """Train ``config`` into ``run_dir`` (continuing its ``last.pt`` when ``resume``); return the run folder."""
+    """Train ``config`` into ``run_dir`` (continuing its ``last.pt`` when ``resume``); return the run folder.
+
+    ``cotraining.enabled`` hands the run to the co-trainer (sparse labels, several networks: RADA)."""
+    if config.cotraining.enabled:
+        from medtextseg.training.cotraining import CoTrainer
+
+        return CoTrainer(config, run_dir, resume=resume, progress=progress).run()
     return Trainer(config, run_dir, resume=resume, progress=progress).run()
 
 

@@ -1,0 +1,244 @@
+"""RADA: sparse slice labels, label propagation, the dynamic head, and three-network co-training that learns."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from medtextseg.config import Config
+from medtextseg.data.label_propagation import propagate_slice_label, slice_distance
+from medtextseg.data.sparse_labels import annotated_slices, sparsify_dataset, sparsify_label
+from medtextseg.training.cotraining import SparseSupervision, alpha_at, beta_at, entropy_threshold
+from medtextseg.utils.errors import MedTextSegError
+
+PROMPT = "segment the prostate"
+TINY = ["model.channels=[4,8,16]", "model.strides=[[1,1,1],[2,2,1],[2,2,2]]", "cotraining.uncertainty_passes=1",
+        "cotraining.labelled_per_batch=2", "cotraining.unlabelled_per_batch=1", "train.val_cases=1",
+        f"cotraining.prompt={PROMPT}", "model.norm=instance"]
+
+
+@pytest.fixture(scope="module")
+def sparse_pair(tmp_path_factory):
+    from medtextseg.data.synthetic import make_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("rada")
+    dense = make_synthetic_dataset(root / "dense", num_cases=12, spatial_dims=3, seed=4)
+    sparse = root / "sparse"
+    summary = sparsify_dataset(dense, sparse, fraction=0.25, planes="SCA", rule="largest", seed=0)
+    return dense, sparse, summary
+
+
+# ------------------------------------------------------------------ sparse labels
+def test_sparsify_label_keeps_one_slice_per_plane_and_annotated_slices_finds_them():
+    label = np.zeros((10, 12, 8), dtype=np.int64)
+    label[3:7, 2:9, 2:6] = 1
+    label[5, 5, 4] = 2
+    sparse, kept = sparsify_label(label, 9, "SCA", "largest")
+    assert set(kept) == {"sagittal", "coronal", "axial"}
+    found = annotated_slices(sparse == 9)
+    assert found == {0: [kept["sagittal"]], 1: [kept["coronal"]], 2: [kept["axial"]]}
+    for axis, index in zip((0, 1, 2), (kept["sagittal"], kept["coronal"], kept["axial"]), strict=True):
+        assert np.array_equal(np.take(sparse, index, axis), np.take(label, index, axis))
+    assert np.count_nonzero(sparse != 9) == 12 * 8 + 10 * 8 + 10 * 12 - 8 - 12 - 10 + 1
+    assert annotated_slices(np.zeros((3, 4, 5), bool)) == {0: [0, 1, 2], 1: [0, 1, 2, 3], 2: [0, 1, 2, 3, 4]}
+    assert sparsify_label(label, 9, "A", "middle")[1] == {"axial": 4}
+
+
+def test_sparsify_dataset_layout_geometry_and_orientation(sparse_pair):
+    from medtextseg.data.dataset import prepare_case
+    from medtextseg.data.layout import load_dataset
+
+    dense, sparse, summary = sparse_pair
+    meta = json.loads((sparse / "dataset.json").read_text())
+    ignore = meta["labels"]["ignore"]
+    assert ignore == max(v for k, v in meta["labels"].items() if k != "ignore") + 1
+    layout = load_dataset(sparse)
+    train = layout.splits["train"]
+    labelled = [c for c in train if isinstance(summary[c], dict)]
+    assert len(labelled) == max(1, round(0.25 * len(train)))
+    assert all(summary[c] == "unlabelled" for c in train if c not in labelled)
+    assert all(summary[c] == "dense" for c in layout.splits["val"] + layout.splits["test"])
+    for case in labelled[:1] + [layout.splits["test"][0]]:
+        source, out = nib.load(str(dense / "labelsTr" / f"{case}.nii.gz")), nib.load(str(sparse / "labelsTr" /
+                                                                                          f"{case}.nii.gz"))
+        assert out.shape == source.shape and np.allclose(out.affine, source.affine)
+    # the slices were chosen in RAS order: what the trainer sees after reorientation is exactly them
+    prepared = prepare_case(layout.cases[labelled[0]], None, 3)
+    found = annotated_slices((prepared.label == ignore).numpy())
+    kept = summary[labelled[0]]
+    assert found == {0: [kept["sagittal"]], 1: [kept["coronal"]], 2: [kept["axial"]]}
+    dense_prepared = prepare_case(load_dataset(dense).cases[labelled[0]], None, 3)
+    annotated = prepared.label != ignore
+    assert torch.equal(prepared.label[annotated], dense_prepared.label[annotated])
+    with pytest.raises(MedTextSegError, match="already exists"):
+        sparsify_dataset(dense, sparse)
+    with pytest.raises(MedTextSegError, match="already sparse"):
+        sparsify_dataset(sparse, sparse.parent / "again")
+
+
+def test_standard_trainer_refuses_sparse_labels(sparse_pair, tmp_path):
+    from medtextseg.training.trainer import train
+
+    config = Config.load("default", [f"data.root={sparse_pair[1]}", "train.steps=1"])
+    with pytest.raises(MedTextSegError, match="co-training preset"):
+        train(config, tmp_path / "run", progress=False)
+
+
+# ------------------------------------------------------------------ propagation and weights
+def test_propagation_follows_the_anatomy_better_than_copying_the_slice():
+    from medtextseg.data.synthetic import make_case
+
+    case = make_case(np.random.default_rng(3), shape=(48, 48, 16))
+    truth = case.label > 0
+
+    def dice(a, b):
+        return 2 * np.count_nonzero(a & b) / max(np.count_nonzero(a) + np.count_nonzero(b), 1)
+
+    for axis in (0, 1):
+        index = int(np.argmax(truth.sum(axis=tuple(a for a in range(3) if a != axis))))
+        label_slice = np.take(truth, index, axis)
+        propagated = propagate_slice_label(case.image[0], label_slice, axis, index)
+        copied = np.broadcast_to(np.expand_dims(label_slice, axis), truth.shape)
+        assert np.array_equal(np.take(propagated, index, axis), label_slice)
+        assert dice(propagated, truth) > dice(copied, truth) + 0.1
+        assert dice(propagated, truth) > 0.7
+    assert slice_distance((3, 4, 2), 1, 1)[0, :, 0].tolist() == [1, 0, 1, 2]
+
+
+def test_sparse_supervision_weights_follow_alpha_and_the_closest_plane():
+    labels = torch.zeros(2, 4, 4, 4, dtype=torch.bool)
+    labels[0, :, :, 1] = True   # plane 0 says "foreground" everywhere on its side
+    distance = torch.stack([torch.from_numpy(slice_distance((4, 4, 4), 2, 1)).float(),
+                            torch.from_numpy(slice_distance((4, 4, 4), 0, 3)).float()])
+    supervision = SparseSupervision(labels, distance, dense=False)
+    target, weight = supervision.target_and_weight(0.5)
+    assert weight[0, 0, 1] == 1 and weight[3, 0, 0] == 1  # on an annotated slice
+    assert math.isclose(float(weight[1, 2, 3]), max(0.5 ** 2, 0.5 ** 2))
+    assert math.isclose(float(weight[2, 0, 0]), 0.5)  # 1 slice from plane 1, 1 from plane 0
+    assert target[0, 0, 1] == 1 and target[3, 0, 0] == 0  # the plane with the larger weight says what it is
+    _, at_zero = supervision.target_and_weight(0.0)
+    assert set(at_zero.unique().tolist()) == {0.0, 1.0}  # alpha 0: only the annotated slices count
+    dense_target, dense_weight = SparseSupervision(labels[:1], torch.zeros(1, 4, 4, 4), dense=True
+                                                   ).target_and_weight(0.1)
+    assert torch.equal(dense_target, labels[0].float()) and bool((dense_weight == 1).all())
+
+
+def test_schedules():
+    config = Config.load("rada", ["train.steps=6000"])
+    assert alpha_at(0, config) == pytest.approx(0.97)
+    assert alpha_at(999, config) == pytest.approx(0.97)  # held for alpha_every steps
+    assert alpha_at(3000, config) == pytest.approx(0.485)
+    assert alpha_at(6000, config) == pytest.approx(0.0, abs=1e-12)
+    assert beta_at(0, config) == pytest.approx(0.1 * math.exp(-5))
+    assert beta_at(6000, config) == pytest.approx(0.1)
+    assert beta_at(149, config) == beta_at(0, config)
+    assert entropy_threshold(0, config) < entropy_threshold(6000, config) == pytest.approx(math.log(2))
+
+
+# ------------------------------------------------------------------ model pieces
+def test_dynamic_head_reads_the_prompt_and_the_region_prototype():
+    from medtextseg.models.factory import create_model
+    from medtextseg.text.batch import TextBatch
+
+    config = Config.load("rada", TINY + ["model.region_dim=6"]).model
+    torch.manual_seed(0)
+    model = create_model(config, 8)
+    assert len(model.members) == 3
+    member = model.members[0].eval()
+    with pytest.raises(ValueError, match="prototype"):
+        member.region_fusion.set_prototype(torch.ones(5))
+    image = torch.randn(1, 3, 16, 16, 8)
+    texts = [TextBatch(torch.nn.functional.normalize(torch.randn(1, 8), dim=1), torch.zeros(1, 1, 8),
+                       torch.ones(1, 1, dtype=torch.bool)) for _ in range(2)]
+    for parameter in member.dynamic_bias.parameters():  # make the head's reading visible at initialisation
+        torch.nn.init.normal_(parameter, std=0.5)
+    with torch.no_grad():
+        first, second = (member(image, t).logits for t in texts)
+        member.region_fusion.set_prototype(torch.randn(6))
+        regioned = member(image, texts[0]).logits
+    assert not torch.allclose(first, second) and not torch.allclose(first, regioned)
+    # the ensemble: the mean probability of its members, or one member
+    model.eval()
+    with torch.no_grad():
+        mean = torch.stack([torch.sigmoid(m(image, texts[0]).logits) for m in model.members]).mean(0)
+        assert torch.allclose(torch.sigmoid(model(image, texts[0]).logits), mean, atol=1e-5)
+        model.active = 1
+        assert torch.allclose(model(image, texts[0]).logits, model.members[1](image, texts[0]).logits)
+
+
+def test_config_checks():
+    with pytest.raises(MedTextSegError, match="one view per network"):
+        Config.load("rada", ["cotraining.views=[SC, AS]"])
+    with pytest.raises(MedTextSegError, match="cotraining.views"):
+        Config.load("rada", ["cotraining.views=[SX, AS, AC]"])
+    with pytest.raises(MedTextSegError, match="dynamic_head"):
+        Config.load("default", ["model.region_dim=8"])
+    with pytest.raises(MedTextSegError, match="inference.network"):
+        Config.load("rada", ["inference.network=3"])
+
+
+# ------------------------------------------------------------------ co-training
+def _held_out_dice(run, data) -> float:
+    from medtextseg.data.layout import load_dataset
+    from medtextseg.inference.sliding import prompt_probabilities
+    from medtextseg.models.factory import create_model
+    from medtextseg.training.checkpoint import load_checkpoint
+    from medtextseg.training.trainer import prepare_cases, text_cache_for
+
+    state = load_checkpoint(run)
+    config = Config.from_dict(state["config"])
+    model = create_model(config.model, int(state["text_dim"]))
+    model.load_state_dict(state["model"])
+    model.eval()
+    layout = load_dataset(data)
+    text = text_cache_for(config)
+    scores = []
+    for case in prepare_cases(layout, layout.splits["test"], config, False, ""):
+        prediction = prompt_probabilities(model, case.image, text([PROMPT]), config.data.patch_size)[0] > 0.5
+        truth = case.label > 0
+        scores.append(2 * float((prediction & truth).sum()) / max(float(prediction.sum() + truth.sum()), 1.0))
+    return float(np.mean(scores))
+
+
+def test_three_view_cotraining_learns_from_three_slices_and_resumes(sparse_pair, tmp_path):
+    from medtextseg.training.trainer import train
+
+    _, sparse, _ = sparse_pair
+    common = [f"data.root={sparse}", *TINY, "model.region_dim=0", "train.val_every=5", "train.lr=0.05",
+              "cotraining.beta_ramp_steps=20", "cotraining.beta_ramp_every=1", "cotraining.alpha_every=5"]
+    untrained = tmp_path / "untrained"
+    train(Config.load("rada", common + ["train.steps=1", "train.lr=1e-9"]), untrained, progress=False)
+    run = tmp_path / "run"
+    with pytest.raises(MedTextSegError, match="cotraining.prompt"):
+        train(Config.load("rada", [*common, "cotraining.prompt=''"]), tmp_path / "no_prompt", progress=False)
+    train(Config.load("rada", common + ["train.steps=10"]), run, progress=False)
+    # a stopped run continues from last.pt to a longer budget (the saved config plus the new step count)
+    resumed = Config.load(run / "config.yaml", ["train.steps=30"])
+    train(resumed, run, resume=True, progress=False)
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert log[0]["labelled_volumes"] >= 1 and log[0]["unlabelled_volumes"] >= 1
+    assert [r["step"] for r in log if "val_dice" in r] == [5, 10, 15, 20, 25, 30]
+    assert any("net2.pseudo" in r for r in log)  # cross pseudo supervision ran
+    trained, baseline = _held_out_dice(run / "best.pt", sparse), _held_out_dice(untrained / "best.pt", sparse)
+    assert trained > 0.5 and trained > baseline + 0.3, (trained, baseline)
+
+
+def test_region_prototypes_come_from_the_annotated_slices(sparse_pair, tmp_path):
+    from medtextseg.training.checkpoint import load_checkpoint
+    from medtextseg.training.trainer import train
+
+    _, sparse, _ = sparse_pair
+    run = tmp_path / "rada"
+    train(Config.load("rada", [f"data.root={sparse}", *TINY, "train.steps=1", "train.val_every=1"]), run,
+          progress=False)
+    state = load_checkpoint(run / "last.pt")
+    prototypes = [state["model"][f"members.{k}.region_fusion.prototype"] for k in range(3)]
+    assert all(p.shape == (1280,) and p.abs().sum() > 0 for p in prototypes)
+    assert not torch.allclose(prototypes[0], prototypes[1])  # each network's own planes
+    start = json.loads((run / "log.jsonl").read_text().splitlines()[0])
+    assert start["region_slices"] == [2 * start["labelled_volumes"]] * 3
