@@ -242,3 +242,20 @@ def test_region_prototypes_come_from_the_annotated_slices(sparse_pair, tmp_path)
     assert not torch.allclose(prototypes[0], prototypes[1])  # each network's own planes
     start = json.loads((run / "log.jsonl").read_text().splitlines()[0])
     assert start["region_slices"] == [2 * start["labelled_volumes"]] * 3
+
+
+def test_pseudo_labels_keep_only_certain_voxels():
+    from medtextseg.models.output import ModelOutput
+    from medtextseg.text.batch import TextBatch
+    from medtextseg.training.cotraining import certain_pseudo_labels
+
+    class Sure(torch.nn.Module):  # confident where the image is bright, undecided (logit 0) elsewhere
+        def forward(self, image, text):
+            return ModelOutput(logits=torch.where(image[:, :1] > 0.5, 8.0, 0.0))
+
+    image = torch.zeros(2, 1, 4, 4, 2)
+    image[:, :, :2] = 1.0
+    text = TextBatch(torch.zeros(2, 3), torch.zeros(2, 1, 3), torch.ones(2, 1, dtype=torch.bool))
+    pseudo, mask = certain_pseudo_labels(Sure(), image, text, passes=3, std=0.1, clip=0.2, threshold=0.6)
+    assert bool((pseudo[:, :, :2] == 1).all()) and bool((pseudo[:, :, 2:] == 0).all())
+    assert bool((mask[:, :, :2] == 1).all()) and bool((mask[:, :, 2:] == 0).all())  # entropy ln 2 > 0.6 there

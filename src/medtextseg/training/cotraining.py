@@ -46,6 +46,7 @@ from medtextseg.data.sparse_labels import IGNORE_LABEL, annotated_slices, plane_
 from medtextseg.losses.segmentation import build_loss
 from medtextseg.models.factory import count_parameters, create_model
 from medtextseg.models.output import ModelOutput
+from medtextseg.text.batch import TextBatch
 from medtextseg.training.checkpoint import load_checkpoint, save_checkpoint
 from medtextseg.training.progress import StepProgress
 from medtextseg.training.trainer import prepare_cases, text_cache_for, truncate_log
@@ -103,12 +104,13 @@ class SparseSupervision:
         return target.float(), best
 
 
-def _uncertain_free_pseudo_label(network: nn.Module, image: Tensor, text, passes: int, std: float,
-                                 clip: float, threshold: float) -> tuple[Tensor, Tensor]:
+def certain_pseudo_labels(network: nn.Module, image: Tensor, text: TextBatch, passes: int, std: float,
+                          clip: float, threshold: float) -> tuple[Tensor, Tensor]:
     """Network j's pseudo label of ``image`` [B, C, *p] and where it is certain enough.
 
     Returns (pseudo [B, 1, *p] float in {0, 1}, mask [B, 1, *p] float): the mask keeps voxels whose binary
-    entropy of the mean probability over ``passes`` noisy copies is below ``threshold``.
+    entropy of the mean probability over ``passes`` noisy copies is below ``threshold``. The network stays in its
+    mode, as in SGTC's code (in training mode a batch-norm network also updates its running statistics).
     """
     with torch.no_grad():
         pseudo = (network(image, text).logits > 0).float()
@@ -407,7 +409,7 @@ class CoTrainer:
             tail = ModelOutput(logits=output.logits[labelled:])
             pseudo_total, kept = 0.0, []
             for j in others:
-                pseudo, mask = _uncertain_free_pseudo_label(
+                pseudo, mask = certain_pseudo_labels(
                     self.members[j], image[rows], text.index(rows.cpu()).to(device), config.uncertainty_passes,
                     config.noise_std, config.noise_clip, threshold)
                 value, _ = self.pseudo_loss(tail, pseudo, mask)
