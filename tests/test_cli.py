@@ -136,3 +136,25 @@ def test_bad_input_ends_with_one_line_and_status_2(cli_run, tmp_path, args, mess
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and message in lines[0], result.output
+
+
+def test_calibrate_presence_chooses_on_a_held_out_split_and_keeps_it(cli_run, tmp_path):
+    import shutil
+
+    from medtextseg.training.checkpoint import load_checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(cli_run / "run", run)  # the command rewrites the run's best.pt and config.yaml
+    result = runner.invoke(app, ["calibrate-presence", "-m", str(run), "-d", str(cli_run / "data"),
+                                 "--thresholds", "0.3,0.5,0.7"])
+    assert result.exit_code == 0, result.output
+    table = json.loads((run / "calibration_presence.json").read_text())
+    scores = {float(t): s["val_dice"] for t, s in table["scores"].items()}
+    assert sorted(scores) == [0.3, 0.5, 0.7] and table["split"] == "val"
+    best = max(scores.values())
+    assert table["chosen"] == min(t for t, v in scores.items() if round(v, 6) == round(best, 6))
+    assert load_checkpoint(run / "best.pt")["config"]["inference"]["presence_threshold"] == table["chosen"]
+    assert f"presence_threshold: {table['chosen']}" in (run / "config.yaml").read_text()
+    bad = runner.invoke(app, ["calibrate-presence", "-m", str(run), "-d", str(cli_run / "data"),
+                              "--thresholds", "0.5,1.5"])
+    assert bad.exit_code == 2 and "(0, 1)" in bad.output

@@ -199,6 +199,35 @@ def _save_prediction_overlay(image_path: Path, result, out_path: Path) -> None:
                  probability=ras(result.probability), uncertainty=ras(result.uncertainty))
 
 
+@app.command("calibrate-presence")
+@user_errors
+def calibrate_presence_command(
+    model: Annotated[Path, typer.Option("--model", "-m", help="run folder (its best.pt and config.yaml are updated)")],
+    data: Annotated[Path, typer.Option("--data", "-d", help="dataset folder")],
+    split: Annotated[str, typer.Option(help="held-out split to choose on (never the test split you report)")] = "val",
+    thresholds: Annotated[str, typer.Option(help="comma-separated presence thresholds to try")] =
+        "0.3,0.4,0.5,0.6,0.7,0.8,0.9",
+) -> None:
+    """Choose the run's presence threshold on a held-out split and keep it in the run.
+
+    Each threshold is scored with the validation measure (mean Dice over every prompt; an absent target answered
+    with an empty mask counts 1); the best is written into best.pt and config.yaml, so predict and evaluate use
+    it. The table goes to RUN/calibration_presence.json.
+    """
+    from medtextseg.evaluation.presence_calibration import calibrate_presence
+    from medtextseg.utils.errors import MedTextSegError
+
+    try:
+        grid = [float(t) for t in thresholds.split(",") if t.strip()]
+    except ValueError:
+        raise MedTextSegError(f"--thresholds must be comma-separated numbers, got {thresholds!r}") from None
+    result = calibrate_presence(model, data, split, grid)
+    for threshold, scores in result["scores"].items():
+        kinds = ", ".join(f"{k[len('val_dice_'):]} {v:.3f}" for k, v in scores.items() if k != "val_dice")
+        typer.echo(f"{float(threshold):.2f}: Dice {scores['val_dice']:.3f} ({kinds})")
+    typer.echo(f"presence threshold {result['previous']} -> {result['chosen']} (chosen on {split}), kept in {model}")
+
+
 @app.command()
 @user_errors
 def evaluate(
