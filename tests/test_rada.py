@@ -56,6 +56,7 @@ def test_sparsify_dataset_layout_geometry_and_orientation(sparse_pair):
     dense, sparse, summary = sparse_pair
     meta = json.loads((sparse / "dataset.json").read_text())
     ignore = meta["labels"]["ignore"]
+    assert "ignore" not in json.loads((dense / "dataset.json").read_text())["labels"]  # the source is untouched
     assert ignore == max(v for k, v in meta["labels"].items() if k != "ignore") + 1
     layout = load_dataset(sparse)
     train = layout.splits["train"]
@@ -126,6 +127,11 @@ def test_sparse_supervision_weights_follow_alpha_and_the_closest_plane():
     dense_target, dense_weight = SparseSupervision(labels[:1], torch.zeros(1, 4, 4, 4), dense=True
                                                    ).target_and_weight(0.1)
     assert torch.equal(dense_target, labels[0].float()) and bool((dense_weight == 1).all())
+    # a patch's targets and weights are the volume's, cropped (the trainer computes them for the patch only)
+    window = (slice(1, 3), slice(0, 4), slice(0, 2))
+    patch_target, patch_weight = supervision.crop(window).target_and_weight(0.5)
+    assert torch.equal(patch_target, target[window]) and torch.equal(patch_weight, weight[window])
+    assert supervision.foreground_voxels.tolist() == [[i, j, 1] for i in range(4) for j in range(4)]
 
 
 def test_schedules():

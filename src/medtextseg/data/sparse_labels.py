@@ -14,6 +14,7 @@ Planes are named by the axis they cut, in RAS voxel order: ``S`` sagittal (axis 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -81,6 +82,13 @@ def sparsify_label(label: np.ndarray, ignore_value: int, planes: str, rule: str)
     return np.where(keep, label, ignore_value).astype(label.dtype), kept
 
 
+def _link_or_copy(source: str, destination: str) -> None:
+    try:
+        os.link(source, destination)
+    except OSError:  # another device, or links not supported
+        shutil.copy2(source, destination)
+
+
 def sparsify_dataset(src: str | Path, dst: str | Path, fraction: float = 0.1, planes: str = "SCA",
                      rule: str = "largest", seed: int = 0, overwrite: bool = False) -> dict:
     """Write a copy of the dataset ``src`` whose training volumes are barely labelled.
@@ -88,7 +96,8 @@ def sparsify_dataset(src: str | Path, dst: str | Path, fraction: float = 0.1, pl
     ``fraction`` of the train split (at least one volume, drawn with ``seed``) keeps one slice per plane of
     ``planes``; the other training volumes become unlabelled (all ``ignore``). Validation and test labels stay
     dense, so evaluation is unchanged. Slices are chosen in the RAS voxel grid (``rule``: ``largest`` foreground
-    or ``middle``) and the label files keep their own geometry. Writes ``sparse_annotations.json`` saying what
+    or ``middle``) and the label files keep their own geometry. Images are hard links to the source's where the
+    file system allows (edit neither in place), copies otherwise. Writes ``sparse_annotations.json`` saying what
     was kept per case; returns it.
 
     Raises:
@@ -124,7 +133,9 @@ def sparsify_dataset(src: str | Path, dst: str | Path, fraction: float = 0.1, pl
     partial = dst.with_name(dst.name + ".partial")
     if partial.exists():
         shutil.rmtree(partial)
-    shutil.copytree(src, partial, ignore=shutil.ignore_patterns("labelsTr", ".convert", ".medtextseg_cache"))
+    # images are unchanged: hard links where the file system allows (no second copy of a large dataset)
+    shutil.copytree(src, partial, ignore=shutil.ignore_patterns("labelsTr", ".convert", ".medtextseg_cache"),
+                    copy_function=_link_or_copy)
     (partial / "labelsTr").mkdir()
     summary: dict[str, dict | str] = {}
     for case_id, case in layout.cases.items():

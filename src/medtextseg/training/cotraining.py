@@ -30,6 +30,7 @@ import os
 import random
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,7 @@ from medtextseg.models.output import ModelOutput
 from medtextseg.text.batch import TextBatch
 from medtextseg.training.checkpoint import load_checkpoint, save_checkpoint
 from medtextseg.training.progress import StepProgress
-from medtextseg.training.trainer import prepare_cases, text_cache_for, truncate_log
+from medtextseg.training.trainer import check_run_folder, prepare_cases, text_cache_for, truncate_log
 from medtextseg.training.validation import validation_dice
 from medtextseg.utils.atomic import write_text_atomic
 from medtextseg.utils.errors import MedTextSegError
@@ -93,6 +94,16 @@ class SparseSupervision:
     distance: Tensor
     dense: bool
 
+    @cached_property
+    def foreground_voxels(self) -> Tensor:
+        """[F, 3] long: the voxels some annotated slice labels as target (patches are centred on them)."""
+        return torch.nonzero((self.labels & torch.isfinite(self.distance)).any(0))
+
+    def crop(self, window: tuple[slice, ...]) -> SparseSupervision:
+        """The same supervision restricted to a patch ``window`` of the volume."""
+        return SparseSupervision(self.labels[(slice(None), *window)], self.distance[(slice(None), *window)],
+                                 self.dense)
+
     def target_and_weight(self, alpha: float) -> tuple[Tensor, Tensor]:
         """[*spatial] float target in {0, 1} and weight in [0, 1] at decay base ``alpha``."""
         if self.dense:
@@ -128,14 +139,7 @@ class CoTrainer:
 
     def __init__(self, config: Config, run_dir: str | Path, resume: bool = False, progress: bool = True) -> None:
         self.config, self.run_dir, self.resume, self.progress = config, Path(run_dir), resume, progress
-        last = self.run_dir / "last.pt"
-        if resume and not last.is_file():
-            raise MedTextSegError(f"{self.run_dir}: nothing to resume (no last.pt); start without --resume")
-        if not resume and last.is_file():
-            raise MedTextSegError(f"{self.run_dir}: a run already exists here; pass --resume to continue it "
-                                  "or choose another --out")
-        if config.data.root is None:
-            raise MedTextSegError("config field 'data.root' is not set: pass --data DATASET_FOLDER")
+        check_run_folder(self.run_dir, resume, config)
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise MedTextSegError("co-training (cotraining.enabled) runs in one process; start it without torchrun")
         if config.data.spacing is not None:
@@ -251,33 +255,35 @@ class CoTrainer:
                           if c.label is not None]
 
     # ---------------------------------------------------------------- batches
-    def _crop(self, arrays: list[Tensor], foreground: Tensor | None, rng: np.random.Generator) -> list[Tensor]:
-        """The same random patch of every array [..., *spatial]; 2 in 3 centred on a foreground voxel."""
+    def _window(self, shape: torch.Size, foreground: Tensor | None, rng: np.random.Generator) -> tuple[slice, ...]:
+        """A random patch of a ``shape`` volume (all of an axis shorter than the patch); 2 in 3 centred on one
+        of the ``foreground`` voxels [F, 3]."""
         patch = self.config.data.patch_size
-        shape = arrays[0].shape[-3:]
-        pads = [max(p - s, 0) for p, s in zip(patch, shape, strict=True)]
-        if any(pads):
-            padding = [x for pad in reversed(pads) for x in (pad // 2, pad - pad // 2)]
-            arrays = [F.pad(a, padding) for a in arrays]
-            foreground = F.pad(foreground, padding) if foreground is not None else None
-            shape = arrays[0].shape[-3:]
-        if foreground is not None and foreground.any() and rng.random() < 2 / 3:
-            voxels = torch.nonzero(foreground)
-            centre = voxels[int(rng.integers(len(voxels)))].tolist()
-            start = [int(np.clip(c - p // 2, 0, s - p)) for c, p, s in zip(centre, patch, shape, strict=True)]
+        if foreground is not None and len(foreground) and rng.random() < 2 / 3:
+            centre = foreground[int(rng.integers(len(foreground)))].tolist()
+            start = [int(np.clip(c - p // 2, 0, max(s - p, 0))) for c, p, s in zip(centre, patch, shape, strict=True)]
         else:
-            start = [int(rng.integers(0, s - p + 1)) for s, p in zip(shape, patch, strict=True)]
-        window = tuple(slice(b, b + p) for b, p in zip(start, patch, strict=True))
-        return [a[(..., *window)] for a in arrays]
+            start = [int(rng.integers(0, max(s - p, 0) + 1)) for s, p in zip(shape, patch, strict=True)]
+        return tuple(slice(b, b + p) for b, p in zip(start, patch, strict=True))
+
+    def _pad(self, array: Tensor) -> Tensor:
+        """``array`` [..., *spatial] zero-padded (centred) to the patch size where it is smaller."""
+        pads = [max(p - s, 0) for p, s in zip(self.config.data.patch_size, array.shape[-3:], strict=True)]
+        if not any(pads):
+            return array
+        return F.pad(array, [x for pad in reversed(pads) for x in (pad // 2, pad - pad // 2)])
 
     def _labelled_batch(self, network: int, alpha: float, rng: np.random.Generator) -> tuple[Tensor, Tensor, Tensor,
                                                                                              list[str]]:
         images, targets, weights, prompts = [], [], [], []
         for _ in range(self.config.cotraining.labelled_per_batch):
             case, supervision = self.labelled[int(rng.integers(len(self.labelled)))]
-            target, weight = supervision[network].target_and_weight(alpha)
-            image, target, weight = self._crop([case.image, target[None], weight[None]],
-                                               (target > 0) & (weight > 0), rng)
+            view = supervision[network]
+            # the patch is chosen first: targets and weights are computed for its voxels only, not the volume's
+            window = self._window(case.image.shape[1:], view.foreground_voxels, rng)
+            target, weight = view.crop(window).target_and_weight(alpha)
+            image, target, weight = (self._pad(a) for a in (case.image[(slice(None), *window)], target[None],
+                                                            weight[None]))
             image, (target, weight), prompt = self._flip(image, [target, weight], rng)
             images.append(image), targets.append(target), weights.append(weight), prompts.append(prompt)
         return torch.stack(images), torch.stack(targets), torch.stack(weights), prompts
@@ -286,7 +292,7 @@ class CoTrainer:
         images, prompts = [], []
         for _ in range(self.config.cotraining.unlabelled_per_batch):
             case = self.unlabelled[int(rng.integers(len(self.unlabelled)))]
-            image = self._crop([case.image], None, rng)[0]
+            image = self._pad(case.image[(slice(None), *self._window(case.image.shape[1:], None, rng))])
             image, _, prompt = self._flip(image, [], rng)
             images.append(image), prompts.append(prompt)
         return torch.stack(images), prompts

@@ -8,7 +8,6 @@ the images (DistributedSampler), and rank 0 validates, logs and writes checkpoin
 
 from __future__ import annotations
 
-import gc
 import json
 import math
 import random
@@ -96,6 +95,18 @@ def truncate_log(log_path: Path, last_step: int) -> None:
     write_text_atomic(log_path, "".join(f"{line}\n" for line in kept))
 
 
+def check_run_folder(run_dir: Path, resume: bool, config: Config) -> None:
+    """Refuse to start over a run (without ``resume``), to resume nothing, or to train without a dataset."""
+    last = run_dir / "last.pt"
+    if resume and not last.is_file():
+        raise MedTextSegError(f"{run_dir}: nothing to resume (no last.pt); start without --resume")
+    if not resume and last.is_file():
+        raise MedTextSegError(f"{run_dir}: a run already exists here; pass --resume to continue it "
+                              "or choose another --out")
+    if config.data.root is None:
+        raise MedTextSegError("config field 'data.root' is not set: pass --data DATASET_FOLDER")
+
+
 class Trainer:
     """Trains the model a config describes on ``config.data.root`` into ``run_dir``."""
 
@@ -104,15 +115,7 @@ class Trainer:
         self.resume = resume
         self.progress = progress
         self.ctx: DistributedContext = init_distributed()
-        last = self.run_dir / "last.pt"
-        if resume:
-            if not last.is_file():
-                raise MedTextSegError(f"{self.run_dir}: nothing to resume (no last.pt); start without --resume")
-        elif last.is_file():
-            raise MedTextSegError(f"{self.run_dir}: a run already exists here; pass --resume to continue it "
-                                  "or choose another --out")
-        if config.data.root is None:
-            raise MedTextSegError("config field 'data.root' is not set: pass --data DATASET_FOLDER")
+        check_run_folder(self.run_dir, resume, config)
         self.config = config
 
     # ---------------------------------------------------------------- set-up
@@ -287,7 +290,6 @@ class Trainer:
             # group's last reference, the gloo destructor would join worker threads that wait for the GIL
             # this thread holds, and the process would hang at exit (seen in CI, torch 2.13).
             self.network = None
-            gc.collect()
             shutdown_distributed()
 
     def _run(self) -> Path:
