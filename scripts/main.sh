@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs medtextseg into .venv and runs the main job on the embedded default, about 25 minutes on 2 CPU cores:
-# synthetic bp-MRI benchmark -> text-guided 3D model and image-only baseline (same steps) -> predictions
-# and metrics on the test split -> report (tables, overlays, loss curves) in work/report.
+# synthetic bp-MRI benchmark -> text-guided 3D model and image-only baseline (same steps) -> the text model's
+# presence threshold chosen on the validation split -> predictions and metrics on the test split -> report
+# (tables, overlays, loss curves) in work/report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -23,6 +24,8 @@ for model in text:default image_only:image_only; do
   else
     $mts train --data "$WORK/data" --out "$run" --preset "$preset" "${set_steps[@]}"
   fi
+  # the presence threshold (when to answer "not there" with an empty mask), chosen on the validation split
+  [ "$name" = text ] && $mts calibrate-presence --model "$run" --data "$WORK/data"
   $mts evaluate --model "$run" --data "$WORK/data" --out "$WORK/eval/$name" --overlay-channel 2
 done
 $mts compare text-guided="$WORK/eval/text" image-only="$WORK/eval/image_only" --out "$WORK/report"

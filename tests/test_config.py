@@ -13,6 +13,14 @@ def test_presets_load_and_overrides_apply():
     assert config.preset == "default"
 
 
+@pytest.mark.parametrize("preset", preset_names())
+def test_every_preset_is_a_valid_config(preset):
+    # a preset inherits from its base: a field added there must still make sense for every preset built on it
+    config = Config.load(preset)
+    if config.model.text_whitening:  # only the conditionings that read a TextSummary whiten
+        assert config.model.conditioning in ("film", "fusion", "concat")
+
+
 def test_preset_inherits_from_base():
     baseline = Config.load("image_only")
     assert baseline.model.conditioning == "none"

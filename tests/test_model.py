@@ -10,7 +10,8 @@ from medtextseg.models.factory import create_model
 from medtextseg.text.batch import TextBatch
 
 # coordinates off: these tests feed the network directly (the data pipeline appends coordinate channels)
-SMALL = ["model.channels=[4,8,16]", "model.strides=[[1,1,1],[2,2,1],[2,2,2]]", "model.coordinates=false"]
+SMALL = ["model.channels=[4,8,16]", "model.strides=[[1,1,1],[2,2,1],[2,2,2]]", "model.coordinates=false",
+         "model.spatial_film=false"]
 
 
 def text_batch(rows: int, dim: int = 12, seed: int = 0) -> TextBatch:
@@ -21,12 +22,14 @@ def text_batch(rows: int, dim: int = 12, seed: int = 0) -> TextBatch:
 
 @pytest.mark.parametrize("preset", ["default", "image_only", "default_2d"])
 def test_every_parameter_learns(preset):
-    # default_2d keeps its coordinate channels: its spatial FiLM reads them (and must learn too)
-    overrides = SMALL if preset != "default_2d" else ["model.channels=[4,8,16]", "model.strides=[[1,1],[2,2],[2,2]]"]
+    # the defaults keep their coordinate channels: their spatial FiLM reads them (and must learn too)
+    overrides = {"default": SMALL[:2], "image_only": SMALL,
+                 "default_2d": ["model.channels=[4,8,16]", "model.strides=[[1,1],[2,2],[2,2]]"]}[preset]
     config = Config.load(preset, overrides)
     torch.manual_seed(0)
     model = create_model(config.model, text_dim=12)
-    shape = (2, 3, 16, 16, 8) if config.model.spatial_dims == 3 else (2, 3 + 2, 16, 16)
+    shape = (2, 3 + 3, 16, 16, 8) if preset == "default" else (2, 3, 16, 16, 8) if preset == "image_only" \
+        else (2, 3 + 2, 16, 16)
     image, text = torch.randn(shape), text_batch(2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     for _ in range(2):  # FiLM starts as the identity (zero last layer): its first layer learns from step 2
@@ -72,7 +75,8 @@ def test_prompt_image_count_mismatch_is_explained():
 
 def test_coordinates_add_one_input_channel_per_axis_and_reach_the_answer():
     torch.manual_seed(0)
-    model = create_model(Config.load("default", [*SMALL[:2], "model.coordinates=true"]).model, 12).eval()
+    model = create_model(Config.load("default", [*SMALL[:2], "model.coordinates=true", "model.spatial_film=false"]
+                                     ).model, 12).eval()
     image = torch.randn(1, 3, 16, 16, 8)
     coordinates = coordinate_channels([16, 16, 8])[None]
     out = model(torch.cat([image, coordinates], 1), text_batch(1))

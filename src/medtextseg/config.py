@@ -112,6 +112,9 @@ class ModelConfig(_Section):
     negative_slope: float = Field(0.01, ge=0, description="of the LeakyReLU activations")
     text_tokens: bool = Field(True, description="FiLM also reads the prompt's token states (attention "
                               "pooling), not only the sentence embedding")
+    text_whitening: bool = Field(False, description="whiten the text features the conditioning reads over the "
+                                 "training prompts (fitted before step 1), so that faint but decisive words "
+                                 "such as left / right stand out")
     coordinates: bool = Field(True, description="append whole-image voxel coordinates as input channels")
     spatial_film: bool = Field(False, description="conditioning=film with coordinates: the text also sets a "
                                "per-channel ramp along each whole-image axis (a handle for left/right words)")

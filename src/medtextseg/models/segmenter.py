@@ -101,7 +101,8 @@ class TextGuidedUNet(nn.Module):
                                    config.norm, attention=config.block_attention,
                                    negative_slope=config.negative_slope, deep_supervision=config.deep_supervision)
         conditioned = config.conditioning not in ("none", "dynamic_head")
-        self.text_summary = TextSummary(text_dim, use_tokens=config.text_tokens) if conditioned else None
+        self.text_summary = TextSummary(text_dim, use_tokens=config.text_tokens,
+                                        whiten=config.text_whitening) if conditioned else None
         self.conditioners = build_conditioners(config, self.text_summary.out_dim if conditioned else text_dim)
         self.vision_language = build_vision_language_stages(config, text_dim)
         self.refiner = ConfidenceGatedRefiner(config.spatial_dims, config.channels[0], text_dim,
@@ -118,6 +119,11 @@ class TextGuidedUNet(nn.Module):
                 config.channels[level] if str(level) in self.vision_language else text_dim,
                 config.similarity_dim, config.similarity_temperature, config.similarity_learnable_temperature)
             for level in config.similarity_levels})
+
+    def fit_text_statistics(self, text: TextBatch) -> None:
+        """Fit what the text path normalises by (``config.text_whitening``) on the encoded training prompts."""
+        if self.text_summary is not None:
+            self.text_summary.fit_whitening(text)
 
     def _coordinates(self, image: Tensor, shapes: list[torch.Size]) -> list[Tensor]:
         """The whole-image coordinate input channels averaged down to every level's grid (spatial FiLM)."""

@@ -162,6 +162,9 @@ class Trainer:
         self.text.warm(prompts)
 
         self.model = create_model(config.model, self.text.dim).to(ctx.device)
+        if config.model.text_whitening and not self.resume:  # a resumed run has them in its checkpoint
+            self.model.fit_text_statistics(self.text(training_prompt_texts(self.layout, train_ids, vocabulary,
+                                                                           structured)).to(ctx.device))
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.train.lr,
                                            weight_decay=config.train.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: _lr_factor(s, config))

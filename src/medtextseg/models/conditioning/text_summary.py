@@ -3,6 +3,8 @@
 A mean-pooled sentence embedding blurs the words that decide a referring prompt: for MiniLM, "the lesion
 in the left peripheral zone" and "... right ..." have cosine similarity 0.975. The token states keep the
 difference, so learned queries attend over them (``nn.MultiheadAttention``) and learn which words matter.
+With ``whiten``, both are first whitened over the training prompts (``TextWhitening``), which enlarges that
+difference against the variation in phrasing.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from medtextseg.models.conditioning.text_whitening import TextWhitening
 from medtextseg.text.batch import TextBatch
 
 
@@ -22,12 +25,15 @@ class TextSummary(nn.Module):
         queries: Q learned queries.
         dim: width of the attention.
         heads: attention heads.
+        whiten: whiten the sentence embedding and the token states (call ``fit_whitening`` before training).
     """
 
     def __init__(self, text_dim: int, use_tokens: bool = True, queries: int = 4, dim: int = 128,
-                 heads: int = 4) -> None:
+                 heads: int = 4, whiten: bool = False) -> None:
         super().__init__()
         self.use_tokens = use_tokens
+        self.pooled_whitening = TextWhitening(text_dim) if whiten else None
+        self.token_whitening = TextWhitening(text_dim) if whiten and use_tokens else None
         self.out_dim = text_dim + (queries * dim if use_tokens else 0)
         if use_tokens:
             self.norm = nn.LayerNorm(text_dim)
@@ -35,12 +41,22 @@ class TextSummary(nn.Module):
             self.queries = nn.Parameter(torch.randn(queries, dim) * 0.02)
             self.attention = nn.MultiheadAttention(dim, heads, batch_first=True)
 
+    def fit_whitening(self, text: TextBatch) -> None:
+        """Fit the whitening on ``text``, the encoded training prompts (no-op without ``whiten``)."""
+        if self.pooled_whitening is not None:
+            self.pooled_whitening.fit(text.pooled)
+        if self.token_whitening is not None:
+            self.token_whitening.fit(text.tokens[text.mask])
+
     def forward(self, text: TextBatch) -> Tensor:
         """Returns [B, out_dim]."""
-        pooled = text.pooled
+        pooled = text.pooled if self.pooled_whitening is None else self.pooled_whitening(text.pooled)
         if not self.use_tokens:
             return pooled
-        tokens = self.project(self.norm(text.tokens.to(pooled.dtype)))  # [B, T, dim]
+        tokens = text.tokens.to(pooled.dtype)
+        if self.token_whitening is not None:
+            tokens = self.token_whitening(tokens)
+        tokens = self.project(self.norm(tokens))  # [B, T, dim]
         queries = self.queries.expand(tokens.shape[0], -1, -1)  # [B, Q, dim]
         read, _ = self.attention(queries, tokens, tokens, key_padding_mask=~text.mask, need_weights=False)
         return torch.cat([pooled, read.flatten(1)], dim=1)
