@@ -11,6 +11,7 @@ import torch
 from medtextseg.config import Config
 from medtextseg.data.layout import load_dataset
 from medtextseg.training import trainer as trainer_module
+from medtextseg.training.checkpoint import load_checkpoint
 from medtextseg.training.trainer import Trainer, train
 
 TINY_2D = ["model.channels=[4,8,16]", "model.strides=[[1,1],[2,2],[2,2]]", "data.patch_size=[48,48]",
@@ -29,6 +30,9 @@ def test_run_folder_has_config_log_and_checkpoints(dataset_2d, tmp_path):
     assert log[0]["event"] == "start" and log[-1]["event"] == "end"
     assert any("val_dice" in line for line in log)
     assert (run / "last.pt").is_file() and (run / "best.pt").is_file()
+    # the text whitening (on in default_2d) was fitted on the training prompts before step 1 and kept
+    transform = load_checkpoint(run / "best.pt")["model"]["text_summary.pooled_whitening.transform"]
+    assert not torch.allclose(transform, torch.eye(transform.shape[0]))
 
 
 def test_existing_run_is_not_overwritten(dataset_2d, tmp_path):

@@ -39,6 +39,8 @@ from medtextseg.training.validation import validation_dice
 from medtextseg.utils.atomic import write_text_atomic
 from medtextseg.utils.errors import MedTextSegError
 
+WHITENING_PROMPTS = 5000  # at most this many training prompts fit the text whitening (model.text_whitening)
+
 
 def text_cache_for(config: Config) -> TextEmbeddingCache:
     cache_dir = config.text.cache_dir if config.text.cache_dir is not None else "default"
@@ -163,8 +165,10 @@ class Trainer:
 
         self.model = create_model(config.model, self.text.dim).to(ctx.device)
         if config.model.text_whitening and not self.resume:  # a resumed run has them in its checkpoint
-            self.model.fit_text_statistics(self.text(training_prompt_texts(self.layout, train_ids, vocabulary,
-                                                                           structured)).to(ctx.device))
+            texts = training_prompt_texts(self.layout, train_ids, vocabulary, structured)
+            # an evenly spaced subset bounds the memory of the padded token batch; 384-D statistics need far fewer
+            texts = texts[:: -(-len(texts) // WHITENING_PROMPTS)]
+            self.model.fit_text_statistics(self.text(texts).to(ctx.device))
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.train.lr,
                                            weight_decay=config.train.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: _lr_factor(s, config))
