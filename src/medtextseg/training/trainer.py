@@ -166,7 +166,7 @@ class Trainer:
         self.model = create_model(config.model, self.text.dim).to(ctx.device)
         if config.model.text_whitening and not self.resume:  # a resumed run has them in its checkpoint
             texts = training_prompt_texts(self.layout, train_ids, vocabulary, structured)
-            # an evenly spaced subset bounds the memory of the padded token batch; 384-D statistics need far fewer
+            # an evenly spaced subset bounds the memory of the padded token batch; D-dim statistics need far fewer
             texts = texts[:: -(-len(texts) // WHITENING_PROMPTS)]
             self.model.fit_text_statistics(self.text(texts).to(ctx.device))
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.train.lr,
