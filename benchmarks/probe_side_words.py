@@ -50,6 +50,10 @@ def main() -> None:
             print(f"text encoder, {SIDE_SWAPS[0][0]!r} vs its swap: cosine of the sentence embeddings "
                   f"{torch.cosine_similarity(a.pooled, b.pooled).item():.3f}, of the side words' token states "
                   f"{token_cosine.min().item():.3f}")
+            rephrased = [torch.cosine_similarity(*(predictor.text([text]).pooled for text in pair)).item()
+                         for pair in OTHERS[:2]]
+            print("cosine of the sentence embeddings of two rephrasings of one request: "
+                  + ", ".join(f"{value:.3f}" for value in rephrased))
         side, other = ([float((film_parameters(predictor, a) - film_parameters(predictor, b)).norm()) for a, b in pairs]
                        for pairs in (SIDE_SWAPS, OTHERS))
         table.add_row(str(run), " ".join(f"{d:.0f}" for d in side), " ".join(f"{d:.0f}" for d in other),

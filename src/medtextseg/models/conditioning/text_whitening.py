@@ -2,7 +2,7 @@
 
 A frozen sentence encoder spends most of its variance on how a prompt is phrased and little on what decides
 its target: for MiniLM, "the lesion in the left peripheral zone" and "... right ..." have cosine similarity
-0.975 (their "left" / "right" token states 0.84), while two phrasings of one request are at 0.4-0.8. A
+0.975 (their "left" / "right" token states 0.84), while two phrasings of one request are at 0.41-0.68. A
 network reading these features must first find the faint left/right direction; gradient descent on inputs
 with such an uneven spread is slow on the faint directions. ZCA whitening, fitted once on the training
 prompts (all of them are known before step 1), gives the directions of their spread equal variance, as
