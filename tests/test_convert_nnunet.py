@@ -205,6 +205,13 @@ def test_unknown_and_malformed_options_are_explained(nnunet_source, tmp_path):
         convert_nnunet(nnunet_source, tmp_path / "out", slices="some")
 
 
+def test_converting_a_folder_into_itself_is_refused_and_writes_nothing(nnunet_source):
+    before = sorted(path.name for path in nnunet_source.rglob("*"))
+    with pytest.raises(ValueError, match=r"--dst .*: must differ from --src"):
+        convert_nnunet(nnunet_source, nnunet_source / ".." / nnunet_source.name)
+    assert sorted(path.name for path in nnunet_source.rglob("*")) == before
+
+
 def test_a_source_that_is_not_nnunet_is_named(msd_source, tmp_path):
     with pytest.raises(ValueError, match=r"dataset.json: missing key 'channel_names' \(not an nnU-Net v2"):
         convert_nnunet(msd_source, tmp_path / "out")

@@ -69,7 +69,7 @@ import numpy as np
 
 from medtextseg.converters.option_values import as_int, check_option_names
 from medtextseg.converters.registry import register
-from medtextseg.utils.errors import MedTextSegError
+from medtextseg.utils.errors import MedTextSegError, refuse_same_folder
 
 if TYPE_CHECKING:
     from medtextseg.converters.writer import ConversionSummary, DatasetWriter
@@ -335,8 +335,7 @@ def convert_biomedsegfm(src: Path, dst: Path, *, overwrite: bool = False, spatia
         raise MedTextSegError(f"{CONVERTER} converter: --spatial-dims {spatial_dims} is not supported; convert in "
                               "3D, then slice with `medtextseg convert nnunet --spatial-dims 2`")
     src, dst = Path(src), Path(dst)
-    if dst.exists() and src.resolve() == dst.resolve():
-        raise MedTextSegError(f"--dst {dst}: must differ from --src")
+    refuse_same_folder(src, dst)
     prompts_path, dataset, spacing_order, max_instances = _options(src, options)
     prompts, files = find_cases(src, prompts_path, dataset)
     names = class_names(prompts)

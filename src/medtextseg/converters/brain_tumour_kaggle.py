@@ -66,7 +66,7 @@ import numpy as np
 
 from medtextseg.converters.option_values import check_option_names
 from medtextseg.converters.registry import register
-from medtextseg.utils.errors import MedTextSegError
+from medtextseg.utils.errors import MedTextSegError, refuse_same_folder
 
 if TYPE_CHECKING:
     from medtextseg.converters.writer import ConversionSummary, DatasetWriter
@@ -435,8 +435,7 @@ def convert_brain_tumour_kaggle(src: Path, dst: Path, *, overwrite: bool = False
         raise MedTextSegError(f"{CONVERTER} converter: the slices are 2D; pass --spatial-dims 2 "
                               f"(got {spatial_dims})")
     src, dst = Path(src), Path(dst)
-    if dst.exists() and src.resolve() == dst.resolve():
-        raise MedTextSegError(f"--dst {dst}: must differ from --src")
+    refuse_same_folder(src, dst)
     layout, patients_path = _options(src, options)
     mat_slices = find_mat_slices(src) if layout in ("auto", "mat") else []
     layout = "mat" if layout == "mat" or (layout == "auto" and mat_slices) else "png"

@@ -56,7 +56,7 @@ import numpy as np
 
 from medtextseg.converters.nnunet import SourceCase, SourceDataset, convert_labelled
 from medtextseg.converters.registry import register
-from medtextseg.utils.errors import MedTextSegError
+from medtextseg.utils.errors import MedTextSegError, refuse_same_folder
 
 if TYPE_CHECKING:
     from medtextseg.converters.writer import ConversionSummary
@@ -230,8 +230,7 @@ def convert_chaos(src: Path, dst: Path, *, overwrite: bool = False, spatial_dims
     from medtextseg.converters.writer import check_conversion_options, record_conversion_options
 
     src, dst = Path(src), Path(dst)
-    if dst.exists() and src.exists() and src.resolve() == dst.resolve():
-        raise MedTextSegError(f"--dst {dst}: must differ from --src")
+    refuse_same_folder(src, dst)
     options = dict(options)
     modality = _parse_modality(options)
     del options["modality"]

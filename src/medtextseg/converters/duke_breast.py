@@ -85,7 +85,7 @@ import numpy as np
 
 from medtextseg.converters.option_values import as_bool, as_float, as_int, check_option_names
 from medtextseg.converters.registry import register
-from medtextseg.utils.errors import MedTextSegError
+from medtextseg.utils.errors import MedTextSegError, refuse_same_folder
 
 if TYPE_CHECKING:
     from medtextseg.converters.writer import ConversionSummary, DatasetWriter
@@ -666,8 +666,7 @@ def convert_duke_breast(src: Path, dst: Path, *, overwrite: bool = False, spatia
     if spatial_dims not in (2, 3) or isinstance(spatial_dims, bool):
         raise MedTextSegError(f"--spatial-dims must be 2 or 3, got {spatial_dims}")
     src, dst = Path(src), Path(dst)
-    if dst.exists() and src.exists() and src.resolve() == dst.resolve():
-        raise MedTextSegError(f"--dst {dst}: must differ from --src")
+    refuse_same_folder(src, dst)
     opts = parse_options(src, options)
     patients = find_patients(opts.images)
     boxes = read_boxes(opts.boxes) if opts.boxes is not None else {}

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medtextseg.converters.registry import register
-from medtextseg.utils.errors import MedTextSegError
+from medtextseg.utils.errors import MedTextSegError, refuse_same_folder
 from medtextseg.utils.json_files import read_json
 
 if TYPE_CHECKING:
@@ -442,8 +442,7 @@ def convert_labelled(source: SourceDataset, src: Path, dst: Path, converter: str
         raise MedTextSegError(f"--spatial-dims must be 2 or 3, got {spatial_dims}")
     if not source.classes:
         raise MedTextSegError(f"{src / 'dataset.json'}: no label other than background, so nothing to prompt")
-    if src.resolve() == dst.resolve():
-        raise MedTextSegError(f"--dst {dst}: must differ from --src")
+    refuse_same_folder(src, dst)
     vocabulary = output_vocabulary(dst, list(source.classes), overwrite)
     writer = DatasetWriter(dst, source.name, source.channel_names, output_labels(source), spatial_dims,
                            overwrite, extra={"converter": converter, "source": str(src)})

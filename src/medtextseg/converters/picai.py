@@ -74,7 +74,7 @@ import numpy as np
 
 from medtextseg.converters.option_values import as_bool, as_float, as_int, check_option_names
 from medtextseg.converters.registry import register
-from medtextseg.utils.errors import MedTextSegError
+from medtextseg.utils.errors import MedTextSegError, refuse_same_folder
 
 if TYPE_CHECKING:
     from medtextseg.converters.writer import ConversionSummary, DatasetWriter
@@ -539,8 +539,7 @@ def convert_picai(src: Path, dst: Path, *, overwrite: bool = False, spatial_dims
     if spatial_dims != 3 or isinstance(spatial_dims, bool):
         raise MedTextSegError(f"picai converter: --spatial-dims {spatial_dims} is not supported yet; convert in 3D")
     src, dst = Path(src), Path(dst)
-    if dst.exists() and src.exists() and src.resolve() == dst.resolve():
-        raise MedTextSegError(f"--dst {dst}: must differ from --src")
+    refuse_same_folder(src, dst)
     opts = parse_options(src, options)
     studies = find_studies(opts.images)
     clinical = read_marksheet(opts.labels / MARKSHEET)

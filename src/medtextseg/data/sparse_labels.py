@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from medtextseg.utils.atomic import write_text_atomic
-from medtextseg.utils.errors import MedTextSegError
+from medtextseg.utils.errors import MedTextSegError, refuse_same_folder
 
 IGNORE_LABEL = "ignore"
 PLANE_AXES: dict[str, int] = {"S": 0, "C": 1, "A": 2}
@@ -118,8 +118,7 @@ def sparsify_dataset(src: str | Path, dst: str | Path, fraction: float = 0.1, pl
         raise MedTextSegError(f"{src}: sparse slice annotation needs a 3D dataset")
     if IGNORE_LABEL in layout.labels:
         raise MedTextSegError(f"{src}: already sparse (dataset.json declares an {IGNORE_LABEL!r} label)")
-    if src.resolve() == dst.resolve():
-        raise MedTextSegError(f"--dst {dst}: must differ from --src")
+    refuse_same_folder(src, dst)
     if dst.exists():
         if not overwrite:
             raise MedTextSegError(f"{dst}: already exists; use --overwrite to replace it")
