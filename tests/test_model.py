@@ -56,15 +56,31 @@ def test_text_changes_the_answer_only_when_conditioned():
         assert (not torch.allclose(out_a, out_b)) == should_differ
 
 
-def test_shared_encoder_equals_repeated_images():
+@pytest.mark.parametrize(("preset", "overrides"), [
+    ("default", []), ("atr", ["model.similarity_levels=[2]"]),
+    ("textbcs_3d", ["model.vision_language_levels=[1,2]", "model.similarity_levels=[1,2]"])])
+def test_shared_encoder_equals_repeated_images(preset, overrides):
+    """An image's prompts share its encoder features (and the skips' share of the decoder's first convolutions):
+    outputs and gradients equal those of the image repeated once per prompt. The presets cover the plain FiLM
+    decoder, one encoder per sequence with deep supervision, and encoder stages that read the text (TextBCS)."""
     torch.manual_seed(0)
-    model = create_model(Config.load("default", SMALL).model, 12).eval()
+    model = as_if_trained(create_model(Config.load(preset, [*SMALL, *overrides]).model, 12))
     images, text = torch.randn(2, 3, 16, 16, 8), text_batch(5)
     index = torch.tensor([0, 0, 1, 1, 1])
-    shared = model(images, text, index)
-    repeated = model(images[index], text)
+    results = []
+    for args in ((images, text, index), (images[index], text)):
+        model.zero_grad()
+        out = model(*args)
+        loss = out.logits.square().mean() + sum(m.square().mean() for m in out.deep_supervision)
+        loss.backward()
+        results.append((out, {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}))
+    (shared, shared_grads), (repeated, repeated_grads) = results
     torch.testing.assert_close(shared.logits, repeated.logits)
-    torch.testing.assert_close(shared.presence, repeated.presence)
+    if shared.presence is not None:
+        torch.testing.assert_close(shared.presence, repeated.presence)
+    assert shared_grads.keys() == repeated_grads.keys()
+    for name, grad in shared_grads.items():
+        torch.testing.assert_close(grad, repeated_grads[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_prompt_image_count_mismatch_is_explained():

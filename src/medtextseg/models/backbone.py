@@ -145,17 +145,36 @@ class UNetDecoder(nn.Module):
         self.deep_heads = nn.ModuleDict({str(level): UnetOutBlock(spatial_dims, channels[level], out_channels)
                                          for level in range(1, len(channels) - 1)} if deep_supervision else {})
 
-    def forward(self, skips: list[Tensor], modulate: Callable[[int, Tensor], Tensor]
-                ) -> tuple[Tensor, list[Tensor], Tensor]:
-        """skips: encoder features (one row per sample). Returns logits [B, out_channels, *spatial], the
-        deep-supervision logits [B, out_channels, *spatial_level], highest resolution first (empty without), and
-        the last stage's features [B, channels[0], *spatial] that the head read."""
+    def forward(self, skips: list[Tensor], modulate: Callable[[int, Tensor], Tensor],
+                gather: Callable[[int, Tensor], Tensor] | None = None) -> tuple[Tensor, list[Tensor], Tensor]:
+        """skips: encoder features, one row per sample, or per image with ``gather(level, t)`` picking each
+        sample's image rows (rows of ``t`` at that level -> [B, ...]). Returns logits [B, out_channels, *spatial],
+        the deep-supervision logits [B, out_channels, *spatial_level], highest resolution first (empty without),
+        and the last stage's features [B, channels[0], *spatial] that the head read."""
         level = len(skips) - 1
-        x = modulate(level, skips[level])
+        x = modulate(level, skips[level] if gather is None else gather(level, skips[level]))
         deep = []
         for up, refinement in zip(self.ups, self.refinements, strict=True):
             level -= 1
-            x = modulate(level, refinement(up(x, skips[level])))
+            stage = up(x, skips[level]) if gather is None else _up_with_shared_skip(up, x, skips[level],
+                                                                                    lambda t, lv=level: gather(lv, t))
+            x = modulate(level, refinement(stage))
             if str(level) in self.deep_heads:
                 deep.insert(0, self.deep_heads[str(level)](x))
         return self.head(x), deep, x
+
+
+def _up_with_shared_skip(up: UnetUpBlock, x: Tensor, skip: Tensor, gather: Callable[[Tensor], Tensor]) -> Tensor:
+    """``up(x, gather(skip))`` with the skip's share of the first convolution computed before the gather.
+
+    x: [B, C_in, *spatial_in] (one row per prompt); skip: [N, C, *spatial] (one row per image); gather picks
+    each prompt's image row. The convolution is linear and the gather only copies rows, so convolving the
+    image's skip once and copying the result equals convolving every copy (``test_model`` checks outputs and
+    gradients). The rest is ``UnetBasicBlock.forward`` (conv-norm-act twice), which has no hook for this.
+    """
+    out = up.transp_conv(x)
+    block, conv = up.conv_block, up.conv_block.conv1.conv
+    split = out.shape[1]  # UnetUpBlock concatenates (upsampled, skip) in this order
+    y = conv._conv_forward(out, conv.weight[:, :split], conv.bias) + gather(
+        conv._conv_forward(skip, conv.weight[:, split:], None))
+    return block.lrelu(block.norm2(block.conv2(block.lrelu(block.norm1(y)))))

@@ -159,23 +159,30 @@ class TextGuidedUNet(nn.Module):
         def attend(level: int, features: Tensor) -> Tensor:
             nonlocal words
             if level == per_prompt_from and image_index is not None:
-                features = features[image_index]
+                features = features.index_select(0, image_index)
             if str(level) not in self.vision_language:
                 return features
             features, words = self.vision_language[str(level)](features, words, text.mask)
             stage_words[level] = words
             return features
 
-        skips = self.encoder(image, attend if self.vision_language else None)
+        skips = self.encoder(image, attend if self.vision_language else None)  # per image below per_prompt_from
         coordinates = self._coordinates(image, [s.shape[2:] for s in skips])
+
+        def per_prompt(level: int, features: Tensor) -> Tensor:
+            """An image-level tensor at ``level`` -> one row per prompt. index_select rather than
+            ``features[image_index]``: its backward (index_add_) is much faster on the CPU than index_put_'s."""
+            if image_index is None or level >= per_prompt_from:
+                return features
+            return features.index_select(0, image_index)
+
         if image_index is not None:
-            skips = [s[image_index] if level < per_prompt_from else s for level, s in enumerate(skips)]
-            coordinates = [c[image_index] for c in coordinates] if coordinates else coordinates
+            coordinates = [c.index_select(0, image_index) for c in coordinates]
         summary = self.text_summary(text).to(skips[0].dtype) if self.text_summary else None
         head_bias = None
         if self.dynamic_bias is not None:
             embedding = self.region_fusion(text.pooled) if self.region_fusion is not None else text.pooled
-            head_bias = self.dynamic_bias(skips[-1], embedding)
+            head_bias = self.dynamic_bias(per_prompt(len(skips) - 1, skips[-1]), embedding)
 
         def modulate(level: int, features: Tensor) -> Tensor:
             if level == 0 and head_bias is not None:  # the last decoder features, before the output convolution
@@ -186,7 +193,8 @@ class TextGuidedUNet(nn.Module):
                 return self.conditioners[str(level)](features, summary, coordinates[level])
             return self.conditioners[str(level)](features, summary)
 
-        logits, deep_supervision, features = self.decoder(skips, modulate)
+        logits, deep_supervision, features = self.decoder(skips, modulate,
+                                                          per_prompt if image_index is not None else None)
         if self.refiner is not None and self.use_refiner:
             logits = self.refiner(features, logits, self.decoder.head, text)
         evidence = None
@@ -194,7 +202,8 @@ class TextGuidedUNet(nn.Module):
             evidence = evidence_from_logits(logits)
             logits = evidential_logits(evidence)
         similarity = {
-            f"encoder_{level}": head(skips[int(level)], masked_mean(stage_words[int(level)], text.mask)
+            f"encoder_{level}": head(per_prompt(int(level), skips[int(level)]),
+                                     masked_mean(stage_words[int(level)], text.mask)
                                      if int(level) in stage_words else text.pooled)
             for level, head in self.similarity.items()}
         presence = topk_presence(logits, self.config.presence_topk) if self.config.presence else None
