@@ -60,5 +60,6 @@ def main() -> None:
                       f"{sum(side) / sum(other):.2f}")
     Console().print(table)
 
+
 if __name__ == "__main__":
     main()
