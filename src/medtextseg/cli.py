@@ -148,18 +148,24 @@ def predict(
     from medtextseg.api import load_model
     from medtextseg.data.io import NIFTI_ENDINGS, is_dicom_series
     from medtextseg.utils.atomic import write_text_atomic
+    from medtextseg.utils.errors import refuse_output_over_inputs
 
-    results = load_model(model, refiner=refiner, mirror_axes=_mirror_axes(tta)).predict(images, prompts,
-                                                                                       uncertainty=uncertainty)
     # a DICOM series (folder) input gets NIfTI outputs on its grid
     ending = ".nii.gz" if is_dicom_series(images[0]) else next(
         (e for e in NIFTI_ENDINGS[::-1] if str(images[0]).lower().endswith(e)),
         "".join(images[0].suffixes) or ".nii.gz")
+
+    def output_paths(number: int) -> tuple[Path, Path | None, Path | None]:
+        return (out / f"mask_{number:02d}{ending}", out / f"probability_{number:02d}{ending}" if probabilities
+                else None, out / f"uncertainty_{number:02d}{ending}" if uncertainty else None)
+
+    planned = [p for number in range(len(prompts)) for p in output_paths(number) if p is not None]
+    refuse_output_over_inputs(out, images, [*planned, out / "prompts.json"])  # before anything is written
+    results = load_model(model, refiner=refiner, mirror_axes=_mirror_axes(tta)).predict(images, prompts,
+                                                                                       uncertainty=uncertainty)
     index = []
     for number, result in enumerate(results):
-        mask_path = out / f"mask_{number:02d}{ending}"
-        probability_path = out / f"probability_{number:02d}{ending}" if probabilities else None
-        uncertainty_path = out / f"uncertainty_{number:02d}{ending}" if uncertainty else None
+        mask_path, probability_path, uncertainty_path = output_paths(number)
         result.save(mask_path, probability_path, uncertainty_path)
         entry = {"prompt": result.prompt, "mask": mask_path.name, "voxels": result.voxels,
                  "volume_ml": round(result.volume_ml, 3)}
