@@ -1,14 +1,32 @@
-"""Checkpoints: written atomically, carrying the config, so that a checkpoint alone can predict."""
+"""Checkpoints: written atomically, carrying the config, so that a checkpoint alone can predict.
+
+A checkpoint is read with ``torch.load(weights_only=True)``: tensors and plain data only, never code. A
+pickle can name any function to call while it is read, so a shared ``best.pt`` that needs more than that
+is refused rather than run. The only non-plain objects medtextseg itself stores are numpy's RNG state in
+``last.pt`` (an array and its dtype), which are allow-listed by name.
+"""
 
 from __future__ import annotations
 
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from medtextseg.utils.atomic import atomic_path
 from medtextseg.utils.errors import MedTextSegError
+
+
+def _numpy_rng_globals() -> list[Any]:
+    """The classes and the constructor an ndarray (``np.random.get_state()[1]``) is pickled with."""
+    try:
+        from numpy._core.multiarray import _reconstruct  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core.multiarray import _reconstruct
+    return [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
@@ -18,7 +36,12 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint file, or ``best.pt`` (else ``last.pt``) of a run folder."""
+    """Load a checkpoint file, or ``best.pt`` (else ``last.pt``) of a run folder, without running any code.
+
+    Raises:
+        MedTextSegError: no checkpoint there, an unreadable file, a file that would need code to load
+            (a pickled payload), or a dict without model weights and config.
+    """
     path = Path(path)
     if path.is_dir():
         for name in ("best.pt", "last.pt"):
@@ -30,7 +53,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise MedTextSegError(f"{path}: checkpoint not found")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(_numpy_rng_globals()):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        # torch names the global it refused ("... GLOBAL posix.system ..."): say which
+        found = re.search(r"GLOBAL\s+([\w.]+)", str(error))
+        detail = f"it calls {found.group(1)}" if found else "it is not tensors and plain data"
+        raise MedTextSegError(f"{path}: refused, loading it would run code ({detail}); "
+                              "medtextseg loads only weights and plain data. Use a checkpoint written by "
+                              "medtextseg train from a source you trust") from None
     except Exception as error:
         raise MedTextSegError(f"{path}: not a readable checkpoint ({type(error).__name__})") from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
