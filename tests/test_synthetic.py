@@ -332,3 +332,289 @@ def test_make_synthetic_dataset_rejects_bad_arguments(tmp_path, kwargs, message)
     with pytest.raises(MedTextSegError, match=message):
         make_synthetic_dataset(tmp_path, **kwargs)
     assert not (tmp_path / "dataset.json").exists()
+
+
+# ---------------------------------------------------------------- data made differently (keyword knobs)
+
+# Values of make_case(np.random.default_rng([0, 1])) computed before the knobs existed: the defaults must keep them.
+PINNED_LABEL_SHA256 = "6f17619ff4b08598ba4725b1eaeb58dffe393477ba96fbb3de24c73dee743b81"
+PINNED_PROMPTS_SHA256 = "31da12b08f000c59eeea7930bf4b57306ab6c70286d5d54443f4ee64ddc4542a"
+PINNED_CHANNEL_SUMS = (20108.5176, 12781.3465, 4061.7388)
+PINNED_VOXEL_20_30_8 = (0.6262778043746948, 0.6989967823028564, 0.2421010583639145)
+PINNED_NEXT_DRAW = 4029770845753108222  # rng.integers(2**62) after the case: the same random numbers consumed
+PINNED_AFFINE = [[1.1988835229812356, -0.05175227844357592, 0.0, -32.37935628280631],
+                 [0.05175227844357592, 1.1988835229812356, 0.0, -63.659418610977056],
+                 [0.0, 0.0, 3.0, 17.25066493079882], [0.0, 0.0, 0.0, 1.0]]
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_default_case_is_unchanged_by_the_knobs():
+    for kwargs in ({}, {"spacing": SPACING, "field_of_view": (57.6, 57.6, 48.0), "voxel_order": "LPS",
+                        "oblique_degrees": 6.0, "lesion_contrast": 1.0, "min_lesions": 0, "max_lesions": 3,
+                        "unseen_wording": 0.0}):
+        rng = np.random.default_rng([0, 1])
+        case = make_case(rng, **kwargs)
+        assert _sha256(case.label.tobytes()) == PINNED_LABEL_SHA256
+        assert _sha256(json.dumps(case.prompts, sort_keys=True).encode()) == PINNED_PROMPTS_SHA256
+        # Float sums are pinned to a tolerance (another CPU's exp may differ in the last bit); any change of
+        # the drawing (rng use, sizes, order) moves them far more.
+        np.testing.assert_allclose(case.image.astype(np.float64).sum(axis=(1, 2, 3)), PINNED_CHANNEL_SUMS, rtol=1e-6)
+        np.testing.assert_allclose(case.image[:, 20, 30, 8], PINNED_VOXEL_20_30_8, rtol=1e-6)
+        np.testing.assert_allclose(case.affine, PINNED_AFFINE, rtol=0, atol=1e-12)
+        assert int(rng.integers(2**62)) == PINNED_NEXT_DRAW
+
+
+def _gland_ml(case, spacing) -> float:
+    return float((case.label > 0).sum() * np.prod(spacing) / 1000.0)
+
+
+def _gland_centre_mm(case, spacing) -> np.ndarray:
+    """Gland centroid in mm relative to the grid's centre (canonical axes)."""
+    centre = np.argwhere(case.label > 0).mean(axis=0)
+    return (centre - (np.array(case.label.shape) - 1) / 2) * np.array(spacing)
+
+
+@pytest.mark.parametrize(
+    ("spacing", "field_of_view", "shape"),
+    [((0.5, 0.5, 3.0), (48.0, 48.0, 72.0), (96, 96, 24)),
+     ((1.0, 1.0, 1.0), None, (58, 58, 48)),
+     ((1.2, 1.2, 3.0), (96.0, 96.0, 72.0), (80, 80, 24))],
+)
+def test_spacing_and_field_of_view_keep_the_anatomy_in_mm(spacing, field_of_view, shape):
+    for i in range(3):
+        reference = make_case(np.random.default_rng([0, i]))
+        case = make_case(np.random.default_rng([0, i]), spacing=spacing, field_of_view=field_of_view)
+        assert case.label.shape == shape and case.image.shape == (3, *shape) and case.spacing == spacing
+        np.testing.assert_allclose(np.linalg.norm(case.affine[:3, :3], axis=0), spacing)
+        # The same gland in ml, centred in the field of view as on the default grid.
+        assert _gland_ml(case, spacing) == pytest.approx(_gland_ml(reference, SPACING), rel=0.1)
+        np.testing.assert_allclose(_gland_centre_mm(case, spacing), _gland_centre_mm(reference, SPACING), atol=1.5)
+        for lesion in case.lesions:  # sizes in mm: small lesions are well under large ones on every grid
+            ml = lesion["voxels"] * np.prod(spacing) / 1000.0
+            assert (ml < 0.35) if lesion["size"] == "small" else (ml > 0.35), lesion
+            assert case.label[tuple(lesion["center"])] == lesion["label"]
+
+
+def test_a_wider_field_of_view_shows_more_tissue_around_the_same_gland():
+    narrow = make_case(np.random.default_rng([0, 4]))
+    wide = make_case(np.random.default_rng([0, 4]), field_of_view=(96.0, 96.0, 72.0))
+    assert wide.label.shape == (80, 80, 24)
+    assert (wide.label > 0).sum() == pytest.approx((narrow.label > 0).sum(), rel=0.03)
+    assert (wide.label == 0).sum() > 3 * (narrow.label == 0).sum()
+
+
+@pytest.mark.parametrize(("voxel_order", "spatial_dims"), [("RAS", 3), ("PIL", 3), ("SLP", 3), ("ASR", 2)])
+def test_voxel_order_sets_the_stored_axis_codes(tmp_path, voxel_order, spatial_dims):
+    spacing = (1.0, 1.2, 2.5)
+    out = make_synthetic_dataset(tmp_path, num_cases=2, seed=3, spatial_dims=spatial_dims, spacing=spacing,
+                                 voxel_order=voxel_order, oblique_degrees=20.0)
+    case = make_case(np.random.default_rng([3, 1]), spatial_dims=spatial_dims, spacing=spacing, oblique_degrees=20.0)
+    stored = nib.load(out / "labelsTr" / "synth_001.nii.gz")
+    assert nib.aff2axcodes(stored.affine) == tuple(voxel_order)
+    canonical = nib.as_closest_canonical(stored)
+    label = np.asarray(canonical.dataobj)
+    np.testing.assert_array_equal(label if spatial_dims == 3 else label[:, :, 0], case.label)
+    np.testing.assert_allclose(canonical.affine, case.affine, atol=1e-4)
+    np.testing.assert_allclose(canonical.header.get_zooms(), spacing, rtol=1e-6)
+    image = np.asarray(nib.as_closest_canonical(nib.load(out / "imagesTr" / "synth_001_0001.nii.gz")).dataobj)
+    np.testing.assert_array_equal(image if spatial_dims == 3 else image[:, :, 0], case.image[1])
+    recorded = json.loads((out / "dataset.json").read_text())["medtextseg"]
+    assert recorded["spatial_dims"] == spatial_dims
+    assert recorded["synthetic"]["voxel_order"] == voxel_order and recorded["synthetic"]["spacing"] == list(spacing)
+    assert recorded["synthetic"]["shape"] == [58, 48, 19]
+
+
+def test_oblique_degrees_bounds_the_tilt_and_changes_nothing_else():
+    tilts = {}
+    for degrees in (0.0, 6.0, 30.0):
+        case = make_case(np.random.default_rng([0, 2]), oblique_degrees=degrees)
+        tilts[degrees] = abs(np.degrees(np.arctan2(case.affine[1, 0], case.affine[0, 0])))
+        assert degrees / 3 - 1e-9 <= tilts[degrees] <= degrees + 1e-9
+        np.testing.assert_array_equal(case.label, make_case(np.random.default_rng([0, 2])).label)
+    assert tilts[0.0] == 0.0 and tilts[30.0] > tilts[6.0]
+
+
+def _lesion_step(case, lesion, channel: int) -> float:
+    mask = _lesion_mask(case, lesion)
+    around = ndimage.binary_dilation(mask, iterations=2) & ~mask & (case.label == ZONE_LABEL[lesion["zone"]])
+    return float(case.image[channel, mask].mean() - case.image[channel, around].mean())
+
+
+def test_lesion_contrast_scales_the_lesion_to_zone_difference():
+    hbv = 2
+    steps: dict[float, list[float]] = {0.0: [], 0.5: [], 1.0: []}
+    for i in range(4):
+        base = make_case(np.random.default_rng([1, i]), num_lesions=2)
+        for contrast in steps:
+            case = make_case(np.random.default_rng([1, i]), num_lesions=2, lesion_contrast=contrast)
+            np.testing.assert_array_equal(case.label, base.label)  # only intensities change
+            steps[contrast] += [_lesion_step(case, lesion, hbv) for lesion in case.lesions]
+    full = np.mean(steps[1.0])
+    assert full > 0.3 and np.mean(steps[0.5]) == pytest.approx(0.5 * full, rel=0.25)
+    assert abs(np.mean(steps[0.0])) < 0.1 * full
+
+
+def test_lesion_count_range():
+    counts = [len(make_case(np.random.default_rng([2, i]), max_lesions=1).lesions) for i in range(12)]
+    assert set(counts) == {0, 1}
+    assert {len(make_case(np.random.default_rng([2, i]), min_lesions=2, max_lesions=2).lesions)
+            for i in range(4)} == {2}
+    assert len(make_case(np.random.default_rng(0), num_lesions=3, max_lesions=1).lesions) == 3  # explicit count wins
+
+
+# Unseen wordings, written out here independently of the generator's tables: each attribute value's words.
+UNSEEN_VALUE_WORDS = {
+    "side": {"left": r"\b(Lt|L)\b", "right": r"\b(Rt|R)\b"},  # case-sensitive: "L", not "label"
+    "zone": {"peripheral": r"(?i)\bouter\b", "transition": r"(?i)\b(central|inner)\b"},
+    "size": {"small": r"(?i)\b(tiny|little|6 mm|0\.6 cm)", "large": r"(?i)\b(sizeable|bulky|11 mm|1\.1 cm)"},
+    "shape": {"round": r"(?i)\b(ovoid|globular|spherical)\b", "irregular": r"(?i)\b(multilobed|jagged|misshapen)\b"},
+}
+UNSEEN_STRUCTURE_WORDS = {"prostate": r"(?i)\bprostatic\b", "peripheral_zone": r"(?i)\bouter\b",
+                          "transition_zone": r"(?i)\b(central|inner)\b"}
+
+
+def _tokens(text: str) -> set[str]:
+    return set(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+@pytest.fixture(scope="module")
+def reworded(tmp_path_factory):
+    """The same 20-case 2D dataset without and with unseen wordings (60% of the test split's prompts)."""
+    root = tmp_path_factory.mktemp("reworded")
+    plain = make_synthetic_dataset(root / "plain", num_cases=20, spatial_dims=2, seed=5)
+    mixed = make_synthetic_dataset(root / "mixed", num_cases=20, spatial_dims=2, seed=5, unseen_wording=0.6)
+    return plain, mixed
+
+
+def _prompt_lines(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "prompts.jsonl").read_text().splitlines()]
+
+
+def test_unseen_wording_rewrites_test_prompts_only_and_keeps_their_meaning(reworded):
+    plain, mixed = reworded
+    splits = json.loads((mixed / "splits.json").read_text())
+    assert splits == json.loads((plain / "splits.json").read_text())
+    before, after = _prompt_lines(plain), _prompt_lines(mixed)
+    assert len(before) == len(after)
+    unseen = 0
+    for old, new in zip(before, after, strict=True):
+        wording = new["meta"].pop("wording")
+        # Same case, target, kind and meta: only the text may change, and only in the test split.
+        assert {**old, "prompt": None} == {**new, "prompt": None}
+        assert wording in ("seen", "unseen") and (wording == "unseen") == (old["prompt"] != new["prompt"])
+        if wording == "seen":
+            continue
+        unseen += 1
+        assert new["case"] in splits["test"], new
+        meta, text = new["meta"], new["prompt"]
+        if new["kind"] == "anatomy":
+            assert re.search(UNSEEN_STRUCTURE_WORDS[meta["structure"]], text), new
+        named = meta.get("mentioned", [key for key in UNSEEN_VALUE_WORDS if key in meta])
+        if new["kind"] in ("single", "absent"):  # exactly the named attributes, each with its own value
+            for key, values in UNSEEN_VALUE_WORDS.items():
+                said = {value for value, pattern in values.items() if re.search(pattern, text)}
+                assert said == ({meta[key]} if key in named else set()), (key, new)
+    test_lines = [line for line in after if line["case"] in splits["test"]]
+    assert 0.35 * len(test_lines) < unseen < 0.85 * len(test_lines)
+    # The test split's images are those of the plain dataset: the rewriting only touched text.
+    case_id = splits["test"][0]
+    for name in (f"labelsTr/{case_id}.nii.gz", f"imagesTr/{case_id}_0000.nii.gz"):
+        assert (plain / name).read_bytes() == (mixed / name).read_bytes()
+    synthetic = json.loads((mixed / "dataset.json").read_text())["medtextseg"]["synthetic"]
+    assert synthetic["unseen_wording"] == 0.6 and synthetic["spacing"] == list(SPACING)
+
+
+def test_unseen_words_never_occur_in_training_prompts(reworded, cases):
+    from medtextseg.data import synthetic
+    from medtextseg.data.synthetic import _UNSEEN_MARKERS
+
+    _, mixed = reworded
+    splits = json.loads((mixed / "splits.json").read_text())
+    lines = _prompt_lines(mixed)
+    training = [line["prompt"] for line in lines if line["case"] in splits["train"]]
+    assert training and all(line["meta"]["wording"] == "seen" for line in lines if line["case"] in splits["train"])
+    training += [prompt["prompt"] for case in cases for prompt in case.prompts]  # 40 more cases' worth
+    # ... and every phrase of the training vocabulary, drawn or not (location templates come from the samples).
+    tables = (synthetic._PREFIXES, synthetic._NOUNS, synthetic._ALL_PHRASES, synthetic._ANY_LESION_PHRASES,
+              *synthetic._SIZE_WORDS.values(), *synthetic._SHAPE_WORDS.values(), *synthetic._ZONE_WORDS.values(),
+              *synthetic._ANATOMY_PHRASES.values())
+    training += [phrase for table in tables for phrase in table]
+    training_tokens = set().union(*map(_tokens, training))
+    assert not _UNSEEN_MARKERS & training_tokens, _UNSEEN_MARKERS & training_tokens
+    for line in (line for line in lines if line["meta"]["wording"] == "unseen"):
+        tokens = _tokens(line["prompt"])
+        # At least one distinguishing word, and every word is either distinguishing or a training one.
+        assert tokens & _UNSEEN_MARKERS and tokens <= _UNSEEN_MARKERS | training_tokens, line
+        for pattern in ATTRIBUTE_WORDS.values():  # no training word for any attribute
+            assert not re.search(pattern, line["prompt"], flags=re.IGNORECASE), line
+
+
+def test_make_case_unseen_wording_marks_every_prompt():
+    plain = make_case(np.random.default_rng([0, 3]))
+    case = make_case(np.random.default_rng([0, 3]), unseen_wording=1.0)
+    np.testing.assert_array_equal(case.image, plain.image)
+    assert [p["target"] for p in case.prompts] == [p["target"] for p in plain.prompts]
+    assert {p["meta"]["wording"] for p in case.prompts} == {"unseen"}
+    assert all(new["prompt"] != old["prompt"] for new, old in zip(case.prompts, plain.prompts, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"spacing": (0.0, 1.0, 1.0)}, r"spacing must be 3 numbers in mm \(X, Y, Z\), each from 0.1 to 6"),
+        ({"spacing": (1.0, 1.0)}, r"spacing must be 3 numbers"),
+        ({"spacing": ("a", 1.0, 1.0)}, r"spacing must be 3 numbers"),
+        ({"field_of_view": (30.0, 48.0, 48.0)}, r"field_of_view must be 3 numbers in mm .* from \(38.4, 38.4, 24.0\)"),
+        ({"spacing": (0.1, 0.1, 0.1)}, r"field_of_view / spacing gives a grid of 576 x 576 x 480 voxels"),
+        ({"shape": (48, 48, 16), "field_of_view": (57.6, 57.6, 48.0)}, r"give shape \(voxels\) or field_of_view"),
+        ({"voxel_order": "LLS"}, r"voxel_order must be 3 axis codes, one of L/R, one of A/P and one of S/I"),
+        ({"voxel_order": "XYZ"}, r"voxel_order must be 3 axis codes"),
+        ({"oblique_degrees": 50}, r"oblique_degrees must be a number from 0 to 40, got 50"),
+        ({"lesion_contrast": -0.5}, r"lesion_contrast must be a number from 0 to 3, got -0.5"),
+        ({"max_lesions": 4}, r"max_lesions must be an integer from 0 to 3, got 4"),
+        ({"min_lesions": 2, "max_lesions": 1}, r"min_lesions \(2\) must not exceed max_lesions \(1\)"),
+        ({"unseen_wording": 1.5}, r"unseen_wording must be a number from 0 to 1, got 1.5"),
+        ({"unseen_wording": float("nan")}, r"unseen_wording must be a number from 0 to 1"),
+    ],
+)
+def test_bad_knobs_are_refused_naming_the_argument(tmp_path, kwargs, message):
+    with pytest.raises(MedTextSegError, match=f"make_case: {message}"):
+        make_case(np.random.default_rng(0), **kwargs)
+    if "shape" not in kwargs:
+        with pytest.raises(MedTextSegError, match=f"make_synthetic_dataset: {message}"):
+            make_synthetic_dataset(tmp_path, num_cases=1, **kwargs)
+        assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_cli_synth_knobs(tmp_path):
+    from typer.testing import CliRunner
+
+    from medtextseg.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "data"
+    result = runner.invoke(app, ["synth", "--out", str(out), "--cases", "3", "--dim", "2", "--spacing", "1.0,1.0,3.0",
+                                 "--fov", "48,48,72", "--voxel-order", "RAS", "--oblique", "0", "--lesion-contrast",
+                                 "0.8", "--min-lesions", "1", "--max-lesions", "2", "--unseen-wording", "0.5"])
+    assert result.exit_code == 0, result.output
+    synthetic = json.loads((out / "dataset.json").read_text())["medtextseg"]["synthetic"]
+    assert synthetic == {"spacing": [1.0, 1.0, 3.0], "field_of_view": [48.0, 48.0, 72.0], "shape": [48, 48, 24],
+                         "voxel_order": "RAS", "oblique_degrees": 0.0, "lesion_contrast": 0.8, "min_lesions": 1,
+                         "max_lesions": 2, "unseen_wording": 0.5}
+    stored = nib.load(out / "labelsTr" / "synth_000.nii.gz")
+    assert stored.shape == (48, 48, 1) and nib.aff2axcodes(stored.affine) == ("R", "A", "S")
+    np.testing.assert_allclose(stored.affine[:3, :3], np.diag([1.0, 1.0, 3.0]))  # no tilt
+    assert all("wording" in line["meta"] for line in _prompt_lines(out))
+
+    for args, named in ((["--spacing", "0.5,x,3"], "--spacing"), (["--fov", "48,48"], "--fov"),
+                        (["--spacing", "0,1,1"], "spacing"), (["--voxel-order", "LRS"], "voxel_order")):
+        bad = runner.invoke(app, ["synth", "--out", str(tmp_path / "bad"), "--cases", "3", *args])
+        assert bad.exit_code == 2, bad.output
+        (line,) = [line for line in bad.output.splitlines() if line.startswith("error:")]
+        assert named in line, line
+    assert not (tmp_path / "bad" / "dataset.json").exists()

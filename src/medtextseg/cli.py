@@ -55,19 +55,48 @@ def synth(
     cases: Annotated[int, typer.Option(help="number of cases (split 70/10/20 into train/val/test)")] = 150,
     dim: Annotated[int, typer.Option(help="3 for volumes, 2 for axial slices")] = 3,
     seed: Annotated[int, typer.Option(help="random seed; the same seed gives the same files")] = 0,
+    spacing: Annotated[str, typer.Option(help="voxel size in mm, X,Y,Z (anatomy keeps its mm size)")] = "1.2,1.2,3.0",
+    fov: Annotated[str, typer.Option("--fov", help="field of view in mm, X,Y,Z: the grid is fov / spacing "
+                                                   "voxels")] = "57.6,57.6,48",
+    voxel_order: Annotated[str, typer.Option(help="axis codes of the stored files, e.g. LPS, RAS, PIL")] = "LPS",
+    oblique: Annotated[float, typer.Option(help="largest in-plane tilt of the affine in degrees (tilts are drawn "
+                                                "from a third of it to it; 0 = none)")] = 6.0,
+    lesion_contrast: Annotated[float, typer.Option(help="scales how far lesions differ from their zone "
+                                                        "(0-3)")] = 1.0,
+    min_lesions: Annotated[int, typer.Option(help="fewest lesions per case")] = 0,
+    max_lesions: Annotated[int, typer.Option(help="most lesions per case (at most 3)")] = 3,
+    unseen_wording: Annotated[float, typer.Option(help="fraction of test-split prompts rewritten in wordings the "
+                                                       "training split never uses (0-1)")] = 0.0,
 ) -> None:
     """Generate the synthetic prostate bp-MRI benchmark (T2W, ADC, HBV; gland, zones, 0-3 lesions, prompts).
 
-    Writes the nnU-Net raw layout + prompts.jsonl + splits.json (docs/dataset_format.md).
+    Writes the nnU-Net raw layout + prompts.jsonl + splits.json (docs/dataset_format.md). The options after
+    --seed make data "made differently" (resolution, field of view, storage order, contrast, wording); their
+    defaults give the standard benchmark, byte for byte.
     """
     from medtextseg.data.synthetic import make_synthetic_dataset
     from medtextseg.utils.errors import MedTextSegError
+
+    def three_numbers(text: str, option: str) -> tuple[float, float, float]:
+        parts = text.split(",")
+        try:
+            values = tuple(float(part) for part in parts)
+        except ValueError:
+            values = ()
+        if len(values) != 3:
+            raise MedTextSegError(f"{option} {text!r}: expected 3 comma-separated numbers in mm (X,Y,Z), "
+                                  "e.g. 0.5,0.5,3.0")
+        return values
 
     if dim not in (2, 3):
         raise MedTextSegError(f"--dim must be 2 or 3, got {dim}")
     if cases < 3:
         raise MedTextSegError(f"--cases must be at least 3 (one per split), got {cases}")
-    folder = make_synthetic_dataset(out, num_cases=cases, spatial_dims=dim, seed=seed, progress=True)
+    folder = make_synthetic_dataset(
+        out, num_cases=cases, spatial_dims=dim, seed=seed, progress=True,
+        spacing=three_numbers(spacing, "--spacing"), field_of_view=three_numbers(fov, "--fov"),
+        voxel_order=voxel_order, oblique_degrees=oblique, lesion_contrast=lesion_contrast,
+        min_lesions=min_lesions, max_lesions=max_lesions, unseen_wording=unseen_wording)
     typer.echo(f"wrote {cases} cases to {folder}")
 
 
