@@ -72,3 +72,26 @@ def test_structured_prompts_replace_the_listed_texts_with_their_probability_and_
     never = PromptSampleDataset([make_case()], [8, 6, 4], 2, {}, flip_left_right=0.0, intensity_augmentation=False,
                                 structured=structured, structured_probability=0.0)
     assert "location right; number one" not in never[0]["prompts"]
+
+
+def test_every_prompt_sees_its_target_in_the_patch_often_enough():
+    """A patch much smaller than the image: each of three prompts' targets, two of them small, must be in
+    view in a fair share of samples (centring on the union would favour the large target)."""
+    shape = (64, 64, 16)
+    label = torch.zeros(shape, dtype=torch.long)
+    label[2:5, 2:5, 1:3] = 1  # small, in one corner
+    label[59:62, 59:62, 13:15] = 2  # small, in the opposite corner
+    label[20:44, 20:44, 4:12] = 3  # large, in the middle
+    prompts = [PromptRecord("c", f"target {value}", (value,), kind="single") for value in (1, 2, 3)]
+    case = PreparedCase("c", torch.randn(1, *shape), label, {}, prompts)
+    dataset = PromptSampleDataset([case], [24, 24, 8], 3, {"single": 1.0}, flip_left_right=0.0,
+                                  intensity_augmentation=False)
+    seen = {p.prompt: 0 for p in prompts}
+    draws = 150
+    for epoch in range(draws):
+        dataset.epoch = epoch
+        item = dataset[0]
+        for text, target in zip(item["prompts"], item["targets"], strict=True):
+            seen[text] += bool(target.any())
+    # each is the centre's target 2/3 x 1/3 of the time; the union centre gave the small ones about 1%
+    assert min(seen.values()) >= 0.15 * draws, seen

@@ -125,9 +125,15 @@ class PromptSampleDataset(torch.utils.data.Dataset):
         stacked = torch.cat([case.image, coordinates, targets])  # cropped together: coordinates stay whole-image
         stacked = SpatialPad(self.patch_size)(stacked)
         first_target = channels + coordinates.shape[0]
-        foreground = (stacked[first_target:].sum(0, keepdim=True) > 0).float()
         seed = int(rng.integers(2**31))
-        if foreground.any():  # two crops in three centred on a target voxel, as nnU-Net oversamples
+        present = [i for i in range(len(prompts)) if stacked[first_target + i].any()]
+        if present:
+            # Two crops in three are centred on a voxel of ONE prompt's target, drawn in turn, as nnU-Net
+            # oversamples foreground: centred on the union, a patch smaller than the image would keep showing
+            # the largest target and rarely the small one another prompt names. (The draw uses the crop's own
+            # seed, so the item's other random choices are those of the union-centred sampler before it.)
+            chosen = present[int(np.random.default_rng(seed).integers(len(present)))]
+            foreground = stacked[first_target + chosen][None].float()
             cropper = RandCropByPosNegLabel(self.patch_size, pos=2, neg=1, num_samples=1, allow_smaller=False)
             stacked = cropper.set_random_state(seed)(stacked, label=foreground)[0]
         else:
