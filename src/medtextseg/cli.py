@@ -130,6 +130,34 @@ def sparsify(
 
 @app.command()
 @user_errors
+def plan(
+    data: Annotated[Path, typer.Option("--data", "-d", help="dataset folder")],
+    preset: Annotated[str, typer.Option("--preset", "-p", help="preset whose patch budget, depth and kind "
+                                        "weights the plan starts from")] = "default",
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a config field first: KEY=VALUE "
+                                                    "(e.g. data.patch_size=[64,64,32] raises the budget)")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="where to write the plan (default: "
+                                             "DATA/plans.json)")] = None,
+) -> None:
+    """Measure a dataset (spacings, shapes, intensities, target sizes, prompt kinds) and plan its training.
+
+    The plan (target spacing, patch, strides, channels, kind weights) is what `train` uses by default;
+    `train` measures the dataset itself unless given `--plan-file` (this file, edited or not); `--set`
+    overrides any planned value.
+    """
+    from medtextseg.data.planning import PLAN_FILE, describe, planned_config
+
+    _, made = planned_config(preset, [*(set_ or []), f"data.root={data}"], progress=True)
+    if made is None:
+        typer.echo(f"preset {preset!r} co-trains on sparse slice labels, which keep their grid: nothing to plan")
+        return
+    path = made.save(out if out is not None else data / PLAN_FILE)
+    typer.echo(describe(made))
+    typer.echo(f"wrote {path}")
+
+
+@app.command()
+@user_errors
 def train(
     data: Annotated[Path | None, typer.Option("--data", "-d", help="dataset folder (sets data.root)")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="run folder: config, log, checkpoints")] = Path("runs/run"),
@@ -138,17 +166,39 @@ def train(
                                                     "e.g. --set train.steps=200 (repeatable)")] = None,
     resume: Annotated[bool, typer.Option(help="continue a stopped run from its last.pt (uses its saved "
                                                "config plus any --set)")] = False,
+    plan_: Annotated[bool, typer.Option("--plan/--no-plan", help="plan spacing, patch, strides, channels and "
+                                        "kind weights from the dataset (`medtextseg plan`); --no-plan keeps the "
+                                        "preset's values")] = True,
+    plan_file: Annotated[Path | None, typer.Option("--plan-file", help="replay this plans.json instead of "
+                                                   "measuring the dataset")] = None,
 ) -> None:
-    """Train a text-guided segmentation model. Also runs under `torchrun --nproc_per_node N` (DDP)."""
+    """Train a text-guided segmentation model. Also runs under `torchrun --nproc_per_node N` (DDP).
+
+    Unless --no-plan, the dataset is measured first and its plan (printed, saved as RUN/plans.json and in
+    every checkpoint) sets the spacing, patch, strides, channels and kind weights; --set wins over the plan.
+    """
     from medtextseg.config import Config
+    from medtextseg.data.planning import describe, planned_config
     from medtextseg.training.trainer import train as run_training
 
     overrides = list(set_ or [])
     if data is not None:
         overrides.append(f"data.root={data}")
     saved = out / "config.yaml"
-    config = Config.load(saved if resume and saved.is_file() else preset, overrides)
-    run_dir = run_training(config, out, resume=resume)
+    made = None
+    if resume and saved.is_file():  # the saved config already holds the plan's values
+        config = Config.load(saved, overrides)
+    elif plan_ or plan_file is not None:
+        config, made = planned_config(preset, overrides, plan_file, progress=True)
+        if made is not None:
+            typer.echo(describe(made))
+            overridden = sorted(k for k in made.overrides() if any(o.startswith(f"{k}=") or o.startswith(f"{k}.")
+                                                                    for o in overrides))
+            if overridden:
+                typer.echo(f"  --set overrides the plan's {', '.join(overridden)}")
+    else:
+        config = Config.load(preset, overrides)
+    run_dir = run_training(config, out, resume=resume, plan=made)
     typer.echo(f"run saved in {run_dir}")
 
 

@@ -340,14 +340,18 @@ class Config(_Section):
         return self
 
     @classmethod
-    def load(cls, preset: str | Path = "default", overrides: list[str] | None = None) -> Config:
-        """Read a preset (a name in ``medtextseg/presets`` or a YAML path) and apply ``a.b=c`` overrides.
+    def load(cls, preset: str | Path = "default", overrides: list[str] | None = None,
+             planned: dict[str, Any] | None = None) -> Config:
+        """Read a preset (a name in ``medtextseg/presets`` or a YAML path), set the ``planned`` values (dotted
+        name -> value, from a dataset's plan), then apply ``a.b=c`` overrides, which win over both.
 
         Raises:
             MedTextSegError: unknown preset, malformed override, unknown key (with the closest valid one),
                 or a value that fails validation (with the field's dotted name).
         """
         raw = read_preset(preset)
+        for key, value in (planned or {}).items():
+            _set_path(raw, key.split("."), value)
         for override in overrides or []:
             apply_override(raw, override)
         return cls.from_dict(raw)
@@ -406,6 +410,10 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
         value = yaml.safe_load(value_text)
     except yaml.YAMLError:
         value = value_text
+    _set_path(raw, parts, value)
+
+
+def _set_path(raw: dict[str, Any], parts: list[str], value: Any) -> None:
     node = raw
     for part in parts[:-1]:
         node = node.setdefault(part, {})

@@ -24,6 +24,7 @@ from medtextseg.config import Config
 from medtextseg.data.attribute_prompts import attribute_prompt_texts
 from medtextseg.data.dataset import PreparedCase, PromptSampleDataset, collate_prompt_samples, prepare_case
 from medtextseg.data.layout import load_dataset, verify_dataset
+from medtextseg.data.planning import PLAN_FILE, Plan
 from medtextseg.data.prompts import swap_left_right
 from medtextseg.data.sparse_labels import IGNORE_LABEL
 from medtextseg.data.vocabulary import PromptVocabulary
@@ -112,13 +113,15 @@ def check_run_folder(run_dir: Path, resume: bool, config: Config) -> None:
 class Trainer:
     """Trains the model a config describes on ``config.data.root`` into ``run_dir``."""
 
-    def __init__(self, config: Config, run_dir: str | Path, resume: bool = False, progress: bool = True) -> None:
+    def __init__(self, config: Config, run_dir: str | Path, resume: bool = False, progress: bool = True,
+                 plan: Plan | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.resume = resume
         self.progress = progress
         self.ctx: DistributedContext = init_distributed()
         check_run_folder(self.run_dir, resume, config)
         self.config = config
+        self.plan = plan if plan is not None else saved_plan(self.run_dir)
 
     # ---------------------------------------------------------------- set-up
     def _setup(self) -> None:
@@ -224,7 +227,7 @@ class Trainer:
         state = {"model": self.model.state_dict(), "config": self.config.model_dump(mode="json"),
                  "text_encoder": self.text.encoder_name, "text_dim": self.text.dim, "step": self.step,
                  "best": self.best, "channel_names": self.layout.channel_names,
-                 "spatial_dims": self.layout.spatial_dims}
+                 "spatial_dims": self.layout.spatial_dims, "plan": self.plan.to_dict() if self.plan else None}
         if full:
             state |= {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                       "schedule": self.schedule.state_dict(),
@@ -306,6 +309,8 @@ class Trainer:
         self._setup()
         if ctx.is_main:
             write_text_atomic(self.run_dir / "config.yaml", config.to_yaml())
+            if self.plan is not None:
+                self.plan.save(self.run_dir / PLAN_FILE)
             if not self.resume:
                 self._log({"step": 0, "event": "start", "parameters": count_parameters(self.model),
                            "world_size": ctx.world_size, "device": str(ctx.device)})
@@ -343,15 +348,25 @@ class Trainer:
         return self.run_dir
 
 
-def train(config: Config, run_dir: str | Path, resume: bool = False, progress: bool = True) -> Path:
+def saved_plan(run_dir: Path) -> Plan | None:
+    """The plan a run folder was started with (its ``plans.json``), or None."""
+    return Plan.load(run_dir / PLAN_FILE) if (run_dir / PLAN_FILE).is_file() else None
+
+
+def train(config: Config, run_dir: str | Path, resume: bool = False, progress: bool = True,
+          plan: Plan | None = None) -> Path:
     """Train ``config`` into ``run_dir`` (continuing its ``last.pt`` when ``resume``); return the run folder.
 
-    ``cotraining.enabled`` hands the run to the co-trainer (sparse labels, several networks: RADA)."""
+    ``plan`` (the dataset's plan, whose values ``config`` holds) is saved as ``RUN/plans.json`` and in every
+    checkpoint. ``cotraining.enabled`` hands the run to the co-trainer (sparse labels, several networks: RADA),
+    which takes no plan: its slice labels must keep their grid."""
     if config.cotraining.enabled:
         from medtextseg.training.cotraining import CoTrainer
 
+        if plan is not None:
+            raise MedTextSegError("co-training runs unplanned (sparse slice labels keep their grid); pass no plan")
         return CoTrainer(config, run_dir, resume=resume, progress=progress).run()
-    return Trainer(config, run_dir, resume=resume, progress=progress).run()
+    return Trainer(config, run_dir, resume=resume, progress=progress, plan=plan).run()
 
 
 __all__ = ["Trainer", "load_checkpoint", "text_cache_for", "train"]
