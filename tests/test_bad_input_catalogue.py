@@ -4,10 +4,13 @@ leaves every input as it was and nothing half-written. Rows are added as the cat
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
+import stat
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -113,3 +116,296 @@ def test_own_checkpoints_load_weights_only_and_resume(model_run, tmp_path):
 
     state = load_checkpoint(model_run / "last.pt")
     assert state["rng"]["numpy"][0] == "MT19937" and state["rng"]["numpy"][1].shape == (624,)
+
+
+# ------------------------------------------------------------------ a dataset reads only its own files
+def dataset_copy(dataset: Path, folder: Path) -> Path:
+    return Path(shutil.copytree(dataset, folder))
+
+
+def train_args(dataset: Path, out: Path, preset: str = "default_2d", sets: tuple[str, ...] = ()) -> list[str]:
+    return ["train", "-d", str(dataset), "-o", str(out), "-p", preset,
+            *[a for s in [*TINY_2D, *sets] for a in ("--set", s)]]
+
+
+def append_line(path: Path, line: str) -> int:
+    """Append one line to a text file; returns its line number."""
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(line + "\n")
+    return len(path.read_text(encoding="utf-8").splitlines())
+
+
+@pytest.mark.parametrize("how", ["relative", "absolute", "symlink"])
+def test_a_prompt_target_outside_the_dataset_folder_is_refused(dataset_2d, tmp_path, how):
+    """Issue 19, fix first: a target of "../../elsewhere/mask.nii.gz" or an absolute path was read and trained on."""
+    dataset = dataset_copy(dataset_2d, tmp_path / "data" / "ds")
+    elsewhere = tmp_path / "elsewhere" / "mask.nii.gz"
+    elsewhere.parent.mkdir()
+    shutil.copy(dataset / "labelsTr" / "synth_001.nii.gz", elsewhere)  # a valid mask on the case's grid
+    if how == "symlink":
+        (dataset / "masks").mkdir()
+        (dataset / "masks" / "mask.nii.gz").symlink_to(elsewhere)
+    target = {"relative": "../../elsewhere/mask.nii.gz", "absolute": str(elsewhere),
+              "symlink": "masks/mask.nii.gz"}[how]
+    number = append_line(dataset / "prompts.jsonl", json.dumps({"case": "synth_001", "prompt": "the mask elsewhere",
+                                                                "target": target}))
+    before = snapshot(tmp_path)
+    result = runner.invoke(app, train_args(dataset, tmp_path / "run"))
+    assert result.exit_code == 2, result.output
+    assert (f"error: {dataset / 'prompts.jsonl'}:{number}: target {target!r} resolves outside the dataset folder "
+            f"{dataset}; keep mask files inside the dataset folder, named relative to it") in result.output
+    assert snapshot(tmp_path) == before and not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------ sparsify --overwrite deletes only its own output
+@pytest.fixture
+def sparsify_area(dataset_3d, tmp_path) -> Path:
+    """A source dataset in work/dense, a user's folder, a dataset sparsify did not write, and a plain file."""
+    dataset_copy(dataset_3d, tmp_path / "work" / "dense")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("a user's notes\n")
+    (tmp_path / "other").mkdir()
+    shutil.copy(dataset_3d / "dataset.json", tmp_path / "other" / "dataset.json")
+    (tmp_path / "file.txt").write_text("a plain file\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize("dst, message", [
+    ("work/dense", "--dst {dst}: must differ from --src"),
+    ("work", "--dst {dst}: is --src {src} or a folder holding it; replacing it would delete the source: choose "
+             "a folder outside it"),
+    ("work/dense/sparse", "--dst {dst}: lies inside --src {src}; the copy would change the source: choose a "
+                          "folder outside it"),
+    ("mine", "--dst {dst}: not a folder sparsify wrote (no sparse_annotations.json beside a dataset.json naming "
+             "its source); --overwrite replaces only those: choose another --dst or remove it yourself"),
+    ("other", "--dst {dst}: not a folder sparsify wrote (no sparse_annotations.json beside a dataset.json naming "
+              "its source); --overwrite replaces only those: choose another --dst or remove it yourself"),
+    ("file.txt", "--dst {dst}: is a file; --dst names the folder to write the sparse copy into"),
+])
+def test_sparsify_overwrite_deletes_nothing_it_did_not_write(sparsify_area, dst, message):
+    """Issue 19: --overwrite deleted whatever --dst pointed at (the source's parent, a user's folder)."""
+    src, dst = sparsify_area / "work" / "dense", sparsify_area / dst
+    before = snapshot(sparsify_area)
+    result = runner.invoke(app, ["sparsify", "--src", str(src), "--dst", str(dst), "--fraction", "0.5",
+                                 "--overwrite"])
+    assert result.exit_code == 2, result.output
+    assert f"error: {message.format(dst=dst, src=src)}" in result.output
+    assert snapshot(sparsify_area) == before  # the source and the user's files are all there, unchanged
+    assert sorted(p.name for p in sparsify_area.iterdir()) == ["file.txt", "mine", "other", "work"]
+
+
+def test_sparsify_overwrite_replaces_its_own_output(sparsify_area):
+    src, dst = sparsify_area / "work" / "dense", sparsify_area / "sparse"
+    args = ["sparsify", "--src", str(src), "--dst", str(dst), "--fraction", "0.5"]
+    assert runner.invoke(app, args).exit_code == 0
+    (dst / "stale.txt").write_text("from before\n")
+    result = runner.invoke(app, [*args, "--overwrite", "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    assert not (dst / "stale.txt").exists() and json.loads((dst / "dataset.json").read_text())["medtextseg"][
+        "sparse"]["seed"] == 1
+
+
+# ------------------------------------------------------------------ atomic writes: whole files, the user's mode
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+@pytest.mark.parametrize("name, files", [("mask.mhd", ["mask.mhd", "mask.zraw"]), ("mask.nii.gz", ["mask.nii.gz"])])
+def test_written_images_are_alone_whole_and_readable_under_the_umask(dataset_2d, tmp_path, name, files, umask,
+                                                                     mode):
+    """Issue 19: a .mhd left a stray .mask-XXXX.zraw beside it; outputs were 0600 whatever the umask."""
+    from medtextseg.data.io import read_array, read_geometry, write_like
+    from medtextseg.utils.atomic import write_text_atomic
+
+    reference = dataset_2d / "imagesTr" / "synth_000_0000.nii.gz"
+    array = (read_array(reference) > 0).astype(np.uint8)
+    out = tmp_path / "out"
+    previous = os.umask(umask)
+    try:
+        write_like(array, reference, out / name)
+        write_like(array, reference, out / name)  # over an earlier output
+        write_text_atomic(out / "prompts.json", "[]")
+    finally:
+        os.umask(previous)
+    assert sorted(os.listdir(out)) == sorted([*files, "prompts.json"])
+    assert {f: stat.S_IMODE((out / f).stat().st_mode) for f in os.listdir(out)} == dict.fromkeys(os.listdir(out),
+                                                                                                mode)
+    if name.endswith(".mhd"):
+        assert "ElementDataFile = mask.zraw" in (out / name).read_text(errors="replace")
+    assert np.array_equal(read_array(out / name), array)
+    assert read_geometry(out / name).same_grid(read_geometry(reference))
+
+
+def test_a_failed_atomic_write_leaves_nothing(tmp_path):
+    from medtextseg.utils.atomic import atomic_path
+
+    with pytest.raises(RuntimeError), atomic_path(tmp_path / "out" / "mask.mhd") as tmp:
+        tmp.write_text("header")
+        tmp.with_suffix(".zraw").write_bytes(b"half")
+        raise RuntimeError("the writer failed")
+    assert os.listdir(tmp_path / "out") == []
+
+
+# ------------------------------------------------------------------ a study writes only below -o
+@pytest.mark.parametrize("configuration, dataset, data_option, message", [
+    ("../../../escaped", "synth", None, "configuration name '../../../escaped'"),
+    ("a/b", "synth", None, "configuration name 'a/b'"),
+    ("..", "synth", None, "configuration name '..'"),
+    ("ok", "../escaped", None, "dataset name '../escaped'"),
+    ("ok", "synth", "../../escaped", "dataset name '../../escaped'"),
+])
+def test_a_study_name_that_is_a_path_is_refused(dataset_2d, tmp_path, configuration, dataset, data_option, message):
+    """Issue 19: a configuration named ../../x wrote its run outside -o."""
+    import yaml
+
+    spec = tmp_path / "specs" / "study.yaml"
+    spec.parent.mkdir()
+    spec.write_text(yaml.safe_dump({"name": "tiny", "preset": "default_2d", "seeds": [0], "overrides": TINY_2D,
+                                    "configurations": {configuration: []}, "datasets": {dataset: str(dataset_2d)}}))
+    out = tmp_path / "a" / "b" / "out"
+    before = snapshot(tmp_path)
+    extra = ["--data", f"{data_option}={dataset_2d}"] if data_option else []
+    result = runner.invoke(app, ["study", str(spec), "-o", str(out), *extra])
+    assert result.exit_code == 2, result.output
+    assert (f"error: {spec}: {message} is not a plain folder name (it holds '/' or '\\', or is '.' or '..'); each "
+            "run is written to OUT/runs/DATASET/CONFIGURATION/: rename it") in result.output
+    assert snapshot(tmp_path) == before and not (tmp_path / "a").exists()
+
+
+# ------------------------------------------------------------------ one line, not a traceback
+def edit_json(path: Path, change) -> None:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    change(data)
+    path.write_text(json.dumps(data), encoding="utf-8")
+
+
+def spatial_dims_text(ds: Path, tmp: Path) -> dict:
+    edit_json(ds / "dataset.json", lambda d: d["medtextseg"].update(spatial_dims="2D"))
+    return {}
+
+
+def channel_names_list(ds: Path, tmp: Path) -> dict:
+    edit_json(ds / "dataset.json", lambda d: d.update(channel_names=["T2W", "ADC", "HBV"]))
+    return {}
+
+
+def prompts_empty(ds: Path, tmp: Path) -> dict:
+    (ds / "prompts.jsonl").write_text("", encoding="utf-8")
+    return {}
+
+
+def prompts_latin1(ds: Path, tmp: Path) -> dict:
+    path = ds / "prompts.jsonl"
+    number = append_line(path, json.dumps({"case": "synth_001", "prompt": "la région de la prostate",
+                                           "target": [1]}, ensure_ascii=False))
+    path.write_bytes(path.read_text(encoding="utf-8").encode("latin-1"))
+    return {"line": number}
+
+
+def prompts_meta_list(ds: Path, tmp: Path) -> dict:
+    number = append_line(ds / "prompts.jsonl", json.dumps({"case": "synth_001", "prompt": "the gland",
+                                                           "target": [1, 2], "meta": ["side", "left"]}))
+    return {"line": number}
+
+
+def splits_list(ds: Path, tmp: Path) -> dict:
+    (ds / "splits.json").write_text(json.dumps(["synth_000", "synth_001"]), encoding="utf-8")
+    return {}
+
+
+def preset_file(text: str):
+    def make(ds: Path, tmp: Path) -> dict:
+        (tmp / "preset.yaml").write_text(text, encoding="utf-8")
+        return {"args": ["-p", str(tmp / "preset.yaml")]}
+
+    return make
+
+
+def set_below_a_value(ds: Path, tmp: Path) -> dict:
+    return {"args": ["--set", "train.steps.x=1"]}
+
+
+def checkpoint_edit(change):
+    def make(ds: Path, tmp: Path, run: Path) -> Path:
+        state = torch.load(run / "best.pt", weights_only=True)
+        change(state)
+        (tmp / "model").mkdir()
+        torch.save(state, tmp / "model" / "best.pt")
+        return tmp / "model"
+
+    return make
+
+
+def drop_first_weight(state: dict) -> None:
+    del state["model"][next(iter(state["model"]))]
+
+
+def reshape_first_weight(state: dict) -> None:
+    key = next(k for k, v in state["model"].items() if v.ndim > 1)
+    state["model"][key] = torch.zeros(*state["model"][key].shape[:-1], state["model"][key].shape[-1] + 1)
+
+
+NOT_A_SECTION = "is a value, not a section with fields; set it as train.steps=VALUE"
+CASES = {
+    # dataset files: `train` stops while reading the dataset, before a run folder exists
+    "spatial_dims is text": (spatial_dims_text, "{ds}/dataset.json: medtextseg.spatial_dims must be the integer 2 "
+                                                "or 3, got '2D'"),
+    "channel_names is a list": (channel_names_list, '{ds}/dataset.json: channel_names must be an object '
+                                                    '{{"0": name, "1": name, ...}}, got a list'),
+    "prompts.jsonl is empty": (prompts_empty, "{ds}/prompts.jsonl: no prompts; write one JSON line per case, "
+                                              "prompt and target (see docs/dataset_format.md)"),
+    "prompts.jsonl is Latin-1": (prompts_latin1, "{ds}/prompts.jsonl:{line}: not UTF-8 text (byte 0xe9); save "
+                                                 "the file as UTF-8"),
+    "meta is a list": (prompts_meta_list, "{ds}/prompts.jsonl:{line}: meta must be an object "
+                                          '{{"key": value, ...}}, got a list'),
+    "splits.json is a list": (splits_list, '{ds}/splits.json: must be an object of split name -> case ids, e.g. '
+                                           '{{"train": [...], "val": [...], "test": [...]}}, got a list'),
+    # configuration
+    "preset is a list": (preset_file("- model\n- train\n"), "{tmp}/preset.yaml: a preset must be a mapping of "
+                                                            "config sections (model:, data:, train:, ...), got a list"),
+    "preset is a scalar": (preset_file("just some text\n"), "{tmp}/preset.yaml: a preset must be a mapping of "
+                                                            "config sections (model:, data:, train:, ...), got a "
+                                                            "string"),
+    "recursive anchor": (preset_file("model: &loop\n  inner: *loop\n"), "{tmp}/preset.yaml: a YAML anchor is used "
+                                                                        "inside its own value (a structure that "
+                                                                        "contains itself); write the values out"),
+    "--set below a value": (set_below_a_value, f"unknown config key 'train.steps.x': train.steps {NOT_A_SECTION}"),
+    # checkpoints: `predict` stops while loading the model, before its output folder exists
+    "weights miss a key": (checkpoint_edit(drop_first_weight), "{model}/best.pt: its weights do not fit the model "
+                                                               "its config describes (missing {key}); use the file "
+                                                               "medtextseg train wrote, unchanged"),
+    "weights of another shape": (checkpoint_edit(reshape_first_weight), "{model}/best.pt: its weights do not fit "
+                                                                        "the model its config describes ({key} has "
+                                                                        "shape {shape}, the model {expected}); use "
+                                                                        "the file medtextseg train wrote, unchanged"),
+    "no text_dim": (checkpoint_edit(lambda state: state.pop("text_dim")), "{model}/best.pt: no 'text_dim' (the "
+                                                                          "prompt feature size the model was trained "
+                                                                          "with); not a checkpoint medtextseg train "
+                                                                          "wrote"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_one_line_error_and_nothing_written(case, dataset_2d, tmp_path, request):
+    """Issue 19: each of these ended in a raw traceback (TypeError, UnicodeDecodeError, RecursionError, ...)."""
+    make, message = CASES[case]
+    dataset = dataset_copy(dataset_2d, tmp_path / "ds")
+    out = tmp_path / "out"
+    if message.startswith("{model}"):
+        run = request.getfixturevalue("model_run")
+        model = make(dataset, tmp_path, run)
+        state = torch.load(model / "best.pt", weights_only=True)
+        reference = torch.load(run / "best.pt", weights_only=True)["model"]
+        key = next((k for k in reference if k not in state["model"] or state["model"][k].shape != reference[k].shape),
+                   "")
+        details = {"model": model, "key": key,
+                   "shape": list(state["model"][key].shape) if key in state["model"] else None,
+                   "expected": list(reference[key].shape) if key else None}
+        args = predict_args(model, sorted((dataset / "imagesTr").glob("synth_000_*.nii.gz")), out)
+    else:
+        details = make(dataset, tmp_path)
+        extra = details.pop("args", [])
+        args = [*train_args(dataset, out), *extra]
+    before = snapshot(tmp_path)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, (result.output, result.exception)
+    expected = message.format(ds=dataset, tmp=tmp_path, **details)
+    assert result.output.strip() == f"error: {expected}"  # one line, nothing else
+    assert snapshot(tmp_path) == before and not out.exists()

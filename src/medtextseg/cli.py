@@ -112,7 +112,8 @@ def sparsify(
     slice_: Annotated[str, typer.Option("--slice", help="which slice per plane: 'largest' foreground or "
                                                         "'middle'")] = "largest",
     seed: Annotated[int, typer.Option(help="draws the labelled volumes")] = 0,
-    overwrite: Annotated[bool, typer.Option(help="replace --dst if it exists")] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace --dst if an earlier sparsify wrote it (anything "
+                                                 "else is refused, never deleted)")] = False,
 ) -> None:
     """Make a barely-labelled copy of a dataset: a few annotated slices per labelled volume (RADA's protocol).
 

@@ -7,6 +7,8 @@ with the field's full dotted name and the closest valid key, instead of being si
 from __future__ import annotations
 
 import difflib
+import types
+import typing
 import warnings
 from importlib import resources
 from pathlib import Path
@@ -16,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from medtextseg.utils.errors import MedTextSegError
+from medtextseg.utils.json_files import json_type
 
 
 class _Section(BaseModel):
@@ -388,10 +391,17 @@ def read_preset(preset: str | Path) -> dict[str, Any]:
                                   + (f" (did you mean {hint[0]!r}?)" if hint else ""))
         text = (resources.files("medtextseg") / "presets" / f"{preset}.yaml").read_text(encoding="utf-8")
         name = str(preset)
+    where = path if path.suffix else preset
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as error:
-        raise MedTextSegError(f"{path if path.suffix else preset}: not valid YAML ({error})") from None
+        raise MedTextSegError(f"{where}: not valid YAML ({error})") from None
+    if not isinstance(raw, dict):
+        raise MedTextSegError(f"{where}: a preset must be a mapping of config sections (model:, data:, train:, ...), "
+                              f"got {json_type(raw)}")
+    if _contains_itself(raw):  # an anchor used inside its own value: validation would recurse forever
+        raise MedTextSegError(f"{where}: a YAML anchor is used inside its own value (a structure that contains "
+                              "itself); write the values out")
     base = raw.pop("base", None)
     if base:
         raw = _deep_merge(read_preset(base), raw)
@@ -413,10 +423,28 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
     _set_path(raw, parts, value)
 
 
+def _contains_itself(value: Any, inside: frozenset[int] = frozenset(), checked: set[int] | None = None) -> bool:
+    """Whether a parsed YAML value holds itself (``a: &x {b: *x}``); shared, non-recursive anchors are fine
+    (``checked`` visits each shared one once)."""
+    checked = set() if checked is None else checked
+    if not isinstance(value, dict | list) or id(value) in checked:
+        return False
+    if id(value) in inside:
+        return True
+    children = value.values() if isinstance(value, dict) else value
+    if any(_contains_itself(child, inside | {id(value)}, checked) for child in children):
+        return True
+    checked.add(id(value))
+    return False
+
+
 def _set_path(raw: dict[str, Any], parts: list[str], value: Any) -> None:
     node = raw
-    for part in parts[:-1]:
+    for depth, part in enumerate(parts[:-1]):
         node = node.setdefault(part, {})
+        if not isinstance(node, dict):  # e.g. a preset's `train: 5`, then --set train.steps=1
+            raise MedTextSegError(f"config key {'.'.join(parts)!r}: {'.'.join(parts[:depth + 1])} is {node!r}, "
+                                  "not a section with fields; fix the preset")
     node[parts[-1]] = value
 
 
@@ -433,9 +461,21 @@ def _check_key_path(parts: list[str]) -> None:
         annotation = fields[part].annotation
         if depth < len(parts) - 1:
             if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-                # a dict-valued field (e.g. data.kind_weights.single) takes any key below it
-                return
+                # a dict-valued field (e.g. data.kind_weights.single) takes any key below it; others none
+                if _takes_keys(annotation):
+                    return
+                field = ".".join(parts[:depth + 1])
+                raise MedTextSegError(f"unknown config key {'.'.join(parts)!r}: {field} is a value, not a section "
+                                      f"with fields; set it as {field}=VALUE")
             model = annotation
+
+
+def _takes_keys(annotation: Any) -> bool:
+    """A field whose value is a mapping (``dict[str, float]``, possibly ``| None``) or anything (``Any``)."""
+    if annotation is Any or typing.get_origin(annotation) is dict:
+        return True
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType) and any(
+        _takes_keys(arg) for arg in typing.get_args(annotation))
 
 
 def _explain(error: ValidationError) -> str:

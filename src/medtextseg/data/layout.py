@@ -19,7 +19,7 @@ from medtextseg.data.io import read_array, read_geometry
 from medtextseg.data.prompts import validate_prompt
 from medtextseg.data.vocabulary import VOCABULARY_FILE, PromptVocabulary
 from medtextseg.utils.errors import MedTextSegError
-from medtextseg.utils.json_files import read_json
+from medtextseg.utils.json_files import json_type, read_json
 
 
 @dataclass
@@ -78,11 +78,14 @@ class DatasetLayout:
 
 
 def _parse_dataset_json(path: Path) -> tuple[list[str], dict[str, int], str, int]:
-    meta = read_json(path, "a dataset folder needs dataset.json; see docs/dataset_format.md")
+    meta = read_json(path, "a dataset folder needs dataset.json; see docs/dataset_format.md", expect_object=True)
     for key in ("channel_names", "labels", "file_ending"):
         if key not in meta:
             raise MedTextSegError(f"{path}: missing key {key!r}")
     channels = meta["channel_names"]
+    for key, example in (("channel_names", '{"0": name, "1": name, ...}'), ("labels", '{"background": 0, ...}')):
+        if not isinstance(meta[key], dict):  # nnU-Net v1 wrote lists; indexing one by "0" is a TypeError
+            raise MedTextSegError(f"{path}: {key} must be an object {example}, got {json_type(meta[key])}")
     try:
         channel_names = [channels[str(i)] for i in range(len(channels))]
     except KeyError:
@@ -96,9 +99,13 @@ def _parse_dataset_json(path: Path) -> tuple[list[str], dict[str, int], str, int
         if not isinstance(value, int) or value < 0:
             raise MedTextSegError(f"{path}: label {name!r} must be a non-negative integer, got {value!r}")
         labels[name] = value
-    spatial_dims = int(meta.get("medtextseg", {}).get("spatial_dims", 3))
-    if spatial_dims not in (2, 3):
-        raise MedTextSegError(f"{path}: medtextseg.spatial_dims must be 2 or 3, got {spatial_dims}")
+    own = meta.get("medtextseg", {})
+    if not isinstance(own, dict):
+        raise MedTextSegError(f"{path}: medtextseg must be an object, e.g. {{\"spatial_dims\": 3}}, got "
+                              f"{json_type(own)}")
+    spatial_dims = own.get("spatial_dims", 3)
+    if type(spatial_dims) is not int or spatial_dims not in (2, 3):  # not int(): "2D" raised, 2.7 passed as 2
+        raise MedTextSegError(f"{path}: medtextseg.spatial_dims must be the integer 2 or 3, got {spatial_dims!r}")
     return channel_names, labels, meta["file_ending"], spatial_dims
 
 
@@ -135,7 +142,18 @@ def _parse_prompts(path: Path, root: Path, cases: dict[str, CaseRecord], labels:
     if not path.is_file():
         raise MedTextSegError(f"{path}: file not found (one JSON line per case, prompt and target)")
     declared = set(labels.values())
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:  # e.g. saved as Latin-1: name the line and the byte
+        line = data[:error.start].count(b"\n") + 1
+        raise MedTextSegError(f"{path}:{line}: not UTF-8 text (byte 0x{data[error.start]:02x}); save the file "
+                              "as UTF-8") from None
+    if not text.strip():  # nothing to train or evaluate on; later steps fail on an empty prompt set
+        raise MedTextSegError(f"{path}: no prompts; write one JSON line per case, prompt and target "
+                              "(see docs/dataset_format.md)")
+    root_resolved = root.resolve()
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path}:{number}"
@@ -154,6 +172,10 @@ def _parse_prompts(path: Path, root: Path, cases: dict[str, CaseRecord], labels:
         target = item["target"]
         if isinstance(target, str):
             target_value: tuple[int, ...] | Path = root / target
+            # a dataset reads only its own files: no "../", absolute path or symbolic link out of the folder
+            if root_resolved not in target_value.resolve().parents:
+                raise MedTextSegError(f"{where}: target {target!r} resolves outside the dataset folder {root}; "
+                                      "keep mask files inside the dataset folder, named relative to it")
             if not target_value.is_file():
                 raise MedTextSegError(f"{where}: target mask file {target_value} not found")
         elif target is None or isinstance(target, list):
@@ -177,8 +199,11 @@ def _parse_prompts(path: Path, root: Path, cases: dict[str, CaseRecord], labels:
             if class_name not in vocabulary:
                 raise MedTextSegError(f"{where}: class {class_name!r} is not in {root / VOCABULARY_FILE} "
                                       f"(classes: {', '.join(vocabulary.classes)})")
+        meta = item.get("meta", {})
+        if not isinstance(meta, dict):
+            raise MedTextSegError(f"{where}: meta must be an object {{\"key\": value, ...}}, got {json_type(meta)}")
         cases[case].prompts.append(PromptRecord(case, prompt, target_value, str(item.get("kind", "other")),
-                                                dict(item.get("meta", {})), class_name))
+                                                dict(meta), class_name))
 
 
 def hash_split(cases: list[str]) -> dict[str, list[str]]:
@@ -206,6 +231,10 @@ def load_dataset(root: str | Path) -> DatasetLayout:
     splits_path = root / "splits.json"
     if splits_path.is_file():
         splits = read_json(splits_path)
+        if not isinstance(splits, dict) or not all(isinstance(m, list) for m in splits.values()):
+            found = json_type(splits) if not isinstance(splits, dict) else "a split that is not a list"
+            raise MedTextSegError(f"{splits_path}: must be an object of split name -> case ids, e.g. "
+                                  f'{{"train": [...], "val": [...], "test": [...]}}, got {found}')
         for split, members in splits.items():
             unknown = [c for c in members if c not in cases]
             if unknown:

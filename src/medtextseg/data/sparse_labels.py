@@ -89,6 +89,37 @@ def _link_or_copy(source: str, destination: str) -> None:
         shutil.copy2(source, destination)
 
 
+def _written_by_sparsify(folder: Path) -> bool:
+    """Whether ``folder`` is a copy this module wrote: its summary beside a dataset.json naming its source."""
+    try:
+        meta = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
+        return (folder / SUMMARY_FILE).is_file() and "source" in meta["medtextseg"]["sparse"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return False
+
+
+def _refuse_destination(src: Path, dst: Path, overwrite: bool) -> None:
+    """Raise unless ``dst`` (and its ``.partial`` work folder) may be written, and, when it exists, deleted:
+    never the source, a folder holding it or inside it, a file, or a folder that is not an earlier output."""
+    source = src.resolve()
+    for path in (dst, dst.with_name(dst.name + ".partial")):  # the work folder is deleted and renamed too
+        where = f"--dst {dst}" if path == dst else f"--dst {dst} (its work folder {path.name})"
+        if path.resolve() == source or path.resolve() in source.parents:
+            raise MedTextSegError(f"{where}: is --src {src} or a folder holding it; replacing it would delete the "
+                                  "source: choose a folder outside it")
+        if source in path.resolve().parents:
+            raise MedTextSegError(f"{where}: lies inside --src {src}; the copy would change the source: "
+                                  "choose a folder outside it")
+    if dst.exists() and not dst.is_dir():
+        raise MedTextSegError(f"--dst {dst}: is a file; --dst names the folder to write the sparse copy into")
+    if dst.exists() and not overwrite:
+        raise MedTextSegError(f"{dst}: already exists; use --overwrite to replace it")
+    if dst.exists() and not _written_by_sparsify(dst):
+        raise MedTextSegError(f"--dst {dst}: not a folder sparsify wrote (no {SUMMARY_FILE} beside a dataset.json "
+                              "naming its source); --overwrite replaces only those: choose another --dst or remove "
+                              "it yourself")
+
+
 def sparsify_dataset(src: str | Path, dst: str | Path, fraction: float = 0.1, planes: str = "SCA",
                      rule: str = "largest", seed: int = 0, overwrite: bool = False) -> dict:
     """Write a copy of the dataset ``src`` whose training volumes are barely labelled.
@@ -101,7 +132,8 @@ def sparsify_dataset(src: str | Path, dst: str | Path, fraction: float = 0.1, pl
     was kept per case; returns it.
 
     Raises:
-        MedTextSegError: ``dst`` exists (without ``overwrite``), a bad option, or a 2D dataset.
+        MedTextSegError: ``dst`` exists (without ``overwrite``; with it, when sparsify did not write it), is or
+            holds or lies inside ``src``, a bad option, or a 2D dataset.
     """
     import nibabel as nib
 
@@ -119,9 +151,8 @@ def sparsify_dataset(src: str | Path, dst: str | Path, fraction: float = 0.1, pl
     if IGNORE_LABEL in layout.labels:
         raise MedTextSegError(f"{src}: already sparse (dataset.json declares an {IGNORE_LABEL!r} label)")
     refuse_same_folder(src, dst)
+    _refuse_destination(src, dst, overwrite)
     if dst.exists():
-        if not overwrite:
-            raise MedTextSegError(f"{dst}: already exists; use --overwrite to replace it")
         shutil.rmtree(dst)
     train = [c for c in layout.splits.get("train", []) if layout.cases[c].label_path is not None]
     if not train:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ from medtextseg.inference.postprocessing import remove_small_components
 from medtextseg.inference.sliding import prompt_maps
 from medtextseg.models.factory import create_model
 from medtextseg.text.cache import TextEmbeddingCache, cached_text_encoder
-from medtextseg.training.checkpoint import load_checkpoint
+from medtextseg.training.checkpoint import checkpoint_file, load_checkpoint
 from medtextseg.utils.errors import MedTextSegError
 
 
@@ -76,6 +77,23 @@ class Segmentation:
                 f"volume={self.volume_ml:.2f} ml)")
 
 
+def _check_weights(path: Path, weights: Any, expected: dict[str, torch.Tensor]) -> None:
+    """Refuse weights that ``load_state_dict`` would reject with a many-line RuntimeError, naming the first key."""
+    if not isinstance(weights, dict):
+        raise MedTextSegError(f"{path}: its 'model' entry is not a dict of weights; not a checkpoint medtextseg "
+                              "train wrote")
+    problems = [f"missing {key}" for key in expected if key not in weights]
+    problems += [f"unexpected {key}" for key in weights if key not in expected]
+    shapes = {key: (list(getattr(weights[key], "shape", [])), list(getattr(value, "shape", [])))
+              for key, value in expected.items() if key in weights}
+    problems += [f"{key} has shape {found}, the model {wanted}" for key, (found, wanted) in shapes.items()
+                 if found != wanted]
+    if problems:
+        more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
+        raise MedTextSegError(f"{path}: its weights do not fit the model its config describes ({problems[0]}{more}); "
+                              "use the file medtextseg train wrote, unchanged")
+
+
 class Predictor:
     """Segments images from files with a trained model.
 
@@ -89,7 +107,11 @@ class Predictor:
 
     def __init__(self, checkpoint: str | Path, device: str | torch.device | None = None,
                  refiner: bool | None = None, mirror_axes: list[int] | str | None = None) -> None:
-        state = load_checkpoint(checkpoint)
+        path = checkpoint_file(checkpoint)
+        state = load_checkpoint(path)
+        if type(state.get("text_dim")) is not int:
+            raise MedTextSegError(f"{path}: no 'text_dim' (the prompt feature size the model was trained with); "
+                                  "not a checkpoint medtextseg train wrote")
         self.config = Config.from_dict(state["config"])
         if mirror_axes is not None:
             axes = list(range(self.config.model.spatial_dims)) if mirror_axes == "all" else list(mirror_axes)
@@ -107,6 +129,7 @@ class Predictor:
                           f"{self.text.encoder_name!r}; the answers are only right if it is the same model",
                           stacklevel=2)
         self.model = create_model(self.config.model, self.text_dim)
+        _check_weights(path, state["model"], self.model.state_dict())
         self.model.load_state_dict(state["model"])
         self.model.to(self.device).eval()
         self.model.use_refiner = self.config.inference.refiner if refiner is None else refiner

@@ -78,6 +78,7 @@ def run_study(spec: StudySpec, out_dir: str | Path, workers: int = 1, progress: 
     from medtextseg.study.report import write_study_report
 
     out_dir = Path(out_dir)
+    spec.check_run_names(f"study {spec.name!r}")  # a spec built in code was not read by load_study
     write_text_atomic(out_dir / "study.yaml", yaml.safe_dump(spec.model_dump(), sort_keys=False))
     _warm_text_cache(spec)
     jobs = [(dataset, configuration, seed, str(out_dir / "runs" / dataset / configuration / f"seed{seed}"))

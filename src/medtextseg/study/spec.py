@@ -47,6 +47,16 @@ class StudySpec(BaseModel):
                                          *self.configurations[configuration], f"train.seed={seed}",
                                          f"data.root={self.datasets[dataset]}"])
 
+    def check_run_names(self, where: str) -> None:
+        """Refuse a dataset or configuration name that is not one plain folder name: each run is written to
+        ``OUT/runs/DATASET/CONFIGURATION/``, so ``../x`` or ``a/b`` would put it elsewhere (outside ``-o``)."""
+        for kind, names in (("dataset", self.datasets), ("configuration", self.configurations)):
+            for name in names:
+                if name in ("", ".", "..") or "/" in name or "\\" in name:
+                    raise MedTextSegError(f"{where}: {kind} name {name!r} is not a plain folder name (it holds "
+                                          "'/' or '\\', or is '.' or '..'); each run is written to "
+                                          "OUT/runs/DATASET/CONFIGURATION/: rename it")
+
     def check(self) -> None:
         """Resolve every run's config once, so a typo fails before hours of training, naming where it is."""
         unknown = set(self.dataset_overrides) - set(self.datasets)
@@ -96,6 +106,7 @@ def load_study(spec: str | Path, datasets: dict[str, str] | None = None) -> Stud
         study.datasets = dict(datasets)
     if not study.datasets:
         raise MedTextSegError(f"{spec}: no datasets; add 'datasets: {{name: folder}}' or pass --data NAME=PATH")
+    study.check_run_names(str(spec))
     study.datasets = {name: str(folder if Path(folder).is_absolute() else base / folder)
                       for name, folder in study.datasets.items()}
     study.check()

@@ -35,6 +35,17 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     return Path(path)
 
 
+def checkpoint_file(path: str | Path) -> Path:
+    """The file a checkpoint argument names: the file itself, or ``best.pt`` (else ``last.pt``) of a run folder."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / name).is_file():
+                return path / name
+        raise MedTextSegError(f"{path}: no best.pt or last.pt in this run folder (has training started?)")
+    return path
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint file, or ``best.pt`` (else ``last.pt``) of a run folder, without running any code.
 
@@ -42,14 +53,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         MedTextSegError: no checkpoint there, an unreadable file, a file that would need code to load
             (a pickled payload), or a dict without model weights and config.
     """
-    path = Path(path)
-    if path.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (path / name).is_file():
-                path = path / name
-                break
-        else:
-            raise MedTextSegError(f"{path}: no best.pt or last.pt in this run folder (has training started?)")
+    path = checkpoint_file(path)
     if not path.is_file():
         raise MedTextSegError(f"{path}: checkpoint not found")
     try:

@@ -1,13 +1,17 @@
 """Atomic file writes: a reader (or a killed process) never sees a half-written file.
 
-Every output of medtextseg (masks, checkpoints, metrics, plots) is written to a temporary file in the
-destination folder and moved into place with ``os.replace``, which is atomic on POSIX file systems.
+Every output of medtextseg (masks, checkpoints, metrics, plots) is written into a temporary folder beside the
+destination, under the destination's own name, and moved into place with ``os.replace``, which is atomic on
+POSIX file systems. Writing under the final name keeps multi-file formats right: SimpleITK's ``mask.mhd``
+names its data file ``mask.zraw``, which is moved into place first, the header last. Files are created by the
+writer itself (not ``mkstemp``), so they get the mode the user's umask gives (0644 under umask 022).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,10 +19,8 @@ from pathlib import Path
 
 @contextlib.contextmanager
 def atomic_path(destination: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``destination``; move it into place only if the block succeeds.
-
-    The temporary name keeps the destination's full suffix (``.nii.gz``, ``.png``) so that writers which
-    choose a format by extension (nibabel, SimpleITK, matplotlib) behave as for the final name.
+    """Yield a temporary path with the destination's name; move it (and any file written beside it, such as
+    a ``.mhd`` header's ``.zraw``) into place only if the block succeeds. Nothing is left behind otherwise.
 
     Example:
         >>> with atomic_path("out/mask.nii.gz") as tmp:  # doctest: +SKIP
@@ -26,17 +28,16 @@ def atomic_path(destination: str | os.PathLike) -> Iterator[Path]:
     """
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(destination.suffixes) or ".tmp"
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{destination.name.split('.')[0]}-", suffix=suffix,
-                                    dir=destination.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    folder = Path(tempfile.mkdtemp(prefix=f".{destination.name.split('.')[0]}-", dir=destination.parent))
+    tmp = folder / destination.name
     try:
         yield tmp
+        for companion in sorted(folder.iterdir()):  # data files first: the header never names a missing file
+            if companion != tmp:
+                os.replace(companion, destination.parent / companion.name)
         os.replace(tmp, destination)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def write_text_atomic(destination: str | os.PathLike, text: str) -> Path:
