@@ -342,6 +342,15 @@ def reshape_first_weight(state: dict) -> None:
     state["model"][key] = torch.zeros(*state["model"][key].shape[:-1], state["model"][key].shape[-1] + 1)
 
 
+def unplanned(make):
+    """The same case with ``train --no-plan``: the trainer reads the dataset itself."""
+    def make_unplanned(ds: Path, tmp: Path) -> dict:
+        details = make(ds, tmp)
+        return details | {"args": [*details.get("args", []), "--no-plan"]}
+
+    return make_unplanned
+
+
 NOT_A_SECTION = "is a value, not a section with fields; set it as train.steps=VALUE"
 CASES = {
     # dataset files: `train` stops while reading the dataset, before a run folder exists
@@ -355,6 +364,9 @@ CASES = {
                                                  "the file as UTF-8"),
     "meta is a list": (prompts_meta_list, "{ds}/prompts.jsonl:{line}: meta must be an object "
                                           '{{"key": value, ...}}, got a list'),
+    "prompts.jsonl is empty, unplanned": (unplanned(prompts_empty), "{ds}/prompts.jsonl: no prompts; write one "
+                                                                    "JSON line per case, prompt and target (see "
+                                                                    "docs/dataset_format.md)"),
     "splits.json is a list": (splits_list, '{ds}/splits.json: must be an object of split name -> case ids, e.g. '
                                            '{{"train": [...], "val": [...], "test": [...]}}, got a list'),
     # configuration

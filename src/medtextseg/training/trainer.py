@@ -304,9 +304,9 @@ class Trainer:
 
     def _run(self) -> Path:
         ctx, config = self.ctx, self.config
+        self._setup()  # before the run folder exists: a bad dataset or config leaves nothing behind
         if ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._setup()
         if ctx.is_main:
             write_text_atomic(self.run_dir / "config.yaml", config.to_yaml())
             if self.plan is not None:
