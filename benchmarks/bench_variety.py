@@ -1,0 +1,209 @@
+"""Data nobody tuned for: the default, planned from each dataset, against a text-blind MONAI UNet given the same time.
+
+    .venv/bin/python benchmarks/bench_variety.py [--variants fine iso1mm] [--cases 120] [--steps 1600] [--threads 1]
+
+For each variant, ``medtextseg synth`` writes a dataset made differently from the one the default was tuned on
+(spacing, field of view, stored voxel order, and a third of the test prompts in wordings training never uses),
+then, as a user would from the README:
+
+1. ``medtextseg train`` with the default preset and nothing set but the steps (the plan adapts it),
+   ``medtextseg calibrate-presence`` and ``medtextseg evaluate`` on the test split;
+2. a text-blind MONAI ``UNet`` (residual units, DiceCE, positive/negative crops 2:1, MONAI transforms at the
+   same planned spacing and patch) trained on "all lesions" for the same wall time as step 1's training, then
+   scored on the same prompts with the same metrics: it answers every lesion prompt with all lesions and cannot
+   answer anatomy prompts.
+
+The table: Dice per prompt group (``single`` = one lesion in a one-lesion case, ``single_2plus`` = one named
+lesion among 2-3), absent targets answered empty, and Dice over seen vs unseen wordings. Everything is written to
+``OUT/results.{json,md}``; each variant's folder keeps the dataset, the runs and the evaluations. Runs resume:
+a finished step is not redone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.inferers import sliding_window_inference
+from monai.losses import DiceCELoss
+from monai.networks.nets import UNet
+from monai.transforms import Invertd, RandCropByPosNegLabeld, RandFlipd
+
+from medtextseg.config import Config
+from medtextseg.data.dataset import prepare_case
+from medtextseg.data.io import read_array, read_geometry
+from medtextseg.data.layout import load_dataset
+from medtextseg.data.transforms import preparation
+from medtextseg.evaluation.metrics import segmentation_metrics
+from medtextseg.evaluation.runner import prompt_target, result_group
+
+sys.path.insert(0, str(Path(__file__).parent))
+from results_table import write_results  # noqa: E402
+
+VARIANTS = {
+    # a bp-MRI protocol of finer in-plane resolution and wider view, stored LPS and oblique (the issue's case)
+    "fine": ["--spacing", "0.5,0.5,3.0", "--fov", "48,48,72", "--voxel-order", "LPS"],
+    # isotropic 1 mm, a larger field of view, stored in another axis order
+    "iso1mm": ["--spacing", "1.0,1.0,1.0", "--fov", "72,72,48", "--voxel-order", "PIL"],
+    # the benchmark the default was tuned on, with the same unseen wordings (a reference row)
+    "native": [],
+}
+LESION_KINDS = ("single", "all", "absent")
+
+
+def medtextseg(*args: str, threads: int | None = None) -> None:
+    """Run a medtextseg command as a user would (on ``threads`` CPU threads); stop the benchmark if it fails."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
+    subprocess.run([sys.executable, "-m", "medtextseg.cli", *args], check=True, env=env)
+
+
+def training_seconds(run: Path) -> float:
+    """Wall time of a finished training, from its log."""
+    for line in reversed((run / "log.jsonl").read_text().splitlines()):
+        record = json.loads(line)
+        if record.get("event") == "end":
+            return float(record["seconds"])
+    raise RuntimeError(f"{run}: training has not finished")
+
+
+def lesion_target(case, prepared) -> torch.Tensor:
+    """The union of every lesion a case's prompts name ([*spatial] bool): what a text-blind model learns."""
+    union = torch.zeros(prepared.image.shape[1:], dtype=torch.bool)
+    for prompt in prepared.prompts:
+        if prompt.kind in ("single", "all"):
+            union |= prepared.target(prompt)
+    return union
+
+
+def train_unet(data: Path, config: Config, seconds: float, out: Path) -> tuple[UNet, float]:
+    """A text-blind MONAI UNet trained on all lesions for ``seconds`` of wall time (resumes from ``out``)."""
+    layout = load_dataset(data)
+    strides = [max(s) if len(set(s)) == 1 else tuple(s) for s in config.model.strides[1:]]
+    model = UNet(3, config.model.in_channels, 1, channels=(16, 32, 64, 128), strides=strides, num_res_units=2)
+    if out.is_file():
+        saved = torch.load(out, weights_only=True)
+        model.load_state_dict(saved["model"])
+        return model, saved["steps"]
+    torch.manual_seed(0)
+    cases = [prepare_case(layout.cases[c], config.data.spacing, 3) for c in layout.splits["train"]]
+    samples = [{"image": c.image, "label": lesion_target(layout.cases[c.case], c)[None].float()} for c in cases]
+    crop = RandCropByPosNegLabeld(["image", "label"], "label", config.data.patch_size, pos=2, neg=1, num_samples=1,
+                                  allow_smaller=True)
+    flip = RandFlipd(["image", "label"], prob=0.5, spatial_axis=0)
+    crop.set_random_state(0)
+    flip.set_random_state(0)
+    loss_function = DiceCELoss(sigmoid=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-5)
+    rng = np.random.default_rng(0)
+    started, steps = time.perf_counter(), 0
+    model.train()
+    while time.perf_counter() - started < seconds:
+        batch = [flip(crop(samples[i])[0]) for i in rng.choice(len(samples), size=2, replace=False)]
+        image = torch.stack([torch.as_tensor(b["image"]) for b in batch])
+        label = torch.stack([torch.as_tensor(b["label"]) for b in batch])
+        loss = loss_function(model(image), label)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        steps += 1
+    torch.save({"model": model.state_dict(), "steps": steps}, out)
+    return model, steps
+
+
+@torch.no_grad()
+def score_unet(model: UNet, data: Path, config: Config) -> list[dict]:
+    """Per-prompt metrics of the UNet's one answer (all lesions, on the file grid) for every lesion prompt."""
+    layout = load_dataset(data)
+    model.eval()
+    transform = preparation(config.data.spacing)
+    records = []
+    for case in layout.split("test"):
+        data_dict = transform({"image": [str(p) for p in case.image_paths]})
+        image = data_dict["image"]
+        logits = sliding_window_inference(image.as_tensor()[None].float(), config.data.patch_size, 4, model,
+                                          overlap=0.25, mode="gaussian")[0]
+        prediction = torch.sigmoid(logits)
+        prediction = MetaTensor(prediction, meta=image.meta)
+        prediction.applied_operations = image.applied_operations
+        inverted = Invertd("prediction", transform, orig_keys="image", nearest_interp=False)(
+            {"prediction": prediction, "image": image})["prediction"]
+        mask = inverted.as_tensor().numpy()[0] > 0.5
+        geometry = read_geometry(case.image_paths[0])
+        label = read_array(case.label_path)
+        for prompt in case.prompts:
+            if prompt.kind not in LESION_KINDS:
+                continue
+            metrics = segmentation_metrics(mask, prompt_target(case, prompt, label), geometry.spacing)
+            records.append({"case": case.case, "prompt": prompt.prompt, "group": result_group(prompt),
+                            "dice": metrics["dice"]})
+    return records
+
+
+def summary(records: list[dict], wording: dict[tuple[str, str], str]) -> dict[str, float]:
+    """Mean Dice per group, absent targets answered empty, and Dice over seen / unseen wordings."""
+    groups: dict[str, list[float]] = defaultdict(list)
+    for record in records:
+        groups[record["group"]].append(record["dice"])
+        groups[wording.get((record["case"], record["prompt"]), "seen")].append(record["dice"])
+    row = {name: float(np.mean(values)) for name, values in groups.items()}
+    row["absent_empty"] = row.pop("absent", None)  # absent: Dice 1 exactly when the answer is empty
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", nargs="+", default=["fine", "iso1mm"], choices=sorted(VARIANTS))
+    parser.add_argument("--cases", type=int, default=120)
+    parser.add_argument("--steps", type=int, default=1600, help="training steps of the default (its own default)")
+    parser.add_argument("--unseen-wording", type=float, default=0.33)
+    parser.add_argument("--out", type=Path, default=Path("work/bench_variety"))
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads of every training and prediction "
+                        "(both models alike; 1 leaves a core free on a shared 2-core machine)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run_medtextseg = functools.partial(medtextseg, threads=args.threads)
+    rows = []
+    for variant in args.variants:
+        folder = args.out / variant
+        data, run, evaluation = folder / "data", folder / "run", folder / "eval"
+        if not (data / "dataset.json").is_file():
+            run_medtextseg("synth", "--out", str(data), "--cases", str(args.cases),
+                           "--unseen-wording", str(args.unseen_wording), *VARIANTS[variant])
+        log = (run / "log.jsonl").read_text().splitlines() if (run / "log.jsonl").is_file() else []
+        if not any(json.loads(line).get("event") == "end" for line in log):
+            resume = ["--resume"] if (run / "last.pt").is_file() else []
+            run_medtextseg("train", "--data", str(data), "--out", str(run), *resume,
+                           "--set", f"train.steps={args.steps}")
+            run_medtextseg("calibrate-presence", "-m", str(run), "-d", str(data))
+        if not (evaluation / "metrics_per_prompt.json").is_file():
+            run_medtextseg("evaluate", "-m", str(run), "-d", str(data), "-o", str(evaluation))
+        seconds = training_seconds(run)
+        config = Config.load(run / "config.yaml")
+        unet, unet_steps = train_unet(data, config, seconds, folder / "unet.pt")
+        wording = {(line["case"], line["prompt"]): line.get("meta", {}).get("wording", "seen")
+                   for line in map(json.loads, (data / "prompts.jsonl").read_text().splitlines())}
+        ours = summary(json.loads((evaluation / "metrics_per_prompt.json").read_text()), wording)
+        theirs = summary(score_unet(unet, data, config), wording) | {"seen": None, "unseen": None}  # lesions only
+        plan = json.loads((run / "plans.json").read_text())
+        common = {"variant": variant, "spacing": "x".join(f"{s:g}" for s in plan["spacing"]),
+                  "patch": "x".join(map(str, plan["patch_size"])), "minutes": round(seconds / 60, 1)}
+        rows.append(common | {"model": f"medtextseg default ({args.steps} steps)", **ours})
+        rows.append(common | {"model": f"MONAI UNet, text-blind ({unet_steps} steps)", **theirs})
+    write_results(rows, ["variant", "spacing", "patch", "model", "minutes", "single", "single_2plus", "all",
+                         "absent_empty", "anatomy", "seen", "unseen"], args.out,
+                  "The default on data it was not tuned on, against a text-blind MONAI UNet given the same time")
+
+
+if __name__ == "__main__":
+    main()
