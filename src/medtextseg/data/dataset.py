@@ -1,15 +1,18 @@
 """Training samples: an image with K of its prompts, cropped to the patch, augmented, and the K targets.
 
-Cases are prepared once (loaded, RAS, resampled, z-scored) and kept in memory. Each item's randomness is
-drawn from ``(seed, epoch, index)``, so a resumed or distributed run sees exactly the samples an
+Cases are prepared once (loaded, RAS, resampled, z-scored): in memory (:class:`PreparedCase`), or saved to the
+preprocessed cache on disk and referenced (``data.preprocessed.CachedCase``), in which case an item loads its
+case's arrays when it is drawn, so memory does not grow with the number of cases. Each item's randomness is
+drawn from ``(seed, epoch, index)``, so a resumed, distributed or multi-worker run sees exactly the samples an
 uninterrupted single-process run would.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,6 +30,9 @@ from medtextseg.data.layout import CaseRecord, PromptRecord
 from medtextseg.data.prompts import swap_left_right
 from medtextseg.data.transforms import coordinate_channels, preparation
 from medtextseg.data.vocabulary import PromptVocabulary
+
+if TYPE_CHECKING:
+    from medtextseg.data.preprocessed import CachedCase
 
 
 @dataclass
@@ -48,8 +54,14 @@ class PreparedCase:
             return torch.zeros(self.image.shape[1:], dtype=torch.bool)
         return torch.isin(self.label, torch.tensor(prompt.target, dtype=self.label.dtype))
 
+    def load(self) -> PreparedCase:
+        """The case itself (already in memory); a ``CachedCase`` loads its arrays here."""
+        return self
+
 
 def prepare_case(case: CaseRecord, spacing: list[float] | None, spatial_dims: int) -> PreparedCase:
+    """Load ``case`` through ``transforms.preparation`` (RAS, ``spacing``, z-score): image [C, *spatial] float32,
+    label [*spatial] int64 (None without a label file), one [*spatial] bool mask per mask-file target."""
     mask_paths = sorted({p.target for p in case.prompts if isinstance(p.target, Path)})
     label_keys = (["label"] if case.label_path else []) + [f"mask{i}" for i in range(len(mask_paths))]
     data = {"image": [str(p) for p in case.image_paths]}
@@ -79,9 +91,12 @@ class PromptSampleDataset(torch.utils.data.Dataset):
     ``vocabulary.render`` with the item's own generator: reproducible by seed, different per sample and step.
     With ``structured`` (prompt text -> its structured attribute form, ``attribute_prompts``), a chosen prompt
     found there is replaced by that form with probability ``structured_probability``.
+
+    ``cases`` may be in memory (``PreparedCase``) or references to the preprocessed cache (``CachedCase``, loaded
+    when an item is drawn): the items are the same tensors either way.
     """
 
-    def __init__(self, cases: list[PreparedCase], patch_size: list[int], prompts_per_image: int,
+    def __init__(self, cases: Sequence[PreparedCase | CachedCase], patch_size: list[int], prompts_per_image: int,
                  kind_weights: dict[str, float], flip_left_right: float = 0.5,
                  intensity_augmentation: bool = True, seed: int = 0, coordinates: bool = False,
                  vocabulary: PromptVocabulary | None = None, structured: Mapping[str, str] | None = None,
@@ -117,7 +132,7 @@ class PromptSampleDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        case = self.cases[index]
+        case = self.cases[index].load()  # a reference reads its arrays now, in the worker that draws the item
         prompts = self._choose_prompts(case, rng)
         targets = torch.stack([case.target(p) for p in prompts]).float()  # [K, *spatial]
         channels = case.image.shape[0]

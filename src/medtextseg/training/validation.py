@@ -9,17 +9,20 @@ from monai.metrics import compute_dice
 from torch import nn
 
 from medtextseg.data.dataset import PreparedCase
+from medtextseg.data.preprocessed import CachedCase
 from medtextseg.inference.postprocessing import remove_small_components
 from medtextseg.inference.sliding import prompt_probabilities
 from medtextseg.text.cache import TextEmbeddingCache
 
 
-def validation_dice(model: nn.Module, cases: list[PreparedCase], text: TextEmbeddingCache,
+def validation_dice(model: nn.Module, cases: list[PreparedCase | CachedCase], text: TextEmbeddingCache,
                     patch_size: list[int], threshold: float = 0.5, presence_threshold: float = 0.5,
                     min_component_voxels: int = 0) -> dict[str, float]:
     """Mean Dice per prompt kind and over all prompts (``val_dice``), on whole images, with the same
     post-processing as prediction (presence gate, small-component removal), so ``best.pt`` is chosen on
     the masks users get.
+
+    ``cases`` may be references to the preprocessed cache: each is loaded in turn, one in memory at a time.
 
     Convention: an absent target answered with an empty mask scores 1, with anything else 0
     (MONAI's ``ignore_empty=False``).
@@ -28,7 +31,8 @@ def validation_dice(model: nn.Module, cases: list[PreparedCase], text: TextEmbed
     model.eval()
     scores: dict[str, list[float]] = defaultdict(list)
     overall: list[float] = []  # kept apart: "all" is also a prompt kind ("segment all lesions")
-    for case in cases:
+    for reference in cases:
+        case = reference.load()
         prompts = [p.prompt for p in case.prompts]
         probabilities = prompt_probabilities(model, case.image, text(prompts), patch_size,
                                              presence_threshold=presence_threshold)
