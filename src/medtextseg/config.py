@@ -44,6 +44,9 @@ class DataConfig(_Section):
                                       "number one' (TextBCS) at a training step")
     prompt_sampling: bool = Field(False, description="reword each prompt line that has a 'class' at every step: "
                                   "a random template x synonym of the dataset's prompt_vocabulary.json")
+    cache_dir: str | None = Field(None, description="where prepared cases are cached (preprocessed/{key}/; default: "
+                                  "{data.root}/.medtextseg_cache, or $MEDTEXTSEG_CACHE / ~/.cache/medtextseg when "
+                                  "the dataset folder is read-only)")
 
 
 class TextConfig(_Section):
@@ -244,6 +247,8 @@ class TrainConfig(_Section):
     amp: bool = Field(True, description="mixed precision when on a GPU (ignored on the CPU)")
     grad_clip: float = Field(12.0, gt=0)
     num_threads: int | None = Field(None, description="torch CPU threads (None: PyTorch's default)")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes that load and augment the training "
+                             "samples (0: the training process itself); the samples are the same for any number")
     init_from: str | None = Field(None, description="start from the weights of this run folder or checkpoint "
                                   "(by name and shape; a second training stage)")
     init_exclude: list[str] = Field(default_factory=list, description="parameter-name prefixes not taken from "

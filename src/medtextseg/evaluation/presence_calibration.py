@@ -38,7 +38,7 @@ def calibrate_presence(run: str | Path, data: str | Path, split: str = "val",
     from medtextseg.data.layout import load_dataset
     from medtextseg.models.factory import create_model
     from medtextseg.training.checkpoint import load_checkpoint, save_checkpoint
-    from medtextseg.training.trainer import prepare_cases, text_cache_for
+    from medtextseg.training.trainer import preprocessed, text_cache_for
     from medtextseg.training.validation import validation_dice
 
     run = Path(run)
@@ -58,7 +58,7 @@ def calibrate_presence(run: str | Path, data: str | Path, split: str = "val",
     model = create_model(config.model, int(state["text_dim"]))
     model.load_state_dict(state["model"])
     model.to("cuda" if torch.cuda.is_available() else "cpu")
-    cases = prepare_cases(layout, case_ids, config, progress, f"preparing {split} cases")
+    cases = preprocessed(layout, case_ids, config, progress, split).cases  # loaded one at a time when scored
     text = text_cache_for(config)
     inference = config.inference
     scores = {}

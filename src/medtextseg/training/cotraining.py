@@ -222,7 +222,7 @@ class CoTrainer:
         self.prompt, self.values = self._target(layout)
         values = torch.tensor(self.values)
         ignore_value = layout.labels.get(IGNORE_LABEL)
-        cases = prepare_cases(layout, train_ids, config, self.progress, "preparing training cases")
+        cases = prepare_cases(layout, train_ids, config, self.progress, "training")
         self.labelled: list[tuple[PreparedCase, list[SparseSupervision]]] = []
         self.unlabelled: list[PreparedCase] = []
         pending = []
@@ -251,7 +251,7 @@ class CoTrainer:
         # validation asks the one question this model is trained to answer
         self.val_cases = [PreparedCase(c.case, c.image, c.label, c.masks,
                                        [PromptRecord(c.case, self.prompt, self.values, "anatomy")])
-                          for c in prepare_cases(layout, val_ids, config, self.progress, "preparing validation cases")
+                          for c in prepare_cases(layout, val_ids, config, self.progress, "validation")
                           if c.label is not None]
 
     # ---------------------------------------------------------------- batches

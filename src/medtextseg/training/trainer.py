@@ -22,9 +22,10 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
 from medtextseg.config import Config
 from medtextseg.data.attribute_prompts import attribute_prompt_texts
-from medtextseg.data.dataset import PreparedCase, PromptSampleDataset, collate_prompt_samples, prepare_case
+from medtextseg.data.dataset import PreparedCase, PromptSampleDataset, collate_prompt_samples
 from medtextseg.data.layout import load_dataset, verify_dataset
 from medtextseg.data.planning import PLAN_FILE, Plan
+from medtextseg.data.preprocessed import PreprocessedCases, preprocess_cases
 from medtextseg.data.prompts import swap_left_right
 from medtextseg.data.sparse_labels import IGNORE_LABEL
 from medtextseg.data.vocabulary import PromptVocabulary
@@ -48,14 +49,18 @@ def text_cache_for(config: Config) -> TextEmbeddingCache:
     return cached_text_encoder(config.text.encoder, config.text.max_tokens, cache_dir)
 
 
-def prepare_cases(layout, case_ids: list[str], config: Config, progress: bool,
-                  description: str) -> list[PreparedCase]:
-    iterator = case_ids
-    if progress:
-        from rich.progress import track
+def preprocessed(layout, case_ids: list[str], config: Config, progress: bool, label: str = "") -> PreprocessedCases:
+    """References to ``case_ids`` in the preprocessed cache at ``config.data.spacing`` (``data.cache_dir``),
+    the missing ones prepared into it first; ``label`` names them in the progress bars."""
+    return preprocess_cases(layout, case_ids, config.data.spacing, config.data.cache_dir, progress, label)
 
-        iterator = track(case_ids, description=description, transient=True)
-    return [prepare_case(layout.cases[c], config.data.spacing, layout.spatial_dims) for c in iterator]
+
+def prepare_cases(layout, case_ids: list[str], config: Config, progress: bool,
+                  description: str = "") -> list[PreparedCase]:
+    """``case_ids`` prepared (through the preprocessed cache) and loaded into memory: image [C, *spatial]
+    float32, label [*spatial] int64, masks [*spatial] bool. For a few cases (validation, tests); training reads
+    its cases lazily (:func:`preprocessed`). ``description`` names the cases in the progress bars."""
+    return [c.load() for c in preprocessed(layout, case_ids, config, progress, description).cases]
 
 
 def training_prompt_texts(layout, case_ids: list[str], vocabulary: PromptVocabulary | None,
@@ -154,8 +159,15 @@ class Trainer:
         val_ids = val_ids[: config.train.val_cases]
         verify_dataset(self.layout, train_ids + val_ids, progress=self.progress and ctx.is_main)
         show = self.progress and ctx.is_main
-        self.train_cases = prepare_cases(self.layout, train_ids, config, show, "preparing training cases")
-        self.val_cases = prepare_cases(self.layout, val_ids, config, show, "preparing validation cases")
+        # rank 0 prepares what the cache misses; the others then read it. Training cases stay on disk, referenced
+        # (loaded when drawn: memory does not grow with their number); the few validation cases are loaded.
+        cases = preprocessed(self.layout, train_ids + val_ids, config, show) if ctx.is_main else None
+        ctx.barrier()
+        if cases is None:
+            cases = preprocessed(self.layout, train_ids + val_ids, config, False)
+        self.preprocessed = cases
+        self.train_cases = cases.cases[: len(train_ids)]
+        self.val_cases = [c.load() for c in cases.cases[len(train_ids):]]
 
         structured = (attribute_prompt_texts(p for case in train_ids for p in self.layout.cases[case].prompts)
                       if config.data.structured_prompts > 0 else None)
@@ -264,7 +276,9 @@ class Trainer:
             self.sampler.set_epoch(epoch)
             self.dataset.epoch = epoch
             batches = list(BatchSampler(self.sampler, self.config.train.batch_images, drop_last=True))
-            loader = DataLoader(self.dataset, batch_sampler=batches[skip:], collate_fn=collate_prompt_samples)
+            # items are seeded by (seed, epoch, index): workers load and augment them, but cannot change them
+            loader = DataLoader(self.dataset, batch_sampler=batches[skip:], collate_fn=collate_prompt_samples,
+                                num_workers=self.config.train.num_workers)
             yield from loader
 
     def _train_step(self, batch: dict) -> dict[str, float]:
@@ -304,6 +318,7 @@ class Trainer:
 
     def _run(self) -> Path:
         ctx, config = self.ctx, self.config
+        setup_started = time.perf_counter()
         self._setup()  # before the run folder exists: a bad dataset or config leaves nothing behind
         if ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -313,7 +328,10 @@ class Trainer:
                 self.plan.save(self.run_dir / PLAN_FILE)
             if not self.resume:
                 self._log({"step": 0, "event": "start", "parameters": count_parameters(self.model),
-                           "world_size": ctx.world_size, "device": str(ctx.device)})
+                           "world_size": ctx.world_size, "device": str(ctx.device),
+                           "cases_prepared": self.preprocessed.prepared,
+                           "cases_read": len(self.preprocessed.cases) - self.preprocessed.prepared,
+                           "setup_seconds": round(time.perf_counter() - setup_started, 2)})
         self.model.train()
         total = config.train.steps
         progress = StepProgress("train", total, self.step, self.progress and ctx.is_main)
