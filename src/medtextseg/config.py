@@ -42,6 +42,10 @@ class DataConfig(_Section):
                                       "its attributes (meta side/zone/size/shape) is given in the structured "
                                       "form 'location left peripheral zone; shape irregular; size large; "
                                       "number one' (TextBCS) at a training step")
+    paraphrases: int = Field(0, ge=0, le=32, description="rewordings drawn per training prompt before training "
+                             "(synonyms, abbreviations, sentence forms; data/paraphrase.py), encoded once")
+    paraphrase_probability: float = Field(0.5, ge=0, le=1, description="probability that a training prompt is "
+                                          "given as one of its rewordings at a step (with data.paraphrases > 0)")
     prompt_sampling: bool = Field(False, description="reword each prompt line that has a 'class' at every step: "
                                   "a random template x synonym of the dataset's prompt_vocabulary.json")
     cache_dir: str | None = Field(None, description="where prepared cases are cached (preprocessed/{key}/; default: "

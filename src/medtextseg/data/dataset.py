@@ -90,7 +90,9 @@ class PromptSampleDataset(torch.utils.data.Dataset):
     With a ``vocabulary`` (prompt sampling), a chosen prompt that has a ``class_name`` is reworded by
     ``vocabulary.render`` with the item's own generator: reproducible by seed, different per sample and step.
     With ``structured`` (prompt text -> its structured attribute form, ``attribute_prompts``), a chosen prompt
-    found there is replaced by that form with probability ``structured_probability``.
+    found there is replaced by that form with probability ``structured_probability``. With ``paraphrases``
+    (prompt text -> its rewordings, :func:`medtextseg.data.paraphrase.paraphrase_pool`), a chosen text found
+    there is replaced by one of its rewordings with probability ``paraphrase_probability``.
 
     ``cases`` may be in memory (``PreparedCase``) or references to the preprocessed cache (``CachedCase``, loaded
     when an item is drawn): the items are the same tensors either way.
@@ -100,7 +102,9 @@ class PromptSampleDataset(torch.utils.data.Dataset):
                  kind_weights: dict[str, float], flip_left_right: float = 0.5,
                  intensity_augmentation: bool = True, seed: int = 0, coordinates: bool = False,
                  vocabulary: PromptVocabulary | None = None, structured: Mapping[str, str] | None = None,
-                 structured_probability: float = 0.0) -> None:
+                 structured_probability: float = 0.0, *,
+                 paraphrases: Mapping[str, Sequence[str]] | None = None,
+                 paraphrase_probability: float = 0.0) -> None:
         self.cases = [c for c in cases if c.prompts]
         self.patch_size = list(patch_size)
         self.k = prompts_per_image
@@ -112,6 +116,8 @@ class PromptSampleDataset(torch.utils.data.Dataset):
         self.vocabulary = vocabulary
         self.structured = structured if structured and structured_probability > 0 else None
         self.structured_probability = structured_probability
+        self.paraphrases = paraphrases if paraphrases and paraphrase_probability > 0 else None
+        self.paraphrase_probability = paraphrase_probability
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -129,6 +135,12 @@ class PromptSampleDataset(torch.utils.data.Dataset):
         if len(chosen) < self.k:  # fewer usable prompts than slots: repeat some
             chosen += list(rng.choice(len(kinds), size=self.k - len(chosen), replace=True, p=weights))
         return [case.prompts[i] for i in chosen]
+
+    def _reworded(self, text: str, rng: np.random.Generator) -> str:
+        rewordings = self.paraphrases.get(text)
+        if not rewordings or rng.random() >= self.paraphrase_probability:
+            return text
+        return rewordings[int(rng.integers(len(rewordings)))]
 
     def __getitem__(self, index: int) -> dict:
         rng = np.random.default_rng([self.seed, self.epoch, index])
@@ -163,6 +175,8 @@ class PromptSampleDataset(torch.utils.data.Dataset):
         if self.structured is not None:  # draws only when on, so the other runs keep their random stream
             texts = [self.structured[p.prompt] if p.prompt in self.structured
                      and rng.random() < self.structured_probability else t for p, t in zip(prompts, texts, strict=True)]
+        if self.paraphrases is not None:  # also drawn only when on
+            texts = [self._reworded(t, rng) for t in texts]
         if rng.random() < self.flip_left_right:
             # axis 0 of the spatial dims is patient left-right in RAS, so the words must follow; the
             # coordinates are not mirrored: they say where patient right is, whatever the anatomy

@@ -12,7 +12,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ from medtextseg.config import Config
 from medtextseg.data.attribute_prompts import attribute_prompt_texts
 from medtextseg.data.dataset import PreparedCase, PromptSampleDataset, collate_prompt_samples
 from medtextseg.data.layout import load_dataset, verify_dataset
+from medtextseg.data.paraphrase import paraphrase_pool
 from medtextseg.data.planning import PLAN_FILE, Plan
 from medtextseg.data.preprocessed import PreprocessedCases, preprocess_cases
 from medtextseg.data.prompts import swap_left_right
@@ -64,12 +65,16 @@ def prepare_cases(layout, case_ids: list[str], config: Config, progress: bool,
 
 
 def training_prompt_texts(layout, case_ids: list[str], vocabulary: PromptVocabulary | None,
-                          structured: Mapping[str, str] | None = None) -> list[str]:
+                          structured: Mapping[str, str] | None = None,
+                          paraphrases: Mapping[str, Sequence[str]] | None = None) -> list[str]:
     """Every text training can feed the model, to encode once before step 1 (never per step): the prompts of
     the cases, every wording of their classes when ``vocabulary`` (prompt sampling) is given, their structured
-    forms when ``structured`` is, and all of these with left and right swapped (the flip augmentation)."""
+    forms when ``structured`` is, the rewordings ``paraphrases`` holds for the cases' prompts, and all of these
+    with left and right swapped (the flip augmentation)."""
     records = [p for case in case_ids for p in layout.cases[case].prompts]
     prompts = {p.prompt for p in records}
+    if paraphrases:
+        prompts |= {text for p in prompts for text in paraphrases.get(p, ())}
     if vocabulary is not None:
         classes = {p.class_name for p in records if p.class_name}
         prompts |= {text for name in classes for text in vocabulary.phrasings(name)}
@@ -171,8 +176,11 @@ class Trainer:
 
         structured = (attribute_prompt_texts(p for case in train_ids for p in self.layout.cases[case].prompts)
                       if config.data.structured_prompts > 0 else None)
+        # rewordings of the training prompts only: validation keeps the dataset's own words
+        paraphrases = (paraphrase_pool((p.prompt for case in train_ids for p in self.layout.cases[case].prompts),
+                                       config.data.paraphrases, seed) if config.data.paraphrases else None)
         self.text = text_cache_for(config)
-        prompts = training_prompt_texts(self.layout, train_ids + val_ids, vocabulary, structured)
+        prompts = training_prompt_texts(self.layout, train_ids + val_ids, vocabulary, structured, paraphrases)
         if ctx.is_main:  # rank 0 encodes and fills the disk cache; the others then read it
             self.text.warm(prompts)
         ctx.barrier()
@@ -180,7 +188,7 @@ class Trainer:
 
         self.model = create_model(config.model, self.text.dim).to(ctx.device)
         if config.model.text_whitening and not self.resume:  # a resumed run has them in its checkpoint
-            texts = training_prompt_texts(self.layout, train_ids, vocabulary, structured)
+            texts = training_prompt_texts(self.layout, train_ids, vocabulary, structured, paraphrases)
             # an evenly spaced subset bounds the memory of the padded token batch; D-dim statistics need far fewer
             texts = texts[:: -(-len(texts) // WHITENING_PROMPTS)]
             self.model.fit_text_statistics(self.text(texts).to(ctx.device))
@@ -192,7 +200,9 @@ class Trainer:
         self.dataset = PromptSampleDataset(self.train_cases, config.data.patch_size, config.data.prompts_per_image,
                                            config.data.kind_weights, config.data.flip_left_right,
                                            config.data.intensity_augmentation, seed, config.model.coordinates,
-                                           vocabulary, structured, config.data.structured_prompts)
+                                           vocabulary, structured, config.data.structured_prompts,
+                                           paraphrases=paraphrases,
+                                           paraphrase_probability=config.data.paraphrase_probability)
         self.sampler = DistributedSampler(self.dataset, num_replicas=ctx.world_size, rank=ctx.rank,
                                           shuffle=True, seed=seed, drop_last=True)
         per_rank = len(self.sampler)
