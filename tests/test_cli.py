@@ -149,10 +149,14 @@ def test_calibrate_presence_chooses_on_a_held_out_split_and_keeps_it(cli_run, tm
                                  "--thresholds", "0.3,0.5,0.7"])
     assert result.exit_code == 0, result.output
     table = json.loads((run / "calibration_presence.json").read_text())
-    scores = {float(t): s["val_dice"] for t, s in table["scores"].items()}
-    assert sorted(scores) == [0.3, 0.5, 0.7] and table["split"] == "val"
-    best = max(scores.values())
-    assert table["chosen"] == min(t for t, v in scores.items() if round(v, 6) == round(best, 6))
+    scores = {float(t): s for t, s in table["scores"].items()}
+    assert sorted(scores) == [0.0, 0.3, 0.5, 0.7] and table["split"] == "val"  # 0.0: the gate left open
+    # the rule, replayed on the table: most absent answered empty at a present Dice within 0.02 of the open gate's
+    allowed = [t for t, s in scores.items() if s["present_dice"] >= scores[0.0]["present_dice"] - 0.02 - 1e-9]
+    most = max(scores[t]["absent_empty"] for t in allowed)
+    assert table["chosen"] == min(t for t in allowed if scores[t]["absent_empty"] >= most - 1e-9)
+    assert 0 < table["stability"] <= 1 and table["warning"] is not None  # a 1-case split is flagged
+    assert "<- chosen" in result.output and "bootstrap" in result.output
     assert load_checkpoint(run / "best.pt")["config"]["inference"]["presence_threshold"] == table["chosen"]
     assert f"presence_threshold: {table['chosen']}" in (run / "config.yaml").read_text()
     bad = runner.invoke(app, ["calibrate-presence", "-m", str(run), "-d", str(cli_run / "data"),

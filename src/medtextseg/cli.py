@@ -293,12 +293,15 @@ def calibrate_presence_command(
     split: Annotated[str, typer.Option(help="held-out split to choose on (never the test split you report)")] = "val",
     thresholds: Annotated[str, typer.Option(help="comma-separated presence thresholds to try")] =
         "0.3,0.4,0.5,0.6,0.7,0.8,0.9",
+    max_present_loss: Annotated[float, typer.Option(help="Dice the prompts whose target is there may lose to the "
+                                                    "gate, against the gate left open")] = 0.02,
 ) -> None:
     """Choose the run's presence threshold on a held-out split and keep it in the run.
 
-    Each threshold is scored with the validation measure (mean Dice over every prompt; an absent target answered
-    with an empty mask counts 1); the best is written into best.pt and config.yaml, so predict and evaluate use
-    it. The table goes to RUN/calibration_presence.json.
+    For every threshold (and the open gate, 0): absent targets answered empty, and the mean Dice of present
+    targets. Chosen: the most absent answered empty among thresholds that cost present targets at most
+    --max-present-loss Dice. Its stability over bootstrap resamples of the cases is printed. The choice goes into
+    best.pt and config.yaml, so predict and evaluate use it; the table to RUN/calibration_presence.json.
     """
     from medtextseg.evaluation.presence_calibration import calibrate_presence
     from medtextseg.utils.errors import MedTextSegError
@@ -307,11 +310,21 @@ def calibrate_presence_command(
         grid = [float(t) for t in thresholds.split(",") if t.strip()]
     except ValueError:
         raise MedTextSegError(f"--thresholds must be comma-separated numbers, got {thresholds!r}") from None
-    result = calibrate_presence(model, data, split, grid)
+    result = calibrate_presence(model, data, split, grid, max_present_loss=max_present_loss)
+
+    def share(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    typer.echo(f"threshold  absent answered empty ({result['absent_prompts']})  present Dice "
+               f"({result['present_prompts']})  all prompts")
     for threshold, scores in result["scores"].items():
-        kinds = ", ".join(f"{k[len('val_dice_'):]} {v:.3f}" for k, v in scores.items() if k != "val_dice")
-        typer.echo(f"{float(threshold):.2f}: Dice {scores['val_dice']:.3f} ({kinds})")
-    typer.echo(f"presence threshold {result['previous']} -> {result['chosen']} (chosen on {split}), kept in {model}")
+        mark = "  <- chosen" if float(threshold) == result["chosen"] else ""
+        typer.echo(f"{float(threshold):9.2f}  {share(scores['absent_empty']):>27}  {share(scores['present_dice']):>17}"
+                   f"  {scores['val_dice']:.3f}{mark}")
+    typer.echo(f"presence threshold {result['previous']} -> {result['chosen']} (chosen on {split}; the same in "
+               f"{result['stability']:.0%} of bootstrap resamples), kept in {model}")
+    if result["warning"]:
+        typer.echo(f"warning: {result['warning']}")
 
 
 @app.command()

@@ -265,7 +265,8 @@ class InferenceConfig(_Section):
     mirror_axes: list[Annotated[int, Field(ge=0, le=2)]] = Field(
         default_factory=list, description="mirror test-time augmentation along these spatial axes (0 = the "
         "patient's left-right: that pass reads the prompt with left and right swapped)")
-    presence_threshold: float = Field(0.5, gt=0, lt=1)
+    presence_threshold: float = Field(0.5, ge=0, lt=1, description="a window whose presence probability is below "
+                                      "it answers empty (models with a presence logit); 0 leaves the gate open")
     overlap: float = Field(0.25, ge=0, lt=1)
     min_component_voxels: int = Field(0, ge=0, description="drop predicted components smaller than this")
     network: int | None = Field(None, ge=0, description="co-trained models (model.networks > 1): predict with "

@@ -122,3 +122,45 @@ def prompt_maps(model: nn.Module, image: Tensor, text: TextBatch, patch_size: Se
     if evidential:
         return PromptMaps(result[0], result[1], "dirichlet")
     return PromptMaps(result[0], binary_entropy(result[0]), "entropy")
+
+
+@torch.no_grad()
+def gated_probabilities(model: nn.Module, image: Tensor, text: TextBatch, patch_size: Sequence[int],
+                        presence_thresholds: Sequence[float], overlap: float = 0.25) -> Tensor:
+    """The probability maps :func:`prompt_maps` gives at each of several presence thresholds, in one pass.
+
+    The gate closes per window, so the maps of two thresholds differ in which windows are blended as zeros; the
+    predictor returns every gated version of each window as channels and MONAI blends them together: the
+    network runs once per window whatever the number of thresholds (a threshold of 0 never closes the gate).
+
+    Args:
+        model: a segmenter with a presence logit, in eval mode.
+        image: [C, *spatial] z-scored, model space.
+        text: P encoded prompts (on the model's device).
+        patch_size: the window size.
+        presence_thresholds: T thresholds in [0, 1).
+        overlap: window overlap fraction.
+
+    Returns:
+        [T, P, *spatial] float32 probabilities, row t gated at ``presence_thresholds[t]``.
+    """
+    device = next(model.parameters()).device
+    if getattr(getattr(model, "config", None), "coordinates", False):
+        image = torch.cat([image, coordinate_channels(image.shape[1:]).to(image.dtype)])
+    thresholds = torch.tensor(list(presence_thresholds), dtype=torch.float32, device=device)  # [T]
+    prompts = text.to(device)
+    index = torch.zeros(len(prompts), dtype=torch.long, device=device)
+
+    def predict(window: Tensor) -> Tensor:
+        out = model(window, prompts, index)
+        if out.presence is None:
+            raise ValueError("gated_probabilities needs a model with a presence logit")
+        probability = torch.sigmoid(out.logits.float())[:, 0]  # [P, *window]
+        open_gate = torch.sigmoid(out.presence.float())[None] >= thresholds[:, None]  # [T, P]
+        gated = probability[None] * open_gate.view(*open_gate.shape, *[1] * (window.ndim - 2))
+        return gated.flatten(0, 1)[None]  # [1, T * P, *window]
+
+    blended = sliding_window_inference(image[None].to(device), roi_size=list(patch_size), sw_batch_size=1,
+                                       predictor=predict, overlap=overlap, mode="gaussian")[0].float().cpu()
+    blended = blended.as_tensor() if hasattr(blended, "as_tensor") else blended
+    return blended.unflatten(0, (len(thresholds), len(prompts)))

@@ -1,0 +1,72 @@
+"""The presence threshold: one pass scores every threshold exactly, and the rule never empties correct answers."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from torch import nn
+
+from medtextseg.evaluation.presence_calibration import choose_threshold
+from medtextseg.inference.sliding import gated_probabilities, prompt_maps
+from medtextseg.models.output import ModelOutput
+from medtextseg.text.batch import TextBatch
+
+
+class WindowPresenceModel(nn.Module):
+    """A stand-in segmenter whose presence differs from window to window (it grows with the window's mean
+    intensity, scaled per prompt), so thresholds close the gate on different windows."""
+
+    config = SimpleNamespace(coordinates=False, head="sigmoid")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(()))  # where the inferer looks for the device
+        self.calls = 0
+
+    def forward(self, window: torch.Tensor, text: TextBatch, index: torch.Tensor) -> ModelOutput:
+        self.calls += 1
+        scale = text.pooled[:, :1]  # [P, 1]
+        logits = (window[index] * 3).expand(len(index), 1, *window.shape[2:]) + self.weight
+        presence = scale[:, 0] * window.mean() * 8
+        return ModelOutput(logits=logits, presence=presence)
+
+
+def test_one_pass_gives_the_maps_of_each_threshold_exactly():
+    image = torch.linspace(-1, 1, 24 * 16).view(1, 24, 16) + 0.3 * torch.randn(1, 24, 16,
+                                                                             generator=torch.Generator().manual_seed(0))
+    text = TextBatch(torch.tensor([[1.0, 0.0], [0.4, 0.0], [-1.0, 0.0]]), torch.zeros(3, 1, 2),
+                     torch.ones(3, 1, dtype=torch.bool))
+    thresholds = [0.0, 0.3, 0.5, 0.7, 0.9]
+    model = WindowPresenceModel()
+    together = gated_probabilities(model, image, text, [8, 8], thresholds)
+    one_pass_calls = model.calls
+    assert together.shape == (5, 3, 24, 16)
+    distinct = set()
+    for row, threshold in enumerate(thresholds):
+        alone = prompt_maps(model, image, text, [8, 8], presence_threshold=threshold).probability
+        torch.testing.assert_close(together[row], alone)
+        distinct.add(round(float(alone.sum()), 3))
+    assert len(distinct) >= 4  # the thresholds really gate different windows
+    assert model.calls == one_pass_calls * (1 + len(thresholds))  # each threshold alone costs a full pass
+
+
+def test_the_rule_keeps_correct_answers_and_then_answers_the_most_absent_targets_empty():
+    thresholds = [0.0, 0.3, 0.5, 0.7, 0.9]
+    present = np.array([True] * 4 + [False] * 4)
+    # present prompts: Dice 0.9 each until the gate closes on them, one at 0.5 and all of them at 0.9
+    dice = np.array([[0.9] * 4 + [0.0] * 4,
+                     [0.9] * 4 + [0.0] * 4,
+                     [0.9] * 4 + [1.0, 0.0, 0.0, 0.0],
+                     [0.0, 0.9, 0.9, 0.9] + [1.0, 1.0, 1.0, 0.0],
+                     [0.0] * 4 + [1.0] * 4])
+    empty = dice == 0
+    empty[:, :4] = dice[:, :4] == 0
+    empty[:, 4:] = dice[:, 4:] == 1
+    # 0.7 and 0.9 answer more absent targets empty but empty correct answers (present Dice 0.675, 0): 0.5 wins
+    assert choose_threshold(thresholds, dice, empty, present) == 0.5
+    # a user who accepts losing a quarter of the present Dice gets 0.7
+    assert choose_threshold(thresholds, dice, empty, present, max_present_loss=0.25) == 0.7
+    # no absent prompt: nothing to win, the gate stays open
+    assert choose_threshold(thresholds, dice[:, :4], empty[:, :4], present[:4]) == 0.0
