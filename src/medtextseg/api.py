@@ -16,11 +16,13 @@ from medtextseg.inference.predictor import Predictor, Segmentation
 
 
 def load_model(run_or_checkpoint: str | Path, device: str | torch.device | None = None,
-               refiner: bool | None = None, mirror_axes: list[int] | str | None = None) -> Predictor:
-    """A trained model ready to segment: a run folder (its ``best.pt``) or a checkpoint file. ``refiner``
-    switches a refiner model's refiner on or off, ``mirror_axes`` sets the mirror test-time augmentation (None:
-    as its config says)."""
-    return Predictor(run_or_checkpoint, device, refiner, mirror_axes)
+               refiner: bool | None = None, mirror_axes: list[int] | str | None = None,
+               threshold: float | None = None) -> Predictor:
+    """A trained model ready to segment: a run folder (its ``best.pt``) or a checkpoint file. ``device`` picks
+    where it runs (default: CUDA when available), ``refiner`` switches a refiner model's refiner on or off,
+    ``mirror_axes`` sets the mirror test-time augmentation and ``threshold`` the mask's probability cut-off
+    (None: as its config says)."""
+    return Predictor(run_or_checkpoint, device, refiner, mirror_axes, threshold)
 
 
 def segment(image_paths: str | Path | list[str | Path], prompts: str | list[str],

@@ -94,6 +94,27 @@ def _check_weights(path: Path, weights: Any, expected: dict[str, torch.Tensor]) 
                               "use the file medtextseg train wrote, unchanged")
 
 
+def _device(device: str | torch.device | None) -> torch.device:
+    """The device to run on: ``device``, else CUDA when available, else the CPU.
+
+    Raises:
+        MedTextSegError: a name torch does not know, or a CUDA device this machine does not have.
+    """
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise MedTextSegError(f"device {str(device)!r}: not a device name; use cpu, cuda, cuda:N or mps") from None
+    if chosen.type == "cuda" and (not torch.cuda.is_available()
+                                  or (chosen.index or 0) >= torch.cuda.device_count()):
+        found = f"{torch.cuda.device_count()} CUDA device(s)" if torch.cuda.is_available() else "no CUDA"
+        raise MedTextSegError(f"device {str(device)!r}: this machine has {found}; use cpu or a CUDA device it has")
+    if chosen.type == "mps" and not torch.backends.mps.is_available():
+        raise MedTextSegError(f"device {str(device)!r}: MPS is not available on this machine; use cpu")
+    return chosen
+
+
 class Predictor:
     """Segments images from files with a trained model.
 
@@ -103,22 +124,35 @@ class Predictor:
         refiner: use the model's refiner (``model.refiner``); None: as ``inference.refiner`` of its config says.
         mirror_axes: mirror test-time augmentation along these spatial axes, or "all"; None:
             ``inference.mirror_axes``.
+        threshold: the probability above which a voxel is in the mask, in (0, 1); None: ``inference.threshold``.
+
+    Raises:
+        MedTextSegError: no readable checkpoint there, a device torch does not know or this machine lacks, a
+            threshold outside (0, 1).
     """
 
     def __init__(self, checkpoint: str | Path, device: str | torch.device | None = None,
-                 refiner: bool | None = None, mirror_axes: list[int] | str | None = None) -> None:
+                 refiner: bool | None = None, mirror_axes: list[int] | str | None = None,
+                 threshold: float | None = None) -> None:
+        if threshold is not None and not 0 < threshold < 1:
+            raise MedTextSegError(f"threshold must be between 0 and 1 (exclusive), got {threshold}")
+        self.device = _device(device)
         path = checkpoint_file(checkpoint)
+        self.checkpoint: Path = path
         state = load_checkpoint(path)
         if type(state.get("text_dim")) is not int:
             raise MedTextSegError(f"{path}: no 'text_dim' (the prompt feature size the model was trained with); "
                                   "not a checkpoint medtextseg train wrote")
         self.config = Config.from_dict(state["config"])
+        inference = self.config.inference.model_dump()
         if mirror_axes is not None:
-            axes = list(range(self.config.model.spatial_dims)) if mirror_axes == "all" else list(mirror_axes)
-            self.config = Config.from_dict({**self.config.model_dump(), "inference": {
-                **self.config.inference.model_dump(), "mirror_axes": axes}})
+            inference["mirror_axes"] = (list(range(self.config.model.spatial_dims)) if mirror_axes == "all"
+                                        else list(mirror_axes))
+        if threshold is not None:
+            inference["threshold"] = float(threshold)
+        if inference != self.config.inference.model_dump():
+            self.config = Config.from_dict({**self.config.model_dump(), "inference": inference})
         self.channel_names: list[str] = list(state.get("channel_names", []))
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         cache_dir = self.config.text.cache_dir if self.config.text.cache_dir is not None else "default"
         self.text: TextEmbeddingCache = cached_text_encoder(self.config.text.encoder, self.config.text.max_tokens,
                                                             cache_dir)
@@ -136,7 +170,8 @@ class Predictor:
         if self.config.model.networks > 1:
             self.model.active = self.config.inference.network
 
-    def _check_inputs(self, image_paths: list[Path]) -> None:
+    def check_inputs(self, image_paths: list[Path]) -> None:
+        """Raise unless ``image_paths`` are one file per model channel, all on one grid (headers only)."""
         expected = self.config.model.in_channels
         if len(image_paths) != expected:
             names = f" ({', '.join(self.channel_names)})" if self.channel_names else ""
@@ -160,7 +195,7 @@ class Predictor:
         prompts = [validate_prompt(p, f"prompt {i + 1}") for i, p in enumerate(prompts)]
         if not prompts:
             raise MedTextSegError("no prompt given: pass at least one, e.g. -p 'the prostate gland'")
-        self._check_inputs(paths)
+        self.check_inputs(paths)
         transform = preparation(self.config.data.spacing)
         data = transform({"image": [str(p) for p in paths]})
         image: MetaTensor = data["image"]
