@@ -207,10 +207,21 @@ def train(
 @user_errors
 def predict(
     model: Annotated[Path, typer.Option("--model", "-m", help="run folder or checkpoint file")],
-    images: Annotated[list[Path], typer.Option("--image", "-i", help="one file (or DICOM series folder) per "
-                                                "channel, in the model's channel order (repeat -i)")],
-    prompts: Annotated[list[str], typer.Option("--prompt", "-p", help="what to segment (repeat -p)")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="output folder")] = Path("predictions"),
+    images: Annotated[list[Path] | None, typer.Option("--image", "-i", help="one file (or DICOM series folder) "
+                                                       "per channel, in the model's channel order (repeat -i); or "
+                                                       "one folder of cases ({case}_0000.nii.gz, ...) or .txt list "
+                                                       "of cases (a line per case: its channel files)")] = None,
+    prompts: Annotated[list[str] | None, typer.Option("--prompt", "-p", help="what to segment (repeat -p)")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="output folder; many cases: OUT/{case}/{prompt_slug}.nii.gz "
+                                      "and the index OUT/predictions.json")] = Path("predictions"),
+    jobs: Annotated[Path | None, typer.Option("--jobs", help="a .json list (or .jsonl lines) of jobs {\"images\": "
+                                              "[...], \"prompts\": [...], \"case\": NAME}, instead of -i")] = None,
+    continue_: Annotated[bool, typer.Option("--continue", help="many cases: skip those the index records as "
+                                            "done with the same inputs, prompts and model")] = False,
+    threshold: Annotated[float | None, typer.Option(help="probability above which a voxel is in the mask; "
+                                                    "default: the run's inference.threshold")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N or mps; default: CUDA when available")
+                      ] = None,
     probabilities: Annotated[bool, typer.Option(help="also write probability maps")] = False,
     uncertainty: Annotated[bool, typer.Option(help="also write uncertainty maps (an evidential model's "
                                               "Dirichlet uncertainty, else the entropy of the probability) and a "
@@ -222,13 +233,26 @@ def predict(
                                              "axis, 'left'/'right' swapped in the mirrored prompt; default: as the "
                                              "run's inference.mirror_axes")] = None,
 ) -> None:
-    """Segment what each prompt names; one mask per prompt with exactly the input's shape and affine."""
+    """Segment what each prompt names; one mask per prompt with exactly the input's shape and affine.
+
+    Many cases (a folder, a .txt list or --jobs) load the model once and write OUT/{case}/ per case."""
     import json
 
     from medtextseg.api import load_model
     from medtextseg.data.io import NIFTI_ENDINGS, is_dicom_series
+    from medtextseg.inference.batch_predict import predict_cases
+    from medtextseg.inference.case_inputs import requested_cases
     from medtextseg.utils.atomic import write_text_atomic
-    from medtextseg.utils.errors import refuse_output_over_inputs
+    from medtextseg.utils.errors import MedTextSegError, refuse_output_over_inputs
+
+    cases = requested_cases(images or [], jobs, prompts or [])
+    if cases is not None:
+        typer.echo(predict_cases(model, cases, out, probabilities=probabilities, uncertainty=uncertainty,
+                                 resume=continue_, progress=True, device=device, refiner=refiner,
+                                 mirror_axes=_mirror_axes(tta), threshold=threshold).line())
+        return
+    if continue_:
+        raise MedTextSegError("--continue applies to many cases (a folder of cases, a .txt list or --jobs)")
 
     # a DICOM series (folder) input gets NIfTI outputs on its grid
     ending = ".nii.gz" if is_dicom_series(images[0]) else next(
@@ -241,8 +265,8 @@ def predict(
 
     planned = [p for number in range(len(prompts)) for p in output_paths(number) if p is not None]
     refuse_output_over_inputs(out, images, [*planned, out / "prompts.json"])  # before anything is written
-    results = load_model(model, refiner=refiner, mirror_axes=_mirror_axes(tta)).predict(images, prompts,
-                                                                                       uncertainty=uncertainty)
+    results = load_model(model, device, refiner, _mirror_axes(tta), threshold).predict(images, prompts,
+                                                                                     uncertainty=uncertainty)
     index = []
     for number, result in enumerate(results):
         mask_path, probability_path, uncertainty_path = output_paths(number)
