@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -179,6 +184,33 @@ def test_continue_after_an_interruption_predicts_only_the_rest(checkpoint, cases
     result = predict(checkpoint, ["-i", str(cases_folder)], out, PROMPTS[:2], "--continue")
     assert result.exit_code == 0, result.output
     assert calls == ["case_c_0000.nii.gz"]
+
+
+def test_continue_after_a_killed_run_finishes_the_rest(checkpoint, cases_folder, tmp_path):
+    """SIGKILL a real predict process once its index records a case; --continue predicts only the others."""
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "medtextseg.cli", "predict", "-m", str(checkpoint.parent), "-i",
+               str(cases_folder), "-o", str(out), "-p", PROMPTS[0], "-p", PROMPTS[2]]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
+    deadline = time.monotonic() + 300
+    while not (out / INDEX_FILE).exists():
+        assert process.poll() is None and time.monotonic() < deadline, "predict ended before writing its index"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = list(dict.fromkeys(r["case"] for r in json.loads((out / INDEX_FILE).read_text())["masks"]))
+    assert 1 <= len(done) < len(GRIDS), done  # killed mid-run
+    before = {case: files_below(out / case) for case in done}
+    result = predict(checkpoint, ["-i", str(cases_folder)], out, [PROMPTS[0], PROMPTS[2]], "--continue")
+    assert result.exit_code == 0, result.output
+    assert f"predicted {len(GRIDS) - len(done)} case(s)" in result.output
+    assert f"{len(done)} skipped (already done)" in result.output
+    assert {case: files_below(out / case) for case in done} == before
+    records = json.loads((out / INDEX_FILE).read_text())["masks"]
+    assert sorted((r["case"], r["prompt"]) for r in records) == sorted((c, p) for c in GRIDS
+                                                                       for p in (PROMPTS[0], PROMPTS[2]))
+    assert all((out / r["file"]).is_file() for r in records)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
 
 def test_continue_predicts_again_under_another_threshold(checkpoint, cases_folder, tmp_path):
