@@ -311,6 +311,8 @@ def test_a_text_file_lists_one_case_per_line(checkpoint, tmp_path):
     ([{"case": "../up", "images": ["a.nii.gz"]}], "job 1: the case name '../up' cannot name an output folder"),
     ([{"case": ".hidden", "images": ["a.nii.gz"]}], "job 1: the case name '.hidden' cannot name an output folder"),
     ([{"images": ["x_0000.nii.gz"]}, {"images": ["x_0000.nii.gz"]}], "job 2: case 'x' is also named by"),
+    ([{"case": "Case_A", "images": ["a.nii.gz"]}, {"case": "case_a", "images": ["b.nii.gz"]}],
+     "job 2: case 'case_a' is also named by"),
     ([{"images": ["a.nii.gz"], "prompts": [" "]}], "job 1 prompt 1: the prompt is empty"),
     ({"images": ["a.nii.gz"]}, "expected a list of jobs, got an object"),
 ])

@@ -77,8 +77,8 @@ def is_case_folder(path: str | Path) -> bool:
     A folder without one (DICOM slices) stays a DICOM series, as ``predict`` has always read it.
     """
     path = Path(path)
-    return path.is_dir() and any(not entry.name.startswith(".") and entry.is_file()
-                                 and channel_file_parts(entry) is not None for entry in path.iterdir())
+    return path.is_dir() and any(not entry.name.startswith(".") and channel_file_parts(entry) is not None
+                                 and entry.is_file() for entry in path.iterdir())
 
 
 def check_case_name(case: object, where: str) -> str:
@@ -241,13 +241,15 @@ def requested_cases(inputs: Sequence[Path], jobs: Path | None, prompts: Sequence
             raise MedTextSegError("no prompt given: pass at least one, e.g. -p 'the prostate gland'")
         return None
     default = tuple(validate_prompt(p, f"prompt {i + 1}") for i, p in enumerate(prompts))
-    seen: dict[str, str] = {}
+    seen: dict[str, CaseInput] = {}
     named = []
     for item in cases:
-        if item.case in seen:
-            raise MedTextSegError(f"{item.source}: case {item.case!r} is also named by {seen[item.case]}; name "
-                                  "each case once (a jobs file can set 'case')")
-        seen[item.case] = item.source
+        other = seen.get(item.case.casefold())  # Case_A and case_A share a folder where names ignore case
+        if other is not None:
+            raise MedTextSegError(f"{item.source}: case {item.case!r} is also named by {other.source}"
+                                  f"{f' (as {other.case!r})' if other.case != item.case else ''}; name each case "
+                                  "once (a jobs file can set 'case')")
+        seen[item.case.casefold()] = item
         if not item.prompts and not default:
             raise MedTextSegError(f"{item.source}: case {item.case!r} has no prompt: pass -p 'the prostate "
                                   "gland' (every case) or give the job its own 'prompts'")
