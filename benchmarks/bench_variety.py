@@ -95,7 +95,8 @@ def train_unet(data: Path, config: Config, seconds: float, out: Path) -> tuple[U
         model.load_state_dict(saved["model"])
         return model, saved["steps"]
     torch.manual_seed(0)
-    cases = [prepare_case(layout.cases[c], config.data.spacing, 3) for c in layout.splits["train"]]
+    cases = [prepare_case(layout.cases[c], config.data.spacing, 3, config.data.normalization)
+             for c in layout.splits["train"]]
     samples = [{"image": c.image, "label": lesion_target(layout.cases[c.case], c)[None].float()} for c in cases]
     crop = RandCropByPosNegLabeld(["image", "label"], "label", config.data.patch_size, pos=2, neg=1, num_samples=1,
                                   allow_smaller=True)
@@ -125,7 +126,7 @@ def score_unet(model: UNet, data: Path, config: Config) -> list[dict]:
     """Per-prompt metrics of the UNet's one answer (all lesions, on the file grid) for every lesion prompt."""
     layout = load_dataset(data)
     model.eval()
-    transform = preparation(config.data.spacing)
+    transform = preparation(config.data.spacing, normalization=config.data.normalization)
     records = []
     for case in layout.split("test"):
         data_dict = transform({"image": [str(p) for p in case.image_paths]})

@@ -25,6 +25,27 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class ChannelNormalization(_Section):
+    """How one image channel is normalised. ``zscore``: by this image's own mean and std (MR, whose intensities
+    have no fixed scale). ``ct``: clipped to ``clip`` (the dataset's foreground 0.5 and 99.5 percentiles), then
+    by the dataset's foreground ``mean`` and ``std``, so that Hounsfield units mean the same in every scan
+    (nnU-Net's CT normalisation). The plan sets it from the channel names (``medtextseg plan``)."""
+
+    scheme: Literal["zscore", "ct"] = "zscore"
+    clip: list[float] | None = Field(None, min_length=2, max_length=2, description="[low, high] (ct)")
+    mean: float | None = Field(None, description="subtracted after clipping (ct)")
+    std: float | None = Field(None, gt=0, description="divided by after subtracting the mean (ct)")
+
+    @model_validator(mode="after")
+    def _ct_needs_statistics(self) -> ChannelNormalization:
+        if self.scheme == "ct":
+            if self.clip is None or self.mean is None or self.std is None:
+                raise ValueError("scheme 'ct' needs clip, mean and std (the dataset's foreground statistics)")
+            if not self.clip[0] < self.clip[1]:
+                raise ValueError(f"clip must be [low, high] with low < high, got {self.clip}")
+        return self
+
+
 class DataConfig(_Section):
     """Where the dataset is and how images are prepared (in RAS, at ``spacing``, z-scored per channel)."""
 
@@ -48,6 +69,9 @@ class DataConfig(_Section):
                                           "given as one of its rewordings at a step (with data.paraphrases > 0)")
     prompt_sampling: bool = Field(False, description="reword each prompt line that has a 'class' at every step: "
                                   "a random template x synonym of the dataset's prompt_vocabulary.json")
+    normalization: list[ChannelNormalization] | None = Field(
+        None, description="per image channel, 'zscore' (each image by itself) or 'ct' (clip + the dataset's mean "
+        "and std); null z-scores every channel; the plan sets it from the channel names")
     cache_dir: str | None = Field(None, description="where prepared cases are cached (preprocessed/{key}/; default: "
                                   "{data.root}/.medtextseg_cache, or $MEDTEXTSEG_CACHE / ~/.cache/medtextseg when "
                                   "the dataset folder is read-only)")

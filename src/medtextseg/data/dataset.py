@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -59,8 +59,10 @@ class PreparedCase:
         return self
 
 
-def prepare_case(case: CaseRecord, spacing: list[float] | None, spatial_dims: int) -> PreparedCase:
-    """Load ``case`` through ``transforms.preparation`` (RAS, ``spacing``, z-score): image [C, *spatial] float32,
+def prepare_case(case: CaseRecord, spacing: list[float] | None, spatial_dims: int,
+                 normalization: Sequence[Any] | None = None) -> PreparedCase:
+    """Load ``case`` through ``transforms.preparation`` (RAS, ``spacing``, z-score or ``normalization`` per
+    channel): image [C, *spatial] float32,
     label [*spatial] int64 (None without a label file), one [*spatial] bool mask per mask-file target."""
     mask_paths = sorted({p.target for p in case.prompts if isinstance(p.target, Path)})
     label_keys = (["label"] if case.label_path else []) + [f"mask{i}" for i in range(len(mask_paths))]
@@ -68,7 +70,7 @@ def prepare_case(case: CaseRecord, spacing: list[float] | None, spatial_dims: in
     if case.label_path:
         data["label"] = str(case.label_path)
     data.update({f"mask{i}": str(p) for i, p in enumerate(mask_paths)})
-    out = preparation(spacing, label_keys)(data)
+    out = preparation(spacing, label_keys, normalization)(data)
 
     def spatial(t: Tensor) -> Tensor:
         t = t.as_tensor() if hasattr(t, "as_tensor") else t

@@ -14,6 +14,10 @@ nnU-Net's rules (``experiment_planning``) are the reference, written for what pr
   most is shrunk first, so the region stays whole while the budget allows.
 * **Strides.** An axis is halved at a stage while its spacing is within twice the finest and at least
   ``MIN_FEATURE_MAP`` voxels remain (nnU-Net's rule); the patch is then rounded to what the strides divide.
+* **Normalisation.** A channel named CT (``"CT"``, ``"ct_venous"``: the word ``ct`` in its name) is clipped to
+  the foreground's 0.5-99.5 percentiles and scaled by the foreground's mean and std over the whole dataset, so
+  Hounsfield units keep one meaning across scans; any other channel is z-scored per image (nnU-Net's
+  ``CTNormalization`` and ``ZScoreNormalization``).
 * **Prompt kinds.** Weights for the kinds the data has: a kind the preset names keeps its weight, any other
   gets the mean of those (a preset's weights for kinds a dataset lacks would otherwise starve its own).
 
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,11 +75,13 @@ class Plan:
     cases: int = 0
     notes: list[str] = field(default_factory=list)
     version: int = PLAN_VERSION
+    normalization: list[dict[str, Any]] | None = None
 
     def overrides(self) -> dict[str, Any]:
         """The config fields the plan sets, by dotted name."""
         return {"data.spacing": self.spacing, "data.patch_size": self.patch_size, "model.strides": self.strides,
-                "model.in_channels": self.in_channels, "data.kind_weights": self.kind_weights}
+                "model.in_channels": self.in_channels, "data.kind_weights": self.kind_weights,
+                "data.normalization": self.normalization}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -170,6 +177,30 @@ def planned_kind_weights(kinds: dict[str, int], preset_weights: dict[str, float]
     return {k: round(w / total, 6) for k, w in weights.items()}
 
 
+def is_ct_channel(name: str) -> bool:
+    """Whether a channel name says CT: the word ``ct`` in it, any case (``"CT"``, ``"ct_venous"``, ``"CT (HU)"``).
+
+    >>> [is_ct_channel(n) for n in ("CT", "ct_venous", "T2W", "DCE_contrast")]
+    [True, True, False, False]
+    """
+    return re.search(r"(?<![a-z])ct(?![a-z])", name.lower()) is not None
+
+
+def planned_normalization(fingerprint: Fingerprint) -> list[dict[str, Any]] | None:
+    """One rule per channel (``config.ChannelNormalization``): ``ct`` for CT channels, with the foreground's
+    0.5-99.5 percentiles as clip and its mean and std; ``zscore`` for the others. None when no channel is CT."""
+    if not any(is_ct_channel(name) for name in fingerprint.channel_names):
+        return None
+    rules = []
+    for name, stats in zip(fingerprint.channel_names, fingerprint.intensity, strict=True):
+        if is_ct_channel(name):
+            rules.append({"scheme": "ct", "clip": [round(stats["p00_5"], 4), round(stats["p99_5"], 4)],
+                          "mean": round(stats["mean"], 4), "std": round(max(stats["std"], 1e-6), 4)})
+        else:
+            rules.append({"scheme": "zscore"})
+    return rules
+
+
 def make_plan(fingerprint: Fingerprint, patch_budget: int, stages: int,
               preset_kind_weights: dict[str, float]) -> Plan:
     """Plan spacing, patch, strides and kind weights for a dataset (see the module docstring).
@@ -218,7 +249,8 @@ def make_plan(fingerprint: Fingerprint, patch_budget: int, stages: int,
                 strides=strides, in_channels=len(fingerprint.channel_names), kind_weights=kind_weights,
                 median_spacing=[round(float(s), 4) for s in median_spacing],
                 median_shape=[round(float(s), 1) for s in np.median(np.array(fingerprint.shapes), axis=0)],
-                region=[round(float(r), 1) for r in region], cases=len(fingerprint.spacings), notes=notes)
+                region=[round(float(r), 1) for r in region], cases=len(fingerprint.spacings), notes=notes,
+                normalization=planned_normalization(fingerprint))
 
 
 def describe(plan: Plan) -> str:
@@ -230,6 +262,11 @@ def describe(plan: Plan) -> str:
              f"  model.strides    {plan.strides}",
              f"  model.in_channels {plan.in_channels}",
              f"  data.kind_weights {plan.kind_weights}"]
+    if plan.normalization:
+        schemes = ", ".join(r["scheme"] if r["scheme"] == "zscore" else
+                            f"ct (clip [{r['clip'][0]:g}, {r['clip'][1]:g}], mean {r['mean']:g}, std {r['std']:g})"
+                            for r in plan.normalization)
+        lines.append(f"  data.normalization {schemes}")
     lines += [f"  note: {note}" for note in plan.notes]
     return "\n".join(lines)
 

@@ -31,6 +31,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import monai
 import numpy as np
@@ -38,6 +39,7 @@ import torch
 
 from medtextseg.data.dataset import PreparedCase, prepare_case
 from medtextseg.data.layout import CaseRecord, DatasetLayout, PromptRecord
+from medtextseg.data.transforms import normalization_rules
 from medtextseg.utils.atomic import atomic_path, write_text_atomic
 from medtextseg.utils.errors import MedTextSegError
 
@@ -80,10 +82,14 @@ class PreprocessedCases:
     folder: Path
 
 
-def preprocessed_key(spacing: Sequence[float] | None, spatial_dims: int) -> dict:
-    """What the prepared arrays depend on, besides the case's own files (the key folder hashes it)."""
-    return {"format": CACHE_FORMAT, "spacing": None if spacing is None else [float(s) for s in spacing],
-            "spatial_dims": int(spatial_dims), "monai": monai.__version__}
+def preprocessed_key(spacing: Sequence[float] | None, spatial_dims: int,
+                     normalization: Sequence[Any] | None = None) -> dict:
+    """What the prepared arrays depend on, besides the case's own files (the key folder hashes it). Per-channel
+    ``normalization`` other than z-scoring enters the key (z-scored cases keep the key they always had)."""
+    key = {"format": CACHE_FORMAT, "spacing": None if spacing is None else [float(s) for s in spacing],
+           "spatial_dims": int(spatial_dims), "monai": monai.__version__}
+    rules = normalization_rules(normalization)
+    return key | {"normalization": rules} if rules else key
 
 
 def _key_hash(key: dict) -> str:
@@ -100,14 +106,14 @@ def _writable(folder: Path) -> bool:
 
 
 def preprocessed_folder(root: str | Path, spacing: Sequence[float] | None, spatial_dims: int,
-                        cache_dir: str | Path | None = None) -> Path:
+                        cache_dir: str | Path | None = None, normalization: Sequence[Any] | None = None) -> Path:
     """The key folder of a dataset at ``spacing`` (created); see the module docstring for where it lies.
 
     Raises:
         MedTextSegError: ``cache_dir`` is given and cannot be written.
     """
     root = Path(root)
-    key = _key_hash(preprocessed_key(spacing, spatial_dims))
+    key = _key_hash(preprocessed_key(spacing, spatial_dims, normalization))
     if cache_dir is not None:
         folder = Path(cache_dir) / "preprocessed" / key
         if not _writable(folder):
@@ -124,7 +130,8 @@ def preprocessed_folder(root: str | Path, spacing: Sequence[float] | None, spati
                                       "set data.cache_dir or $MEDTEXTSEG_CACHE to a writable folder")
     description = folder / "key.json"
     if not description.is_file():
-        write_text_atomic(description, json.dumps(preprocessed_key(spacing, spatial_dims), indent=1) + "\n")
+        write_text_atomic(description, json.dumps(preprocessed_key(spacing, spatial_dims, normalization), indent=1)
+                          + "\n")
     return folder
 
 
@@ -177,12 +184,12 @@ def _label_dtype(label: np.ndarray) -> np.dtype:
 
 
 def write_entry(folder: Path, case: CaseRecord, root: Path, spacing: Sequence[float] | None,
-                spatial_dims: int) -> CachedCase:
+                spatial_dims: int, normalization: Sequence[Any] | None = None) -> CachedCase:
     """Prepare ``case`` and save it into ``folder`` atomically; return its reference."""
     entry_path = folder / f"{case.case}.json"
     # stamped before reading: a file changed during preparation no longer matches the entry, and is prepared again
     sources = _sources(case, root)
-    prepared = prepare_case(case, list(spacing) if spacing is not None else None, spatial_dims)
+    prepared = prepare_case(case, list(spacing) if spacing is not None else None, spatial_dims, normalization)
     # an old entry must not outlive the arrays it names while they are replaced one by one
     entry_path.unlink(missing_ok=True)
     entry = {"format": CACHE_FORMAT, "case": case.case, "sources": sources, "image": f"{case.case}.image.npy",
@@ -202,11 +209,11 @@ def write_entry(folder: Path, case: CaseRecord, root: Path, spacing: Sequence[fl
 
 def preprocess_cases(layout: DatasetLayout, case_ids: list[str], spacing: Sequence[float] | None,
                      cache_dir: str | Path | None = None, progress: bool = False,
-                     label: str = "") -> PreprocessedCases:
+                     label: str = "", normalization: Sequence[Any] | None = None) -> PreprocessedCases:
     """References to ``case_ids`` of ``layout`` prepared at ``spacing``: read from the cache, and the cases
     missing there (or whose files changed) prepared into it first. ``label`` names the cases in the progress
     bars ("reading N preprocessed {label}cases", then "preparing M of N {label}cases" if any is missing)."""
-    folder = preprocessed_folder(layout.root, spacing, layout.spatial_dims, cache_dir)
+    folder = preprocessed_folder(layout.root, spacing, layout.spatial_dims, cache_dir, normalization)
     root = Path(layout.root)
     words = f"{label} " if label else ""
     iterator: Sequence[str] = case_ids
@@ -223,5 +230,6 @@ def preprocess_cases(layout: DatasetLayout, case_ids: list[str], spacing: Sequen
         iterator = track(missing, description=f"preparing {len(missing)} of {len(case_ids)} {words}cases",
                          transient=True)
     for case_id in iterator:
-        found[case_id] = write_entry(folder, layout.cases[case_id], root, spacing, layout.spatial_dims)
+        found[case_id] = write_entry(folder, layout.cases[case_id], root, spacing, layout.spatial_dims,
+                                     normalization)
     return PreprocessedCases([found[c] for c in case_ids], len(missing), folder)

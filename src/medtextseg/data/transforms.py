@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
 
 import torch
 from monai.data import NibabelReader
@@ -17,6 +18,8 @@ from monai.transforms import (
     Compose,
     EnsureTyped,
     LoadImaged,
+    MapTransform,
+    NormalizeIntensity,
     NormalizeIntensityd,
     Orientationd,
     Spacingd,
@@ -30,9 +33,48 @@ logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR
 warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader")
 
 
-def preparation(spacing: Sequence[float] | None = None, label_keys: Sequence[str] = ()) -> Compose:
+def normalization_rules(normalization: Sequence[Any] | None) -> list[dict] | None:
+    """``normalization`` as plain dicts, or None when every channel is z-scored (the default preparation)."""
+    if normalization is None:
+        return None
+    rules = [dict(r) if isinstance(r, Mapping) else r.model_dump() for r in normalization]
+    return rules if any(r["scheme"] != "zscore" for r in rules) else None
+
+
+class NormalizeChannelsd(MapTransform):
+    """Each channel of ``image`` by its own rule (``config.ChannelNormalization``, as dicts or objects):
+    ``zscore`` by the image's own mean and std (MONAI ``NormalizeIntensity``), ``ct`` clipped to ``clip`` and
+    then by the given ``mean`` and ``std``. ``image``: [C, *spatial]; one rule per channel."""
+
+    def __init__(self, rules: Sequence[Any], key: str = "image") -> None:
+        super().__init__([key])
+        self.rules = [dict(r) if isinstance(r, Mapping) else r.model_dump() for r in rules]  # config objects too
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        from medtextseg.utils.errors import MedTextSegError
+
+        d = dict(data)
+        for key in self.key_iterator(d):
+            image = d[key]
+            if image.shape[0] != len(self.rules):
+                raise MedTextSegError(f"config field 'data.normalization' has {len(self.rules)} entries but the "
+                                      f"image has {image.shape[0]} channels")
+            out = image.clone().float()
+            for channel, rule in enumerate(self.rules):
+                if rule["scheme"] == "ct":
+                    low, high = rule["clip"]
+                    out[channel] = (out[channel].clamp(low, high) - rule["mean"]) / rule["std"]
+                else:
+                    out[channel:channel + 1] = NormalizeIntensity(channel_wise=True)(out[channel:channel + 1])
+            d[key] = out
+        return d
+
+
+def preparation(spacing: Sequence[float] | None = None, label_keys: Sequence[str] = (),
+                normalization: Sequence[Any] | None = None) -> Compose:
     """Load ``image`` (a list of co-registered channel files) and optional masks, orient to RAS,
-    resample to ``spacing`` (mm; None keeps the file's), and z-score each image channel.
+    resample to ``spacing`` (mm; None keeps the file's), and normalise each image channel: z-scored, or by
+    ``normalization`` (one ``config.ChannelNormalization`` per channel, e.g. ``ct`` for a CT channel).
 
     Output dict: ``image`` MetaTensor [C, X, Y, Z] float32 (RAS+ voxel order: X toward patient Right,
     Y toward Anterior, Z toward Superior); each label key [1, X, Y, Z] on the same grid.
@@ -47,8 +89,9 @@ def preparation(spacing: Sequence[float] | None = None, label_keys: Sequence[str
         # a non-positive value keeps that axis' spacing (2D data stored as X x Y x 1 keep their slice)
         pixdim = [*spacing, -1.0] if len(spacing) == 2 else list(spacing)
         steps.append(Spacingd(keys, pixdim=pixdim, mode=["bilinear", *["nearest"] * len(label_keys)]))
+    rules = normalization_rules(normalization)
     steps += [
-        NormalizeIntensityd("image", channel_wise=True),
+        NormalizeChannelsd(rules) if rules else NormalizeIntensityd("image", channel_wise=True),
         EnsureTyped(keys, dtype=None, track_meta=True),
     ]
     return Compose(steps)

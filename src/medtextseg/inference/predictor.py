@@ -196,7 +196,7 @@ class Predictor:
         if not prompts:
             raise MedTextSegError("no prompt given: pass at least one, e.g. -p 'the prostate gland'")
         self.check_inputs(paths)
-        transform = preparation(self.config.data.spacing)
+        transform = preparation(self.config.data.spacing, normalization=self.config.data.normalization)
         data = transform({"image": [str(p) for p in paths]})
         image: MetaTensor = data["image"]
         if not torch.isfinite(image.as_tensor()).all():

@@ -53,7 +53,8 @@ def text_cache_for(config: Config) -> TextEmbeddingCache:
 def preprocessed(layout, case_ids: list[str], config: Config, progress: bool, label: str = "") -> PreprocessedCases:
     """References to ``case_ids`` in the preprocessed cache at ``config.data.spacing`` (``data.cache_dir``),
     the missing ones prepared into it first; ``label`` names them in the progress bars."""
-    return preprocess_cases(layout, case_ids, config.data.spacing, config.data.cache_dir, progress, label)
+    return preprocess_cases(layout, case_ids, config.data.spacing, config.data.cache_dir, progress, label,
+                            config.data.normalization)
 
 
 def prepare_cases(layout, case_ids: list[str], config: Config, progress: bool,
