@@ -310,6 +310,52 @@ def splits_list(ds: Path, tmp: Path) -> dict:
     return {}
 
 
+def split_case(ds: Path, split: str) -> str:
+    return json.loads((ds / "splits.json").read_text(encoding="utf-8"))[split][0]
+
+
+def test_split_label(change):
+    """The label map of the test split's first case rewritten by ``change`` (array -> array)."""
+    def make(ds: Path, tmp: Path) -> dict:
+        import nibabel as nib
+
+        case = split_case(ds, "test")
+        path = ds / "labelsTr" / f"{case}.nii.gz"
+        image = nib.load(path)
+        data = change(np.asanyarray(image.dataobj))
+        nib.save(nib.Nifti1Image(data, image.affine), path)
+        spacing = "x".join(f"{float(v):.3g}" for v in image.header.get_zooms())
+        return {"case": case, "shape": data.shape, "expected": image.shape, "spacing": spacing}
+
+    return make
+
+
+def with_value(value, dtype):
+    def change(data: np.ndarray) -> np.ndarray:
+        data = data.astype(dtype)
+        data.flat[0] = value
+        return data
+
+    return change
+
+
+def split_also_in(split: str, other: str):
+    """The first case of ``split`` listed in ``other`` too (leakage)."""
+    def make(ds: Path, tmp: Path) -> dict:
+        edit_json(ds / "splits.json", lambda d: d[other].append(d[split][0]))
+        return {"case": split_case(ds, split)}
+
+    return make
+
+
+def prompt_target(target):
+    def make(ds: Path, tmp: Path) -> dict:
+        return {"line": append_line(ds / "prompts.jsonl", json.dumps({"case": "synth_001", "prompt": "the gland",
+                                                                      "target": target}))}
+
+    return make
+
+
 def preset_file(text: str):
     def make(ds: Path, tmp: Path) -> dict:
         (tmp / "preset.yaml").write_text(text, encoding="utf-8")
@@ -367,6 +413,37 @@ CASES = {
     "prompts.jsonl is empty, unplanned": (unplanned(prompts_empty), "{ds}/prompts.jsonl: no prompts; write one "
                                                                     "JSON line per case, prompt and target (see "
                                                                     "docs/dataset_format.md)"),
+    # every case a split names is checked before training, the test split's too
+    "test-split label on another grid": (test_split_label(lambda data: data[:-8]), "{ds}/labelsTr/{case}.nii.gz: "
+                                         "not on the grid of {case}_0000.nii.gz (shape {shape} vs {expected}, "
+                                         "spacing {spacing} vs {spacing}); resample it onto the first channel's "
+                                         "grid"),
+    "test-split label value undeclared": (test_split_label(with_value(9, np.uint8)), "{ds}/labelsTr/{case}.nii.gz: "
+                                          "label value 9 is not declared in dataset.json labels [0, 1, 2, 3, 4, 5]"),
+    "test-split label value float": (test_split_label(with_value(0.5, np.float32)), "{ds}/labelsTr/{case}.nii.gz: "
+                                     "label map has non-integer values"),
+    "test-split label value negative": (test_split_label(with_value(-1, np.int16)), "{ds}/labelsTr/{case}.nii.gz: "
+                                        "label value -1 is not declared in dataset.json labels [0, 1, 2, 3, 4, 5]"),
+    "test-split label undeclared, unplanned": (unplanned(test_split_label(with_value(9, np.uint8))),
+                                               "{ds}/labelsTr/{case}.nii.gz: label value 9 is not declared in "
+                                               "dataset.json labels [0, 1, 2, 3, 4, 5]"),
+    "train and val splits overlap": (split_also_in("val", "train"), "{ds}/splits.json: splits 'train' and 'val' "
+                                     "share 1 case(s) ({case}); a case in two splits leaks into the scores: keep "
+                                     "each case in one split"),
+    "train and test splits overlap": (split_also_in("train", "test"), "{ds}/splits.json: splits 'train' and 'test' "
+                                      "share 1 case(s) ({case}); a case in two splits leaks into the scores: keep "
+                                      "each case in one split"),
+    "target is true": (prompt_target(True), "{ds}/prompts.jsonl:{line}: target must be a list of label values (e.g. "
+                                            "[1, 2]), [] for an absent target, or a mask file path inside the "
+                                            "dataset folder; got true"),
+    "target is a number": (prompt_target(1), "{ds}/prompts.jsonl:{line}: target must be a list of label values "
+                                             "(e.g. [1, 2]), [] for an absent target, or a mask file path inside "
+                                             "the dataset folder; got 1"),
+    "target lists true": (prompt_target([True]), "{ds}/prompts.jsonl:{line}: target value true is not a label "
+                                                 "value; list integers declared in dataset.json labels, e.g. [1, 2]"),
+    "target lists a float": (prompt_target([1.0]), "{ds}/prompts.jsonl:{line}: target value 1.0 is not a label "
+                                                   "value; list integers declared in dataset.json labels, e.g. "
+                                                   "[1, 2]"),
     "splits.json is a list": (splits_list, '{ds}/splits.json: must be an object of split name -> case ids, e.g. '
                                            '{{"train": [...], "val": [...], "test": [...]}}, got a list'),
     # configuration

@@ -138,3 +138,22 @@ def test_mask_file_targets_are_supported(dataset):
     prepared = prepare_case(layout.cases[case], None, 3)
     record = [p for p in layout.cases[case].prompts if p.prompt == "pz from a file"][0]
     assert prepared.target(record).sum() == (prepared.label == 2).sum() > 0
+
+
+def test_verification_reads_a_case_again_only_when_its_files_changed(dataset, monkeypatch):
+    """Planning and then training both verify the dataset: the second pass reads only what changed."""
+    import medtextseg.data.layout as layout_module
+
+    layout = load_dataset(dataset)
+    verify_dataset(layout)
+    read = []
+    original = layout_module.verify_case
+    monkeypatch.setattr(layout_module, "verify_case", lambda case, *args: (read.append(case.case),
+                                                                          original(case, *args)))
+    verify_dataset(load_dataset(dataset))
+    assert read == []
+    case = _first_case(dataset)
+    _rewrite(dataset / "labelsTr" / f"{case}.nii.gz", lambda d, a: (np.where(d == 0, 9, d).astype(d.dtype), a))
+    with pytest.raises(MedTextSegError, match=rf"labelsTr/{case}.nii.gz: label value 9 is not declared"):
+        verify_dataset(load_dataset(dataset))
+    assert read == [case]

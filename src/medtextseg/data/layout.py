@@ -72,6 +72,11 @@ class DatasetLayout:
             raise MedTextSegError(f"{self.root}: no split {name!r}; splits are {', '.join(self.splits)}")
         return [self.cases[c] for c in self.splits[name]]
 
+    def cases_in_splits(self) -> list[str]:
+        """Every case some split names (train, val, test, ...), in split order, each once: the cases that
+        training, validation and evaluation will read."""
+        return list(dict.fromkeys(c for members in self.splits.values() for c in members))
+
     def prompt_texts(self, split: str | None = None) -> list[str]:
         cases = self.split(split) if split else list(self.cases.values())
         return sorted({p.prompt for case in cases for p in case.prompts})
@@ -180,7 +185,12 @@ def _parse_prompts(path: Path, root: Path, cases: dict[str, CaseRecord], labels:
                 raise MedTextSegError(f"{where}: target mask file {target_value} not found")
         elif target is None or isinstance(target, list):
             values = tuple(target or [])
-            unknown = [v for v in values if not isinstance(v, int) or v not in declared]
+            # JSON true is a Python int (True == 1): it would pass as label 1
+            wrong = [v for v in values if type(v) is not int]
+            if wrong:
+                raise MedTextSegError(f"{where}: target value {_json_text(wrong[0])} is not a label value; list "
+                                      "integers declared in dataset.json labels, e.g. [1, 2]")
+            unknown = [v for v in values if v not in declared]
             if unknown:
                 raise MedTextSegError(f"{where}: target label {unknown[0]!r} is not declared in "
                                       f"dataset.json labels {sorted(declared)}")
@@ -189,7 +199,8 @@ def _parse_prompts(path: Path, root: Path, cases: dict[str, CaseRecord], labels:
                                       "label file in labelsTr")
             target_value = values
         else:
-            raise MedTextSegError(f"{where}: target must be a list of label values, [] or a mask path")
+            raise MedTextSegError(f"{where}: target must be a list of label values (e.g. [1, 2]), [] for an absent "
+                                  f"target, or a mask file path inside the dataset folder; got {_json_text(target)}")
         prompt = validate_prompt(item["prompt"], where)
         class_name = item.get("class")
         if class_name is not None:
@@ -239,9 +250,31 @@ def load_dataset(root: str | Path) -> DatasetLayout:
             unknown = [c for c in members if c not in cases]
             if unknown:
                 raise MedTextSegError(f"{splits_path}: split {split!r} names unknown case {unknown[0]!r}")
+        _refuse_overlapping_splits(splits_path, splits)
     else:
         splits = hash_split(list(cases))
     return DatasetLayout(root, channel_names, labels, file_ending, spatial_dims, cases, splits, vocabulary)
+
+
+def _refuse_overlapping_splits(path: Path, splits: dict[str, list[str]]) -> None:
+    """Raise when two splits share a case: a case validated or tested on after training on it leaks into the
+    scores. Names the first pair of splits that overlap and their shared cases (the first five, then a count)."""
+    names = list(splits)
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            others = set(splits[second])
+            shared = [c for c in dict.fromkeys(splits[first]) if c in others]
+            if shared:
+                listed = ", ".join(shared[:5]) + (f" and {len(shared) - 5} more" if len(shared) > 5 else "")
+                raise MedTextSegError(f"{path}: splits {first!r} and {second!r} share {len(shared)} case(s) "
+                                      f"({listed}); a case in two splits leaks into the scores: keep each case in "
+                                      "one split")
+
+
+def _json_text(value: Any, limit: int = 40) -> str:
+    """A parsed JSON value as the user wrote it (``true``, ``"x"``, ``1.5``), or its type when it is long."""
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= limit else json_type(value)
 
 
 def verify_case(case: CaseRecord, labels: dict[str, int]) -> None:
@@ -277,8 +310,27 @@ def verify_case(case: CaseRecord, labels: dict[str, int]) -> None:
                                   f"dataset.json labels {sorted(labels.values())}")
 
 
+# cases verified in this process, by the identity of their files: planning verifies the dataset, then
+# the trainer does again; a file changed in between (other mtime, size or inode) is read again
+_VERIFIED: set[tuple] = set()
+
+
+def _case_signature(case: CaseRecord, labels: dict[str, int]) -> tuple | None:
+    """What a case's verification depends on: its files' (path, inode, size, mtime) and the declared labels."""
+    paths = [*case.image_paths, *([case.label_path] if case.label_path else []),
+             *[p.target for p in case.prompts if isinstance(p.target, Path)]]
+    try:
+        stats = tuple((str(p), s.st_ino, s.st_size, s.st_mtime_ns) for p in paths for s in [p.stat()])
+    except OSError:  # verify_case says what is wrong with it
+        return None
+    return stats, tuple(sorted(labels.items()))
+
+
 def verify_dataset(layout: DatasetLayout, case_ids: list[str] | None = None, progress: bool = False) -> None:
-    """Check every case (or the given ones) before any training; see ``verify_case``."""
+    """Check every case (or the given ones) before any training; see ``verify_case``.
+
+    A case whose files are unchanged since this process last verified it is not read again.
+    """
     ids = case_ids if case_ids is not None else list(layout.cases)
     iterator = ids
     if progress:
@@ -286,7 +338,11 @@ def verify_dataset(layout: DatasetLayout, case_ids: list[str] | None = None, pro
 
         iterator = track(ids, description="checking dataset", transient=True)
     for case in iterator:
-        verify_case(layout.cases[case], layout.labels)
+        signature = _case_signature(layout.cases[case], layout.labels)
+        if signature is None or signature not in _VERIFIED:
+            verify_case(layout.cases[case], layout.labels)
+            if signature is not None:
+                _VERIFIED.add(signature)
 
 
 def _fmt(values: tuple[float, ...]) -> str:

@@ -301,7 +301,7 @@ def planned_config(preset: str | Path, overrides: list[str], plan_file: str | Pa
         MedTextSegError: the preset's dimensionality is not the dataset's, or any config error.
     """
     from medtextseg.data.fingerprint import fingerprint_dataset
-    from medtextseg.data.layout import load_dataset
+    from medtextseg.data.layout import load_dataset, verify_dataset
 
     base = _unplanned_config(preset, overrides)
     if base.cotraining.enabled or base.data.root is None:
@@ -314,6 +314,8 @@ def planned_config(preset: str | Path, overrides: list[str], plan_file: str | Pa
             raise MedTextSegError(f"config field 'model.spatial_dims' is {base.model.spatial_dims} but the "
                                   f"dataset {layout.root} is {layout.spatial_dims}D; use a "
                                   f"{layout.spatial_dims}D preset (e.g. default_2d)")
+        # the whole dataset first (every split's cases): a bad file is named before any plan is printed
+        verify_dataset(layout, layout.cases_in_splits(), progress)
         case_ids = layout.splits.get("train") or list(layout.cases)
         plan = make_plan(fingerprint_dataset(layout, case_ids, progress), math.prod(base.data.patch_size),
                          len(base.model.channels), base.data.kind_weights)

@@ -218,7 +218,7 @@ class CoTrainer:
         val_ids = layout.splits.get("val", [])[: config.train.val_cases]
         if not train_ids:
             raise MedTextSegError(f"{layout.root}: the train split is empty")
-        verify_dataset(layout, train_ids + val_ids, progress=self.progress)
+        verify_dataset(layout, layout.cases_in_splits(), progress=self.progress)  # test cases too
         self.prompt, self.values = self._target(layout)
         values = torch.tensor(self.values)
         ignore_value = layout.labels.get(IGNORE_LABEL)

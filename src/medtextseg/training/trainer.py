@@ -163,7 +163,8 @@ class Trainer:
         if not train_ids:
             raise MedTextSegError(f"{self.layout.root}: the train split is empty")
         val_ids = val_ids[: config.train.val_cases]
-        verify_dataset(self.layout, train_ids + val_ids, progress=self.progress and ctx.is_main)
+        # every case a split names, test cases too: evaluation must not meet a bad file after hours of training
+        verify_dataset(self.layout, self.layout.cases_in_splits(), progress=self.progress and ctx.is_main)
         show = self.progress and ctx.is_main
         # rank 0 prepares what the cache misses; the others then read it. Training cases stay on disk, referenced
         # (loaded when drawn: memory does not grow with their number); the few validation cases are loaded.
