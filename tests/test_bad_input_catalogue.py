@@ -24,10 +24,20 @@ TINY_2D = ["model.channels=[4,8,16]", "model.strides=[[1,1],[2,2],[2,2]]", "data
            "train.steps=1", "train.val_cases=1", "train.warmup_steps=1"]
 
 
+TINY_3D = ["model.channels=[4,8,16]", "model.strides=[[1,1,1],[2,2,1],[2,2,2]]", "data.patch_size=[32,32,16]",
+           "train.steps=1", "train.val_cases=1", "train.warmup_steps=1"]
+
+
 @pytest.fixture(scope="module")
 def model_run(dataset_2d, tmp_path_factory) -> Path:
     config = Config.load("default_2d", [*TINY_2D, f"data.root={dataset_2d}"])
     return train(config, tmp_path_factory.mktemp("catalogue") / "run", progress=False)
+
+
+@pytest.fixture(scope="module")
+def model_run_3d(dataset_3d, tmp_path_factory) -> Path:
+    config = Config.load("default", [*TINY_3D, f"data.root={dataset_3d}"])
+    return train(config, tmp_path_factory.mktemp("catalogue") / "run_3d", progress=False)
 
 
 def snapshot(folder: Path) -> dict[str, str]:
@@ -314,7 +324,7 @@ def split_case(ds: Path, split: str) -> str:
     return json.loads((ds / "splits.json").read_text(encoding="utf-8"))[split][0]
 
 
-def test_split_label(change):
+def label_of_test_case(change):
     """The label map of the test split's first case rewritten by ``change`` (array -> array)."""
     def make(ds: Path, tmp: Path) -> dict:
         import nibabel as nib
@@ -354,6 +364,66 @@ def prompt_target(target):
                                                                       "target": target}))}
 
     return make
+
+
+def rewrite_image(path: Path, change) -> None:
+    """Rewrite a NIfTI file's voxels with ``change`` (array -> array), keeping its affine."""
+    import nibabel as nib
+
+    image = nib.load(path)
+    nib.save(nib.Nifti1Image(change(np.asanyarray(image.dataobj)), image.affine), path)
+
+
+def train_image(change):
+    """Channel 0 of the first training case rewritten by ``change``."""
+    def make(ds: Path, tmp: Path) -> dict:
+        path = ds / "imagesTr" / f"{split_case(ds, 'train')}_0000.nii.gz"
+        rewrite_image(path, change)
+        return {"image": path}
+
+    return make
+
+
+def as_volume(data: np.ndarray) -> np.ndarray:
+    """A 2D slice [X, Y, 1] repeated into a volume [X, Y, 4]."""
+    return np.repeat(data, 4, axis=2)
+
+
+def as_4d(data: np.ndarray) -> np.ndarray:
+    """[X, Y, Z] -> [X, Y, Z, 3]: three channels in one file."""
+    return np.stack([data] * 3, axis=-1)
+
+
+def predicting(model_fixture: str, how):
+    """A row run by ``predict`` with the model of ``model_fixture``: ``how(ds, tmp, request)`` returns the
+    details, its ``images`` the -i files."""
+    how.model_fixture = model_fixture
+    return how
+
+
+def images_3d(ds: Path, tmp: Path, request) -> dict:
+    images = sorted((request.getfixturevalue("dataset_3d") / "imagesTr").glob("synth_000_*.nii.gz"))
+    return {"images": images, "image": images[0]}
+
+
+def images_2d(ds: Path, tmp: Path, request) -> dict:
+    images = sorted((ds / "imagesTr").glob("synth_000_*.nii.gz"))
+    return {"images": images, "image": images[0]}
+
+
+def images_4d(copies: int):
+    """One file holding the three channels of a 3D case, given ``copies`` times."""
+    def make(ds: Path, tmp: Path, request) -> dict:
+        source = request.getfixturevalue("dataset_3d") / "imagesTr" / "synth_000_0000.nii.gz"
+        path = Path(shutil.copy(source, tmp / "four_d.nii.gz"))
+        rewrite_image(path, as_4d)
+        return {"images": [path] * copies, "image": path}
+
+    return make
+
+
+def images_2_of_3(ds: Path, tmp: Path, request) -> dict:
+    return {"images": sorted((ds / "imagesTr").glob("synth_000_*.nii.gz"))[:2]}
 
 
 def preset_file(text: str):
@@ -397,7 +467,17 @@ def unplanned(make):
     return make_unplanned
 
 
+def set_values(*overrides: str):
+    def make(ds: Path, tmp: Path) -> dict:
+        return {"args": [a for o in overrides for a in ("--set", o)]}
+
+    return make
+
+
 NOT_A_SECTION = "is a value, not a section with fields; set it as train.steps=VALUE"
+PATCH_50 = ("data.patch_size [50, 50] is not a multiple of the strides' product [4, 4] along each axis (model.strides "
+            "[[1, 1], [2, 2], [2, 2]]); the decoder could not join its skip connections: use e.g. --set "
+            "data.patch_size=[48,48]")
 CASES = {
     # dataset files: `train` stops while reading the dataset, before a run folder exists
     "spatial_dims is text": (spatial_dims_text, "{ds}/dataset.json: medtextseg.spatial_dims must be the integer 2 "
@@ -414,17 +494,17 @@ CASES = {
                                                                     "JSON line per case, prompt and target (see "
                                                                     "docs/dataset_format.md)"),
     # every case a split names is checked before training, the test split's too
-    "test-split label on another grid": (test_split_label(lambda data: data[:-8]), "{ds}/labelsTr/{case}.nii.gz: "
+    "test-split label on another grid": (label_of_test_case(lambda data: data[:-8]), "{ds}/labelsTr/{case}.nii.gz: "
                                          "not on the grid of {case}_0000.nii.gz (shape {shape} vs {expected}, "
                                          "spacing {spacing} vs {spacing}); resample it onto the first channel's "
                                          "grid"),
-    "test-split label value undeclared": (test_split_label(with_value(9, np.uint8)), "{ds}/labelsTr/{case}.nii.gz: "
+    "test-split label value undeclared": (label_of_test_case(with_value(9, np.uint8)), "{ds}/labelsTr/{case}.nii.gz: "
                                           "label value 9 is not declared in dataset.json labels [0, 1, 2, 3, 4, 5]"),
-    "test-split label value float": (test_split_label(with_value(0.5, np.float32)), "{ds}/labelsTr/{case}.nii.gz: "
+    "test-split label value float": (label_of_test_case(with_value(0.5, np.float32)), "{ds}/labelsTr/{case}.nii.gz: "
                                      "label map has non-integer values"),
-    "test-split label value negative": (test_split_label(with_value(-1, np.int16)), "{ds}/labelsTr/{case}.nii.gz: "
+    "test-split label value negative": (label_of_test_case(with_value(-1, np.int16)), "{ds}/labelsTr/{case}.nii.gz: "
                                         "label value -1 is not declared in dataset.json labels [0, 1, 2, 3, 4, 5]"),
-    "test-split label undeclared, unplanned": (unplanned(test_split_label(with_value(9, np.uint8))),
+    "test-split label undeclared, unplanned": (unplanned(label_of_test_case(with_value(9, np.uint8))),
                                                "{ds}/labelsTr/{case}.nii.gz: label value 9 is not declared in "
                                                "dataset.json labels [0, 1, 2, 3, 4, 5]"),
     "train and val splits overlap": (split_also_in("val", "train"), "{ds}/splits.json: splits 'train' and 'val' "
@@ -446,6 +526,41 @@ CASES = {
                                                    "[1, 2]"),
     "splits.json is a list": (splits_list, '{ds}/splits.json: must be an object of split name -> case ids, e.g. '
                                            '{{"train": [...], "val": [...], "test": [...]}}, got a list'),
+    # images of other dimensions or channels than the model's, and patches the strides do not divide: refused
+    # before the model sees a tensor
+    "3D image to a 2D model": (predicting("model_run", images_3d), "{image}: a 3D image (shape 48 x 48 x 16) but "
+                                                                   "the model is 2D (one slice per file, X x Y x 1): "
+                                                                   "give a single slice, or use a 3D model"),
+    "2D image to a 3D model": (predicting("model_run_3d", images_2d), "{image}: a 2D image (shape 48 x 48 x 1) but "
+                                                                      "the model is 3D (a volume per file): give the "
+                                                                      "whole volume, or use a 2D model"),
+    "4D image to a 3D model": (predicting("model_run_3d", images_4d(3)), "{image}: a 4D image (shape 48 x 48 x 16 x "
+                                                                         "3) but the model takes one 3D image per "
+                                                                         "file: save each channel (or time point) as "
+                                                                         "a file of its own, in the channel order"),
+    "one 4D file for 3 channels": (predicting("model_run_3d", images_4d(1)), "{image}: a 4D image (shape 48 x 48 x "
+                                                                             "16 x 3) but the model takes one 3D image "
+                                                                             "per file: save each channel (or time "
+                                                                             "point) as a file of its own, in the "
+                                                                             "channel order"),
+    "2 channel files for 3": (predicting("model_run", images_2_of_3), "the model takes 3 image file(s) (T2W, ADC, "
+                                                                      "HBV), one per channel, in that order; got 2"),
+    "3D image in a 2D dataset": (train_image(as_volume), "{image}: a 3D image (shape 48 x 48 x 4) but the dataset is "
+                                                         "2D (one slice per file, X x Y x 1): give a single slice, or "
+                                                         "declare medtextseg.spatial_dims 3 in dataset.json"),
+    "4D image in a dataset": (train_image(as_4d), "{image}: a 4D image (shape 48 x 48 x 1 x 3) but the dataset takes "
+                                                  "one 2D image per file: save each channel (or time point) as a "
+                                                  "file of its own, in the channel order"),
+    "in_channels is not the dataset's": (set_values("model.in_channels=2"), "config field 'model.in_channels' is 2 "
+                                                                            "but {ds}/dataset.json declares 3 "
+                                                                            "channels (T2W, ADC, HBV)"),
+    "patch not divisible by the strides": (set_values("data.patch_size=[50,50]"), PATCH_50),
+    "patch not divisible, unplanned": (unplanned(set_values("data.patch_size=[50,50]")), PATCH_50),
+    "patch of 3 values for a 2D model": (set_values("data.patch_size=[48,48,16]"), "data.patch_size [48, 48, 16] "
+                                                                                  "must have 2 values "
+                                                                                  "(model.spatial_dims=2)"),
+    "checkpoint's patch not divisible": (checkpoint_edit(lambda state: state["config"]["data"].update(
+        patch_size=[50, 50])), "{model}/best.pt: its config: " + PATCH_50),
     # configuration
     "preset is a list": (preset_file("- model\n- train\n"), "{tmp}/preset.yaml: a preset must be a mapping of "
                                                             "config sections (model:, data:, train:, ...), got a list"),
@@ -477,7 +592,10 @@ def test_one_line_error_and_nothing_written(case, dataset_2d, tmp_path, request)
     make, message = CASES[case]
     dataset = dataset_copy(dataset_2d, tmp_path / "ds")
     out = tmp_path / "out"
-    if message.startswith("{model}"):
+    if hasattr(make, "model_fixture"):  # predict on these images
+        details = make(dataset, tmp_path, request)
+        args = predict_args(request.getfixturevalue(make.model_fixture), details.pop("images"), out)
+    elif message.startswith("{model}"):
         run = request.getfixturevalue("model_run")
         model = make(dataset, tmp_path, run)
         state = torch.load(model / "best.pt", weights_only=True)

@@ -7,6 +7,7 @@ with the field's full dotted name and the closest valid key, instead of being si
 from __future__ import annotations
 
 import difflib
+import math
 import types
 import typing
 import warnings
@@ -370,6 +371,23 @@ class Config(_Section):
         return self
 
     @model_validator(mode="after")
+    def _check_patch(self) -> Config:
+        """The patch must have one size per spatial axis, each a multiple of the product of the strides along it:
+        otherwise the decoder's upsampled maps miss their skip connections by a voxel (a shape error deep inside
+        the model, after the data is prepared). E.g. strides [[1, 1], [2, 2], [2, 2]] multiply to [4, 4]: 48 fits,
+        50 does not."""
+        patch, dims = self.data.patch_size, self.model.spatial_dims
+        if len(patch) != dims:
+            raise ValueError(f"data.patch_size {patch} must have {dims} values (model.spatial_dims={dims})")
+        total = [math.prod(stride[axis] for stride in self.model.strides) for axis in range(dims)]
+        if any(size % step for size, step in zip(patch, total, strict=True)):
+            fitting = ",".join(str(max(round(size / step), 1) * step) for size, step in zip(patch, total, strict=True))
+            raise ValueError(f"data.patch_size {patch} is not a multiple of the strides' product {total} along each "
+                             f"axis (model.strides {self.model.strides}); the decoder could not join its skip "
+                             f"connections: use e.g. --set data.patch_size=[{fitting}]")
+        return self
+
+    @model_validator(mode="after")
     def _check_mirror_axes(self) -> Config:
         if any(axis >= self.model.spatial_dims for axis in self.inference.mirror_axes):
             raise ValueError(f"inference.mirror_axes {self.inference.mirror_axes} must be spatial axes "
@@ -518,6 +536,8 @@ def _explain(error: ValidationError) -> str:
         field = ".".join(str(p) for p in item["loc"])
         if item["type"] == "extra_forbidden":
             messages.append(f"unknown config key {field!r}")
+        elif not field and item["type"] == "value_error":  # a check across sections names its fields itself
+            messages.append(str(item["ctx"]["error"]))
         else:
             messages.append(f"config field {field!r}: {item['msg']} (got {item.get('input')!r})")
     return "; ".join(messages)

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from medtextseg.data.dimensions import check_image_dims
 from medtextseg.data.io import read_array, read_geometry
 from medtextseg.data.prompts import validate_prompt
 from medtextseg.data.vocabulary import VOCABULARY_FILE, PromptVocabulary
@@ -277,15 +278,20 @@ def _json_text(value: Any, limit: int = 40) -> str:
     return text if len(text) <= limit else json_type(value)
 
 
-def verify_case(case: CaseRecord, labels: dict[str, int]) -> None:
-    """Check one case's files: same grid for every channel and the label, finite voxels, declared labels.
+def verify_case(case: CaseRecord, labels: dict[str, int], spatial_dims: int | None = None) -> None:
+    """Check one case's files: a ``spatial_dims`` image per file (when given), same grid for every channel and
+    the label, finite voxels, declared labels.
 
     Raises:
         MedTextSegError: naming the offending file.
     """
-    reference = read_geometry(case.image_paths[0])
     others = case.image_paths[1:] + ([case.label_path] if case.label_path else [])
     others += [p.target for p in case.prompts if isinstance(p.target, Path)]
+    if spatial_dims is not None:
+        for path in [case.image_paths[0], *others]:
+            check_image_dims(path, spatial_dims, "the dataset", "or declare medtextseg.spatial_dims {dims} in "
+                             "dataset.json")
+    reference = read_geometry(case.image_paths[0])
     for path in others:
         geometry = read_geometry(path)
         if not geometry.same_grid(reference):
@@ -315,15 +321,16 @@ def verify_case(case: CaseRecord, labels: dict[str, int]) -> None:
 _VERIFIED: set[tuple] = set()
 
 
-def _case_signature(case: CaseRecord, labels: dict[str, int]) -> tuple | None:
-    """What a case's verification depends on: its files' (path, inode, size, mtime) and the declared labels."""
+def _case_signature(case: CaseRecord, labels: dict[str, int], spatial_dims: int) -> tuple | None:
+    """What a case's verification depends on: its files' (path, inode, size, mtime), the declared labels and
+    the dataset's spatial dimensions."""
     paths = [*case.image_paths, *([case.label_path] if case.label_path else []),
              *[p.target for p in case.prompts if isinstance(p.target, Path)]]
     try:
         stats = tuple((str(p), s.st_ino, s.st_size, s.st_mtime_ns) for p in paths for s in [p.stat()])
     except OSError:  # verify_case says what is wrong with it
         return None
-    return stats, tuple(sorted(labels.items()))
+    return stats, tuple(sorted(labels.items())), spatial_dims
 
 
 def verify_dataset(layout: DatasetLayout, case_ids: list[str] | None = None, progress: bool = False) -> None:
@@ -338,9 +345,9 @@ def verify_dataset(layout: DatasetLayout, case_ids: list[str] | None = None, pro
 
         iterator = track(ids, description="checking dataset", transient=True)
     for case in iterator:
-        signature = _case_signature(layout.cases[case], layout.labels)
+        signature = _case_signature(layout.cases[case], layout.labels, layout.spatial_dims)
         if signature is None or signature not in _VERIFIED:
-            verify_case(layout.cases[case], layout.labels)
+            verify_case(layout.cases[case], layout.labels, layout.spatial_dims)
             if signature is not None:
                 _VERIFIED.add(signature)
 

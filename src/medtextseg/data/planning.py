@@ -31,7 +31,7 @@ import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -40,6 +40,9 @@ from medtextseg.data.fingerprint import Fingerprint
 from medtextseg.utils.atomic import write_text_atomic
 from medtextseg.utils.errors import MedTextSegError
 from medtextseg.utils.json_files import read_json
+
+if TYPE_CHECKING:
+    from medtextseg.data.layout import DatasetLayout
 
 ANISOTROPY = 3.0  # an axis this many times coarser than the finest is "anisotropic" (nnU-Net)
 REGION_MARGIN = 0.2  # the patch should show the target region plus this share of its size around it
@@ -310,13 +313,30 @@ def planned_config(preset: str | Path, overrides: list[str], plan_file: str | Pa
         plan = Plan.load(plan_file)
     else:
         layout = load_dataset(base.data.root)
-        if layout.spatial_dims != base.model.spatial_dims:
-            raise MedTextSegError(f"config field 'model.spatial_dims' is {base.model.spatial_dims} but the "
-                                  f"dataset {layout.root} is {layout.spatial_dims}D; use a "
-                                  f"{layout.spatial_dims}D preset (e.g. default_2d)")
+        check_config_fits_dataset(base, layout, channels=False)  # the plan sets the channels
         # the whole dataset first (every split's cases): a bad file is named before any plan is printed
         verify_dataset(layout, layout.cases_in_splits(), progress)
         case_ids = layout.splits.get("train") or list(layout.cases)
         plan = make_plan(fingerprint_dataset(layout, case_ids, progress), math.prod(base.data.patch_size),
                          len(base.model.channels), base.data.kind_weights)
-    return Config.load(preset, overrides, plan.overrides()), plan
+    config = Config.load(preset, overrides, plan.overrides())
+    if plan_file is None:  # --set may have changed what the plan fitted to the dataset: say so before training
+        check_config_fits_dataset(config, layout)
+    return config, plan
+
+
+def check_config_fits_dataset(config: Config, layout: DatasetLayout, channels: bool = True) -> None:
+    """Refuse a model of other dimensions than the dataset, or (with ``channels``) with another number of
+    input channels than ``dataset.json`` declares: the first convolution would fail on the first batch.
+
+    Raises:
+        MedTextSegError: naming the config field, its value and the dataset's.
+    """
+    if layout.spatial_dims != config.model.spatial_dims:
+        raise MedTextSegError(f"config field 'model.spatial_dims' is {config.model.spatial_dims} but the "
+                              f"dataset {layout.root} is {layout.spatial_dims}D; use a "
+                              f"{layout.spatial_dims}D preset (e.g. default_2d)")
+    if channels and len(layout.channel_names) != config.model.in_channels:
+        raise MedTextSegError(f"config field 'model.in_channels' is {config.model.in_channels} but "
+                              f"{layout.root / 'dataset.json'} declares {len(layout.channel_names)} "
+                              f"channels ({', '.join(layout.channel_names)})")

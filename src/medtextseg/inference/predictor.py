@@ -17,6 +17,7 @@ from monai.data import MetaTensor
 from monai.transforms import Invertd
 
 from medtextseg.config import Config
+from medtextseg.data.dimensions import check_image_dims
 from medtextseg.data.io import Geometry, read_geometry, write_like
 from medtextseg.data.prompts import swap_left_right, validate_prompt
 from medtextseg.data.transforms import preparation
@@ -143,7 +144,10 @@ class Predictor:
         if type(state.get("text_dim")) is not int:
             raise MedTextSegError(f"{path}: no 'text_dim' (the prompt feature size the model was trained with); "
                                   "not a checkpoint medtextseg train wrote")
-        self.config = Config.from_dict(state["config"])
+        try:
+            self.config = Config.from_dict(state.get("config"))
+        except MedTextSegError as error:  # name the file: the config came with it
+            raise MedTextSegError(f"{path}: its config: {error}") from None
         inference = self.config.inference.model_dump()
         if mirror_axes is not None:
             inference["mirror_axes"] = (list(range(self.config.model.spatial_dims)) if mirror_axes == "all"
@@ -171,7 +175,10 @@ class Predictor:
             self.model.active = self.config.inference.network
 
     def check_inputs(self, image_paths: list[Path]) -> None:
-        """Raise unless ``image_paths`` are one file per model channel, all on one grid (headers only)."""
+        """Refuse, before any voxel is read, files the model cannot take: a volume for a 2D model, a slice for
+        a 3D one, a 4D file, another number of files than channels, channels on different grids (headers only)."""
+        for path in image_paths:  # first: one 4D file of three channels is better told so than "got 1 file"
+            check_image_dims(path, self.config.model.spatial_dims, "the model", "or use a {dims}D model")
         expected = self.config.model.in_channels
         if len(image_paths) != expected:
             names = f" ({', '.join(self.channel_names)})" if self.channel_names else ""

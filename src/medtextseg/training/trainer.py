@@ -25,7 +25,7 @@ from medtextseg.data.attribute_prompts import attribute_prompt_texts
 from medtextseg.data.dataset import PreparedCase, PromptSampleDataset, collate_prompt_samples
 from medtextseg.data.layout import load_dataset, verify_dataset
 from medtextseg.data.paraphrase import paraphrase_pool
-from medtextseg.data.planning import PLAN_FILE, Plan
+from medtextseg.data.planning import PLAN_FILE, Plan, check_config_fits_dataset
 from medtextseg.data.preprocessed import PreprocessedCases, preprocess_cases
 from medtextseg.data.prompts import swap_left_right
 from medtextseg.data.sparse_labels import IGNORE_LABEL
@@ -146,14 +146,7 @@ class Trainer:
 
         self.layout = load_dataset(config.data.root)
         vocabulary = self._sampling_vocabulary()
-        if self.layout.spatial_dims != config.model.spatial_dims:
-            raise MedTextSegError(f"config field 'model.spatial_dims' is {config.model.spatial_dims} but the "
-                                  f"dataset {self.layout.root} is {self.layout.spatial_dims}D; use a "
-                                  f"{self.layout.spatial_dims}D preset (e.g. default_2d)")
-        if len(self.layout.channel_names) != config.model.in_channels:
-            raise MedTextSegError(f"config field 'model.in_channels' is {config.model.in_channels} but "
-                                  f"{self.layout.root / 'dataset.json'} declares {len(self.layout.channel_names)} "
-                                  f"channels ({', '.join(self.layout.channel_names)})")
+        check_config_fits_dataset(config, self.layout)
         if IGNORE_LABEL in self.layout.labels:
             raise MedTextSegError(f"{self.layout.root}: has sparse labels (dataset.json declares {IGNORE_LABEL!r}); "
                                   "train it with a co-training preset: rada, rada_text or rada_single")
