@@ -467,6 +467,30 @@ def unplanned(make):
     return make_unplanned
 
 
+def prompt_line(prompt: str):
+    """A prompts.jsonl line with this prompt text (JSON escapes any control character in it)."""
+    def make(ds: Path, tmp: Path) -> dict:
+        return {"line": append_line(ds / "prompts.jsonl", json.dumps({"case": "synth_001", "prompt": prompt,
+                                                                      "target": [1]}))}
+
+    return make
+
+
+def predict_prompt(prompt: str):
+    """predict with a third -p."""
+    def make(ds: Path, tmp: Path, request) -> dict:
+        return {"images": sorted((ds / "imagesTr").glob("synth_000_*.nii.gz")), "args": ["-p", prompt]}
+
+    return make
+
+
+def data_folder(name: str):
+    def make(ds: Path, tmp: Path) -> dict:
+        return {"args": ["-d", str(tmp / name)]}
+
+    return make
+
+
 def set_values(*overrides: str):
     def make(ds: Path, tmp: Path) -> dict:
         return {"args": [a for o in overrides for a in ("--set", o)]}
@@ -475,6 +499,7 @@ def set_values(*overrides: str):
 
 
 NOT_A_SECTION = "is a value, not a section with fields; set it as train.steps=VALUE"
+CONTROL = "the prompt has the control character {char} at character {position}; a prompt is plain text: remove it"
 PATCH_50 = ("data.patch_size [50, 50] is not a multiple of the strides' product [4, 4] along each axis (model.strides "
             "[[1, 1], [2, 2], [2, 2]]); the decoder could not join its skip connections: use e.g. --set "
             "data.patch_size=[48,48]")
@@ -561,6 +586,16 @@ CASES = {
                                                                                   "(model.spatial_dims=2)"),
     "checkpoint's patch not divisible": (checkpoint_edit(lambda state: state["config"]["data"].update(
         patch_size=[50, 50])), "{model}/best.pt: its config: " + PATCH_50),
+    # control characters: a prompt is refused naming the character by its escape; no message echoes one raw
+    "prompt with an ANSI escape": (predicting("model_run", predict_prompt("the \x1b[31mgland\x1b[0m")),
+                                   "prompt 3: " + CONTROL.format(char=r"'\x1b'", position=5)),
+    "prompt line with an ANSI escape": (prompt_line("the \x1b[2Jgland"), "{ds}/prompts.jsonl:{line}: "
+                                        + CONTROL.format(char=r"'\x1b'", position=5)),
+    "prompt line with NUL": (prompt_line("the gland\x00"), "{ds}/prompts.jsonl:{line}: "
+                             + CONTROL.format(char=r"'\x00'", position=10)),
+    "prompt line with a bidi override": (prompt_line("the \u202ednalg"), "{ds}/prompts.jsonl:{line}: "
+                                         + CONTROL.format(char=r"'\u202e'", position=5)),
+    "folder name with an escape code": (data_folder("ds\x1b[2J"), "{tmp}/ds\\x1b[2J: dataset folder not found"),
     # configuration
     "preset is a list": (preset_file("- model\n- train\n"), "{tmp}/preset.yaml: a preset must be a mapping of "
                                                             "config sections (model:, data:, train:, ...), got a list"),
@@ -594,7 +629,8 @@ def test_one_line_error_and_nothing_written(case, dataset_2d, tmp_path, request)
     out = tmp_path / "out"
     if hasattr(make, "model_fixture"):  # predict on these images
         details = make(dataset, tmp_path, request)
-        args = predict_args(request.getfixturevalue(make.model_fixture), details.pop("images"), out)
+        args = [*predict_args(request.getfixturevalue(make.model_fixture), details.pop("images"), out),
+                *details.pop("args", [])]
     elif message.startswith("{model}"):
         run = request.getfixturevalue("model_run")
         model = make(dataset, tmp_path, run)
@@ -615,4 +651,5 @@ def test_one_line_error_and_nothing_written(case, dataset_2d, tmp_path, request)
     assert result.exit_code == 2, (result.output, result.exception)
     expected = message.format(ds=dataset, tmp=tmp_path, **details)
     assert result.output.strip() == f"error: {expected}"  # one line, nothing else
+    assert result.output.strip().isprintable()  # no raw control character reaches the terminal
     assert snapshot(tmp_path) == before and not out.exists()

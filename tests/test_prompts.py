@@ -21,6 +21,20 @@ def test_lateralised():
 
 def test_valid_prompt_is_normalised():
     assert validate_prompt("  segment   the\tprostate ") == "segment the prostate"
+    assert validate_prompt("segment the\r\nprostate\n") == "segment the prostate"
+    assert validate_prompt("la région de la prostate, 前列腺") == "la région de la prostate, 前列腺"
+
+
+@pytest.mark.parametrize(("prompt", "escape", "position"), [
+    ("the \x1b[31mgland", r"'\x1b'", 5), ("the gland\x00", r"'\x00'", 10), ("\x07the gland", r"'\x07'", 1),
+    ("the\x0bgland", r"'\x0b'", 4), ("the gland\x7f", r"'\x7f'", 10), ("the \x9b2Jgland", r"'\x9b'", 5),
+    ("the \u202egland", r"'\u202e'", 5), ("the \u2066gland", r"'\u2066'", 5),
+])
+def test_control_characters_are_refused_by_their_escape(prompt, escape, position):
+    with pytest.raises(MedTextSegError) as error:
+        validate_prompt(prompt, "prompt 2")
+    assert str(error.value) == (f"prompt 2: the prompt has the control character {escape} at character {position}; "
+                                "a prompt is plain text: remove it")
 
 
 @pytest.mark.parametrize(("prompt", "message"), [

@@ -20,16 +20,17 @@ app = typer.Typer(
 
 
 def user_errors(command):
-    """Turn a MedTextSegError into one line on stderr and exit status 2 (no traceback)."""
+    """Turn a MedTextSegError into one line on stderr and exit status 2 (no traceback); control characters
+    in it (from a file name, say) are shown escaped."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        from medtextseg.utils.errors import MedTextSegError
+        from medtextseg.utils.errors import MedTextSegError, printable
 
         try:
             return command(*args, **kwargs)
         except MedTextSegError as error:
-            typer.echo(f"error: {error}", err=True)
+            typer.echo(f"error: {printable(str(error))}", err=True)
             raise typer.Exit(2) from None
 
     return wrapper

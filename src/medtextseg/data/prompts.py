@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 
 from medtextseg.utils.errors import MedTextSegError
 
 MAX_PROMPT_CHARACTERS = 300
+# tab, newline and carriage return are whitespace, normalised to single spaces; every other control character
+# (C0, DEL, C1: terminal escape sequences start with ESC or CSI) and the bidirectional embeddings, overrides
+# and isolates (which make text display in another order than it is read) are refused
+_WHITESPACE_CONTROLS = frozenset("\t\n\r")
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 _SIDE_WORDS = {"left": "right", "right": "left", "Left": "Right", "Right": "Left", "LEFT": "RIGHT",
                "RIGHT": "LEFT", "l": "r", "r": "l", "L": "R", "R": "L"}
@@ -21,10 +27,17 @@ _SIDE_PATTERN = re.compile(rf"\b(left|right|Left|Right|LEFT|RIGHT){_NAMED_BY_SID
 def validate_prompt(prompt: object, where: str = "prompt") -> str:
     """Return the stripped prompt, or raise a one-line error saying why it cannot be used.
 
-    A prompt must be a string of 1 to 300 characters containing at least two letters.
+    A prompt must be a string of 1 to 300 characters containing at least two letters and no control
+    characters other than tabs and line breaks (which become spaces, as runs of spaces do). The message names
+    a control character by its escape (``'\\x1b'``) and its position (1 = the first character), never
+    echoing it: an escape sequence would drive the user's terminal.
     """
     if not isinstance(prompt, str):
         raise MedTextSegError(f"{where}: a prompt must be text, got {type(prompt).__name__}")
+    for position, char in enumerate(prompt, start=1):
+        if char not in _WHITESPACE_CONTROLS and (unicodedata.category(char) == "Cc" or char in _BIDI_CONTROLS):
+            raise MedTextSegError(f"{where}: the prompt has the control character {char!r} at character "
+                                  f"{position}; a prompt is plain text: remove it")
     text = " ".join(prompt.split())
     if not text:
         raise MedTextSegError(f"{where}: the prompt is empty; say what to segment, e.g. 'the prostate gland'")

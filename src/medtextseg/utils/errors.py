@@ -13,6 +13,17 @@ class MedTextSegError(ValueError):
     """Bad input (file, config field, prompt, ...). The message names the file or field and the rule."""
 
 
+def printable(text: str) -> str:
+    r"""``text`` with every character that is not printable written as its escape (``\x1b``, ``\n``,
+    ``\u202e``): a message echoed to a terminal stays one line and cannot drive it (colours, cursor moves,
+    text shown in another order), whatever file or folder name it quotes.
+
+    >>> print(printable("ds\x1b[2J\n"))
+    ds\x1b[2J\n
+    """
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
 def refuse_same_folder(src: Path, dst: Path) -> None:
     """Raise when ``dst`` is ``src`` (a dataset written into its own source would be read back as input)."""
     if Path(src).resolve() == Path(dst).resolve():
