@@ -279,6 +279,112 @@ def test_a_study_name_that_is_a_path_is_refused(dataset_2d, tmp_path, configurat
     assert snapshot(tmp_path) == before and not (tmp_path / "a").exists()
 
 
+# ------------------------------------------------------------------ one writer per output folder
+HOLD_LOCK = """
+import sys, time
+from medtextseg.utils.folder_lock import folder_lock
+with folder_lock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(300)
+"""
+
+
+@pytest.fixture
+def held_folder(tmp_path):
+    """A folder whose lock another process holds: a child that takes it and sleeps. Yields (folder, child)."""
+    import subprocess
+    import sys
+
+    import medtextseg
+
+    folder = tmp_path / "held"
+    source = str(Path(medtextseg.__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")]))}
+    child = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(folder)], stdout=subprocess.PIPE, env=env)
+    try:
+        assert child.stdout.readline() == b"locked\n"
+        yield folder, child
+    finally:
+        child.kill()
+        child.wait()
+        child.stdout.close()
+
+
+def in_use(folder: Path, pid: int) -> str:
+    return (f"error: {folder}: in use by another medtextseg process (pid {pid}, which holds .medtextseg.lock); wait "
+            "for it to end or choose another output folder")
+
+
+@pytest.mark.parametrize("command", ["train", "predict"])
+def test_a_second_writer_into_a_locked_folder_stops_at_once(held_folder, command, model_run, dataset_2d, tmp_path):
+    """Issue 19: two trainings into one --out both exited 0 with their files mixed; two predicts mixed masks."""
+    folder, child = held_folder
+    before = snapshot(tmp_path)
+    if command == "train":
+        args = train_args(dataset_2d, folder)
+    else:
+        args = predict_args(model_run, sorted((dataset_2d / "imagesTr").glob("synth_000_*.nii.gz")), folder)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == in_use(folder, child.pid)
+    assert snapshot(tmp_path) == before and os.listdir(folder) == [".medtextseg.lock"]
+
+
+def test_a_killed_holder_leaves_no_stale_lock(held_folder, model_run, dataset_2d):
+    """The kernel drops a flock when its process dies, SIGKILL included: the next predict takes the folder."""
+    folder, child = held_folder
+    child.kill()
+    child.wait()
+    assert (folder / ".medtextseg.lock").read_text() == f"{child.pid}\n"  # left by the killed holder
+    result = runner.invoke(app, predict_args(model_run, sorted((dataset_2d / "imagesTr").glob("synth_000_*.nii.gz")),
+                                             folder))
+    assert result.exit_code == 0, result.output
+    assert sorted(os.listdir(folder)) == ["mask_00.nii.gz", "mask_01.nii.gz", "probability_00.nii.gz",
+                                          "probability_01.nii.gz", "prompts.json"]  # the lock file went with it
+
+
+def test_the_lock_is_taken_and_given_back_in_one_process(tmp_path):
+    from medtextseg.utils.errors import MedTextSegError
+    from medtextseg.utils.folder_lock import folder_lock
+
+    folder = tmp_path / "a" / "b"
+    with folder_lock(folder):
+        assert (folder / ".medtextseg.lock").read_text() == f"{os.getpid()}\n"
+        with folder_lock(tmp_path / "a" / ".." / "a" / "b"):  # held by this process: taking it again is a no-op
+            pass
+        assert (folder / ".medtextseg.lock").is_file()  # still held
+    assert not (tmp_path / "a").exists()  # made for the lock, empty: removed with it
+    with pytest.raises(MedTextSegError, match="cannot create the folder"), folder_lock(tmp_path / "a" / "\0"):
+        pass
+    with pytest.raises(RuntimeError, match="the writer failed"), folder_lock(folder):
+        (folder / "result.txt").write_text("written")
+        raise RuntimeError("the writer failed")
+    assert os.listdir(folder) == ["result.txt"]  # what was written stays; the lock went
+    with folder_lock(folder):  # and it can be taken again
+        pass
+
+
+@pytest.mark.parametrize("where, message", [
+    ("file.txt", "{out}: is a file, not a folder; choose an output folder"),
+    ("file.txt/out", "{out}: cannot create the folder (Not a directory); choose a writable output folder"),
+    ("read_only/out", "{out}: cannot create the folder (Permission denied); choose a writable output folder"),
+    ("read_only", "{out}: cannot write into the folder (Permission denied); choose a writable output folder"),
+])
+def test_an_output_folder_that_cannot_be_written(model_run, dataset_2d, tmp_path, where, message):
+    """Issue 19: an output path that is a file, lies under one, or is read-only ended in a traceback."""
+    if where.startswith("read_only") and os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    (tmp_path / "file.txt").write_text("a user's file\n")
+    (tmp_path / "read_only").mkdir(mode=0o555)
+    out = tmp_path / where
+    before = snapshot(tmp_path)
+    result = runner.invoke(app, predict_args(model_run, sorted((dataset_2d / "imagesTr").glob("synth_000_*.nii.gz")),
+                                             out))
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == "error: " + message.format(out=out)
+    assert snapshot(tmp_path) == before and sorted(os.listdir(tmp_path)) == ["file.txt", "read_only"]
+
+
 # ------------------------------------------------------------------ one line, not a traceback
 def edit_json(path: Path, change) -> None:
     data = json.loads(path.read_text(encoding="utf-8"))

@@ -26,9 +26,11 @@ def user_errors(command):
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         from medtextseg.utils.errors import MedTextSegError, printable
+        from medtextseg.utils.folder_lock import command_scope
 
         try:
-            return command(*args, **kwargs)
+            with command_scope():  # output folders locked in the command are released as it ends
+                return command(*args, **kwargs)
         except MedTextSegError as error:
             typer.echo(f"error: {printable(str(error))}", err=True)
             raise typer.Exit(2) from None
@@ -182,7 +184,9 @@ def train(
     from medtextseg.config import Config
     from medtextseg.data.planning import describe, planned_config
     from medtextseg.training.trainer import train as run_training
+    from medtextseg.utils.folder_lock import lock_until_command_ends
 
+    lock_until_command_ends(out)  # a second train into this run folder stops at once, before planning
     overrides = list(set_ or [])
     if data is not None:
         overrides.append(f"data.root={data}")
@@ -245,9 +249,10 @@ def predict(
     from medtextseg.inference.case_inputs import requested_cases
     from medtextseg.utils.atomic import write_text_atomic
     from medtextseg.utils.errors import MedTextSegError, refuse_output_over_inputs
+    from medtextseg.utils.folder_lock import lock_until_command_ends
 
     cases = requested_cases(images or [], jobs, prompts or [])
-    if cases is not None:
+    if cases is not None:  # many cases: predict_cases checks, then locks the output folder itself
         typer.echo(predict_cases(model, cases, out, probabilities=probabilities, uncertainty=uncertainty,
                                  resume=continue_, progress=True, device=device, refiner=refiner,
                                  mirror_axes=_mirror_axes(tta), threshold=threshold).line())
@@ -266,6 +271,7 @@ def predict(
 
     planned = [p for number in range(len(prompts)) for p in output_paths(number) if p is not None]
     refuse_output_over_inputs(out, images, [*planned, out / "prompts.json"])  # before anything is written
+    lock_until_command_ends(out)  # a second predict into this folder stops at once instead of mixing masks
     results = load_model(model, device, refiner, _mirror_axes(tta), threshold).predict(images, prompts,
                                                                                      uncertainty=uncertainty)
     index = []

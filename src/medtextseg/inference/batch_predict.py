@@ -17,8 +17,8 @@ Each record of the index holds ``case``, ``prompt``, ``file`` (relative to ``OUT
 Every case is written into a hidden temporary folder beside its final one, then swapped in: a rerun with fewer
 prompts leaves no stale file, a killed run leaves no half-written case, and another case's folder is never
 touched. The index is rewritten (atomically) after each case, so ``resume=True`` (``--continue``) skips exactly
-the cases recorded as done with the same inputs, prompts, model, settings and files present. Two runs writing
-into one ``OUT`` at once are not supported.
+the cases recorded as done with the same inputs, prompts, model, settings and files present. A second run into
+the same ``OUT`` while one writes stops at once (:mod:`medtextseg.utils.folder_lock`).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from medtextseg.inference.case_inputs import CaseInput, check_channels
 from medtextseg.inference.predictor import Predictor
 from medtextseg.utils.atomic import write_text_atomic
 from medtextseg.utils.errors import MedTextSegError, refuse_output_over_inputs
+from medtextseg.utils.folder_lock import folder_lock
 from medtextseg.utils.json_files import read_json
 
 INDEX_FILE = "predictions.json"
@@ -274,28 +275,29 @@ def predict_cases(model: Predictor | str | Path, cases: Sequence[CaseInput], out
                 "refiner": bool(getattr(predictor.model, "use_refiner", False)),
                 "medtextseg_version": __version__}
     summary = BatchSummary(index=out / INDEX_FILE)
-    out.mkdir(parents=True, exist_ok=True)
-    _remove_leftovers(out)
-    by_case: dict[str, list[dict[str, Any]]] = {}
-    for record in records:  # the index keeps its order; a case predicted again keeps its place
-        by_case.setdefault(str(record.get("case")), []).append(record)
-    bar = tqdm(total=len(cases), desc="predict", unit="case", file=sys.stderr, disable=not progress)
-    try:
-        for case in cases:
-            bar.set_postfix_str(case.case, refresh=False)
-            settings = {**expected, "inputs": [str(p.resolve()) for p in case.images]}
-            layout = layouts[case.case]
-            if resume and _is_done(by_case.get(case.case, []), settings, case.prompts, out, layout):
-                summary.skipped.append(case.case)
-            else:
-                by_case[case.case] = _predict_case(predictor, case, out, layout, settings, uncertainty)
-                # records of case folders since removed by hand describe nothing: dropped
-                _write_index(out, [r for name, rs in by_case.items() if (out / name).is_dir() for r in rs])
-                summary.predicted.append(case.case)
-                summary.masks += len(by_case[case.case])
-            bar.update()
-    finally:
-        bar.close()
+    with folder_lock(out):  # one writer: a second predict into OUT stops at once
+        out.mkdir(parents=True, exist_ok=True)
+        _remove_leftovers(out)
+        by_case: dict[str, list[dict[str, Any]]] = {}
+        for record in records:  # the index keeps its order; a case predicted again keeps its place
+            by_case.setdefault(str(record.get("case")), []).append(record)
+        bar = tqdm(total=len(cases), desc="predict", unit="case", file=sys.stderr, disable=not progress)
+        try:
+            for case in cases:
+                bar.set_postfix_str(case.case, refresh=False)
+                settings = {**expected, "inputs": [str(p.resolve()) for p in case.images]}
+                layout = layouts[case.case]
+                if resume and _is_done(by_case.get(case.case, []), settings, case.prompts, out, layout):
+                    summary.skipped.append(case.case)
+                else:
+                    by_case[case.case] = _predict_case(predictor, case, out, layout, settings, uncertainty)
+                    # records of case folders since removed by hand describe nothing: dropped
+                    _write_index(out, [r for name, rs in by_case.items() if (out / name).is_dir() for r in rs])
+                    summary.predicted.append(case.case)
+                    summary.masks += len(by_case[case.case])
+                bar.update()
+        finally:
+            bar.close()
     return summary
 
 

@@ -41,6 +41,7 @@ from medtextseg.training.transfer import transfer_weights
 from medtextseg.training.validation import validation_dice
 from medtextseg.utils.atomic import write_text_atomic
 from medtextseg.utils.errors import MedTextSegError
+from medtextseg.utils.folder_lock import folder_lock
 
 WHITENING_PROMPTS = 5000  # at most this many training prompts fit the text whitening (model.text_whitening)
 
@@ -382,14 +383,24 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, progress: b
 
     ``plan`` (the dataset's plan, whose values ``config`` holds) is saved as ``RUN/plans.json`` and in every
     checkpoint. ``cotraining.enabled`` hands the run to the co-trainer (sparse labels, several networks: RADA),
-    which takes no plan: its slice labels must keep their grid."""
-    if config.cotraining.enabled:
-        from medtextseg.training.cotraining import CoTrainer
+    which takes no plan: its slice labels must keep their grid.
 
-        if plan is not None:
-            raise MedTextSegError("co-training runs unplanned (sparse slice labels keep their grid); pass no plan")
-        return CoTrainer(config, run_dir, resume=resume, progress=progress).run()
-    return Trainer(config, run_dir, resume=resume, progress=progress, plan=plan).run()
+    The run folder is locked for the whole run (``utils/folder_lock.py``; under torchrun by rank 0, which
+    writes): a second training into it stops at once, naming the process that holds it. The CLI takes the
+    lock before it plans, so that the second stops before measuring the dataset.
+
+    Raises:
+        MedTextSegError: the run folder is in use, or a bad config or dataset (nothing is left behind).
+    """
+    with folder_lock(run_dir):
+        if config.cotraining.enabled:
+            from medtextseg.training.cotraining import CoTrainer
+
+            if plan is not None:
+                raise MedTextSegError("co-training runs unplanned (sparse slice labels keep their grid); pass no "
+                                      "plan")
+            return CoTrainer(config, run_dir, resume=resume, progress=progress).run()
+        return Trainer(config, run_dir, resume=resume, progress=progress, plan=plan).run()
 
 
 __all__ = ["Trainer", "load_checkpoint", "text_cache_for", "train"]
