@@ -1,5 +1,6 @@
 """The bad-input and fault catalogue: each case ends in one line naming the file or field, exit status 2, and
-leaves every input as it was and nothing half-written. Rows are added as the catalogue is worked through."""
+leaves every input as it was and nothing half-written. Rows are added as the catalogue is worked through; the
+last test keeps docs/bad_input_catalogue.md generated from them."""
 
 from __future__ import annotations
 
@@ -570,6 +571,7 @@ def unplanned(make):
         details = make(ds, tmp)
         return details | {"args": [*details.get("args", []), "--no-plan"]}
 
+    make_unplanned.command = "train --no-plan"
     return make_unplanned
 
 
@@ -759,3 +761,62 @@ def test_one_line_error_and_nothing_written(case, dataset_2d, tmp_path, request)
     assert result.output.strip() == f"error: {expected}"  # one line, nothing else
     assert result.output.strip().isprintable()  # no raw control character reaches the terminal
     assert snapshot(tmp_path) == before and not out.exists()
+
+
+# ------------------------------------------------------------------ the catalogue as a document
+CATALOGUE_DOC = Path(__file__).parents[1] / "docs" / "bad_input_catalogue.md"
+
+
+class _Placeholders(dict):
+    """How a message's placeholders read in the document: {ds} -> DATASET, {line} -> LINE, ..."""
+
+    def __missing__(self, key: str) -> str:
+        return {"ds": "DATASET", "tmp": "FOLDER", "model": "RUN"}.get(key, key.upper())
+
+
+def row_command(make, message: str) -> str:
+    if hasattr(make, "model_fixture") or message.startswith("{model}"):
+        return "predict"
+    return getattr(make, "command", "train")
+
+
+def catalogue_markdown() -> str:
+    """docs/bad_input_catalogue.md: the CASES table (case, command, the whole message), then the cases that have
+    a test of their own (name and docstring), in the order of this file."""
+    import inspect
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    lines = ["# The bad-input catalogue", "",
+             "Generated from `tests/test_bad_input_catalogue.py` by the test that keeps it current (do not edit: "
+             "`MEDTEXTSEG_WRITE_CATALOGUE=1 pytest tests/test_bad_input_catalogue.py -k catalogue_doc` rewrites "
+             "it). Every row is run for real by the test suite, on a copy of a small synthetic dataset: each ends "
+             "with exactly this one line on stderr after `error: `, exit status 2, and nothing written (no run "
+             "folder, no output folder, every input unchanged). In the messages, DATASET is the dataset folder, "
+             "RUN the model's run folder, FOLDER a scratch folder; other capitals stand for the file, line or "
+             "value at hand.", "",
+             "| case | command | message |", "|---|---|---|"]
+    for case, (make, message) in CASES.items():
+        text = message.format_map(_Placeholders())
+        lines.append(f"| {cell(case)} | `{row_command(make, message)}` | `{cell(text)}` |")
+    lines += ["", "## Cases with a test of their own", "",
+              "They need more than a row: several commands, two processes, links, file modes or checkpoints made "
+              "to order.", "", "| test | note |", "|---|---|"]
+    tests = [(inspect.getsourcelines(f)[1], name, f) for name, f in globals().items()
+             if name.startswith("test_") and callable(f)
+             and name not in ("test_one_line_error_and_nothing_written", "test_the_catalogue_doc_is_current")]
+    for _, name, function in sorted(tests):
+        summary = " ".join((inspect.getdoc(function) or "").split())
+        lines.append(f"| {cell(name[len('test_'):].replace('_', ' '))} | {cell(summary)} |")
+    return "\n".join(lines) + "\n"
+
+
+def test_the_catalogue_doc_is_current():
+    """docs/bad_input_catalogue.md is what this file's cases generate: it cannot drift from what is tested."""
+    text = catalogue_markdown()
+    if os.environ.get("MEDTEXTSEG_WRITE_CATALOGUE"):
+        CATALOGUE_DOC.write_text(text, encoding="utf-8")
+    assert CATALOGUE_DOC.is_file() and CATALOGUE_DOC.read_text(encoding="utf-8") == text, (
+        f"{CATALOGUE_DOC} is out of date: MEDTEXTSEG_WRITE_CATALOGUE=1 pytest tests/test_bad_input_catalogue.py "
+        "-k catalogue_doc rewrites it")
