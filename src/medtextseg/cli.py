@@ -323,7 +323,7 @@ def calibrate_presence_command(
     data: Annotated[Path, typer.Option("--data", "-d", help="dataset folder")],
     split: Annotated[str, typer.Option(help="held-out split to choose on (never the test split you report)")] = "val",
     thresholds: Annotated[str, typer.Option(help="comma-separated presence thresholds to try")] =
-        "0.3,0.4,0.5,0.6,0.7,0.8,0.9",
+        "0.3,0.4,0.5,0.6,0.7,0.8,0.9,0.95,0.98",
     max_present_loss: Annotated[float, typer.Option(help="Dice the prompts whose target is there may lose to the "
                                                     "gate, against the gate left open")] = 0.02,
 ) -> None:

@@ -31,7 +31,7 @@ import numpy as np
 from medtextseg.utils.atomic import write_text_atomic
 from medtextseg.utils.errors import MedTextSegError
 
-DEFAULT_THRESHOLDS: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+DEFAULT_THRESHOLDS: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
 MAX_PRESENT_LOSS = 0.02  # Dice the present targets may lose to the gate
 MIN_PROMPTS = 20  # fewer absent or present prompts than this: the choice is flagged unstable
 BOOTSTRAP_RESAMPLES = 200
