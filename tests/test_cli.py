@@ -118,6 +118,25 @@ def test_evaluate_and_compare_write_reports(cli_run):
     assert (cli_run / "report" / "comparison_dice.png").is_file()
 
 
+def test_evaluate_reports_dice_per_wording_when_prompts_carry_one(cli_run, tmp_path):
+    data = tmp_path / "worded"
+    assert runner.invoke(app, ["synth", "--out", str(data), "--cases", "6", "--dim", "2", "--seed", "3",
+                               "--unseen-wording", "0.5"]).exit_code == 0
+    out = tmp_path / "eval"
+    result = runner.invoke(app, ["evaluate", "-m", str(cli_run / "run"), "-d", str(data), "-o", str(out),
+                                 "--no-save-masks"])
+    assert result.exit_code == 0, result.output
+    rows = {row["group"]: row for row in json.loads((out / "summary_by_wording.json").read_text())}
+    records = json.loads((out / "metrics_per_prompt.json").read_text())
+    for wording in ("seen", "unseen"):
+        mine = [r["dice"] for r in records if r["wording"] == wording]
+        assert rows[wording]["n"] == len(mine) > 0
+        assert rows[wording]["dice_mean"] == pytest.approx(sum(mine) / len(mine))
+        per_group = [row for name, row in rows.items() if name.endswith(f"/{wording}")]
+        assert sum(row["n"] for row in per_group) == len(mine)
+    assert rows["overall"]["n"] == len(records)
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["train", "--data", "{data}", "--out", "{tmp}/r", "--set", "train.step=3"], "unknown config key 'train.step'"),
     (["train", "--data", "{tmp}/nowhere", "--out", "{tmp}/r", "--preset", "default_2d"], "dataset folder not found"),

@@ -115,8 +115,11 @@ def evaluate_run(run: str | Path, data_root: str | Path, out_dir: str | Path, sp
                 sweep_records.append({"case": case.case, "prompt": prompt.prompt, "group": group,
                                       "min_voxels": min_voxels, **segmentation_metrics(
                                           swept, target.reshape(spatial), spacing, nsd_tolerance_mm)})
-            records.append({"case": case.case, "prompt": prompt.prompt, "kind": prompt.kind, "group": group,
-                            "n_lesions": prompt.meta.get("n_lesions"), **metrics})
+            record = {"case": case.case, "prompt": prompt.prompt, "kind": prompt.kind, "group": group,
+                      "n_lesions": prompt.meta.get("n_lesions"), **metrics}
+            if isinstance(prompt.meta.get("wording"), str):  # a held-out phrasing set ("seen" / "unseen", ...)
+                record |= {"wording": prompt.meta["wording"], "group_wording": f"{group}/{prompt.meta['wording']}"}
+            records.append(record)
             if save_masks:
                 mask_path = out_dir / "masks" / case.case / f"prompt_{number:02d}.nii.gz"
                 result.save(mask_path)
@@ -142,6 +145,11 @@ def evaluate_run(run: str | Path, data_root: str | Path, out_dir: str | Path, sp
     for row in rows:
         row |= uncertainty[row["group"]]
     write_summary(rows, out_dir, title=f"{Path(run).name} on {layout.root.name} ({split})")
+    worded = [r for r in records if "wording" in r]
+    if worded:  # Dice of each wording, overall and per group: what new phrasings cost
+        by_wording = summarize(worded, group_by="wording") + summarize(worded, group_by="group_wording")[:-1]
+        write_table(by_wording, out_dir, "summary_by_wording", ("group", "group_by", "n", "dice_mean",
+                                                                 "empty_correct"))
     if sweep_records:
         sweep_rows = [row | {"min_voxels": m} for m in component_sweep
                       for row in summarize([r for r in sweep_records if r["min_voxels"] == m], group_by="group")]
