@@ -61,9 +61,8 @@ def test_the_rule_keeps_correct_answers_and_then_answers_the_most_absent_targets
                      [0.9] * 4 + [1.0, 0.0, 0.0, 0.0],
                      [0.0, 0.9, 0.9, 0.9] + [1.0, 1.0, 1.0, 0.0],
                      [0.0] * 4 + [1.0] * 4])
-    empty = dice == 0
-    empty[:, :4] = dice[:, :4] == 0
-    empty[:, 4:] = dice[:, 4:] == 1
+    # a present target's answer is empty where its Dice fell to 0; an absent one's where it scores 1
+    empty = np.concatenate([dice[:, :4] == 0, dice[:, 4:] == 1], axis=1)
     # 0.7 and 0.9 answer more absent targets empty but empty correct answers (present Dice 0.675, 0): 0.5 wins
     assert choose_threshold(thresholds, dice, empty, present) == 0.5
     # a user who accepts losing a quarter of the present Dice gets 0.7

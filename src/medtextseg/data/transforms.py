@@ -33,11 +33,16 @@ logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR
 warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader")
 
 
+def _as_dicts(rules: Sequence[Any]) -> list[dict]:
+    """Per-channel rules as plain dicts, whether given as dicts or as ``config.ChannelNormalization`` objects."""
+    return [dict(r) if isinstance(r, Mapping) else r.model_dump() for r in rules]
+
+
 def normalization_rules(normalization: Sequence[Any] | None) -> list[dict] | None:
     """``normalization`` as plain dicts, or None when every channel is z-scored (the default preparation)."""
     if normalization is None:
         return None
-    rules = [dict(r) if isinstance(r, Mapping) else r.model_dump() for r in normalization]
+    rules = _as_dicts(normalization)
     return rules if any(r["scheme"] != "zscore" for r in rules) else None
 
 
@@ -48,7 +53,7 @@ class NormalizeChannelsd(MapTransform):
 
     def __init__(self, rules: Sequence[Any], key: str = "image") -> None:
         super().__init__([key])
-        self.rules = [dict(r) if isinstance(r, Mapping) else r.model_dump() for r in rules]  # config objects too
+        self.rules = _as_dicts(rules)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         from medtextseg.utils.errors import MedTextSegError
