@@ -42,6 +42,26 @@ def test_study_runs_every_configuration_and_seed_then_resumes_without_retraining
     assert json.loads((report / "study.json").read_text())["runs"]
     saved = load_study(tmp_path / "out" / "study.yaml")  # the resolved study is saved and loads back
     assert saved.configurations == load_study(spec).configurations and saved.datasets == {"synth": str(dataset_2d)}
+    # planned as `medtextseg train` plans: one plan per (dataset, configuration), replayed by every seed
+    plan = json.loads((tmp_path / "out" / "runs" / "synth" / "dice" / "plans.json").read_text())
+    for seed in (0, 1):
+        model = tmp_path / "out" / "runs" / "synth" / "dice" / f"seed{seed}" / "model"
+        assert json.loads((model / "plans.json").read_text()) == plan
+        config = yaml.safe_load((model / "config.yaml").read_text())
+        assert config["data"]["spacing"] == plan["spacing"]
+        assert config["data"]["patch_size"] == [48, 48]  # the study's overrides win over the plan
+
+
+def test_a_study_with_plan_false_keeps_the_preset_values(dataset_2d, tmp_path):
+    spec = yaml.safe_load(open(write_spec(tmp_path, dataset_2d, {"dice": ["loss.terms={dice: 1.0}"]})))
+    spec |= {"plan": False, "seeds": [0]}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(spec))
+    result = CliRunner().invoke(app, ["study", str(tmp_path / "study.yaml"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    runs = tmp_path / "out" / "runs" / "synth" / "dice"
+    assert not (runs / "plans.json").exists() and not (runs / "seed0" / "model" / "plans.json").exists()
+    config = yaml.safe_load((runs / "seed0" / "model" / "config.yaml").read_text())
+    assert config["data"]["spacing"] == load_study(tmp_path / "study.yaml").run_config("dice", 0, "synth").data.spacing
 
 
 def test_a_typo_in_any_configuration_fails_before_training_and_names_it(dataset_2d, tmp_path):

@@ -1,10 +1,11 @@
 """Run a study: train and evaluate every (dataset, configuration, seed), then write one report per dataset.
 
-Runs are independent processes' work: ``workers`` of them run side by side, each with
-``cpu_count // workers`` torch threads (on a 2-core machine, two single-threaded runs finish sooner than two
-two-threaded runs one after the other). Each run lives in ``out/runs/{dataset}/{configuration}/seed{n}``;
-a finished run (its ``result.json``) is never redone, and a killed one resumes from its ``last.pt``, so
-rerunning the command after a crash only does the missing work.
+Each (dataset, configuration) is planned from its dataset as ``medtextseg train`` plans (``plan: false`` in the
+study keeps the preset's values); its seeds replay one ``plans.json``. Runs are independent processes' work:
+``workers`` of them run side by side, each with ``cpu_count // workers`` torch threads (on a 2-core machine, two
+single-threaded runs finish sooner than two two-threaded runs one after the other). Each run lives in
+``out/runs/{dataset}/{configuration}/seed{n}``; a finished run (its ``result.json``) is never redone, and a killed
+one resumes from its ``last.pt``, so rerunning the command after a crash only does the missing work.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from medtextseg.config import Config
+from medtextseg.data.planning import Plan, planned_config
 from medtextseg.study.spec import StudySpec
 from medtextseg.utils.atomic import write_text_atomic
 
@@ -43,11 +46,11 @@ def run_one(study: dict[str, Any], dataset: str, configuration: str, seed: int, 
     result_path = run_dir / "result.json"
     if result_path.is_file():
         return json.loads(result_path.read_text(encoding="utf-8"))
-    config = spec.run_config(configuration, seed, dataset)
-    config.train.num_threads = threads
     model_dir = run_dir / "model"
     if not _finished(model_dir / "log.jsonl"):
-        train(config, model_dir, resume=(model_dir / "last.pt").is_file(), progress=False)
+        config, plan = _run_config(spec, configuration, seed, dataset, run_dir.parent / "plans.json")
+        config.train.num_threads = threads
+        train(config, model_dir, resume=(model_dir / "last.pt").is_file(), progress=False, plan=plan)
     rows = evaluate_run(model_dir, spec.datasets[dataset], run_dir / "eval", split=spec.split, save_masks=False,
                         overlays_per_group=1, progress=False)
     end = json.loads((model_dir / "log.jsonl").read_text(encoding="utf-8").strip().splitlines()[-1])
@@ -55,6 +58,19 @@ def run_one(study: dict[str, Any], dataset: str, configuration: str, seed: int, 
               "train_seconds": end.get("seconds"), "run_dir": str(run_dir)}
     write_text_atomic(result_path, json.dumps(result, indent=1) + "\n")
     return result
+
+
+def _run_config(spec: StudySpec, configuration: str, seed: int, dataset: str,
+                plan_path: Path) -> tuple[Config, Plan | None]:
+    """One run's config and plan. With ``spec.plan`` the dataset is measured once per (dataset, configuration),
+    the plan saved at ``plan_path`` and replayed by its other seeds (the seed does not change a plan)."""
+    overrides = spec.run_overrides(configuration, seed, dataset)
+    if not spec.plan:
+        return spec.run_config(configuration, seed, dataset), None
+    config, plan = planned_config(spec.preset, overrides, plan_path if plan_path.is_file() else None)
+    if plan is not None and not plan_path.is_file():
+        plan.save(plan_path)
+    return config, plan
 
 
 def _warm_text_cache(spec: StudySpec) -> None:

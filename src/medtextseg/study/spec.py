@@ -37,15 +37,21 @@ class StudySpec(BaseModel):
     dataset_overrides: dict[str, list[str]] = Field(
         default_factory=dict, description="dataset name -> overrides for its runs (prompt kinds differ by dataset)")
     split: str = "test"
+    plan: bool = Field(True, description="plan each (dataset, configuration) from the dataset as `medtextseg "
+                       "train` does (spacing, patch, strides, channels, kind weights; the configuration's overrides "
+                       "win); false keeps the preset's values, as the bundled studies were measured")
     metrics: list[str] = Field(["dice", "iou", "precision", "recall", "hd95"])
     primary_metric: str = "dice"
 
+    def run_overrides(self, configuration: str, seed: int, dataset: str) -> list[str]:
+        """The ``--set`` list of one run: shared overrides + the dataset's + the configuration's + seed + data
+        root."""
+        return [*self.overrides, *self.dataset_overrides.get(dataset, []), *self.configurations[configuration],
+                f"train.seed={seed}", f"data.root={self.datasets[dataset]}"]
+
     def run_config(self, configuration: str, seed: int, dataset: str) -> Config:
-        """The resolved config of one run: preset + shared overrides + the dataset's + the configuration's +
-        seed + data root."""
-        return Config.load(self.preset, [*self.overrides, *self.dataset_overrides.get(dataset, []),
-                                         *self.configurations[configuration], f"train.seed={seed}",
-                                         f"data.root={self.datasets[dataset]}"])
+        """The resolved config of one run, unplanned (the preset's values where no override says otherwise)."""
+        return Config.load(self.preset, self.run_overrides(configuration, seed, dataset))
 
     def check_run_names(self, where: str) -> None:
         """Refuse a dataset or configuration name that is not one plain folder name: each run is written to
