@@ -293,6 +293,8 @@ class InferenceConfig(_Section):
     presence_threshold: float = Field(0.5, ge=0, lt=1, description="a window whose presence probability is below "
                                       "it answers empty (models with a presence logit); 0 leaves the gate open")
     overlap: float = Field(0.25, ge=0, lt=1)
+    sw_batch_size: int = Field(1, ge=1, description="sliding windows per network call, each with every prompt; "
+                               "more fill a GPU (memory grows with windows x prompts)")
     min_component_voxels: int = Field(0, ge=0, description="drop predicted components smaller than this")
     network: int | None = Field(None, ge=0, description="co-trained models (model.networks > 1): predict with "
                                 "this member alone (0-based); null averages their probabilities")

@@ -220,7 +220,8 @@ class Predictor:
         mirrored = self.text([swap_left_right(p) for p in prompts]) if 0 in mirror_axes else None
         maps = prompt_maps(self.model, model_input.float(), text, self.config.data.patch_size,
                            self.config.inference.overlap, self.config.inference.presence_threshold,
-                           mirror_axes=mirror_axes, mirrored_text=mirrored)
+                           mirror_axes=mirror_axes, mirrored_text=mirrored,
+                           sw_batch_size=self.config.inference.sw_batch_size)
         # [2P or P, *spatial]: both maps inverted in one pass
         stacked = torch.cat([maps.probability, maps.uncertainty]) if uncertainty else maps.probability
         if spatial_dims == 2:
