@@ -28,6 +28,17 @@ def itk_to_ras_affine(image) -> np.ndarray:
     return np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
 
 
+def itk_frame(affine: np.ndarray, dims: int = 3) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
+    """``(origin, spacing, direction)`` of a ``dims``-D SimpleITK image on the grid of a 4x4 RAS affine (the
+    inverse of :func:`itk_to_ras_affine`; direction row-major, as ``SetDirection`` takes it)."""
+    from monai.data.utils import orientation_ras_lps
+
+    lps = orientation_ras_lps(np.asarray(affine, dtype=float))[:dims]
+    spacing = np.linalg.norm(lps[:, :dims], axis=0)
+    direction = lps[:, :dims] / spacing[None, :]
+    return tuple(lps[:, 3].tolist()), tuple(spacing.tolist()), tuple(direction.ravel().tolist())
+
+
 class SimpleITKReader(ImageReader):
     """Reads ITK-format files for ``monai.transforms.LoadImage`` (pass ``reader=SimpleITKReader()``)."""
 
