@@ -35,3 +35,21 @@ class CountingEncoder:
             codes = torch.tensor([float(ord(c)) for c in p[:4].ljust(4)])
             out.append(PromptEmbedding(codes / codes.norm(), codes[None].repeat(len(p.split()), 1)))
         return out
+
+
+def text_checkpoint(folder, in_channels: int = 2, overrides: tuple[str, ...] = ()):
+    """``folder/best.pt``: a tiny 3D model (channels 4, 8; patch 16 x 16 x 8) whose answer depends on the prompt
+    (:func:`as_if_trained`), as a run folder holds it."""
+    from pathlib import Path
+
+    from medtextseg.config import Config
+    from medtextseg.models.factory import create_model
+    from medtextseg.training.checkpoint import save_checkpoint
+
+    config = Config.load("default", ["model.channels=[4,8]", "model.strides=[[1,1,1],[2,2,2]]",
+                                     "data.patch_size=[16,16,8]", f"model.in_channels={in_channels}", *overrides])
+    torch.manual_seed(0)
+    model = as_if_trained(create_model(config.model, 384))
+    return save_checkpoint(Path(folder) / "best.pt", {"model": model.state_dict(), "config": config.model_dump(),
+                                                      "text_dim": 384,
+                                                      "channel_names": ["t2w", "adc", "hbv"][:in_channels]})

@@ -4,11 +4,14 @@
 >>> model = load_model("runs/text")  # a run folder or a checkpoint file
 >>> [gland] = segment(["t2w.nii.gz", "adc.nii.gz", "hbv.nii.gz"], ["the prostate gland"], model)
 >>> gland.save("gland.nii.gz")  # exactly the input's shape, spacing, origin and direction
+>>> [gland] = segment(volume, "the prostate gland", model, affine=affine)  # a numpy array [i, j, k] in memory
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -25,13 +28,23 @@ def load_model(run_or_checkpoint: str | Path, device: str | torch.device | None 
     return Predictor(run_or_checkpoint, device, refiner, mirror_axes, threshold)
 
 
-def segment(image_paths: str | Path | list[str | Path], prompts: str | list[str],
-            model: Predictor | str | Path) -> list[Segmentation]:
-    """Segment what each prompt names in one image (one file per channel, in the model's channel order).
+def segment(images: Any, prompts: str | Sequence[str], model: Predictor | str | Path, *, affine: Any = None,
+            spacing: Sequence[float] | None = None, origin: Sequence[float] | None = None,
+            direction: Any = None) -> list[Segmentation]:
+    """Segment what each prompt names in one image; all prompts in one sliding-window pass.
 
-    Returns one :class:`~medtextseg.inference.predictor.Segmentation` per prompt, on the input's grid.
+    ``images`` are its channels in the model's channel order (one item alone stands for a list of one): file
+    paths, or images in memory: numpy arrays [*spatial] in nibabel's voxel order (``get_fdata()``'s: the
+    ``affine`` maps (i, j, k) to RAS+ mm), with ``affine`` or SimpleITK's ``spacing``/``origin``/``direction``;
+    nibabel images; SimpleITK images; a MONAI MetaTensor [C, *spatial] (channel first; it may hold every channel).
+    See :mod:`medtextseg.data.image_input`.
+
+    Returns one :class:`~medtextseg.inference.predictor.Segmentation` per prompt, on the input's grid; it keeps
+    that grid, so it prints and saves without the input.
+
+    Raises:
+        MedTextSegError: an input of another type (named), or one the model cannot take, in one line.
     """
     if not isinstance(model, Predictor):
         model = load_model(model)
-    paths = [image_paths] if isinstance(image_paths, str | Path) else list(image_paths)
-    return model.predict(paths, [prompts] if isinstance(prompts, str) else list(prompts))
+    return model.predict(images, prompts, affine=affine, spacing=spacing, origin=origin, direction=direction)

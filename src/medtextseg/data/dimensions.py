@@ -52,7 +52,7 @@ def _fmt(shape: tuple[int, ...]) -> str:
 
 
 def check_image_dims(path: str | Path, spatial_dims: int, subject: str, other_dims_fix: str) -> None:
-    """Raise unless ``path`` holds one image of ``spatial_dims`` spatial axes.
+    """Raise unless ``path`` holds one image of ``spatial_dims`` spatial axes (see :func:`check_shape_dims`).
 
     Args:
         path: an image file or DICOM series folder.
@@ -65,16 +65,27 @@ def check_image_dims(path: str | Path, spatial_dims: int, subject: str, other_di
     Raises:
         MedTextSegError: naming the file, its shape and the fix.
     """
-    shape = file_shape(path)
+    check_shape_dims(file_shape(path), str(path), spatial_dims, subject, other_dims_fix)
+
+
+def check_shape_dims(shape: tuple[int, ...], name: str, spatial_dims: int, subject: str, other_dims_fix: str,
+                     unit: str = "file") -> None:
+    """Raise unless ``shape`` (of the image called ``name``; one channel) has ``spatial_dims`` spatial axes.
+
+    ``unit`` is what holds one channel, for the message: "file", or "array" for an image in memory.
+
+    Raises:
+        MedTextSegError: naming the image, its shape and the fix.
+    """
     extra = [s for s in shape[3:] if s > 1]
     if extra:
-        raise MedTextSegError(f"{path}: a {3 + len(extra)}D image (shape {_fmt(shape)}) but {subject} takes one "
-                              f"{spatial_dims}D image per file: save each channel (or time point) as a file of its "
-                              "own, in the channel order")
+        raise MedTextSegError(f"{name}: a {3 + len(extra)}D image (shape {_fmt(shape)}) but {subject} takes one "
+                              f"{spatial_dims}D image per {unit}: save each channel (or time point) as a {unit} of "
+                              "its own, in the channel order")
     long_axes = sum(s > 1 for s in shape[:3])
     if spatial_dims == 2 and long_axes == 3:
-        raise MedTextSegError(f"{path}: a 3D image (shape {_fmt(shape)}) but {subject} is 2D (one slice per file, "
+        raise MedTextSegError(f"{name}: a 3D image (shape {_fmt(shape)}) but {subject} is 2D (one slice per {unit}, "
                               f"X x Y x 1): give a single slice, {other_dims_fix.format(dims=3)}")
     if spatial_dims == 3 and long_axes < 3:
-        raise MedTextSegError(f"{path}: a 2D image (shape {_fmt(shape)}) but {subject} is 3D (a volume per file): "
+        raise MedTextSegError(f"{name}: a 2D image (shape {_fmt(shape)}) but {subject} is 3D (a volume per {unit}): "
                               f"give the whole volume, {other_dims_fix.format(dims=2)}")

@@ -76,20 +76,21 @@ class NormalizeChannelsd(MapTransform):
 
 
 def preparation(spacing: Sequence[float] | None = None, label_keys: Sequence[str] = (),
-                normalization: Sequence[Any] | None = None) -> Compose:
+                normalization: Sequence[Any] | None = None, load: bool = True) -> Compose:
     """Load ``image`` (a list of co-registered channel files) and optional masks, orient to RAS,
     resample to ``spacing`` (mm; None keeps the file's), and normalise each image channel: z-scored, or by
     ``normalization`` (one ``config.ChannelNormalization`` per channel, e.g. ``ct`` for a CT channel).
+    ``load=False``: ``image`` is already a MetaTensor [C, *spatial] with its affine, as loading gives it
+    (:func:`medtextseg.data.image_input.in_memory_image`); every later step is the same.
 
     Output dict: ``image`` MetaTensor [C, X, Y, Z] float32 (RAS+ voxel order: X toward patient Right,
     Y toward Anterior, Z toward Superior); each label key [1, X, Y, Z] on the same grid.
     """
     keys = ["image", *label_keys]
-    steps = [
-        # NIfTI through nibabel, every other format through SimpleITK (MONAI tries the last reader first)
-        LoadImaged(keys, reader=[SimpleITKReader(), NibabelReader()], ensure_channel_first=True, image_only=True),
-        Orientationd(keys, axcodes="RAS", labels=None),
-    ]
+    # NIfTI through nibabel, every other format through SimpleITK (MONAI tries the last reader first)
+    steps = [LoadImaged(keys, reader=[SimpleITKReader(), NibabelReader()], ensure_channel_first=True,
+                        image_only=True)] if load else []
+    steps.append(Orientationd(keys, axcodes="RAS", labels=None))
     if spacing is not None:
         # a non-positive value keeps that axis' spacing (2D data stored as X x Y x 1 keep their slice)
         pixdim = [*spacing, -1.0] if len(spacing) == 2 else list(spacing)

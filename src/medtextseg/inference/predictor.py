@@ -1,12 +1,14 @@
-"""Prediction from files: image loaded once for all its prompts, outputs on exactly the input's grid.
+"""Prediction from files or images in memory: image prepared once for all its prompts, outputs on exactly its grid.
 
-Files -> ``preparation`` (RAS, spacing, z-score) -> sliding window for all prompts at once ->
-``Invertd`` back to the file grid -> threshold (+ optional small-component removal) -> ``Segmentation``.
+Files (or in-memory images, :mod:`medtextseg.data.image_input`) -> ``preparation`` (RAS, spacing, z-score) ->
+sliding window for all prompts at once -> ``Invertd`` back to the input's grid -> threshold (+ optional
+small-component removal) -> ``Segmentation``, which carries that grid and saves without the input.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,8 +19,9 @@ from monai.data import MetaTensor
 from monai.transforms import Invertd
 
 from medtextseg.config import Config
-from medtextseg.data.dimensions import check_image_dims
-from medtextseg.data.io import Geometry, read_geometry, write_like
+from medtextseg.data.dimensions import check_image_dims, check_shape_dims
+from medtextseg.data.image_input import InMemoryImage, in_memory_image, is_path
+from medtextseg.data.io import Geometry, read_geometry, write_on_grid
 from medtextseg.data.prompts import swap_left_right, validate_prompt
 from medtextseg.data.transforms import preparation
 from medtextseg.inference.postprocessing import remove_small_components
@@ -31,28 +34,35 @@ from medtextseg.utils.errors import MedTextSegError
 
 @dataclass
 class Segmentation:
-    """The answer to one prompt, on the input file's grid.
+    """The answer to one prompt, on the input's grid (it keeps that grid: it prints and saves without the input).
 
     Attributes:
         prompt: the prompt as given.
-        mask: [*file_shape] uint8 in {0, 1}, file voxel order.
-        probability: [*file_shape] float32 in [0, 1].
-        reference: the first channel file; its geometry is the mask's.
-        uncertainty: [*file_shape] float32 in [0, 1], or None.
+        mask: [*input_shape] uint8 in {0, 1}, the input's voxel order.
+        probability: [*input_shape] float32 in [0, 1].
+        geometry: the input's grid: shape, RAS affine, and its header (NIfTI) or ITK frame when it had one.
+        uncertainty: [*input_shape] float32 in [0, 1], or None.
         uncertainty_kind: "dirichlet" (an evidential model's uncertainty mass) or "entropy" (the binary
             entropy of the probability, in bits, for a sigmoid model).
+        reference: the first channel file, when the input was files (for information only).
     """
 
     prompt: str
     mask: np.ndarray
     probability: np.ndarray
-    reference: Path
+    geometry: Geometry
     uncertainty: np.ndarray | None = None
     uncertainty_kind: str = "entropy"
+    reference: Path | None = None
 
     @property
-    def geometry(self) -> Geometry:
-        return read_geometry(self.reference)
+    def affine(self) -> np.ndarray:
+        """4x4, voxel (i, j, k) -> RAS+ mm."""
+        return self.geometry.affine
+
+    @property
+    def spacing(self) -> tuple[float, ...]:
+        return self.geometry.spacing
 
     @property
     def voxels(self) -> int:
@@ -64,18 +74,21 @@ class Segmentation:
 
     def save(self, mask_path: str | Path, probability_path: str | Path | None = None,
              uncertainty_path: str | Path | None = None) -> None:
-        """Write the mask (and the probability and uncertainty maps) with exactly the reference file's geometry."""
-        write_like(self.mask, self.reference, mask_path)
+        """Write the mask (and the probability and uncertainty maps) on exactly the input's grid (format by
+        ending: NIfTI, MHA, NRRD, ...)."""
+        source = str(self.reference) if self.reference is not None else "input"
+        write_on_grid(self.mask, self.geometry, mask_path, source)
         if probability_path is not None:
-            write_like(self.probability.astype(np.float32), self.reference, probability_path)
+            write_on_grid(self.probability.astype(np.float32), self.geometry, probability_path, source)
         if uncertainty_path is not None:
             if self.uncertainty is None:
                 raise MedTextSegError(f"no uncertainty map for prompt {self.prompt!r}")
-            write_like(self.uncertainty.astype(np.float32), self.reference, uncertainty_path)
+            write_on_grid(self.uncertainty.astype(np.float32), self.geometry, uncertainty_path, source)
 
     def __repr__(self) -> str:
-        return (f"Segmentation(prompt={self.prompt!r}, shape={self.mask.shape}, voxels={self.voxels}, "
-                f"volume={self.volume_ml:.2f} ml)")
+        spacing = ", ".join(f"{s:.3g}" for s in self.spacing)
+        return (f"Segmentation(prompt={self.prompt!r}, shape={self.mask.shape}, spacing=({spacing}) mm, "
+                f"voxels={self.voxels}, volume={self.volume_ml:.2f} ml)")
 
 
 def _check_weights(path: Path, weights: Any, expected: dict[str, torch.Tensor]) -> None:
@@ -190,24 +203,81 @@ class Predictor:
                 raise MedTextSegError(f"{path}: not on the grid of {image_paths[0]}; the channels of one "
                                       "image must be co-registered on one grid")
 
-    @torch.no_grad()
-    def predict(self, image_paths: list[str | Path], prompts: list[str],
-                uncertainty: bool = True) -> list[Segmentation]:
-        """One ``Segmentation`` per prompt for the image made of ``image_paths`` (one file per channel).
+    def check_in_memory(self, given: InMemoryImage) -> None:
+        """Refuse an in-memory image the model cannot take: a volume for a 2D model, a slice for a 3D one, another
+        number of channels than the model's."""
+        check_shape_dims(given.geometry.shape, given.name, self.config.model.spatial_dims, "the model",
+                         "or use a {dims}D model", unit="array")
+        expected = self.config.model.in_channels
+        if given.image.shape[0] != expected:
+            names = f" ({', '.join(self.channel_names)})" if self.channel_names else ""
+            raise MedTextSegError(f"the model takes {expected} channel(s){names}, one image per channel (a "
+                                  f"MetaTensor may hold them all, channel first), in that order; got "
+                                  f"{given.image.shape[0]}")
 
-        ``uncertainty=False`` skips bringing the uncertainty maps back to the file grid (half the inversion work);
-        the results' ``uncertainty`` is then None.
+    @torch.no_grad()
+    def predict(self, images: Any, prompts: str | Sequence[str], uncertainty: bool = True, *,
+                affine: Any = None, spacing: Sequence[float] | None = None, origin: Sequence[float] | None = None,
+                direction: Any = None) -> list[Segmentation]:
+        """One ``Segmentation`` per prompt for one image, all prompts in one sliding-window pass.
+
+        Args:
+            images: the image's channels in the model's channel order: file paths (or DICOM series folders), or
+                images in memory (:mod:`medtextseg.data.image_input`): numpy arrays [*spatial] in nibabel's voxel
+                order (i, j, k), nibabel images, SimpleITK images, a MONAI MetaTensor [C, *spatial]. One item
+                alone stands for a list of one.
+            prompts: what to segment (one string or several).
+            uncertainty: False skips bringing the uncertainty maps back to the input's grid (half the inversion
+                work); the results' ``uncertainty`` is then None.
+            affine: for numpy arrays: 4x4, voxel (i, j, k) -> RAS+ mm (nibabel's convention).
+            spacing, origin, direction: for numpy arrays, instead of ``affine``: SimpleITK's (LPS; origin 0 and
+                identity direction by default).
+
+        Raises:
+            MedTextSegError: no prompt or a malformed one; inputs the model cannot take (type, dimensions,
+                channels, grids, NaN voxels), each in one line.
         """
-        paths = [Path(p) for p in image_paths]
+        items = list(images) if isinstance(images, list | tuple) else [images]
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         prompts = [validate_prompt(p, f"prompt {i + 1}") for i, p in enumerate(prompts)]
         if not prompts:
             raise MedTextSegError("no prompt given: pass at least one, e.g. -p 'the prostate gland'")
-        self.check_inputs(paths)
-        transform = preparation(self.config.data.spacing, normalization=self.config.data.normalization)
-        data = transform({"image": [str(p) for p in paths]})
-        image: MetaTensor = data["image"]
+        normalization = self.config.data.normalization
+        if items and all(is_path(item) for item in items):
+            if any(value is not None for value in (affine, spacing, origin, direction)):
+                raise MedTextSegError("affine/spacing/origin/direction apply to numpy arrays; files carry their "
+                                      "own grid")
+            paths = [Path(p) for p in items]
+            self.check_inputs(paths)
+            transform = preparation(self.config.data.spacing, normalization=normalization)
+            image: MetaTensor = transform({"image": [str(p) for p in paths]})["image"]
+            geometry, name, reference = read_geometry(paths[0]), str(paths[0]), paths[0]
+        else:
+            given = in_memory_image(items, affine, spacing, origin, direction)
+            self.check_in_memory(given)
+            transform = preparation(self.config.data.spacing, normalization=normalization, load=False)
+            image = transform({"image": given.image})["image"]
+            geometry, name, reference = given.geometry, given.name, None
         if not torch.isfinite(image.as_tensor()).all():
-            raise MedTextSegError(f"{paths[0]}: the image has NaN or infinite voxels")
+            raise MedTextSegError(f"{name}: the image has NaN or infinite voxels")
+        probabilities, uncertainties, kind = self._maps(image, transform, prompts, uncertainty)
+        if probabilities.shape[1:] != geometry.shape:  # 2D inputs may carry a trailing singleton axis
+            probabilities = probabilities.reshape((len(prompts), *geometry.shape))
+            if uncertainties is not None:
+                uncertainties = [u.reshape(geometry.shape) for u in uncertainties]
+        results = []
+        for prompt, probability, uncertainty_map in zip(prompts, probabilities, uncertainties or [None] * len(prompts),
+                                                        strict=True):
+            mask = remove_small_components(probability > self.config.inference.threshold,
+                                           self.config.inference.min_component_voxels)
+            results.append(Segmentation(prompt, mask.astype(np.uint8), probability, geometry, uncertainty_map, kind,
+                                        reference))
+        return results
+
+    def _maps(self, image: MetaTensor, transform: Any, prompts: list[str],
+              uncertainty: bool) -> tuple[np.ndarray, list[np.ndarray] | None, str]:
+        """Probability maps [P, *input_shape] (and P uncertainty maps) of the prepared ``image``, back on the
+        input's grid through ``transform``'s recorded operations; and the uncertainty kind."""
         spatial_dims = self.config.model.spatial_dims
         model_input = image.as_tensor()[..., 0] if spatial_dims == 2 else image.as_tensor()
         text = self.text(prompts)
@@ -226,21 +296,11 @@ class Predictor:
         stacked = torch.cat([maps.probability, maps.uncertainty]) if uncertainty else maps.probability
         if spatial_dims == 2:
             stacked = stacked[..., None]
-        # back to the file's grid: MONAI replays the recorded orientation/spacing operations in reverse
+        # back to the input's grid: MONAI replays the recorded orientation/spacing operations in reverse
         prediction = MetaTensor(stacked, meta=image.meta)
         prediction.applied_operations = image.applied_operations
         inverted = Invertd("prediction", transform, orig_keys="image", nearest_interp=False)(
             {"prediction": prediction, "image": image})["prediction"]
         inverted = np.clip(inverted.as_tensor().numpy().astype(np.float32), 0.0, 1.0)
-        geometry = read_geometry(paths[0])
-        if inverted.shape[1:] != geometry.shape:  # 2D files may carry a trailing singleton axis
-            inverted = inverted.reshape((inverted.shape[0], *geometry.shape))
-        results = []
-        uncertainties = inverted[len(prompts):] if uncertainty else [None] * len(prompts)
-        for prompt, probability, uncertainty_map in zip(prompts, inverted[: len(prompts)], uncertainties,
-                                                        strict=True):
-            mask = remove_small_components(probability > self.config.inference.threshold,
-                                           self.config.inference.min_component_voxels)
-            results.append(Segmentation(prompt, mask.astype(np.uint8), probability, paths[0], uncertainty_map,
-                                        maps.uncertainty_kind))
-        return results
+        count = len(prompts)
+        return inverted[:count], list(inverted[count:]) if uncertainty else None, maps.uncertainty_kind
