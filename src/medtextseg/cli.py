@@ -228,6 +228,9 @@ def predict(
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N or mps; default: CUDA when available")
                       ] = None,
     probabilities: Annotated[bool, typer.Option(help="also write probability maps")] = False,
+    combined: Annotated[bool, typer.Option("--combined", help="also write one label map per case (label k = "
+                                           "prompt k; overlaps to the higher probability; 0 = no prompt) and its "
+                                           "legend label-map.json")] = False,
     uncertainty: Annotated[bool, typer.Option(help="also write uncertainty maps (an evidential model's "
                                               "Dirichlet uncertainty, else the entropy of the probability) and a "
                                               "PNG per prompt: mask, probability and uncertainty on the image")
@@ -247,6 +250,7 @@ def predict(
     from medtextseg.data.io import NIFTI_ENDINGS, is_dicom_series
     from medtextseg.inference.batch_predict import predict_cases
     from medtextseg.inference.case_inputs import requested_cases
+    from medtextseg.inference.label_map import LABEL_MAP_NAME, LEGEND_NAME, write_label_map
     from medtextseg.utils.atomic import write_text_atomic
     from medtextseg.utils.errors import MedTextSegError, refuse_output_over_inputs
     from medtextseg.utils.folder_lock import lock_until_command_ends
@@ -254,7 +258,7 @@ def predict(
     cases = requested_cases(images or [], jobs, prompts or [])
     if cases is not None:  # many cases: predict_cases checks, then locks the output folder itself
         typer.echo(predict_cases(model, cases, out, probabilities=probabilities, uncertainty=uncertainty,
-                                 resume=continue_, progress=True, device=device, refiner=refiner,
+                                 combined=combined, resume=continue_, progress=True, device=device, refiner=refiner,
                                  mirror_axes=_mirror_axes(tta), threshold=threshold).line())
         return
     if continue_:
@@ -270,6 +274,8 @@ def predict(
                 else None, out / f"uncertainty_{number:02d}{ending}" if uncertainty else None)
 
     planned = [p for number in range(len(prompts)) for p in output_paths(number) if p is not None]
+    label_map = out / f"{LABEL_MAP_NAME}{ending}" if combined else None
+    planned += [label_map, out / LEGEND_NAME] if label_map else []
     refuse_output_over_inputs(out, images, [*planned, out / "prompts.json"])  # before anything is written
     lock_until_command_ends(out)  # a second predict into this folder stops at once instead of mixing masks
     results = load_model(model, device, refiner, _mirror_axes(tta), threshold).predict(images, prompts,
@@ -287,8 +293,14 @@ def predict(
             _save_prediction_overlay(images[0], result, overlay_path)
             entry |= {"uncertainty": uncertainty_path.name, "uncertainty_kind": result.uncertainty_kind,
                       "overlay": overlay_path.name}
+        if label_map:
+            entry |= {"label": number + 1, "label_map": label_map.name, "legend": LEGEND_NAME}
         index.append(entry)
         typer.echo(f"{mask_path}  {result.voxels} voxels ({result.volume_ml:.2f} ml)  <- {result.prompt!r}")
+    if label_map:
+        legend = write_label_map(results, label_map, [entry["mask"] for entry in index], out / LEGEND_NAME)
+        labels = ", ".join(f"{e['label']}: {e['voxels']}" for e in legend["labels"])
+        typer.echo(f"{label_map}  labels 1-{len(results)} (voxels {labels}); legend {out / LEGEND_NAME}")
     write_text_atomic(out / "prompts.json", json.dumps(index, indent=1))
 
 

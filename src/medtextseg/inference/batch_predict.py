@@ -5,6 +5,7 @@ Layout of an output folder ``OUT``::
     OUT/predictions.json               the index: one record per mask (below)
     OUT/{case}/{slug}.nii.gz           the mask of one prompt, on exactly the case's grid
     OUT/{case}/{slug}.probability.nii.gz, {slug}.uncertainty.nii.gz   with --probabilities, --uncertainty
+    OUT/{case}/label-map.nii.gz, label-map.json   with --combined: the case's label map and its legend
     OUT/{case}/case.json               the case's own records (marks the folder as written by predict)
 
 ``slug`` is the prompt in lower-case letters, digits and ``_`` (:func:`prompt_slug`), made unique within a case
@@ -12,7 +13,9 @@ by ``_2``, ``_3``; masks keep the ending of the case's first channel file (``.ni
 
 Each record of the index holds ``case``, ``prompt``, ``file`` (relative to ``OUT``), ``voxels``, ``volume_mm3``,
 ``model_run``, ``checkpoint``, ``checkpoint_sha256``, ``threshold``, ``mirror_axes``, ``refiner``,
-``medtextseg_version`` and ``inputs`` (the case's channel files, absolute).
+``medtextseg_version`` and ``inputs`` (the case's channel files, absolute); with ``combined``, also ``label`` (the
+prompt's value in the label map), ``label_map`` and ``legend`` (relative to ``OUT``;
+:mod:`medtextseg.inference.label_map`).
 
 Every case is written into a hidden temporary folder beside its final one, then swapped in: a rerun with fewer
 prompts leaves no stale file, a killed run leaves no half-written case, and another case's folder is never
@@ -38,6 +41,7 @@ from typing import Any
 
 from medtextseg.data.io import NIFTI_ENDINGS, is_dicom_series
 from medtextseg.inference.case_inputs import CaseInput, check_channels
+from medtextseg.inference.label_map import LABEL_MAP_NAME, LEGEND_NAME, write_label_map
 from medtextseg.inference.predictor import Predictor
 from medtextseg.utils.atomic import write_text_atomic
 from medtextseg.utils.errors import MedTextSegError, refuse_output_over_inputs
@@ -111,20 +115,30 @@ def file_sha256(path: Path) -> str:
 
 @dataclass
 class CaseOutputs:
-    """The files a case's prediction writes, relative to ``OUT`` (POSIX), one entry per prompt."""
+    """The files a case's prediction writes, relative to ``OUT`` (POSIX), one entry per prompt; the case's label
+    map and legend (or None)."""
 
     masks: list[str]
     probabilities: list[str | None]
     uncertainties: list[str | None]
+    label_map: str | None = None
+    legend: str | None = None
+
+    def files(self) -> list[str]:
+        return [name for names in (self.masks, self.probabilities, self.uncertainties, [self.label_map, self.legend])
+                for name in names if name]
 
 
-def case_outputs(case: CaseInput, probabilities: bool, uncertainty: bool) -> CaseOutputs:
-    """Where each prompt's mask (and maps) of ``case`` go: ``{case}/{slug}{ending}``."""
+def case_outputs(case: CaseInput, probabilities: bool, uncertainty: bool, combined: bool = False) -> CaseOutputs:
+    """Where each prompt's mask (and maps) of ``case`` go: ``{case}/{slug}{ending}``; with ``combined`` the label
+    map ``{case}/label-map{ending}`` and ``{case}/label-map.json`` (no slug has a hyphen: no clash)."""
     ending = output_ending(case.images[0])
     slugs = unique_slugs(case.prompts)
     return CaseOutputs([f"{case.case}/{s}{ending}" for s in slugs],
                        [f"{case.case}/{s}.probability{ending}" if probabilities else None for s in slugs],
-                       [f"{case.case}/{s}.uncertainty{ending}" if uncertainty else None for s in slugs])
+                       [f"{case.case}/{s}.uncertainty{ending}" if uncertainty else None for s in slugs],
+                       f"{case.case}/{LABEL_MAP_NAME}{ending}" if combined else None,
+                       f"{case.case}/{LEGEND_NAME}" if combined else None)
 
 
 @dataclass
@@ -184,7 +198,8 @@ def _is_done(records: list[dict[str, Any]], expected: dict[str, Any], prompts: S
                                                        outputs.uncertainties, strict=True):
         if any(record.get(key) != value for key, value in expected.items()):
             return False
-        files = {"file": mask, "probability": probability, "uncertainty": uncertainty}
+        files = {"file": mask, "probability": probability, "uncertainty": uncertainty,
+                 "label_map": outputs.label_map, "legend": outputs.legend}
         if any(record.get(key) != value for key, value in files.items()):
             return False
         if not all((out / name).is_file() for name in files.values() if name is not None):
@@ -219,7 +234,8 @@ def _swap_in(partial: Path, folder: Path) -> None:
 
 
 def predict_cases(model: Predictor | str | Path, cases: Sequence[CaseInput], out: str | Path, *,
-                  probabilities: bool = False, uncertainty: bool = False, resume: bool = False,
+                  probabilities: bool = False, uncertainty: bool = False, combined: bool = False,
+                  resume: bool = False,
                   progress: bool = False, device: str | None = None, refiner: bool | None = None,
                   mirror_axes: list[int] | str | None = None, threshold: float | None = None) -> BatchSummary:
     """Segment every case's prompts with one model load, into ``OUT/{case}/`` plus the index ``OUT/predictions.json``.
@@ -236,6 +252,7 @@ def predict_cases(model: Predictor | str | Path, cases: Sequence[CaseInput], out
         out: the output folder (created).
         probabilities: also write each prompt's probability map, float32 in [0, 1].
         uncertainty: also write each prompt's uncertainty map, float32 in [0, 1].
+        combined: also write each case's label map and legend (:mod:`medtextseg.inference.label_map`).
         resume: skip the cases the index records as done with the same inputs, prompts, checkpoint digest,
             threshold, test-time augmentation, refiner and map kinds, whose files all exist.
         progress: show a bar over cases on stderr.
@@ -254,9 +271,8 @@ def predict_cases(model: Predictor | str | Path, cases: Sequence[CaseInput], out
     out = Path(out)
     if not cases:
         raise MedTextSegError("no cases to predict")
-    layouts = {case.case: case_outputs(case, probabilities, uncertainty) for case in cases}
-    planned = [out / name for layout in layouts.values()
-               for names in (layout.masks, layout.probabilities, layout.uncertainties) for name in names if name]
+    layouts = {case.case: case_outputs(case, probabilities, uncertainty, combined) for case in cases}
+    planned = [out / name for layout in layouts.values() for name in layout.files()]
     records = _check_out(out, cases, planned)
     predictor = model if isinstance(model, Predictor) else Predictor(model, device, refiner, mirror_axes, threshold)
     for case in cases:
@@ -324,6 +340,11 @@ def _predict_case(predictor: Predictor, case: CaseInput, out: Path, layout: Case
             if uncertainty_map:
                 record |= {"uncertainty": uncertainty_map, "uncertainty_kind": result.uncertainty_kind}
             records.append(record)
+        if layout.label_map and layout.legend:
+            write_label_map(results, partial / Path(layout.label_map).name, [Path(r["file"]).name for r in records],
+                            partial / Path(layout.legend).name)
+            for label, record in enumerate(records, start=1):
+                record |= {"label": label, "label_map": layout.label_map, "legend": layout.legend}
         write_text_atomic(partial / CASE_FILE, json.dumps(records, indent=1))
         _swap_in(partial, out / case.case)
     finally:
