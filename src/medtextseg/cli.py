@@ -19,6 +19,24 @@ app = typer.Typer(
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 
+def _print_version(value: bool) -> None:
+    """``--version``: print the package's version and stop (before any other option is checked)."""
+    if value:
+        from medtextseg import __version__
+
+        typer.echo(f"medtextseg {__version__}")
+        raise typer.Exit()
+
+
+VersionOption = Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                             help="print the version and exit")]
+
+
+@app.callback()
+def main(version: VersionOption = False) -> None:
+    """The subcommands below; ``--version`` prints the version (the app's help is the Typer's)."""
+
+
 def user_errors(command):
     """Turn a MedTextSegError into one line on stderr and exit status 2 (no traceback); control characters
     in it (from a file name, say) are shown escaped."""
@@ -240,6 +258,7 @@ def predict(
     tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="mirror test-time augmentation along every "
                                              "axis, 'left'/'right' swapped in the mirrored prompt; default: as the "
                                              "run's inference.mirror_axes")] = None,
+    version: VersionOption = False,
 ) -> None:
     """Segment what each prompt names; one mask per prompt with exactly the input's shape and affine.
 
