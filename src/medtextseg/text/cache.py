@@ -82,6 +82,11 @@ class TextEmbeddingCache:
         return TextBatch.stack([self._memory[p] for p in prompts])
 
     @property
+    def in_memory(self) -> int:
+        """How many prompt embeddings are held in memory now."""
+        return len(self._memory)
+
+    @property
     def dim(self) -> int:
         if self._memory:
             return int(next(iter(self._memory.values())).pooled.shape[-1])

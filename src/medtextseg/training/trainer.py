@@ -13,10 +13,12 @@ import math
 import random
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
@@ -84,6 +86,50 @@ def training_prompt_texts(layout, case_ids: list[str], vocabulary: PromptVocabul
         prompts |= set(structured.values())
     prompts |= {swap_left_right(p) for p in prompts}
     return sorted(prompts)
+
+
+@dataclass
+class TrainingText:
+    """What training knows of its text before step 1.
+
+    Attributes:
+        cache: the text cache, every training and validation text already encoded (in it or on its disk).
+        structured: prompt -> its structured form (``data.structured_prompts``), or None.
+        paraphrases: training prompt -> its rewordings (``data.paraphrases``), or None.
+        whitening_texts: the texts the text whitening is fitted on (those of the training split).
+    """
+
+    cache: TextEmbeddingCache
+    structured: dict[str, str] | None
+    paraphrases: dict[str, tuple[str, ...]] | None
+    whitening_texts: list[str]
+
+
+def prepare_training_text(config: Config, layout, train_ids: list[str], val_ids: list[str],
+                          vocabulary: PromptVocabulary | None, ctx: DistributedContext) -> TrainingText:
+    """Every text training and validation can feed the model, encoded once (rank 0 encodes, the others read
+    its disk cache), and the texts the whitening is fitted on."""
+    seed = config.train.seed
+    structured = (attribute_prompt_texts(p for case in train_ids for p in layout.cases[case].prompts)
+                  if config.data.structured_prompts > 0 else None)
+    # rewordings of the training prompts only: validation keeps the dataset's own words
+    paraphrases = (paraphrase_pool((p.prompt for case in train_ids for p in layout.cases[case].prompts),
+                                   config.data.paraphrases, seed) if config.data.paraphrases else None)
+    cache = text_cache_for(config)
+    prompts = training_prompt_texts(layout, train_ids + val_ids, vocabulary, structured, paraphrases)
+    if ctx.is_main:  # rank 0 encodes and fills the disk cache; the others then read it
+        cache.warm(prompts)
+    ctx.barrier()
+    cache.warm(prompts)
+    return TrainingText(cache, structured, paraphrases,
+                        training_prompt_texts(layout, train_ids, vocabulary, structured, paraphrases))
+
+
+def fit_text_whitening(model: nn.Module, text: TextEmbeddingCache, texts: list[str], device: torch.device) -> None:
+    """Fit the model's text whitening (``model.text_whitening``) on the encoded ``texts``."""
+    # an evenly spaced subset bounds the memory of the padded token batch; D-dim statistics need far fewer
+    texts = texts[:: -(-len(texts) // WHITENING_PROMPTS)]
+    model.fit_text_statistics(text(texts).to(device))
 
 
 def _lr_factor(step: int, config: Config) -> float:
@@ -170,24 +216,13 @@ class Trainer:
         self.train_cases = cases.cases[: len(train_ids)]
         self.val_cases = [c.load() for c in cases.cases[len(train_ids):]]
 
-        structured = (attribute_prompt_texts(p for case in train_ids for p in self.layout.cases[case].prompts)
-                      if config.data.structured_prompts > 0 else None)
-        # rewordings of the training prompts only: validation keeps the dataset's own words
-        paraphrases = (paraphrase_pool((p.prompt for case in train_ids for p in self.layout.cases[case].prompts),
-                                       config.data.paraphrases, seed) if config.data.paraphrases else None)
-        self.text = text_cache_for(config)
-        prompts = training_prompt_texts(self.layout, train_ids + val_ids, vocabulary, structured, paraphrases)
-        if ctx.is_main:  # rank 0 encodes and fills the disk cache; the others then read it
-            self.text.warm(prompts)
-        ctx.barrier()
-        self.text.warm(prompts)
+        training_text = prepare_training_text(config, self.layout, train_ids, val_ids, vocabulary, ctx)
+        self.text = training_text.cache
+        structured, paraphrases = training_text.structured, training_text.paraphrases
 
         self.model = create_model(config.model, self.text.dim).to(ctx.device)
         if config.model.text_whitening and not self.resume:  # a resumed run has them in its checkpoint
-            texts = training_prompt_texts(self.layout, train_ids, vocabulary, structured, paraphrases)
-            # an evenly spaced subset bounds the memory of the padded token batch; D-dim statistics need far fewer
-            texts = texts[:: -(-len(texts) // WHITENING_PROMPTS)]
-            self.model.fit_text_statistics(self.text(texts).to(ctx.device))
+            fit_text_whitening(self.model, self.text, training_text.whitening_texts, ctx.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.train.lr,
                                            weight_decay=config.train.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: _lr_factor(s, config))
