@@ -70,3 +70,37 @@ def test_unknown_encoder_folder_is_explained(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(MedTextSegError, match=r"empty has no config.json"):
         create_text_encoder(str(tmp_path / "empty"))
+
+
+def test_memory_stays_bounded_and_evicted_prompts_come_back_from_disk(tmp_path):
+    encoder = CountingEncoder()
+    cache = TextEmbeddingCache("counting", lambda: encoder, tmp_path, memory_limit=3)
+    prompts = [f"{i:02d} lesion" + " word" * (i % 3) for i in range(10)]  # distinct embeddings and lengths
+    first = {}
+    for prompt in prompts:
+        first[prompt] = cache([prompt])
+        assert cache.in_memory <= 3
+    cache.warm([f"{i:02d} more" for i in range(10, 20)])  # encoding many at once keeps the bound too
+    assert cache.in_memory <= 3 and cache.encoded_count == 20
+    again = cache(prompts)  # more rows than the bound: each still right, read back from disk
+    assert cache.in_memory <= 3
+    for row, prompt in enumerate(prompts):
+        assert torch.equal(again.pooled[row], first[prompt].pooled[0])
+        length = first[prompt].tokens.shape[1]
+        assert torch.equal(again.tokens[row, :length], first[prompt].tokens[0])
+        assert again.mask[row].sum() == length
+    assert cache.encoded_count == 20 and len(encoder.calls) == 20  # never encoded again
+
+
+def test_warm_reads_nothing_already_on_disk_and_dim_needs_no_encoder(tmp_path):
+    TextEmbeddingCache("counting", CountingEncoder, tmp_path).warm(["left lesion", "right lesion", "the gland"])
+    fresh = TextEmbeddingCache("counting", lambda: (_ for _ in ()).throw(AssertionError("encoder built")),
+                               tmp_path, memory_limit=2)
+    fresh.warm(["left lesion", "right lesion", "the gland"])
+    assert fresh.in_memory == 1 and fresh.dim == 4  # one read for the width; the rest stay on disk until asked
+
+
+def test_without_a_disk_cache_memory_is_unbounded(tmp_path):
+    cache = TextEmbeddingCache("counting", CountingEncoder, None, memory_limit=2)
+    cache([f"{i:02d} lesion" for i in range(5)])
+    assert cache.memory_limit is None and cache.in_memory == 5 and cache.encoded_count == 5

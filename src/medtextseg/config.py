@@ -84,6 +84,9 @@ class TextConfig(_Section):
     encoder: str = Field("minilm", description="'minilm' or the path of a local Hugging Face model folder")
     max_tokens: int = Field(32, ge=1, le=512)
     cache_dir: str | None = Field(None, description="disk cache of embeddings (default: ~/.cache/medtextseg)")
+    memory_prompts: int = Field(1024, ge=1, description="the most prompt embeddings held in memory (least "
+                                "recently used evicted, read back from the disk cache), so memory does not grow "
+                                "with the number of distinct texts")
 
 
 class ModelConfig(_Section):
