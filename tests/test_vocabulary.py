@@ -245,10 +245,17 @@ TINY = ["model.in_channels=1", "model.channels=[4,8]", "model.strides=[[1,1],[2,
         "train.warmup_steps=1", "train.steps=4"]
 
 
-def run_training(root, run_dir, monkeypatch, sampling: bool) -> tuple[CountingEncoder, list[int], list[list[str]]]:
+def run_training(root, run_dir, monkeypatch, sampling: bool, text_dir=None,
+                 memory_limit=None) -> tuple[CountingEncoder, list[int], list[list[str]]]:
+    """Train TINY with a counting encoder behind a text cache (``text_dir``: its disk folder, None: none)."""
     encoder = CountingEncoder()
-    monkeypatch.setattr(trainer_module, "text_cache_for", lambda config: TextEmbeddingCache(
-        "counting", lambda: encoder, None))
+    caches = []
+
+    def text_cache_for(config):
+        caches.append(TextEmbeddingCache("counting", lambda: encoder, text_dir, memory_limit))
+        return caches[-1]
+
+    monkeypatch.setattr(trainer_module, "text_cache_for", text_cache_for)
     encoded_before_step, batches = [], []
     original = Trainer._train_step
 
@@ -260,6 +267,7 @@ def run_training(root, run_dir, monkeypatch, sampling: bool) -> tuple[CountingEn
     monkeypatch.setattr(Trainer, "_train_step", recording_step)
     config = Config.load("default_2d", [*TINY, f"data.root={root}", f"data.prompt_sampling={str(sampling).lower()}"])
     Trainer(config, run_dir, progress=False).run()
+    encoder.caches = caches
     return encoder, encoded_before_step, batches
 
 
@@ -274,6 +282,17 @@ def test_training_encodes_every_phrasing_before_step_one(tmp_path, monkeypatch):
     assert encoded_before_step == [len(expected)] * 4  # nothing encoded during the steps (nor in validation)
     seen = {t for batch in batches for t in batch}
     assert seen <= expected and len(seen - {"the organs", "segment the liver", "segment the left kidney"}) >= 1
+
+
+def test_training_through_a_bounded_text_cache_encodes_each_text_once(tmp_path, monkeypatch):
+    """With a disk cache, memory holds 2 embeddings: the whitening and every step read the rest from disk."""
+    words = {"templates": TEMPLATES, "synonyms": SYNONYMS}
+    root = write_dataset(tmp_path / "data", CLASS_PROMPTS, words)
+    encoder, encoded_before_step, _ = run_training(root, tmp_path / "run", monkeypatch, sampling=True,
+                                                   text_dir=tmp_path / "text", memory_limit=2)
+    assert len(encoder.calls) == len(set(encoder.calls)) > 2  # each once, none again after eviction
+    assert encoded_before_step == [len(encoder.calls)] * 4
+    assert all(cache.in_memory <= 2 for cache in encoder.caches)
 
 
 def test_training_without_sampling_encodes_only_the_stored_prompts(tmp_path, monkeypatch):

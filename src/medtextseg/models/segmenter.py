@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -120,8 +122,9 @@ class TextGuidedUNet(nn.Module):
                 config.similarity_dim, config.similarity_temperature, config.similarity_learnable_temperature)
             for level in config.similarity_levels})
 
-    def fit_text_statistics(self, text: TextBatch) -> None:
-        """Fit what the text path normalises by (``config.text_whitening``) on the encoded training prompts."""
+    def fit_text_statistics(self, text: TextBatch | Iterable[TextBatch]) -> None:
+        """Fit what the text path normalises by (``config.text_whitening``) on the encoded training prompts:
+        one batch, or chunks of them (streamed: memory does not grow with their number)."""
         if self.text_summary is not None:
             self.text_summary.fit_whitening(text)
 

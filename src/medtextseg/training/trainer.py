@@ -45,12 +45,12 @@ from medtextseg.utils.atomic import write_text_atomic
 from medtextseg.utils.errors import MedTextSegError
 from medtextseg.utils.folder_lock import folder_lock
 
-WHITENING_PROMPTS = 5000  # at most this many training prompts fit the text whitening (model.text_whitening)
+WHITENING_CHUNK = 256  # texts encoded and stacked at a time to fit the text whitening (model.text_whitening)
 
 
 def text_cache_for(config: Config) -> TextEmbeddingCache:
     cache_dir = config.text.cache_dir if config.text.cache_dir is not None else "default"
-    return cached_text_encoder(config.text.encoder, config.text.max_tokens, cache_dir)
+    return cached_text_encoder(config.text.encoder, config.text.max_tokens, cache_dir, config.text.memory_prompts)
 
 
 def preprocessed(layout, case_ids: list[str], config: Config, progress: bool, label: str = "") -> PreprocessedCases:
@@ -126,10 +126,10 @@ def prepare_training_text(config: Config, layout, train_ids: list[str], val_ids:
 
 
 def fit_text_whitening(model: nn.Module, text: TextEmbeddingCache, texts: list[str], device: torch.device) -> None:
-    """Fit the model's text whitening (``model.text_whitening``) on the encoded ``texts``."""
-    # an evenly spaced subset bounds the memory of the padded token batch; D-dim statistics need far fewer
-    texts = texts[:: -(-len(texts) // WHITENING_PROMPTS)]
-    model.fit_text_statistics(text(texts).to(device))
+    """Fit the model's text whitening (``model.text_whitening``) on every one of ``texts``, streamed through
+    running moments in chunks of ``WHITENING_CHUNK`` (one padded [chunk, T, D] batch in memory at a time)."""
+    model.fit_text_statistics(text(texts[start:start + WHITENING_CHUNK]).to(device)
+                              for start in range(0, len(texts), WHITENING_CHUNK))
 
 
 def _lr_factor(step: int, config: Config) -> float:

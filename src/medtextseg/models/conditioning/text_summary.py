@@ -9,10 +9,12 @@ difference against the variation in phrasing.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import Tensor, nn
 
-from medtextseg.models.conditioning.text_whitening import TextWhitening
+from medtextseg.models.conditioning.text_whitening import FeatureMoments, TextWhitening
 from medtextseg.text.batch import TextBatch
 
 
@@ -41,12 +43,20 @@ class TextSummary(nn.Module):
             self.queries = nn.Parameter(torch.randn(queries, dim) * 0.02)
             self.attention = nn.MultiheadAttention(dim, heads, batch_first=True)
 
-    def fit_whitening(self, text: TextBatch) -> None:
-        """Fit the whitening on ``text``, the encoded training prompts (no-op without ``whiten``)."""
-        if self.pooled_whitening is not None:
-            self.pooled_whitening.fit(text.pooled)
+    def fit_whitening(self, text: TextBatch | Iterable[TextBatch]) -> None:
+        """Fit the whitening on the encoded training prompts, one batch or chunks of them (no-op without
+        ``whiten``): the sentence embeddings [B, D] and every real token state (``tokens[mask]``, [n, D])."""
+        if self.pooled_whitening is None:
+            return
+        dim = self.pooled_whitening.mean.shape[0]
+        pooled, tokens = FeatureMoments(dim), FeatureMoments(dim)
+        for batch in [text] if isinstance(text, TextBatch) else text:
+            pooled.update(batch.pooled)
+            if self.token_whitening is not None:
+                tokens.update(batch.tokens[batch.mask])
+        self.pooled_whitening.fit_moments(pooled)
         if self.token_whitening is not None:
-            self.token_whitening.fit(text.tokens[text.mask])
+            self.token_whitening.fit_moments(tokens)
 
     def forward(self, text: TextBatch) -> Tensor:
         """Returns [B, out_dim]."""

@@ -7,13 +7,52 @@ network reading these features must first find the faint left/right direction; g
 with such an uneven spread is slow on the faint directions. ZCA whitening, fitted once on the training
 prompts (all of them are known before step 1), gives the directions of their spread equal variance, as
 z-scoring does for image intensities; a shrinkage term keeps the directions they hardly vary along from being
-blown up. The statistics are buffers, saved with the weights.
+blown up. The statistics are buffers, saved with the weights. They are fitted from running moments
+(``FeatureMoments``), so every training text counts while memory stays that of a D x D matrix.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+
+
+class FeatureMoments:
+    """Count, mean [D] and centred scatter [D, D] of feature rows, in float64, merged chunk by chunk (Chan, Golub
+    and LeVeque's pairwise update): the covariance of any number of rows in O(D^2) memory, equal to that of the
+    rows concatenated (no sum-of-squares cancellation, as each chunk is centred on its own mean first).
+
+    Args:
+        dim: D, the feature width.
+    """
+
+    def __init__(self, dim: int) -> None:
+        self.count = 0
+        self.mean = torch.zeros(dim, dtype=torch.float64)
+        self.scatter = torch.zeros(dim, dim, dtype=torch.float64)
+
+    @torch.no_grad()
+    def update(self, features: Tensor) -> None:
+        """features: [N, D] more rows (N may be 0)."""
+        if features.ndim != 2 or features.shape[1] != self.mean.shape[0]:
+            raise ValueError(f"FeatureMoments.update needs [N, {self.mean.shape[0]}] features, "
+                             f"got {list(features.shape)}")
+        if features.shape[0] == 0:
+            return
+        rows = features.detach().double()
+        self.mean, self.scatter = self.mean.to(rows.device), self.scatter.to(rows.device)
+        count = rows.shape[0]
+        mean = rows.mean(0)
+        centred = rows - mean
+        total = self.count + count
+        delta = mean - self.mean
+        self.scatter += centred.T @ centred + torch.outer(delta, delta) * (self.count * count / total)
+        self.mean += delta * (count / total)
+        self.count = total
+
+    def covariance(self) -> Tensor:
+        """[D, D] the unbiased covariance (as ``torch.cov``), float64."""
+        return self.scatter / (self.count - 1)
 
 
 class TextWhitening(nn.Module):
@@ -35,12 +74,22 @@ class TextWhitening(nn.Module):
 
     @torch.no_grad()
     def fit(self, features: Tensor) -> None:
-        """features: [N, D] samples (N >= 2). Sets the mean and the whitening transform."""
+        """features: [N, D] samples (N >= 2), all at once. Sets the mean and the whitening transform."""
         if features.ndim != 2 or features.shape[0] < 2:
             raise ValueError(f"TextWhitening.fit needs [N >= 2, D] features, got {list(features.shape)}")
         samples = features.double()
         mean = samples.mean(0)
-        covariance = torch.cov((samples - mean).T)
+        self._set(mean, torch.cov((samples - mean).T))
+
+    @torch.no_grad()
+    def fit_moments(self, moments: FeatureMoments) -> None:
+        """The same fit from running moments (``moments.count >= 2``): streamed over chunks of samples."""
+        if moments.count < 2:
+            raise ValueError(f"TextWhitening.fit_moments needs moments of >= 2 samples, got {moments.count}")
+        self._set(moments.mean, moments.covariance())
+
+    def _set(self, mean: Tensor, covariance: Tensor) -> None:
+        """mean [D], covariance [D, D] (float64) -> the buffers."""
         eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
         eigenvalues = eigenvalues.clamp(min=0) + self.shrinkage * eigenvalues.clamp(min=0).mean()
         transform = eigenvectors @ torch.diag(eigenvalues.rsqrt()) @ eigenvectors.T
