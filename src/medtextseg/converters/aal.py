@@ -709,21 +709,19 @@ def convert_aal(src: Path = DEFAULT_SRC, dst: Path = Path("data/aal3d"), *, over
         base = build_base(t1, t1_affine, np.rint(atlas).astype(np.int32), atlas_affine, labels, opts.spacing,
                           opts.margin_mm, pad_mm)
         augmentation = make_augmentation(opts, opts.spacing, base.shape)
-        iterator: Any = todo
-        if opts.progress:
-            from rich.progress import track
 
-            iterator = track(todo, description=f"aal: {len(todo)} deformed heads")
-        for volume in iterator:
+        def make_volume(volume: int) -> None:
             image, label = deform(base, augmentation, _case_seed(opts.seed, volume))
             if spatial_dims == 3:
-                case = slots[volume][0]
                 rng = np.random.default_rng([opts.seed, volume, 1])
-                writer.write_case(case, [image], base.affine, label,
+                writer.write_case(slots[volume][0], [image], base.affine, label,
                                   make_prompts(rng, label, labels, pairs, vocabulary, opts, absent=False))
-                continue
-            _write_slices(writer, volume, slots[volume], done, image, label, base.affine, labels, pairs, vocabulary,
-                          opts)
+            else:
+                _write_slices(writer, volume, slots[volume], done, image, label, base.affine, labels, pairs,
+                              vocabulary, opts)
+
+        writer.convert_each(todo, make_volume, lambda volume: slots[volume][0], errors="raise",
+                            progress=f"aal: {len(todo)} deformed heads" if opts.progress else None)
 
     groups = _split([str(v) for v in slots], opts.split_fractions, opts.seed)
     splits = {name: sorted(c for v in members for c in slots[int(v)]) for name, members in groups.items()}

@@ -354,24 +354,22 @@ def convert_biomedsegfm(src: Path, dst: Path, *, overwrite: bool = False, spatia
     writer = DatasetWriter(dst, prompts.dataset, [channel], labels, 3, overwrite,
                            extra={"converter": CONVERTER, "source": str(src), "prompts": str(prompts_path),
                                   "instance_label": int(prompts.instance_label), "spacing_order": spacing_order})
-    cases: list[str] = []
+    items: list[tuple[str, Path]] = []  # (case id, or "case (path)" for a second file of that name; its file)
     seen: dict[str, Path] = {}
     for path in files:
         case = _case_id(path)
-        if case in seen:
-            writer.skip(f"{case} ({path.relative_to(src)})", f"same case name as {seen[case].relative_to(src)}")
-            continue
-        seen[case] = path
-        try:
-            _convert_case(writer, path, case, src, prompts, names, vocabulary, spacing_order, max_instances)
-            cases.append(case)
-        except MedTextSegError as error:
-            writer.skip(case, str(error))
-        except Exception as error:  # anything else a damaged array raises: report it, go on
-            first_line = str(error).splitlines()[0] if str(error) else ""
-            writer.skip(case, f"{path.name}: {type(error).__name__}: {first_line}".rstrip(": "))
+        items.append((case, path) if case not in seen else (f"{case} ({path.relative_to(src)})", path))
+        seen.setdefault(case, path)
+
+    def convert(item: tuple[str, Path]) -> None:
+        case, path = item
+        if seen[_case_id(path)] != path:
+            raise MedTextSegError(f"same case name as {seen[_case_id(path)].relative_to(src)}")
+        _convert_case(writer, path, case, src, prompts, names, vocabulary, spacing_order, max_instances)
+
+    converted = writer.convert_each(items, convert, lambda item: item[0], file_name=lambda item: item[1].name)
     description = f"converted by medtextseg convert {CONVERTER} from {src} (dataset {prompts.dataset})"
-    return writer.finish(splits=hash_split(cases), description=description)
+    return writer.finish(splits=hash_split(list(converted)), description=description)
 
 
 __all__ = ["AFFINE_KEY", "INSTANCE_KEY", "PROMPT_FILES", "ClassPrompts", "class_name_of", "class_names",

@@ -428,8 +428,12 @@ def convert_brain_tumour_kaggle(src: Path, dst: Path, *, overwrite: bool = False
         MedTextSegError: a bad option, no slices found, h5py missing, or ``dst`` written with another layout.
     """
     from medtextseg.converters.nnunet import output_vocabulary
-    from medtextseg.converters.writer import DatasetWriter, check_conversion_options, record_conversion_options
-    from medtextseg.data.layout import hash_split
+    from medtextseg.converters.writer import (
+        DatasetWriter,
+        check_conversion_options,
+        group_splits,
+        record_conversion_options,
+    )
 
     if spatial_dims != 2 or isinstance(spatial_dims, bool):
         raise MedTextSegError(f"{CONVERTER} converter: the slices are 2D; pass --spatial-dims 2 "
@@ -459,25 +463,18 @@ def convert_brain_tumour_kaggle(src: Path, dst: Path, *, overwrite: bool = False
                            extra={"converter": CONVERTER, "source": str(src), "layout": layout,
                                   "geometry": "unit spacing, identity affine: the source has no pixel size or "
                                               "orientation"})
+    converted = writer.convert_each(
+        slices, lambda item: _convert_slice(writer, item, layout, src, vocabulary, patients), lambda item: item.case,
+        file_name=lambda item: item.name)
     groups: dict[str, list[str]] = {}
-    for item in slices:
-        try:
-            patient = _convert_slice(writer, item, layout, src, vocabulary, patients)
-        except MedTextSegError as error:
-            writer.skip(item.case, str(error))
-            continue
-        except Exception as error:  # a corrupt file raises anything (OSError, KeyError, zlib.error, ...)
-            writer.skip(item.case, f"{item.name}: {type(error).__name__}: "
-                                   f"{str(error).splitlines()[0] if str(error) else ''}".rstrip(": "))
-            continue
-        groups.setdefault(f"patient:{patient}" if patient else f"image:{item.case}", []).append(item.case)
+    for case, patient in converted.items():
+        groups.setdefault(f"patient:{patient}" if patient else f"image:{case}", []).append(case)
     for case, reason in problems.items():
         writer.skip(case, reason)
     unknown = sum(len(cases) for key, cases in groups.items() if key.startswith("image:"))
     writer.extra["split_unit"] = "patient" if not unknown else "image" if unknown == sum(map(len, groups.values())) \
         else f"patient ({unknown} slices without a patient split alone)"
-    by_group = hash_split(sorted(groups))
-    splits = {split: sorted(case for key in keys for case in groups[key]) for split, keys in by_group.items()}
+    splits = group_splits(dict(sorted(groups.items())), sort=True)
     description = f"converted by medtextseg convert {CONVERTER} from {src} (layout {layout})"
     return writer.finish(splits=splits, description=description)
 

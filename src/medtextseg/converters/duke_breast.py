@@ -660,8 +660,12 @@ def convert_duke_breast(src: Path, dst: Path, *, overwrite: bool = False, spatia
         MedTextSegError: a bad option, no patient folder, ``dst`` written earlier with other options.
     """
     from medtextseg.converters.nnunet import output_vocabulary
-    from medtextseg.converters.writer import DatasetWriter, check_conversion_options, record_conversion_options
-    from medtextseg.data.layout import hash_split
+    from medtextseg.converters.writer import (
+        DatasetWriter,
+        check_conversion_options,
+        group_splits,
+        record_conversion_options,
+    )
 
     if spatial_dims not in (2, 3) or isinstance(spatial_dims, bool):
         raise MedTextSegError(f"--spatial-dims must be 2 or 3, got {spatial_dims}")
@@ -678,18 +682,10 @@ def convert_duke_breast(src: Path, dst: Path, *, overwrite: bool = False, spatia
              "breast_masks": str(opts.breast_masks) if opts.breast_masks else None}
     writer = DatasetWriter(dst, "Duke-Breast-Cancer-MRI", channel_names, LABELS, spatial_dims, overwrite, extra=extra)
     vocabulary = output_vocabulary(dst, CLASSES, overwrite)
-    outputs: dict[str, list[str]] = {}
-    for patient, folder in patients.items():
-        try:
-            outputs[patient] = convert_patient(writer, patient, folder, opts, boxes, vocabulary)
-        except MedTextSegError as error:
-            writer.skip(patient, str(error))
-        except Exception as error:  # a corrupt file raises anything (EOFError, zlib.error, ...): report it
-            writer.skip(patient, f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
-    by_patient = hash_split(sorted(outputs))
-    splits = {split: [name for patient in members for name in outputs[patient]]
-              for split, members in by_patient.items()}
-    return writer.finish(splits=splits, description=f"converted by medtextseg convert duke_breast from {src}")
+    outputs = writer.convert_each(
+        patients.items(), lambda item: convert_patient(writer, *item, opts, boxes, vocabulary), lambda item: item[0])
+    return writer.finish(splits=group_splits(dict(sorted(outputs.items()))),
+                         description=f"converted by medtextseg convert duke_breast from {src}")
 
 
 __all__ = ["CLASSES", "LABELS", "OPTIONS", "CaseMasks", "DukeOptions", "box_on_grid", "convert_duke_breast",

@@ -434,8 +434,7 @@ def output_vocabulary(dst: Path, classes: list[str], overwrite: bool,
 def convert_labelled(source: SourceDataset, src: Path, dst: Path, converter: str, *, overwrite: bool,
                      spatial_dims: int, options: dict[str, str]) -> ConversionSummary:
     """Write ``source`` into ``dst`` case by case (resumable, idempotent; bad cases skipped with a reason)."""
-    from medtextseg.converters.writer import DatasetWriter
-    from medtextseg.data.layout import hash_split
+    from medtextseg.converters.writer import DatasetWriter, group_splits
 
     slices, tolerance = apply_options(source, options)
     if spatial_dims not in (2, 3):
@@ -446,18 +445,10 @@ def convert_labelled(source: SourceDataset, src: Path, dst: Path, converter: str
     vocabulary = output_vocabulary(dst, list(source.classes), overwrite)
     writer = DatasetWriter(dst, source.name, source.channel_names, output_labels(source), spatial_dims,
                            overwrite, extra={"converter": converter, "source": str(src)})
-    outputs: dict[str, list[str]] = {}
-    for case in source.cases:
-        try:
-            outputs[case.case] = _convert_case(writer, source, case, vocabulary, slices, tolerance)
-        except MedTextSegError as error:
-            writer.skip(case.case, str(error))
-        except Exception as error:  # a corrupt file raises anything (EOFError, zlib.error, ...): report it
-            writer.skip(case.case, f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
-    by_source = hash_split(list(outputs))
-    splits = {split: [name for case in members for name in outputs[case]] for split, members in by_source.items()}
-    description = f"converted by medtextseg convert {converter} from {src}"
-    return writer.finish(splits=splits, description=description)
+    outputs = writer.convert_each(source.cases, lambda case: _convert_case(writer, source, case, vocabulary, slices,
+                                                                         tolerance), lambda case: case.case)
+    return writer.finish(splits=group_splits(outputs), description=f"converted by medtextseg convert {converter} "
+                                                                    f"from {src}")
 
 
 @register("nnunet", "labelled nnU-Net v2 raw dataset (dataset.json channel_names + labels, imagesTr, labelsTr) "

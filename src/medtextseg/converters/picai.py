@@ -533,8 +533,12 @@ def convert_picai(src: Path, dst: Path, *, overwrite: bool = False, spatial_dims
     Raises:
         MedTextSegError: a bad option, no PI-CAI images or labels, or ``dst`` written earlier with other options.
     """
-    from medtextseg.converters.writer import DatasetWriter, check_conversion_options, record_conversion_options
-    from medtextseg.data.layout import hash_split
+    from medtextseg.converters.writer import (
+        DatasetWriter,
+        check_conversion_options,
+        group_splits,
+        record_conversion_options,
+    )
 
     if spatial_dims != 3 or isinstance(spatial_dims, bool):
         raise MedTextSegError(f"picai converter: --spatial-dims {spatial_dims} is not supported yet; convert in 3D")
@@ -552,18 +556,13 @@ def convert_picai(src: Path, dst: Path, *, overwrite: bool = False, spatial_dims
     writer = DatasetWriter(dst, "PI-CAI", CHANNEL_NAMES, labels, spatial_dims, overwrite, extra=extra)
     if opts.gland:
         _vocabulary(dst, overwrite)
+    converted = writer.convert_each(studies, lambda study: _convert_study(writer, study, opts, clinical),
+                                    lambda study: study.case)
     patients: dict[str, list[str]] = {}
     for study in studies:
-        try:
-            _convert_study(writer, study, opts, clinical)
+        if study.case in converted:
             patients.setdefault(study.patient_id, []).append(study.case)
-        except MedTextSegError as error:
-            writer.skip(study.case, str(error))
-        except Exception as error:  # a corrupt file raises anything (EOFError, zlib.error, ...): report it
-            writer.skip(study.case, f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
-    by_patient = hash_split(sorted(patients))
-    splits = {split: sorted(case for patient in members for case in patients[patient])
-              for split, members in by_patient.items()}
+    splits = group_splits(dict(sorted(patients.items())), sort=True)
     description = f"converted by medtextseg convert picai from {src} (lesions: {opts.lesion_set})"
     return writer.finish(splits=splits, description=description)
 

@@ -7,16 +7,18 @@ stopped and a second run rewrites nothing. ``finish`` assembles ``prompts.jsonl`
 records. Every file is written atomically.
 
 A case that cannot be converted is reported with :meth:`DatasetWriter.skip` and a reason, and listed in the
-summary: never silently dropped.
+summary: never silently dropped. :meth:`DatasetWriter.convert_each` is the one case loop of every converter: it
+calls the converter's function for each source item, skips a failing item with its reason, and shows a progress
+bar when asked; :func:`group_splits` draws the splits per group (a patient, a source volume).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -24,6 +26,8 @@ from medtextseg.utils.atomic import atomic_path, write_text_atomic
 from medtextseg.utils.errors import MedTextSegError
 
 RECORD_DIR = ".convert"
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 
 
 @dataclass
@@ -134,6 +138,46 @@ class DatasetWriter:
         """Report a case that could not be converted (listed in the summary with ``reason``)."""
         self.summary.skipped[case] = reason
 
+    def convert_each(self, items: Iterable[Item], convert: Callable[[Item], Result], case: Callable[[Item], str], *,
+                     file_name: Callable[[Item], str] | None = None, progress: str | None = None,
+                     errors: Literal["skip", "raise"] = "skip") -> dict[str, Result]:
+        """The case loop: ``convert(item)`` for every item, in order; what it returns, by ``case(item)``.
+
+        ``convert`` writes the item's case (or cases: the slices of a volume) with :meth:`write_case` after asking
+        :meth:`is_done`, so that a second run rewrites nothing and a killed one resumes. With ``errors="skip"``
+        an item whose conversion raises is skipped under ``case(item)`` with the reason, and the others go on: a
+        :class:`MedTextSegError`'s message, or the type and first line of anything else a damaged file raises
+        (``EOFError``, ``zlib.error``, ...), after ``file_name(item)`` when given. With ``errors="raise"`` (a
+        generator, whose failures are bugs, not bad files) the exception ends the conversion.
+
+        Args:
+            progress: a description: show a progress bar with it (rich), else none.
+
+        Returns:
+            ``case(item)`` -> what ``convert(item)`` returned, for every item not skipped, in order.
+        """
+        items = list(items)
+        iterator: Iterable[Item] = items
+        if progress:
+            from rich.progress import track
+
+            iterator = track(items, description=progress)
+        results: dict[str, Result] = {}
+        for item in iterator:
+            try:
+                results[case(item)] = convert(item)
+            except MedTextSegError as error:
+                if errors == "raise":
+                    raise
+                self.skip(case(item), str(error))
+            except Exception as error:  # a corrupt file raises anything: report it, go on
+                if errors == "raise":
+                    raise
+                first_line = str(error).splitlines()[0] if str(error) else ""
+                where = f"{file_name(item)}: " if file_name is not None else ""
+                self.skip(case(item), f"{where}{type(error).__name__}: {first_line}".rstrip(": "))
+        return results
+
     def _save(self, nib, array: np.ndarray, affine: np.ndarray, path: Path) -> None:
         if self.spatial_dims == 2 and array.ndim == 2:
             array = array[:, :, None]
@@ -173,6 +217,21 @@ class DatasetWriter:
         write_text_atomic(self.dst / "dataset.json", json.dumps(dataset, indent=2) + "\n")
         write_text_atomic(self.dst / "conversion_summary.json", json.dumps(self.summary.to_dict(), indent=2) + "\n")
         return self.summary
+
+
+def group_splits(groups: Mapping[str, Sequence[str]], sort: bool = False) -> dict[str, list[str]]:
+    """``splits.json`` drawn per group: each group id (a patient, a source volume) goes to one split by its hash
+    (:func:`medtextseg.data.layout.hash_split`), with all its cases, so that no group straddles two splits.
+
+    Args:
+        groups: group id -> its case ids, in the order the splits list them (the groups' order is kept).
+        sort: sort the cases of each split.
+    """
+    from medtextseg.data.layout import hash_split
+
+    splits = {split: [case for group in members for case in groups[group]]
+              for split, members in hash_split(list(groups)).items()}
+    return {split: sorted(cases) for split, cases in splits.items()} if sort else splits
 
 
 def check_conversion_options(dst: Path, converter: str, fingerprint: dict[str, Any], overwrite: bool) -> Path:
