@@ -45,14 +45,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from medtextseg.converters.nnunet import SourceCase, SourceDataset, convert_labelled
-from medtextseg.converters.registry import register
+from medtextseg.converters.nnunet import SourceCase, SourceDataset, register_labelled
 from medtextseg.utils.errors import MedTextSegError
-
-if TYPE_CHECKING:
-    from medtextseg.converters.writer import ConversionSummary
 
 CHANNEL_NAMES = ["T1", "T1CE", "T2", "FLAIR"]
 CLASSES = {"whole_tumour": (1, 2, 3), "tumour_core": (1, 3), "enhancing_tumour": (3,),
@@ -157,18 +152,9 @@ def read_brats_source(src: Path) -> SourceDataset:
                          [_source_case(case, src) for case in found])
 
 
-@register("brats", "BraTS 2021 (BraTS2021_<id>_{t1,t1ce,t2,flair,seg}) or 2023 (BraTS-GLI-<id>-{t1n,t1c,t2w,t2f,seg}) "
-                   "MRI -> whole tumour, tumour core, enhancing tumour and sub-region prompts")
-def convert_brats(src: Path, dst: Path, *, overwrite: bool = False, spatial_dims: int = 3,
-                  **options: str) -> ConversionSummary:
-    """Convert BraTS 2021 and/or 2023 training data (see the module docstring for the layouts and options).
-
-    Raises:
-        MedTextSegError: no BraTS file under ``src``, or a bad option.
-    """
-    src, dst = Path(src), Path(dst)
-    return convert_labelled(read_brats_source(src), src, dst, "brats", overwrite=overwrite,
-                            spatial_dims=spatial_dims, options=options)
+convert_brats = register_labelled(
+    "brats", "BraTS 2021 (BraTS2021_<id>_{t1,t1ce,t2,flair,seg}) or 2023 (BraTS-GLI-<id>-{t1n,t1c,t2w,t2f,seg}) "
+             "MRI -> whole tumour, tumour core, enhancing tumour and sub-region prompts", read_brats_source)
 
 
 __all__ = ["CHANNEL_NAMES", "CLASSES", "EDITIONS", "convert_brats", "find_cases", "read_brats_source"]

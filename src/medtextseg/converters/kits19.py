@@ -40,14 +40,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from medtextseg.converters.nnunet import SourceCase, SourceDataset, convert_labelled
-from medtextseg.converters.registry import register
+from medtextseg.converters.nnunet import SourceCase, SourceDataset, register_labelled
 from medtextseg.utils.errors import MedTextSegError
-
-if TYPE_CHECKING:
-    from medtextseg.converters.writer import ConversionSummary
 
 IMAGE_FILE = "imaging.nii.gz"
 LABEL_FILE = "segmentation.nii.gz"
@@ -96,18 +91,9 @@ def read_kits19_source(src: Path) -> SourceDataset:
                          slice_axis=SLICE_AXIS)
 
 
-@register("kits19", "KiTS19 kidney CT (data/case_XXXXX/imaging.nii.gz + segmentation.nii.gz, slices first) -> kidney "
-                    "and kidney tumour prompts")
-def convert_kits19(src: Path, dst: Path, *, overwrite: bool = False, spatial_dims: int = 3,
-                   **options: str) -> ConversionSummary:
-    """Convert the KiTS19 data (see the module docstring for the layout, geometry and options).
-
-    Raises:
-        MedTextSegError: no KiTS19 case under ``src``, or a bad option.
-    """
-    src, dst = Path(src), Path(dst)
-    return convert_labelled(read_kits19_source(src), src, dst, "kits19", overwrite=overwrite,
-                            spatial_dims=spatial_dims, options=options)
+convert_kits19 = register_labelled(
+    "kits19", "KiTS19 kidney CT (data/case_XXXXX/imaging.nii.gz + segmentation.nii.gz, slices first) -> kidney "
+              "and kidney tumour prompts", read_kits19_source)
 
 
 __all__ = ["convert_kits19", "data_folder", "read_kits19_source"]

@@ -32,14 +32,9 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from medtextseg.converters.nnunet import SourceCase, SourceDataset, convert_labelled
-from medtextseg.converters.registry import register
+from medtextseg.converters.nnunet import SourceCase, SourceDataset, register_labelled
 from medtextseg.utils.errors import MedTextSegError
-
-if TYPE_CHECKING:
-    from medtextseg.converters.writer import ConversionSummary
 
 IMAGE_FILE = "lgemri.nrrd"
 MASK_FILE = "laendo.nrrd"
@@ -92,18 +87,9 @@ def read_la2018_source(src: Path) -> SourceDataset:
     return SourceDataset("LA2018", ["LGE-MRI"], {CLASS_NAME: (1,)}, [0, 1], cases)
 
 
-@register("la2018", "2018 Atrial Segmentation Challenge LGE-MRI ('Training Set/<case>/lgemri.nrrd' + laendo.nrrd, "
-                    "mask 0/255) -> left atrium prompts")
-def convert_la2018(src: Path, dst: Path, *, overwrite: bool = False, spatial_dims: int = 3,
-                   **options: str) -> ConversionSummary:
-    """Convert the LA2018 release (see the module docstring for the layout and options).
-
-    Raises:
-        MedTextSegError: no LA2018 case under ``src``, or a bad option.
-    """
-    src, dst = Path(src), Path(dst)
-    return convert_labelled(read_la2018_source(src), src, dst, "la2018", overwrite=overwrite,
-                            spatial_dims=spatial_dims, options=options)
+convert_la2018 = register_labelled(
+    "la2018", "2018 Atrial Segmentation Challenge LGE-MRI ('Training Set/<case>/lgemri.nrrd' + laendo.nrrd, "
+              "mask 0/255) -> left atrium prompts", read_la2018_source)
 
 
 __all__ = ["convert_la2018", "find_case_folders", "read_la2018_source"]

@@ -32,14 +32,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from medtextseg.converters.nnunet import SourceCase, SourceDataset, convert_labelled
-from medtextseg.converters.registry import register
+from medtextseg.converters.nnunet import SourceCase, SourceDataset, register_labelled
 from medtextseg.utils.errors import MedTextSegError
-
-if TYPE_CHECKING:
-    from medtextseg.converters.writer import ConversionSummary
 
 FILE_PATTERN = re.compile(r"(test-volume|volume|segmentation)-(\d+)\.nii(\.gz)?")
 CLASSES = {"liver": (1, 2), "liver_tumour": (2,)}
@@ -96,18 +91,9 @@ def read_lits_source(src: Path) -> SourceDataset:
     return SourceDataset("LiTS", ["CT"], dict(CLASSES), [0, 1, 2], cases, value_names=dict(VALUE_NAMES))
 
 
-@register("lits", "LiTS17 liver CT ('Training Batch 1/volume-<i>.nii' + segmentation-<i>.nii) -> liver and liver "
-                  "tumour prompts")
-def convert_lits(src: Path, dst: Path, *, overwrite: bool = False, spatial_dims: int = 3,
-                 **options: str) -> ConversionSummary:
-    """Convert the LiTS17 release (see the module docstring for the layout and options).
-
-    Raises:
-        MedTextSegError: no LiTS volume under ``src``, or a bad option.
-    """
-    src, dst = Path(src), Path(dst)
-    return convert_labelled(read_lits_source(src), src, dst, "lits", overwrite=overwrite,
-                            spatial_dims=spatial_dims, options=options)
+convert_lits = register_labelled(
+    "lits", "LiTS17 liver CT ('Training Batch 1/volume-<i>.nii' + segmentation-<i>.nii) -> liver and liver "
+            "tumour prompts", read_lits_source)
 
 
 __all__ = ["convert_lits", "find_files", "read_lits_source"]

@@ -451,25 +451,37 @@ def convert_labelled(source: SourceDataset, src: Path, dst: Path, converter: str
                                                                     f"from {src}")
 
 
-@register("nnunet", "labelled nnU-Net v2 raw dataset (dataset.json channel_names + labels, imagesTr, labelsTr) "
-                    "-> one prompt per case and class")
-def convert_nnunet(src: Path, dst: Path, *, overwrite: bool = False, spatial_dims: int = 3,
-                   **options: str) -> ConversionSummary:
-    """Convert a labelled nnU-Net v2 raw dataset (see the module docstring for the options)."""
-    src, dst = Path(src), Path(dst)
-    return convert_labelled(read_nnunet_source(src), src, dst, "nnunet", overwrite=overwrite,
-                            spatial_dims=spatial_dims, options=options)
+def register_labelled(name: str, description: str, read_source: Callable[[Path], SourceDataset]
+                      ) -> Callable[..., ConversionSummary]:
+    """Register converter ``name`` for a layout that needs only a reader: ``read_source(src)`` lists the cases,
+    :func:`convert_labelled` writes them, with the ``rename``, ``regions``, ``slices`` and ``affine_tolerance``
+    options. Returns the converter, ``convert_{name}(src, dst, *, overwrite=False, spatial_dims=3, **options)``.
 
+    Example:
+        >>> convert_kits19 = register_labelled("kits19", "KiTS19 kidney CT", read_kits19_source)  # doctest: +SKIP
+    """
 
-@register("msd", "Medical Segmentation Decathlon task (dataset.json modality + labels + training, 4D images) "
-                 "-> one prompt per case and class")
-def convert_msd(src: Path, dst: Path, *, overwrite: bool = False, spatial_dims: int = 3,
+    def convert(src: Path, dst: Path, *, overwrite: bool = False, spatial_dims: int = 3,
                 **options: str) -> ConversionSummary:
-    """Convert a Medical Segmentation Decathlon task folder (see the module docstring for the options)."""
-    src, dst = Path(src), Path(dst)
-    return convert_labelled(read_msd_source(src), src, dst, "msd", overwrite=overwrite,
-                            spatial_dims=spatial_dims, options=options)
+        src, dst = Path(src), Path(dst)
+        return convert_labelled(read_source(src), src, dst, name, overwrite=overwrite, spatial_dims=spatial_dims,
+                                options=options)
+
+    convert.__name__ = convert.__qualname__ = f"convert_{name}"
+    convert.__module__ = read_source.__module__
+    convert.__doc__ = (f"Convert the source that :func:`{read_source.__name__}` reads (see the module docstring of "
+                       f":mod:`{read_source.__module__}` for the layout and options).\n\n"
+                       "Raises:\n    MedTextSegError: no case of this layout under ``src``, or a bad option.")
+    return register(name, description)(convert)
+
+
+convert_nnunet = register_labelled(
+    "nnunet", "labelled nnU-Net v2 raw dataset (dataset.json channel_names + labels, imagesTr, labelsTr) -> one prompt "
+              "per case and class", read_nnunet_source)
+convert_msd = register_labelled(
+    "msd", "Medical Segmentation Decathlon task (dataset.json modality + labels + training, 4D images) -> one prompt "
+           "per case and class", read_msd_source)
 
 
 __all__ = ["convert_labelled", "convert_msd", "convert_nnunet", "output_vocabulary", "read_msd_source",
-           "read_nnunet_source"]
+           "read_nnunet_source", "register_labelled"]
