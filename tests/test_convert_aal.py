@@ -219,7 +219,7 @@ def test_2d_slices_absent_prompts_and_splits(mimic_src, tmp_path):
     ({"structures": "caudat"}, r"unknown structure 'caudat'; did you mean 'caudate'"),
     ({"structures": "cerebellum"}, r"structure 'cerebellum': no AAL region 'Cerebelum_\*_L'"),
     ({"structures": "caudate,Caudate_L"}, r"AAL region Caudate_L is in two structures"),
-    ({"num_case": 3}, r"unknown option 'num_case'; did you mean 'num_cases'"),
+    ({"num_case": 3}, r"--option num_case: unknown option \(did you mean 'num_cases'\?\); the aal converter"),
     ({"spacing": "big"}, r"option spacing must be a number in \[0.5, 20.0\], got 'big'"),
     ({"gamma": "1.5,0.5"}, r"option gamma must be two numbers LOW,HIGH"),
 ])

@@ -242,7 +242,7 @@ def test_images_and_masks_folders_and_compressed_masks(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--spatial-dims", "3"], "pass --spatial-dims 2"),
     (["--spatial-dims", "2", "--option", "layuot=mat"], "did you mean 'layout'"),
-    (["--spatial-dims", "2", "--option", "layout=dicom"], "expected one of auto, mat, png"),
+    (["--spatial-dims", "2", "--option", "layout=dicom"], "option layout must be one of auto, mat, png, got 'dicom'"),
     (["--spatial-dims", "2", "--option", "layout=mat"], "no figshare brain tumour files"),
 ])
 def test_bad_options_end_with_one_line(kaggle, tmp_path, args, message):

@@ -274,7 +274,7 @@ def test_boxes_read_alike_from_csv_and_xlsx_and_bad_options_are_named(download, 
         "Breast_MRI_001": (6, 9, 3, 5, 3, 5), "Breast_MRI_006": (1, 3, 1, 3, 1, 2)}
     with pytest.raises(MedTextSegError, match=r"--option post_phase: unknown option \(did you mean 'post_phases'"):
         convert_duke_breast(download, tmp_path / "out", post_phase=2)
-    with pytest.raises(MedTextSegError, match=r"option post_phases must be 1 to 4, got 5"):
+    with pytest.raises(MedTextSegError, match=r"option post_phases must be an integer from 1 to 4, got 5"):
         convert_duke_breast(download, tmp_path / "out", post_phases=5)
     with pytest.raises(MedTextSegError, match=r"no Breast_MRI_NNN patient folders"):
         convert_duke_breast(tmp_path, tmp_path / "out")

@@ -195,13 +195,13 @@ def test_two_dimensional_default_keeps_slices_with_a_label(nnunet_source, tmp_pa
 
 
 def test_unknown_and_malformed_options_are_explained(nnunet_source, tmp_path):
-    with pytest.raises(ValueError, match=r"--option colour: unknown option; this converter takes rename, regions"):
+    with pytest.raises(ValueError, match=r"--option colour: unknown option; the nnunet converter takes rename, "):
         convert_nnunet(nnunet_source, tmp_path / "out", colour="red")
     with pytest.raises(ValueError, match=r"--option rename: no class 'cancer'; classes are liver, kidney_left"):
         convert_nnunet(nnunet_source, tmp_path / "out", rename="cancer:liver_tumour")
     with pytest.raises(ValueError, match=r"--option regions: both names label value 7"):
         convert_nnunet(nnunet_source, tmp_path / "out", regions="both:1+7")
-    with pytest.raises(ValueError, match=r"--option slices=some: expected 'foreground' or 'all'"):
+    with pytest.raises(ValueError, match=r"nnunet converter: option slices must be one of foreground, all, got 'some'"):
         convert_nnunet(nnunet_source, tmp_path / "out", slices="some")
 
 

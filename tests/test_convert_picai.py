@@ -271,7 +271,7 @@ def test_options_are_checked_and_the_labels_folder_is_found(tmp_path):
     with pytest.raises(MedTextSegError, match=r"--option lesion_sets: unknown option \(did you mean 'lesion_set'\?\); "
                                               r"the picai converter takes " + ", ".join(OPTIONS)):
         convert_picai(src, tmp_path / "out", labels=str(labels), lesion_sets="AI")
-    for options, message in [({"lesion_set": "expert"}, "--option lesion_set=expert: expected human_expert or AI"),
+    for options, message in [({"lesion_set": "expert"}, "option lesion_set must be one of human_expert, AI, got 'ex"),
                              ({"large_ml": "big"}, "picai converter: option large_ml must be a number"),
                              ({"max_lesions": "0"}, "picai converter: option max_lesions must be an integer >= 1"),
                              ({"include_negative": "maybe"}, "option include_negative must be true or"),

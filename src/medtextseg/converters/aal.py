@@ -67,11 +67,19 @@ import math
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import numpy as np
 
-from medtextseg.converters.option_values import as_bool, as_float, as_int, as_list, option_error
+from medtextseg.converters.option_values import (
+    ConverterOptions,
+    boolean,
+    integer_in,
+    name_list,
+    number_in,
+    number_list,
+    rule,
+)
 from medtextseg.converters.registry import register
 from medtextseg.converters.writer import (
     RECORD_DIR,
@@ -168,67 +176,47 @@ class PairSpec:
 # Options
 # --------------------------------------------------------------------------------------------------------
 
-@dataclass
-class AALOptions:
+class AALOptions(ConverterOptions):
     """The converter's options after parsing; ``None`` fields take their per-``spatial_dims`` default."""
 
-    structures: tuple[str, ...] = DEFAULT_STRUCTURES
-    num_cases: int | None = None
-    seed: int = 0
-    spacing: float | None = None
-    margin_mm: float = 9.0
-    t1: str = "ch2.nii.gz"
-    rotate_deg: float = 6.0
-    scale: float = 0.08
-    translate_mm: float = 4.0
-    elastic_mm: float = 2.0
-    elastic_sigma_mm: float = 20.0
-    bias: float = 0.05
-    gamma: tuple[float, float] = (0.75, 1.35)
-    noise: float = 0.03
-    slices_per_volume: int = 10
-    absent_per_case: int = 3
-    min_voxels: int = 10
-    bilateral: bool = True
-    split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
-    progress: bool = False
+    converter: ClassVar[str] = "aal"
+    structures: Annotated[tuple[str, ...], name_list("a non-empty list of structure names")] = DEFAULT_STRUCTURES
+    num_cases: Annotated[int | None, integer_in(1)] = None
+    seed: Annotated[int, integer_in(0)] = 0
+    spacing: Annotated[float | None, number_in(0.5, 20.0)] = None
+    margin_mm: Annotated[float, number_in(0.0)] = 9.0
+    t1: Annotated[str, rule("a file name", str)] = "ch2.nii.gz"
+    rotate_deg: Annotated[float, number_in(0.0, 45.0)] = 6.0
+    scale: Annotated[float, number_in(0.0, 0.5)] = 0.08
+    translate_mm: Annotated[float, number_in(0.0)] = 4.0
+    elastic_mm: Annotated[float, number_in(0.0)] = 2.0
+    elastic_sigma_mm: Annotated[float, number_in(1.0)] = 20.0
+    bias: Annotated[float, number_in(0.0)] = 0.05
+    gamma: Annotated[tuple[float, float], number_list("two numbers LOW,HIGH with LOW <= HIGH", 0.05, 20.0,
+                                                      lambda v: len(v) == 2 and v[0] <= v[1])] = (0.75, 1.35)
+    noise: Annotated[float, number_in(0.0)] = 0.03
+    slices_per_volume: Annotated[int, integer_in(1)] = 10
+    absent_per_case: Annotated[int, integer_in(0)] = 3
+    min_voxels: Annotated[int, integer_in(0)] = 10
+    bilateral: Annotated[bool, boolean()] = True
+    split_fractions: Annotated[tuple[float, float, float], number_list(
+        "three fractions TRAIN,VAL,TEST summing to 1", 0.0, 1.0,
+        lambda v: len(v) == 3 and abs(sum(v) - 1.0) <= 1e-6)] = (0.7, 0.1, 0.2)
+    progress: Annotated[bool, boolean()] = False
 
     def resolved(self, spatial_dims: int) -> AALOptions:
         """A copy with the per-``spatial_dims`` defaults filled in (3D: 40 cases at 3 mm; 2D: 300 at 2 mm)."""
-        values = asdict(self)
-        values["num_cases"] = self.num_cases if self.num_cases is not None else (40 if spatial_dims == 3 else 300)
-        values["spacing"] = self.spacing if self.spacing is not None else (3.0 if spatial_dims == 3 else 2.0)
-        return AALOptions(**values)
+        return self.model_copy(update={
+            "num_cases": self.num_cases if self.num_cases is not None else (40 if spatial_dims == 3 else 300),
+            "spacing": self.spacing if self.spacing is not None else (3.0 if spatial_dims == 3 else 2.0)})
 
     def fingerprint(self, spatial_dims: int) -> dict[str, Any]:
         """What decides the content of a case, for the check against an earlier run into the same folder.
 
         ``num_cases`` is left out: case i depends only on ``seed`` and i, so a run may add or drop cases.
         """
-        values = asdict(self)
-        for key in ("progress", "num_cases"):
-            values.pop(key)
+        values = self.model_dump(exclude={"progress", "num_cases"})
         return {"spatial_dims": spatial_dims, **{k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}}
-
-
-def _option_error(name: str, rule: str, value: Any) -> MedTextSegError:
-    return option_error("aal", name, rule, value)
-
-
-def _as_int(name: str, value: Any, minimum: int) -> int:
-    return as_int("aal", name, value, minimum)
-
-
-def _as_float(name: str, value: Any, minimum: float, maximum: float = math.inf) -> float:
-    return as_float("aal", name, value, minimum, maximum)
-
-
-def _as_list(name: str, value: Any) -> list[str]:
-    return as_list("aal", name, value)
-
-
-def _as_bool(name: str, value: Any) -> bool:
-    return as_bool("aal", name, value)
 
 
 def parse_options(options: dict[str, Any]) -> AALOptions:
@@ -237,46 +225,7 @@ def parse_options(options: dict[str, Any]) -> AALOptions:
     Raises:
         MedTextSegError: an unknown option (with the closest known one) or a value out of range.
     """
-    known = list(AALOptions.__dataclass_fields__)
-    parsed: dict[str, Any] = {}
-    for name, value in options.items():
-        if name not in known:
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise MedTextSegError(f"aal converter: unknown option {name!r}{hint} Options: {', '.join(known)}")
-        if name in ("num_cases", "slices_per_volume"):
-            parsed[name] = _as_int(name, value, 1)
-        elif name in ("seed", "absent_per_case", "min_voxels"):
-            parsed[name] = _as_int(name, value, 0)
-        elif name == "spacing":
-            parsed[name] = _as_float(name, value, 0.5, 20.0)
-        elif name == "rotate_deg":
-            parsed[name] = _as_float(name, value, 0.0, 45.0)
-        elif name == "scale":
-            parsed[name] = _as_float(name, value, 0.0, 0.5)
-        elif name == "elastic_sigma_mm":
-            parsed[name] = _as_float(name, value, 1.0)
-        elif name in ("margin_mm", "translate_mm", "elastic_mm", "bias", "noise"):
-            parsed[name] = _as_float(name, value, 0.0)
-        elif name == "t1":
-            parsed[name] = str(value)
-        elif name == "structures":
-            parsed[name] = tuple(_as_list(name, value))
-            if not parsed[name]:
-                raise _option_error(name, "a non-empty list of structure names", value)
-        elif name in ("bilateral", "progress"):
-            parsed[name] = _as_bool(name, value)
-        elif name == "gamma":
-            pair = [_as_float(name, v, 0.05, 20.0) for v in _as_list(name, value)]
-            if len(pair) != 2 or pair[0] > pair[1]:
-                raise _option_error(name, "two numbers LOW,HIGH with LOW <= HIGH", value)
-            parsed[name] = (pair[0], pair[1])
-        elif name == "split_fractions":
-            fractions = [_as_float(name, v, 0.0, 1.0) for v in _as_list(name, value)]
-            if len(fractions) != 3 or abs(sum(fractions) - 1.0) > 1e-6:
-                raise _option_error(name, "three fractions TRAIN,VAL,TEST summing to 1", value)
-            parsed[name] = tuple(fractions)
-    return AALOptions(**parsed)
+    return AALOptions.parse(options)
 
 
 # --------------------------------------------------------------------------------------------------------

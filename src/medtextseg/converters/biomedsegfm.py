@@ -63,11 +63,11 @@ import difflib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import numpy as np
 
-from medtextseg.converters.option_values import as_int, check_option_names
+from medtextseg.converters.option_values import ConverterOptions, integer_in, one_of, optional_path, optional_text
 from medtextseg.converters.registry import register
 from medtextseg.utils.errors import MedTextSegError, refuse_same_folder
 
@@ -81,7 +81,6 @@ INSTANCE_KEY = "instance_label"
 AFFINE_KEY = "medtextseg_affine"  # written by our export: the exact voxel -> RAS affine of the case
 IDENTITY_TEMPLATE = "{name}"
 MODALITIES = ("CT", "MR", "MRI", "PET", "US", "Microscopy")
-OPTIONS = ("prompts", "dataset", "spacing_order", "max_instances")
 
 
 @dataclass
@@ -295,14 +294,15 @@ def _convert_case(writer: DatasetWriter, path: Path, case: str, src: Path, promp
 
 
 # -------------------------------------------------------------------- the conversion
-def _options(src: Path, options: dict[str, Any]) -> tuple[Path, str | None, str, int]:
-    check_option_names(CONVERTER, options, OPTIONS)
-    prompts = Path(options["prompts"]) if options.get("prompts") else find_prompt_file(src)
-    spacing_order = str(options.get("spacing_order", "xyz")).lower()
-    if spacing_order not in ("xyz", "zyx"):
-        raise MedTextSegError(f"--option spacing_order={options['spacing_order']}: expected xyz or zyx")
-    max_instances = as_int(CONVERTER, "max_instances", options.get("max_instances", 255), 1)
-    return prompts, (str(options["dataset"]) if options.get("dataset") else None), spacing_order, max_instances
+class BiomedSegFMOptions(ConverterOptions):
+    """``prompts`` (the class prompts JSON; found by :func:`find_prompt_file` when not given), ``dataset``,
+    ``spacing_order`` (``xyz`` or ``zyx``) and ``max_instances``."""
+
+    converter: ClassVar[str] = CONVERTER
+    prompts: Annotated[Path | None, optional_path()] = None
+    dataset: Annotated[str | None, optional_text()] = None
+    spacing_order: Annotated[str, one_of("xyz", "zyx")] = "xyz"
+    max_instances: Annotated[int, integer_in(1)] = 255
 
 
 def _case_id(path: Path) -> str:
@@ -336,7 +336,9 @@ def convert_biomedsegfm(src: Path, dst: Path, *, overwrite: bool = False, spatia
                               "3D, then slice with `medtextseg convert nnunet --spatial-dims 2`")
     src, dst = Path(src), Path(dst)
     refuse_same_folder(src, dst)
-    prompts_path, dataset, spacing_order, max_instances = _options(src, options)
+    opts = BiomedSegFMOptions.parse(options)
+    prompts_path = opts.prompts or find_prompt_file(src)
+    dataset, spacing_order, max_instances = opts.dataset, opts.spacing_order, opts.max_instances
     prompts, files = find_cases(src, prompts_path, dataset)
     names = class_names(prompts)
     fingerprint = {"dataset": prompts.dataset, "spacing_order": spacing_order, "max_instances": max_instances,
@@ -372,5 +374,6 @@ def convert_biomedsegfm(src: Path, dst: Path, *, overwrite: bool = False, spatia
     return writer.finish(splits=hash_split(list(converted)), description=description)
 
 
-__all__ = ["AFFINE_KEY", "INSTANCE_KEY", "PROMPT_FILES", "ClassPrompts", "class_name_of", "class_names",
-           "convert_biomedsegfm", "find_cases", "find_prompt_file", "itk_default_affine", "parse_entry", "read_case"]
+__all__ = ["AFFINE_KEY", "INSTANCE_KEY", "PROMPT_FILES", "BiomedSegFMOptions", "ClassPrompts", "class_name_of",
+           "class_names", "convert_biomedsegfm", "find_cases", "find_prompt_file", "itk_default_affine", "parse_entry",
+           "read_case"]

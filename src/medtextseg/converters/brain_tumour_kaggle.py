@@ -60,11 +60,11 @@ import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import numpy as np
 
-from medtextseg.converters.option_values import check_option_names
+from medtextseg.converters.option_values import ConverterOptions, one_of, optional_path
 from medtextseg.converters.registry import register
 from medtextseg.utils.errors import MedTextSegError, refuse_same_folder
 
@@ -73,7 +73,6 @@ if TYPE_CHECKING:
     from medtextseg.data.vocabulary import PromptVocabulary
 
 CONVERTER = "brain_tumour_kaggle"
-OPTIONS = ("layout", "patients")
 LAYOUTS = ("auto", "mat", "png")
 # the figshare label numbers, kept as label values
 CLASSES: dict[str, int] = {"meningioma": 1, "glioma": 2, "pituitary_tumour": 3}
@@ -373,13 +372,12 @@ def _patient_of(item: SourceSlice, patients: dict[str, str]) -> str | None:
 
 
 # -------------------------------------------------------------------- the conversion
-def _options(src: Path, options: dict[str, Any]) -> tuple[str, Path | None]:
-    check_option_names(CONVERTER, options, OPTIONS)
-    layout = str(options.get("layout", "auto")).lower()
-    if layout not in LAYOUTS:
-        raise MedTextSegError(f"--option layout={options['layout']}: expected one of {', '.join(LAYOUTS)}")
-    patients = Path(options["patients"]) if options.get("patients") else None
-    return layout, patients
+class BrainTumourOptions(ConverterOptions):
+    """``layout`` (``auto``, ``mat`` or ``png``) and ``patients`` (a folder of figshare files or a CSV)."""
+
+    converter: ClassVar[str] = CONVERTER
+    layout: Annotated[str, one_of(*LAYOUTS)] = "auto"
+    patients: Annotated[Path | None, optional_path()] = None
 
 
 def _prompts(found: TumourSlice, item: SourceSlice, src: Path, vocabulary: PromptVocabulary) -> list[dict[str, Any]]:
@@ -440,7 +438,8 @@ def convert_brain_tumour_kaggle(src: Path, dst: Path, *, overwrite: bool = False
                               f"(got {spatial_dims})")
     src, dst = Path(src), Path(dst)
     refuse_same_folder(src, dst)
-    layout, patients_path = _options(src, options)
+    opts = BrainTumourOptions.parse(options)
+    layout, patients_path = opts.layout, opts.patients
     mat_slices = find_mat_slices(src) if layout in ("auto", "mat") else []
     layout = "mat" if layout == "mat" or (layout == "auto" and mat_slices) else "png"
     problems: dict[str, str] = {}
@@ -479,5 +478,6 @@ def convert_brain_tumour_kaggle(src: Path, dst: Path, *, overwrite: bool = False
     return writer.finish(splits=splits, description=description)
 
 
-__all__ = ["CLASSES", "SourceSlice", "TumourSlice", "convert_brain_tumour_kaggle", "find_mat_slices",
-           "find_png_slices", "mask_pixels", "read_mat_slice", "read_patients", "read_png_slice", "require_h5py"]
+__all__ = ["CLASSES", "BrainTumourOptions", "SourceSlice", "TumourSlice", "convert_brain_tumour_kaggle",
+           "find_mat_slices", "find_png_slices", "mask_pixels", "read_mat_slice", "read_patients", "read_png_slice",
+           "require_h5py"]

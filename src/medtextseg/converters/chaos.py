@@ -50,11 +50,12 @@ from __future__ import annotations
 import re
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import numpy as np
 
-from medtextseg.converters.nnunet import SourceCase, SourceDataset, convert_labelled
+from medtextseg.converters.nnunet import LabelledOptions, SourceCase, SourceDataset, convert_labelled
+from medtextseg.converters.option_values import one_of
 from medtextseg.converters.registry import register
 from medtextseg.utils.errors import MedTextSegError, refuse_same_folder
 
@@ -81,15 +82,11 @@ def natural_key(path: Path) -> list[Any]:
 
 
 # -------------------------------------------------------------------- the source
-def _parse_modality(options: dict[str, Any]) -> str:
-    value = options.get("modality")
-    if value is None:
-        raise MedTextSegError(f"chaos converter: --option modality=... is required, one of {', '.join(MODALITIES)}")
-    found = {name.lower(): name for name in MODALITIES}.get(str(value).strip().lower())
-    if found is None:
-        raise MedTextSegError(f"chaos converter: option modality must be one of {', '.join(MODALITIES)}, "
-                              f"got {value!r}")
-    return found
+class ChaosOptions(LabelledOptions):
+    """``modality`` (required) and the options of the ``nnunet`` converter."""
+
+    converter: ClassVar[str] = "chaos"
+    modality: Annotated[str, one_of(*MODALITIES)]
 
 
 def find_modality_root(src: Path, kind: str) -> Path:
@@ -231,19 +228,12 @@ def convert_chaos(src: Path, dst: Path, *, overwrite: bool = False, spatial_dims
 
     src, dst = Path(src), Path(dst)
     refuse_same_folder(src, dst)
-    options = dict(options)
-    modality = _parse_modality(options)
-    del options["modality"]
-    try:
-        tolerance = float(options.get("affine_tolerance", 1e-3))
-    except ValueError:
-        tolerance = 1e-3  # convert_labelled reports the bad value
-    source = read_chaos_source(src, modality, tolerance)
-    fingerprint = {"modality": modality}
+    opts = ChaosOptions.parse(options)
+    source = read_chaos_source(src, opts.modality, opts.affine_tolerance)
+    fingerprint = {"modality": opts.modality}
     record_conversion_options(check_conversion_options(dst, "chaos", fingerprint, overwrite), fingerprint)
-    return convert_labelled(source, src, dst, "chaos", overwrite=overwrite, spatial_dims=spatial_dims,
-                            options={k: str(v) for k, v in options.items()})
+    return convert_labelled(source, src, dst, "chaos", overwrite=overwrite, spatial_dims=spatial_dims, options=opts)
 
 
-__all__ = ["MODALITIES", "MR_GREY_LEVELS", "convert_chaos", "find_modality_root", "mask_labels", "natural_key",
-           "read_chaos_case", "read_chaos_source"]
+__all__ = ["MODALITIES", "MR_GREY_LEVELS", "ChaosOptions", "convert_chaos", "find_modality_root", "mask_labels",
+           "natural_key", "read_chaos_case", "read_chaos_source"]

@@ -78,12 +78,19 @@ import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 from xml.etree import ElementTree
 
 import numpy as np
 
-from medtextseg.converters.option_values import as_bool, as_float, as_int, check_option_names
+from medtextseg.converters.option_values import (
+    ConverterOptions,
+    boolean,
+    existing_path,
+    integer_in,
+    number_in,
+    one_of,
+)
 from medtextseg.converters.registry import register
 from medtextseg.utils.errors import MedTextSegError, refuse_same_folder
 
@@ -91,8 +98,6 @@ if TYPE_CHECKING:
     from medtextseg.converters.writer import ConversionSummary, DatasetWriter
     from medtextseg.data.dicom_series import DicomVolume, SliceHeader
 
-OPTIONS = ("images", "breast_masks", "tumour_masks", "boxes", "post_phases", "box_check", "slices",
-           "affine_tolerance")
 PATIENT = re.compile(r"^Breast_MRI_(\d+)$", re.IGNORECASE)
 BREAST, FGT, VESSELS, TUMOUR_RIGHT, TUMOUR_LEFT = 1, 2, 3, 4, 5
 LABELS = {"background": 0, "breast": BREAST, "fibroglandular_tissue": FGT, "breast_vessels": VESSELS,
@@ -106,24 +111,28 @@ BOX_COLUMNS = ("start row", "end row", "start column", "end column", "start slic
 PRE_CONTRAST = "DCE pre-contrast"
 
 
-@dataclass(frozen=True)
-class DukeOptions:
-    """The converter's options after parsing (see the module docstring)."""
+class DukeOptions(ConverterOptions):
+    """The converter's options (see the module docstring); the paths not given are found by
+    :func:`parse_options`."""
 
-    images: Path
-    breast_masks: Path | None = None
-    tumour_masks: Path | None = None
-    boxes: Path | None = None
-    post_phases: int = 1
-    box_check: bool = True
-    slices: str = "tumour"
-    affine_tolerance: float = 1e-3
+    converter: ClassVar[str] = "duke_breast"
+    images: Annotated[Path | None, existing_path()] = None
+    breast_masks: Annotated[Path | None, existing_path()] = None
+    tumour_masks: Annotated[Path | None, existing_path()] = None
+    boxes: Annotated[Path | None, existing_path()] = None
+    post_phases: Annotated[int, integer_in(1, 4)] = 1
+    box_check: Annotated[bool, boolean()] = True
+    slices: Annotated[str, one_of(*SLICE_CHOICES)] = "tumour"
+    affine_tolerance: Annotated[float, number_in(0.0)] = 1e-3
 
     def fingerprint(self) -> dict[str, Any]:
         """What decides a case's content (the folders themselves may move between runs)."""
         return {"post_phases": self.post_phases, "box_check": self.box_check, "slices": self.slices,
                 "breast_masks": self.breast_masks is not None, "tumour_masks": self.tumour_masks is not None,
                 "boxes": self.boxes is not None}
+
+
+OPTIONS = DukeOptions.option_names()
 
 
 @dataclass
@@ -151,43 +160,22 @@ def _find(src: Path, pattern: str, want_dir: bool) -> Path | None:
     return None
 
 
-def _path_option(options: dict[str, Any], name: str, default: Path | None) -> Path | None:
-    if name not in options:
-        return default
-    path = Path(options[name])
-    if not path.exists():
-        raise MedTextSegError(f"duke_breast converter: option {name}={path}: not found")
-    return path
-
-
 def parse_options(src: Path, options: dict[str, Any]) -> DukeOptions:
-    """Validate ``--option`` strings (or Python values) into :class:`DukeOptions`.
+    """Validate ``--option`` strings (or Python values) into :class:`DukeOptions`; the paths not given are looked
+    for under ``src`` (see the module docstring).
 
     Raises:
         MedTextSegError: an unknown option (with the closest known one), a bad value, a path that does not exist.
     """
-    check_option_names("duke_breast", options, OPTIONS)
-    images = _path_option(options, "images", None)
-    if images is None:
-        images = (src / "Duke-Breast-Cancer-MRI" if (src / "Duke-Breast-Cancer-MRI").is_dir()
-                  else _find(src, "Duke-Breast-Cancer-MRI", True) or src)
-    boxes = _path_option(options, "boxes", None)
-    if boxes is None:
-        boxes = _find(src, "Annotation_Boxes.xlsx", False) or _find(src, "Annotation_Boxes.csv", False)
-    slices = str(options.get("slices", "tumour"))
-    if slices not in SLICE_CHOICES:
-        raise MedTextSegError(f"duke_breast converter: option slices must be one of {', '.join(SLICE_CHOICES)}, "
-                              f"got {slices!r}")
-    post_phases = as_int("duke_breast", "post_phases", options.get("post_phases", 1), 1)
-    if post_phases > 4:
-        raise MedTextSegError(f"duke_breast converter: option post_phases must be 1 to 4, got {post_phases}")
-    return DukeOptions(
-        images=images,
-        breast_masks=_path_option(options, "breast_masks", _find(src, "Segmentation_Masks_NRRD", True)),
-        tumour_masks=_path_option(options, "tumour_masks", _find(src, "segmentations/expert", True)),
-        boxes=boxes, post_phases=post_phases,
-        box_check=as_bool("duke_breast", "box_check", options.get("box_check", True)), slices=slices,
-        affine_tolerance=as_float("duke_breast", "affine_tolerance", options.get("affine_tolerance", 1e-3), 0.0))
+    parsed = DukeOptions.parse(options)
+    found = {
+        "images": parsed.images or (src / "Duke-Breast-Cancer-MRI" if (src / "Duke-Breast-Cancer-MRI").is_dir()
+                                    else _find(src, "Duke-Breast-Cancer-MRI", True) or src),
+        "boxes": parsed.boxes or _find(src, "Annotation_Boxes.xlsx", False) or _find(src, "Annotation_Boxes.csv",
+                                                                                     False),
+        "breast_masks": parsed.breast_masks or _find(src, "Segmentation_Masks_NRRD", True),
+        "tumour_masks": parsed.tumour_masks or _find(src, "segmentations/expert", True)}
+    return parsed.model_copy(update=found)
 
 
 # -------------------------------------------------------------------- dynamic series

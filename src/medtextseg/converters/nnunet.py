@@ -36,22 +36,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import numpy as np
 
+from medtextseg.converters.option_values import ConverterOptions, number_in, one_of, rule
 from medtextseg.converters.registry import register
 from medtextseg.utils.errors import MedTextSegError, refuse_same_folder
 from medtextseg.utils.json_files import read_json
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
     from medtextseg.converters.writer import ConversionSummary, DatasetWriter
     from medtextseg.data.vocabulary import PromptVocabulary
 
 READABLE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-OPTIONS = ("rename", "regions", "slices", "affine_tolerance")
 
 
 @dataclass
@@ -211,36 +211,49 @@ def read_msd_source(src: Path) -> SourceDataset:
 
 
 # -------------------------------------------------------------------- options
-def _pairs(text: str, option: str, example: str) -> list[tuple[str, str]]:
+def _pairs(value: Any) -> tuple[tuple[str, str], ...]:
+    """``"a:b, c:d"`` -> ``(("a", "b"), ("c", "d"))``."""
     pairs = []
-    for item in filter(None, (part.strip() for part in text.split(","))):
+    for item in filter(None, (part.strip() for part in str(value).split(","))):
         left, sep, right = item.partition(":")
         if not sep or not left.strip() or not right.strip():
-            raise MedTextSegError(f"--option {option}={text}: expected {example}")
+            raise ValueError(item)
         pairs.append((left.strip(), right.strip()))
-    return pairs
+    return tuple(pairs)
 
 
-def apply_options(source: SourceDataset, options: dict[str, str]) -> tuple[str, float]:
-    """Apply ``rename`` and ``regions`` to ``source.classes``; return (slices, affine_tolerance).
+def _regions(value: Any) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """``"whole_tumour:1+2+3"`` -> ``(("whole_tumour", (1, 2, 3)),)``."""
+    return tuple((name, tuple(sorted({int(v) for v in text.split("+")}))) for name, text in _pairs(value))
+
+
+class LabelledOptions(ConverterOptions):
+    """The options of the converters of labelled layouts (see the module docstring)."""
+
+    converter: ClassVar[str] = "nnunet"
+    rename: Annotated[tuple[tuple[str, str], ...], rule("OLD:NEW,... e.g. cancer:liver_tumour", _pairs)] = ()
+    regions: Annotated[tuple[tuple[str, tuple[int, ...]], ...],
+                       rule("NAME:V+V,... e.g. whole_tumour:1+2+3", _regions)] = ()
+    slices: Annotated[str, one_of("foreground", "all")] = "foreground"
+    affine_tolerance: Annotated[float, number_in(0.0)] = 1e-3
+
+
+OPTIONS = LabelledOptions.option_names()
+
+
+def apply_options(source: SourceDataset, options: LabelledOptions) -> None:
+    """Apply ``rename`` and ``regions`` to ``source.classes``.
 
     Raises:
-        MedTextSegError: an unknown option key, a malformed value, an unknown class or label value.
+        MedTextSegError: an unknown class or label value, a name taken twice.
     """
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise MedTextSegError(f"--option {unknown[0]}: unknown option; this converter takes {', '.join(OPTIONS)}")
-    for old, new in _pairs(options.get("rename", ""), "rename", "OLD:NEW,... e.g. cancer:liver_tumour"):
+    for old, new in options.rename:
         if old not in source.classes:
             raise MedTextSegError(f"--option rename: no class {old!r}; classes are {', '.join(source.classes)}")
         if new in source.classes and new != old:
             raise MedTextSegError(f"--option rename: class {new!r} already exists")
         source.classes = {(new if name == old else name): v for name, v in source.classes.items()}
-    for name, text in _pairs(options.get("regions", ""), "regions", "NAME:V+V,... e.g. whole_tumour:1+2+3"):
-        try:
-            members = tuple(sorted({int(v) for v in text.split("+")}))
-        except ValueError:
-            raise MedTextSegError(f"--option regions: {name}:{text} must list label values joined by '+'") from None
+    for name, members in options.regions:
         undeclared = [v for v in members if v not in source.values or v == 0]
         if undeclared:
             raise MedTextSegError(f"--option regions: {name} names label value {undeclared[0]}, not a class "
@@ -248,15 +261,6 @@ def apply_options(source: SourceDataset, options: dict[str, str]) -> tuple[str, 
         if name in source.classes:
             raise MedTextSegError(f"--option regions: class {name!r} already exists")
         source.classes[name] = members
-    slices = options.get("slices", "foreground")
-    if slices not in ("foreground", "all"):
-        raise MedTextSegError(f"--option slices={slices}: expected 'foreground' or 'all'")
-    try:
-        tolerance = float(options.get("affine_tolerance", 1e-3))
-    except ValueError:
-        raise MedTextSegError(f"--option affine_tolerance={options['affine_tolerance']}: expected a number "
-                              "of millimetres") from None
-    return slices, tolerance
 
 
 def output_labels(source: SourceDataset) -> dict[str, int]:
@@ -432,11 +436,16 @@ def output_vocabulary(dst: Path, classes: list[str], overwrite: bool,
 
 
 def convert_labelled(source: SourceDataset, src: Path, dst: Path, converter: str, *, overwrite: bool,
-                     spatial_dims: int, options: dict[str, str]) -> ConversionSummary:
-    """Write ``source`` into ``dst`` case by case (resumable, idempotent; bad cases skipped with a reason)."""
+                     spatial_dims: int, options: Mapping[str, Any] | LabelledOptions) -> ConversionSummary:
+    """Write ``source`` into ``dst`` case by case (resumable, idempotent; bad cases skipped with a reason).
+
+    ``options``: ``--option`` strings or Python values, or options already parsed.
+    """
     from medtextseg.converters.writer import DatasetWriter, group_splits
 
-    slices, tolerance = apply_options(source, options)
+    opts = options if isinstance(options, LabelledOptions) else LabelledOptions.parse(options, converter)
+    apply_options(source, opts)
+    slices, tolerance = opts.slices, opts.affine_tolerance
     if spatial_dims not in (2, 3):
         raise MedTextSegError(f"--spatial-dims must be 2 or 3, got {spatial_dims}")
     if not source.classes:
@@ -483,5 +492,5 @@ convert_msd = register_labelled(
            "per case and class", read_msd_source)
 
 
-__all__ = ["convert_labelled", "convert_msd", "convert_nnunet", "output_vocabulary", "read_msd_source",
-           "read_nnunet_source", "register_labelled"]
+__all__ = ["OPTIONS", "LabelledOptions", "apply_options", "convert_labelled", "convert_msd", "convert_nnunet",
+           "output_vocabulary", "read_msd_source", "read_nnunet_source", "register_labelled"]

@@ -68,19 +68,24 @@ import csv
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import numpy as np
 
-from medtextseg.converters.option_values import as_bool, as_float, as_int, check_option_names
+from medtextseg.converters.option_values import (
+    ConverterOptions,
+    boolean,
+    integer_in,
+    number_in,
+    one_of,
+    optional_path,
+)
 from medtextseg.converters.registry import register
 from medtextseg.utils.errors import MedTextSegError, refuse_same_folder
 
 if TYPE_CHECKING:
     from medtextseg.converters.writer import ConversionSummary, DatasetWriter
 
-OPTIONS = ("images", "labels", "lesion_set", "include_negative", "large_ml", "max_lesions", "gland",
-           "affine_tolerance")
 SEQUENCES = ("t2w", "adc", "hbv")
 CHANNEL_NAMES = ["T2W", "ADC", "HBV"]
 IGNORED_SEQUENCES = ("cor", "sag")
@@ -95,31 +100,35 @@ ANATOMY_PROMPT = "segment the prostate gland"
 _ORDINALS = ("largest", "second largest", "third largest")
 
 
-@dataclass(frozen=True)
-class PicaiOptions:
-    """The converter's options after parsing (see the module docstring)."""
+class PicaiOptions(ConverterOptions):
+    """The converter's options (see the module docstring); ``images`` and ``labels`` are resolved by
+    :func:`parse_options`."""
 
-    images: Path
-    labels: Path
-    lesion_set: str = "human_expert"
-    include_negative: bool = True
-    large_ml: float = 0.5
-    max_lesions: int = 10
-    gland: bool = True
-    affine_tolerance: float = 1e-3
+    converter: ClassVar[str] = "picai"
+    images: Annotated[Path | None, optional_path()] = None
+    labels: Annotated[Path | None, optional_path()] = None
+    lesion_set: Annotated[str, one_of(*LESION_SETS)] = "human_expert"
+    include_negative: Annotated[bool, boolean()] = True
+    large_ml: Annotated[float, number_in(0.0)] = 0.5
+    max_lesions: Annotated[int, integer_in(1)] = 10
+    gland: Annotated[bool, boolean()] = True
+    affine_tolerance: Annotated[float, number_in(0.0)] = 1e-3
 
     @property
     def lesion_dir(self) -> Path:
-        return self.labels / LESION_SETS[self.lesion_set]
+        return self.labels / LESION_SETS[self.lesion_set]  # type: ignore[operator]
 
     @property
     def gland_dir(self) -> Path:
-        return self.labels / GLAND_DIR
+        return self.labels / GLAND_DIR  # type: ignore[operator]
 
     def fingerprint(self) -> dict[str, Any]:
         """What decides the content of a case (the folders may move between runs)."""
         return {"lesion_set": self.lesion_set, "include_negative": self.include_negative,
                 "large_ml": self.large_ml, "max_lesions": self.max_lesions, "gland": self.gland}
+
+
+OPTIONS = PicaiOptions.option_names()
 
 
 @dataclass
@@ -158,34 +167,23 @@ def _default_labels(src: Path) -> Path:
 
 
 def parse_options(src: Path, options: dict[str, Any]) -> PicaiOptions:
-    """Validate ``--option`` strings (or Python values) into :class:`PicaiOptions`.
+    """Validate ``--option`` strings (or Python values) into :class:`PicaiOptions`, its folders found.
 
     Raises:
         MedTextSegError: an unknown option (with the known ones), a bad value, or a labels folder without the
             lesion delineations of ``lesion_set``.
     """
-    check_option_names("picai", options, OPTIONS)
-    lesion_set = str(options.get("lesion_set", "human_expert"))
-    lesion_set = {"ai": "AI"}.get(lesion_set.lower(), lesion_set)
-    if lesion_set not in LESION_SETS:
-        raise MedTextSegError(f"--option lesion_set={options['lesion_set']}: expected human_expert or AI")
-    images = Path(options["images"]) if "images" in options else (
-        src / "images" if (src / "images").is_dir() else src)
+    parsed = PicaiOptions.parse(options)
+    images = parsed.images or (src / "images" if (src / "images").is_dir() else src)
     if not images.is_dir():
         raise MedTextSegError(f"--option images={images}: folder not found")
-    labels = Path(options["labels"]) if "labels" in options else _default_labels(src)
+    labels = parsed.labels or _default_labels(src)
     if not labels.is_dir():
         raise MedTextSegError(f"--option labels={labels}: folder not found")
-    parsed = PicaiOptions(
-        images=images, labels=labels, lesion_set=lesion_set,
-        include_negative=as_bool("picai", "include_negative", options.get("include_negative", True)),
-        large_ml=as_float("picai", "large_ml", options.get("large_ml", 0.5), 0.0),
-        max_lesions=as_int("picai", "max_lesions", options.get("max_lesions", 10), 1),
-        gland=as_bool("picai", "gland", options.get("gland", True)),
-        affine_tolerance=as_float("picai", "affine_tolerance", options.get("affine_tolerance", 1e-3), 0.0))
+    parsed = parsed.model_copy(update={"images": images, "labels": labels})
     if not parsed.lesion_dir.is_dir():
         raise MedTextSegError(f"{parsed.lesion_dir}: folder not found (--option labels must be the picai_labels "
-                              f"repository, with lesion_set={lesion_set})")
+                              f"repository, with lesion_set={parsed.lesion_set})")
     return parsed
 
 

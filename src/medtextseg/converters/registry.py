@@ -6,16 +6,19 @@ A converter is a function in a module of this package, registered with its name:
     def convert_nnunet(src: Path, dst: Path, *, overwrite: bool, spatial_dims: int, **options: str
                        ) -> ConversionSummary: ...
 
-``options`` are the ``--option KEY=VALUE`` strings of ``medtextseg convert``; a converter rejects keys it does not
-know with a :class:`MedTextSegError` listing those it does.
+``options`` are the ``--option KEY=VALUE`` strings of ``medtextseg convert``; a converter parses them with its
+:class:`~medtextseg.converters.option_values.ConverterOptions` model, which rejects keys it does not know with a
+:class:`MedTextSegError` listing those it does. A converter that only reads a layout into a
+:class:`~medtextseg.converters.nnunet.SourceDataset` registers with
+:func:`~medtextseg.converters.nnunet.register_labelled` instead.
 
 Discovery: the first call to :func:`converters` (or :func:`get_converter`) imports every module of
-``medtextseg.converters`` except ``registry``, ``writer`` and ``option_values``, so a new converter module
-registers itself just by existing: no list to keep up to date, no import to forget. The CLI builds ``convert
+``medtextseg.converters`` except ``registry``, ``writer`` and ``option_values``, so a new converter
+module registers itself just by existing: no list to keep up to date, no import to forget. The CLI builds ``convert
 --help`` from it, so converter modules must import only light modules at their top (the standard library, numpy,
-:mod:`..writer`) and the heavy ones (nibabel, SimpleITK, torch) inside their functions. A module that fails to
-import does not break the other converters or the rest of the CLI: it is listed by :func:`broken_modules` with its
-error, and shown there.
+pydantic, :mod:`..writer`, :mod:`..option_values`) and the heavy ones (nibabel, SimpleITK, torch) inside their
+functions. A module that fails to import does not break the other converters or the rest of the CLI: it is listed by
+:func:`broken_modules` with its error, and shown there.
 """
 
 from __future__ import annotations
