@@ -54,7 +54,6 @@ Example:
 
 from __future__ import annotations
 
-import csv
 import io
 import re
 import zipfile
@@ -340,6 +339,8 @@ def read_patients(path: Path) -> dict[str, str]:
     Raises:
         MedTextSegError: neither a folder of ``.mat`` files nor a CSV with ``image`` and ``patient`` columns.
     """
+    from medtextseg.converters.tables import read_records
+
     table: dict[str, str] = {}
     if path.is_dir():
         items = find_mat_slices(path)
@@ -353,8 +354,7 @@ def read_patients(path: Path) -> dict[str, str]:
         return table
     if not path.is_file():
         raise MedTextSegError(f"--option patients={path}: not found (a folder of figshare .mat files, or a .csv)")
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = read_records(path)
     if rows and not {"image", "patient"} <= set(rows[0]):
         raise MedTextSegError(f"{path}: expected columns image and patient, got {', '.join(rows[0])}")
     for row in rows:

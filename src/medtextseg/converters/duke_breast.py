@@ -72,14 +72,11 @@ Example:
 
 from __future__ import annotations
 
-import csv
 import functools
 import re
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
-from xml.etree import ElementTree
 
 import numpy as np
 
@@ -238,48 +235,6 @@ def find_dce_phases(patient: Path, needed: int) -> dict[int, tuple[Path, str, li
 
 
 # -------------------------------------------------------------------- annotation boxes
-_SHEET_NS = "{http://schemas.openxmlformats.org/spreadsheetml/2006/main}"
-
-
-def _column_index(letters: str) -> int:
-    """``A`` -> 0, ``Z`` -> 25, ``AA`` -> 26."""
-    index = 0
-    for letter in letters:
-        index = index * 26 + ord(letter) - ord("A") + 1
-    return index - 1
-
-
-def _xlsx_rows(path: Path) -> list[list[str]]:
-    """The cell texts of the first worksheet of an ``.xlsx`` file, row by row (standard library only)."""
-    with zipfile.ZipFile(path) as archive:
-        names = archive.namelist()
-        shared = []
-        if "xl/sharedStrings.xml" in names:
-            root = ElementTree.fromstring(archive.read("xl/sharedStrings.xml"))
-            shared = ["".join(t.text or "" for t in item.iter(f"{_SHEET_NS}t")) for item in root.iter(f"{_SHEET_NS}si")]
-        sheets = sorted(n for n in names if re.fullmatch(r"xl/worksheets/sheet\d+\.xml", n))
-        if not sheets:
-            raise MedTextSegError(f"{path}: no worksheet found")
-        sheet = "xl/worksheets/sheet1.xml" if "xl/worksheets/sheet1.xml" in sheets else sheets[0]
-        root = ElementTree.fromstring(archive.read(sheet))
-    rows = []
-    for row in root.iter(f"{_SHEET_NS}row"):
-        cells: dict[int, str] = {}
-        for cell in row.iter(f"{_SHEET_NS}c"):
-            letters = re.match(r"[A-Z]+", cell.get("r", ""))
-            column = _column_index(letters.group(0)) if letters else len(cells)
-            kind, value = cell.get("t"), cell.find(f"{_SHEET_NS}v")
-            if kind == "s" and value is not None:
-                text = shared[int(value.text)]
-            elif kind == "inlineStr":
-                text = "".join(t.text or "" for t in cell.iter(f"{_SHEET_NS}t"))
-            else:
-                text = value.text if value is not None and value.text else ""
-            cells[column] = text
-        rows.append([cells.get(c, "") for c in range(max(cells) + 1)] if cells else [])
-    return rows
-
-
 def read_boxes(path: Path) -> dict[str, tuple[int, ...]]:
     """``Annotation_Boxes.xlsx`` / ``.csv`` -> patient id -> (start row, end row, start column, end column, start
     slice, end slice), 1-based as in the file.
@@ -287,14 +242,9 @@ def read_boxes(path: Path) -> dict[str, tuple[int, ...]]:
     Raises:
         MedTextSegError: no header row with ``Patient ID`` and the six box columns, or a non-integer box value.
     """
-    try:
-        if path.suffix.lower() == ".xlsx":
-            rows = _xlsx_rows(path)
-        else:
-            with path.open(newline="", encoding="utf-8-sig") as handle:
-                rows = list(csv.reader(handle))
-    except (OSError, zipfile.BadZipFile, ElementTree.ParseError) as error:
-        raise MedTextSegError(f"{path}: cannot read ({type(error).__name__}: {error})") from None
+    from medtextseg.converters.tables import read_rows
+
+    rows = read_rows(path)
     headers = [[" ".join(cell.lower().split()) for cell in row] for row in rows]
     number = next((n for n, names in enumerate(headers)
                    if all(column in names for column in ("patient id", *BOX_COLUMNS))), None)

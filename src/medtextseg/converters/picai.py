@@ -64,7 +64,6 @@ Example:
 
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -229,11 +228,12 @@ def read_marksheet(path: Path) -> dict[str, dict[str, Any]]:
     Raises:
         MedTextSegError: the file has no ``patient_id`` and ``study_id`` columns.
     """
+    from medtextseg.converters.tables import read_records
+
     if not path.is_file():
         return {}
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        rows = list(csv.DictReader(handle))
-        columns = rows[0].keys() if rows else ()
+    rows = read_records(path)
+    columns = rows[0].keys() if rows else ()
     if rows and not {"patient_id", "study_id"} <= set(columns):
         raise MedTextSegError(f"{path}: expected columns patient_id and study_id, got {', '.join(columns)}")
     table = {}

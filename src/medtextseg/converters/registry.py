@@ -13,7 +13,7 @@ A converter is a function in a module of this package, registered with its name:
 :func:`~medtextseg.converters.nnunet.register_labelled` instead.
 
 Discovery: the first call to :func:`converters` (or :func:`get_converter`) imports every module of
-``medtextseg.converters`` except ``registry``, ``writer`` and ``option_values``, so a new converter
+``medtextseg.converters`` except ``registry``, ``writer``, ``option_values`` and ``tables``, so a new converter
 module registers itself just by existing: no list to keep up to date, no import to forget. The CLI builds ``convert
 --help`` from it, so converter modules must import only light modules at their top (the standard library, numpy,
 pydantic, :mod:`..writer`, :mod:`..option_values`) and the heavy ones (nibabel, SimpleITK, torch) inside their
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 ConverterFunction = Callable[..., "ConversionSummary"]
 
-_NOT_CONVERTERS = frozenset({"registry", "writer", "option_values"})
+_NOT_CONVERTERS = frozenset({"registry", "writer", "option_values", "tables"})
 
 
 @dataclass(frozen=True)
