@@ -11,15 +11,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from typer.testing import CliRunner
 
-from medtextseg.cli import app
+from converter_cli import cli_convert, printed
 from medtextseg.converters.chaos import convert_chaos
 from medtextseg.data.layout import load_dataset, verify_dataset
 from medtextseg.utils.errors import MedTextSegError
 from test_dicom_series import series_affine, write_series
 
-runner = CliRunner()
 SHAPE = (16, 14, 6)  # [X = columns, Y = rows, Z] (512 x 512 x ~90 CT, 256 x 256 x ~30 MR in the release)
 CT_ORIGIN, MR_ORIGIN = (-180.0, -200.0, -300.0), (-150.0, -120.0, 20.0)  # LPS mm of the lowest slice
 CT_SPACING, MR_SPACING = (0.7, 0.7, 3.0), (1.5, 1.5, 6.0)
@@ -85,15 +83,13 @@ def release(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def ct(release, tmp_path_factory):
     dst = tmp_path_factory.mktemp("out") / "chaos_ct"
-    result = runner.invoke(app, ["convert", "chaos", "--src", str(release), "--dst", str(dst),
-                                 "--option", "modality=CT"])
-    return dst, result
+    return dst, cli_convert("chaos", release, dst, modality="CT")
 
 
 def test_ct_keeps_the_series_grid_and_pairs_masks_by_file_name(ct):
     dst, result = ct
     assert result.exit_code == 0, result.output
-    assert f"1 cases in {dst} (1 converted, 0 already done); 1 skipped" in " ".join(result.output.split())
+    assert f"1 cases in {dst} (1 converted, 0 already done); 1 skipped" in printed(result)
     layout = load_dataset(dst)
     verify_dataset(layout)
     assert layout.channel_names == ["CT"] and layout.labels == {"background": 0, "liver": 1}
@@ -119,16 +115,12 @@ def test_a_case_whose_masks_do_not_match_its_slices_is_skipped_by_name(ct, relea
     assert skipped == {"chaos_ct_02": f"{ground}: 5 PNG masks for 6 DICOM slices in {ground.parent}/DICOM_anon"}
 
 
-def test_a_second_run_rewrites_nothing_and_another_modality_is_refused(ct, release):
+def test_src_may_be_train_sets_the_modality_in_any_case_and_another_modality_is_refused(ct, release):
     dst, _ = ct
-    stamp = (dst / "imagesTr" / "chaos_ct_01_0000.nii.gz").stat().st_mtime_ns
-    result = runner.invoke(app, ["convert", "chaos", "--src", str(release / "Train_Sets"), "--dst", str(dst),
-                                 "--option", "modality=ct"])
+    result = cli_convert("chaos", release / "Train_Sets", dst, modality="ct")
     assert result.exit_code == 0, result.output
-    assert f"1 cases in {dst} (0 converted, 1 already done); 1 skipped" in " ".join(result.output.split())
-    assert (dst / "imagesTr" / "chaos_ct_01_0000.nii.gz").stat().st_mtime_ns == stamp
-    result = runner.invoke(app, ["convert", "chaos", "--src", str(release), "--dst", str(dst),
-                                 "--option", "modality=T2SPIR"])
+    assert f"1 cases in {dst} (0 converted, 1 already done); 1 skipped" in printed(result)
+    result = cli_convert("chaos", release, dst, modality="T2SPIR")
     assert result.exit_code == 2 and "was converted with other chaos options (modality differ)" in result.output
 
 

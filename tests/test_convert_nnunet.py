@@ -2,6 +2,7 @@
 converter registry and the `convert` command."""
 
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -38,9 +39,8 @@ def save(array: np.ndarray, path, affine=AFFINE) -> None:
     nib.save(nib.Nifti1Image(array, affine), str(path))
 
 
-@pytest.fixture
-def nnunet_source(tmp_path):
-    src = tmp_path / "Dataset007_Tiny"
+def make_nnunet_source(root: Path) -> Path:
+    src = root / "Dataset007_Tiny"
     for case in range(3):
         for channel in range(2):
             save(image_array(case, channel), src / "imagesTr" / f"tiny_{case:03d}_{channel:04d}.nii.gz")
@@ -51,13 +51,17 @@ def nnunet_source(tmp_path):
     return src
 
 
+@pytest.fixture
+def nnunet_source(tmp_path):
+    return make_nnunet_source(tmp_path)
+
+
 MSD_LABELS = {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"}
 
 
-@pytest.fixture
-def msd_source(tmp_path):
+def make_msd_source(root: Path) -> Path:
     """Task01_BrainTumour in miniature: 4D [X, Y, Z, 4] images, 3D labels, MSD dataset.json."""
-    src = tmp_path / "Task01_BrainTumour"
+    src = root / "Task01_BrainTumour"
     training = []
     for case in range(3):
         image = np.stack([image_array(case, channel) for channel in range(4)], axis=-1)
@@ -74,6 +78,11 @@ def msd_source(tmp_path):
         "modality": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"}, "labels": MSD_LABELS,
         "numTraining": 3, "numTest": 0, "training": training, "test": []}))
     return src
+
+
+@pytest.fixture
+def msd_source(tmp_path):
+    return make_msd_source(tmp_path)
 
 
 def prompts_of(layout, case):
@@ -105,21 +114,6 @@ def test_nnunet_dataset_becomes_one_prompt_per_case_and_class(nnunet_source, tmp
     assert absent["liver"].kind == "anatomy" and len(layout.cases["tiny_001"].prompts) == 2
     assert layout.vocabulary.synonyms["kidney_left"] == ("left kidney", "left renal parenchyma")
     assert layout.vocabulary.synonyms["liver"][0] == "liver"
-
-
-def test_second_run_converts_nothing_and_a_lost_record_is_redone(nnunet_source, tmp_path):
-    dst = tmp_path / "out"
-    convert_nnunet(nnunet_source, dst)
-    image = dst / "imagesTr" / "tiny_000_0000.nii.gz"
-    stamp = image.stat().st_mtime_ns
-    again = convert_nnunet(nnunet_source, dst)
-    assert again.converted == [] and again.already_done == ["tiny_000", "tiny_001", "tiny_002"]
-    assert image.stat().st_mtime_ns == stamp  # not rewritten
-    (dst / ".convert" / "tiny_001.json").unlink()  # as if killed while writing tiny_001
-    resumed = convert_nnunet(nnunet_source, dst)
-    assert resumed.converted == ["tiny_001"] and resumed.already_done == ["tiny_000", "tiny_002"]
-    assert len(load_dataset(dst).cases["tiny_001"].prompts) == 2
-    assert convert_nnunet(nnunet_source, dst, overwrite=True).converted == ["tiny_000", "tiny_001", "tiny_002"]
 
 
 def test_bad_cases_are_skipped_by_name_and_the_others_converted(nnunet_source, tmp_path):
