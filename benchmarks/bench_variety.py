@@ -13,10 +13,11 @@ then, as a user would from the README:
    scored on the same prompts with the same metrics: it answers every lesion prompt with all lesions and cannot
    answer anatomy prompts.
 
-The table: Dice per prompt group (``single`` = one lesion in a one-lesion case, ``single_2plus`` = one named
-lesion among 2-3), absent targets answered empty, and Dice over seen vs unseen wordings. Everything is written to
-``OUT/results.{json,md}``; each variant's folder keeps the dataset, the runs and the evaluations. Runs resume:
-a finished step is not redone.
+The table: Dice per prompt group on the prompts in wordings training used (``single`` = one lesion in a
+one-lesion case, ``single_2plus`` = one named lesion among 2-3), absent targets answered empty, and Dice over
+all seen vs all unseen wordings (each group's Dice on unseen wordings is in ``results.json``). Everything is
+written to ``OUT/results.{json,md}``; each variant's folder keeps the dataset, the runs and the evaluations.
+Runs resume: a finished step is not redone.
 """
 
 from __future__ import annotations
@@ -151,13 +152,23 @@ def score_unet(model: UNet, data: Path, config: Config) -> list[dict]:
 
 
 def summary(records: list[dict], wording: dict[tuple[str, str], str]) -> dict[str, float]:
-    """Mean Dice per group, absent targets answered empty, and Dice over seen / unseen wordings."""
+    """Mean Dice per group on prompts in seen wording, absent targets answered empty (seen wording), and Dice
+    over all seen / all unseen wordings.
+
+    Groups are scored on seen wordings only, so that a wording the text encoder does not know is not counted as
+    a lesion the network failed to find (the text-blind UNet is unaffected by wording either way); the
+    ``seen`` / ``unseen`` columns show the wording's effect over every prompt kind, and ``{group}_unseen``
+    (in the JSON) each group's Dice on unseen wordings; ``n_{group}`` the number of prompts behind each mean.
+    """
     groups: dict[str, list[float]] = defaultdict(list)
     for record in records:
-        groups[record["group"]].append(record["dice"])
-        groups[wording.get((record["case"], record["prompt"]), "seen")].append(record["dice"])
+        phrasing = wording.get((record["case"], record["prompt"]), "seen")
+        groups[record["group"] if phrasing == "seen" else f"{record['group']}_unseen"].append(record["dice"])
+        groups[phrasing].append(record["dice"])
     row = {name: float(np.mean(values)) for name, values in groups.items()}
+    row |= {f"n_{name}": len(values) for name, values in groups.items()}  # prompts behind each mean
     row["absent_empty"] = row.pop("absent", None)  # absent: Dice 1 exactly when the answer is empty
+    row["absent_empty_unseen"] = row.pop("absent_unseen", None)
     return row
 
 
@@ -203,7 +214,8 @@ def main() -> None:
         rows.append(common | {"model": f"MONAI UNet, text-blind ({unet_steps} steps)", **theirs})
     write_results(rows, ["variant", "spacing", "patch", "model", "minutes", "single", "single_2plus", "all",
                          "absent_empty", "anatomy", "seen", "unseen"], args.out,
-                  "The default on data it was not tuned on, against a text-blind MONAI UNet given the same time")
+                  "The default on data it was not tuned on, against a text-blind MONAI UNet given the same time "
+                  "(prompt groups: seen wordings)")
 
 
 if __name__ == "__main__":
