@@ -487,20 +487,26 @@ def compare(
     evaluations: Annotated[list[str], typer.Argument(help="NAME=EVALUATION_FOLDER pairs")],
     out: Annotated[Path, typer.Option("--out", "-o", help="report folder")] = Path("report"),
 ) -> None:
-    """Put several evaluations side by side (e.g. text-guided vs image-only): tables, bar chart, loss curves."""
+    """Put several evaluations side by side (e.g. text-guided vs image-only): tables, bar chart, loss curves;
+    and, where they scored the same prompts, a paired test per prompt group against the first (paired_dice.md)."""
     import json
 
     from medtextseg.evaluation.report import write_comparison
+    from medtextseg.study.prompt_pairs import write_paired_comparison
     from medtextseg.utils.errors import MedTextSegError
 
-    summaries = {}
+    summaries, per_prompt = {}, {}
     for name, folder in key_value_pairs(evaluations, "evaluation", "NAME=EVALUATION_FOLDER").items():
         path = Path(folder) / "summary.json"
         if not path.is_file():
             raise MedTextSegError(f"{path}: not found (run `medtextseg evaluate` first)")
         summaries[name] = json.loads(path.read_text())
+        if (Path(folder) / "metrics_per_prompt.json").is_file():
+            per_prompt[name] = json.loads((Path(folder) / "metrics_per_prompt.json").read_text())
     write_comparison(summaries, out)
     typer.echo((out / "comparison_dice.md").read_text() if (out / "comparison_dice.md").is_file() else "")
+    if len(per_prompt) == len(summaries) >= 2:
+        typer.echo(write_paired_comparison(per_prompt, out).read_text())
     typer.echo(f"report in {out}")
 
 
