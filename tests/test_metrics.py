@@ -368,3 +368,41 @@ def test_summary_group_named_like_the_overall_row_raises():
 def test_summary_of_nothing_raises():
     with pytest.raises(MedTextSegError, match=r"records is empty"):
         summarize([])
+
+
+def test_maximum_hausdorff_is_set_by_one_stray_voxel_where_hd95_is_not():
+    target = np.zeros((40, 40, 4), bool)
+    target[5:25, 5:25, 1:3] = True
+    prediction = target.copy()
+    prediction[38, 38, 3] = True  # one false-positive voxel far away: ~19 voxels from the box's corner
+    m = segmentation_metrics(prediction, target, spacing=(2.0, 2.0, 3.0))
+    corner = math.dist((38 * 2.0, 38 * 2.0, 3 * 3.0), (24 * 2.0, 24 * 2.0, 2 * 3.0))
+    assert m["hd"] == pytest.approx(corner)  # the maximum, in mm
+    assert m["hd95"] < 2.0 < m["hd"]  # the 95th percentile ignores one voxel of a large surface
+    assert segmentation_metrics(target, target, spacing=(1, 1, 1))["hd"] == 0.0
+    assert segmentation_metrics(np.zeros_like(target), target, spacing=(1, 1, 1))["hd"] == math.inf
+
+
+def test_summaries_of_records_written_before_the_maximum_hausdorff_leave_it_empty():
+    target = np.zeros((8, 8, 2), bool)
+    target[2:6, 2:6] = True
+    record = {"kind": "anatomy", **segmentation_metrics(target, target, spacing=(1, 1, 1))}
+    old = {key: value for key, value in record.items() if key != "hd"}
+    [row, overall] = summarize([old])
+    assert row["hd_mean"] is None and row["hd_inf"] is None and row["hd95_mean"] == 0.0
+    assert summarize([record])[0]["hd_mean"] == 0.0
+
+
+def test_class_means_weigh_every_class_alike():
+    target = np.zeros((8, 8, 2), bool)
+    target[2:6, 2:6] = True
+    perfect = segmentation_metrics(target, target, spacing=(1, 1, 1))
+    missed = segmentation_metrics(np.zeros_like(target), target, spacing=(1, 1, 1))
+    # three prompts of a frequent class answered perfectly, one of a rare class missed
+    records = [{"kind": "anatomy", "class": "gland", **perfect}] * 3 + [{"kind": "anatomy", "class": "apex", **missed}]
+    overall = summarize(records)[-1]
+    assert overall["dice_mean"] == pytest.approx(0.75)  # per prompt
+    assert overall["dice_class_mean"] == pytest.approx(0.5) and overall["iou_class_mean"] == pytest.approx(0.5)
+    assert overall["classes"] == 2
+    without_class = [{k: v for k, v in r.items() if k != "class"} for r in records]  # falls back to the group
+    assert summarize(without_class)[-1]["dice_class_mean"] == pytest.approx(0.75)

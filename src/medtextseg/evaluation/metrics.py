@@ -22,10 +22,10 @@ MONAI returns nan or inf when a mask is empty. Text prompts make empty masks ord
 ("the lesion in the left apex" when there is none) has an empty target, and the correct answer is an
 empty prediction. So every case is decided here, explicitly, and no metric is ever nan::
 
-    masks                                  dice=f1  iou  precision  recall  nsd  hd95  assd  kappa  pixel_accuracy
-    both empty (a correct answer)             1      1      1         1      1    0     0     1         1
-    only the target empty (false positive)    0      0      0         1      0    inf   inf   0     1 - FP / N
-    only the prediction empty (a miss)        0      0      1         0      0    inf   inf   0     1 - FN / N
+    masks                                  dice=f1  iou  precision  recall  nsd  hd95, hd, assd  kappa  pixel_accuracy
+    both empty (a correct answer)             1      1      1         1      1         0          1         1
+    only the target empty (false positive)    0      0      0         1      0        inf         0     1 - FP / N
+    only the prediction empty (a miss)        0      0      1         0      0        inf         0     1 - FN / N
     neither empty                          MONAI's values, all finite; kappa and accuracy from the counts
 
 * Precision and recall use vacuous truth when their denominator is zero: with nothing predicted no
@@ -59,8 +59,12 @@ OVERLAP_METRICS: tuple[str, ...] = ("dice", "iou", "precision", "recall", "nsd",
 #: Overlap metrics a record may lack (records written before they existed) or hold as None
 #: (``average_precision`` without a probability map); :func:`summarize` then reports their mean as None.
 OPTIONAL_METRICS: tuple[str, ...] = ("f1", "pixel_accuracy", "kappa", "average_precision")
-#: Distance metrics in mm (lower is better); may be inf, see the module docstring.
-DISTANCE_METRICS: tuple[str, ...] = ("hd95", "assd")
+#: Distance metrics in mm (lower is better); may be inf, see the module docstring. ``hd`` is the maximum
+#: (100th percentile) Hausdorff distance, which FiLM/CBN reports; one stray voxel far away sets it, so hd95 is
+#: the robust one.
+DISTANCE_METRICS: tuple[str, ...] = ("hd95", "hd", "assd")
+#: Distance metrics a record may lack (records written before they existed); their summary is then None.
+OPTIONAL_DISTANCE_METRICS: tuple[str, ...] = ("hd",)
 #: Keys of the dict returned by :func:`segmentation_metrics` (all overlap metrics but ``average_precision``,
 #: which needs the probability map: add ``record["average_precision"] = average_precision(...)`` yourself).
 METRIC_KEYS: tuple[str, ...] = (*(name for name in OVERLAP_METRICS if name != "average_precision"),
@@ -184,9 +188,9 @@ def segmentation_metrics(prediction: np.ndarray, target: np.ndarray, spacing: Se
     Returns:
         ``dice``, ``iou``, ``precision``, ``recall``, ``nsd``, ``f1`` (equal to ``dice``), ``pixel_accuracy``
         (floats in [0, 1]) and ``kappa`` (Cohen's, in [-1, 1]); ``hd95`` (95th percentile symmetric Hausdorff
-        distance, mm) and ``assd`` (average symmetric surface distance, mm), floats that are inf when exactly
-        one mask is empty; ``pred_voxels``, ``target_voxels`` (int); ``pred_empty``, ``target_empty``
-        (bool). Empty masks follow the module docstring's table.
+        distance, mm), ``hd`` (the maximum one, mm) and ``assd`` (average symmetric surface distance, mm),
+        floats that are inf when exactly one mask is empty; ``pred_voxels``, ``target_voxels`` (int);
+        ``pred_empty``, ``target_empty`` (bool). Empty masks follow the module docstring's table.
 
     Raises:
         MedTextSegError: shapes differ, the masks are not 2D/3D or not binary, or ``spacing`` has the
@@ -206,13 +210,13 @@ def segmentation_metrics(prediction: np.ndarray, target: np.ndarray, spacing: Se
     agreement = _agreement(prediction, target)
     if pred_voxels == 0 and target_voxels == 0:
         return {"dice": 1.0, "iou": 1.0, "precision": 1.0, "recall": 1.0, "nsd": 1.0, "f1": 1.0, **agreement,
-                "hd95": 0.0, "assd": 0.0, **counts}
+                "hd95": 0.0, "hd": 0.0, "assd": 0.0, **counts}
     if target_voxels == 0:
         return {"dice": 0.0, "iou": 0.0, "precision": 0.0, "recall": 1.0, "nsd": 0.0, "f1": 0.0, **agreement,
-                "hd95": math.inf, "assd": math.inf, **counts}
+                "hd95": math.inf, "hd": math.inf, "assd": math.inf, **counts}
     if pred_voxels == 0:
         return {"dice": 0.0, "iou": 0.0, "precision": 1.0, "recall": 0.0, "nsd": 0.0, "f1": 0.0, **agreement,
-                "hd95": math.inf, "assd": math.inf, **counts}
+                "hd95": math.inf, "hd": math.inf, "assd": math.inf, **counts}
 
     # Imported here: MONAI takes seconds to import, and summaries, reports and the CLI's --help need none of it.
     import torch
@@ -243,6 +247,7 @@ def segmentation_metrics(prediction: np.ndarray, target: np.ndarray, spacing: Se
                                         include_background=True, spacing=spacing),
             "hd95": compute_hausdorff_distance(y_pred, y, include_background=True, percentile=95,
                                                spacing=spacing),
+            "hd": compute_hausdorff_distance(y_pred, y, include_background=True, spacing=spacing),
             "assd": compute_average_surface_distance(y_pred, y, include_background=True, symmetric=True,
                                                      spacing=spacing),
         }
@@ -272,10 +277,10 @@ def _summarize_group(group: str, group_by: str, records: list[dict]) -> dict[str
         row[f"{name}_mean"], row[f"{name}_std"] = _mean_std([float(r[name]) for r in records
                                                              if r.get(name) is not None])
     for name in DISTANCE_METRICS:
-        values = [float(r[name]) for r in records]
+        values = [float(r[name]) for r in records if r.get(name) is not None]
         finite = [v for v in values if math.isfinite(v)]
         row[f"{name}_mean"], row[f"{name}_std"] = _mean_std(finite)
-        row[f"{name}_inf"] = len(values) - len(finite)
+        row[f"{name}_inf"] = len(values) - len(finite) if values else None
     empty_target = [r for r in records if bool(r["target_empty"])]
     row["n_empty_target"] = len(empty_target)
     row["empty_correct"] = (sum(bool(r["pred_empty"]) for r in empty_target) / len(empty_target)
@@ -298,12 +303,13 @@ def summarize(records: list[dict], group_by: str = "kind") -> list[dict]:
     Returns:
         Rows (dicts) with ``group`` (the value as str; the last row is :data:`OVERALL_GROUP`), ``group_by``,
         ``n``; ``{m}_mean`` and ``{m}_std`` (population std, ddof=0) for each of :data:`OVERLAP_METRICS`
-        (None for an :data:`OPTIONAL_METRICS` name that the records lack); ``hd95_mean``/``hd95_std``/
-        ``assd_mean``/``assd_std`` over the finite values (None when none is finite) with
-        ``hd95_inf``/``assd_inf`` counting the infinite ones; ``n_empty_target``;
+        (None for an :data:`OPTIONAL_METRICS` name that the records lack); ``{d}_mean``/``{d}_std`` for each
+        of :data:`DISTANCE_METRICS` over the finite values (None when none is finite) with ``{d}_inf``
+        counting the infinite ones (None for ``hd`` when records written before it lack it); ``n_empty_target``;
         ``empty_correct``, the fraction of empty-target records answered with an empty prediction (None
-        when the group has no empty target); ``false_positive_cases`` (empty target, non-empty
-        prediction) and ``missed_cases`` (non-empty target, empty prediction).
+        when the group has no empty target); ``false_positive_cases`` (empty target, non-empty prediction)
+        and ``missed_cases`` (non-empty target, empty prediction); the overall row also has
+        :func:`class_means`.
 
     Raises:
         MedTextSegError: no records, a record without ``group_by`` or a metric key, an optional metric in
@@ -318,7 +324,7 @@ def summarize(records: list[dict], group_by: str = "kind") -> list[dict]:
             raise MedTextSegError(f"summarize: {where} has no key group_by={group_by!r}; "
                                   f"its keys are {sorted(record)}")
         missing = [key for key in (*OVERLAP_METRICS, *DISTANCE_METRICS, "pred_empty", "target_empty")
-                   if key not in record and key not in OPTIONAL_METRICS]
+                   if key not in record and key not in (*OPTIONAL_METRICS, *OPTIONAL_DISTANCE_METRICS)]
         if missing:
             raise MedTextSegError(f"summarize: {where} lacks metric keys {missing}; "
                                   "build records from segmentation_metrics()")
@@ -335,5 +341,17 @@ def summarize(records: list[dict], group_by: str = "kind") -> list[dict]:
                                   f"would mislead, so give it to every record or to none")
     rows = [_summarize_group(str(value), group_by, groups[value])
             for value in sorted(groups, key=_group_sort_key)]
-    rows.append(_summarize_group(OVERALL_GROUP, group_by, list(records)))
+    rows.append(_summarize_group(OVERALL_GROUP, group_by, list(records)) | class_means(records, group_by))
     return rows
+
+
+def class_means(records: list[dict], group_by: str = "kind") -> dict[str, float | None]:
+    """``dice_class_mean`` and ``iou_class_mean``: the metric averaged per class, then over classes (mIoU as
+    FiLM/CBN reports it), so a class with few prompts weighs as much as a frequent one. A record's class is its
+    ``class`` (the prompt's class in ``prompts.jsonl``), else its ``group_by`` value."""
+    classes: dict[str, list[dict]] = {}
+    for record in records:
+        classes.setdefault(str(record.get("class") or record[group_by]), []).append(record)
+    return {f"{name}_class_mean": float(np.mean([np.mean([float(r[name]) for r in members])
+                                                  for members in classes.values()]))
+            for name in ("dice", "iou")} | {"classes": len(classes)}

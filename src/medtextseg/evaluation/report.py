@@ -176,7 +176,8 @@ def _empty_correct_text(row: Mapping[str, Any]) -> str:
     return f"{fraction:.2f} ({round(fraction * n_empty)}/{n_empty})"
 
 
-_SUMMARY_HEADER = ("group", "n", *OVERLAP_METRICS, "hd95 (mm)", "assd (mm)", "empty correct", "FP cases")
+_SUMMARY_HEADER = ("group", "n", *OVERLAP_METRICS, *(f"{name} (mm)" for name in DISTANCE_METRICS), "empty correct",
+                   "FP cases")
 
 
 def _summary_cells(row: Mapping[str, Any]) -> list[str]:
@@ -207,10 +208,14 @@ def write_summary(rows: Sequence[Mapping[str, Any]], out_dir: PathLike,
     group_by = rows[0].get("group_by", "group") if rows else "group"
     lines = [f"# {title}", "",
              f"One row per `{group_by}`, then `{OVERALL_GROUP}`. Mean ± std (ddof=0) over (case, prompt) "
-             "records. hd95 and assd in mm, over the finite values; `(k inf)` counts the records where "
+             "records. hd95, hd (maximum) and assd in mm, over the finite values; `(k inf)` counts the records where "
              "exactly one mask is empty. *empty correct*: the fraction of empty targets answered with an "
              "empty mask. *FP cases*: empty targets answered with a non-empty mask.", "",
              _markdown_table(_SUMMARY_HEADER, [_summary_cells(row) for row in rows])]
+    overall = rows[-1] if rows else {}
+    if overall.get("iou_class_mean") is not None:
+        lines.append(f"Class means (each prompt class weighs alike, mIoU): Dice {overall['dice_class_mean']:.3f}, "
+                     f"IoU {overall['iou_class_mean']:.3f} over {overall['classes']} classes.\n")
     return write_text_atomic(out_dir / "summary.md", "\n".join(lines))
 
 

@@ -14,6 +14,7 @@ from medtextseg.data.io import read_array, read_geometry
 from medtextseg.data.layout import CaseRecord, PromptRecord, load_dataset, verify_dataset
 from medtextseg.evaluation.lesion_detection import lesion_detection_metrics
 from medtextseg.evaluation.metrics import OVERALL_GROUP, average_precision, segmentation_metrics, summarize
+from medtextseg.evaluation.model_cost import model_cost
 from medtextseg.evaluation.report import save_loss_curve, save_overlay, write_records, write_summary, write_table
 from medtextseg.evaluation.uncertainty import UncertaintyAccumulator, save_reliability_diagram
 from medtextseg.inference.postprocessing import remove_small_components
@@ -116,7 +117,7 @@ def evaluate_run(run: str | Path, data_root: str | Path, out_dir: str | Path, sp
                                       "min_voxels": min_voxels, **segmentation_metrics(
                                           swept, target.reshape(spatial), spacing, nsd_tolerance_mm)})
             record = {"case": case.case, "prompt": prompt.prompt, "kind": prompt.kind, "group": group,
-                      "n_lesions": prompt.meta.get("n_lesions"), **metrics}
+                      "n_lesions": prompt.meta.get("n_lesions"), "class": prompt.class_name, **metrics}
             if isinstance(prompt.meta.get("wording"), str):  # a held-out phrasing set ("seen" / "unseen", ...)
                 record |= {"wording": prompt.meta["wording"], "group_wording": f"{group}/{prompt.meta['wording']}"}
             records.append(record)
@@ -145,6 +146,8 @@ def evaluate_run(run: str | Path, data_root: str | Path, out_dir: str | Path, sp
     for row in rows:
         row |= uncertainty[row["group"]]
     write_summary(rows, out_dir, title=f"{Path(run).name} on {layout.root.name} ({split})")
+    write_text_atomic(out_dir / "model_cost.json",
+                      json.dumps(model_cost(predictor.model, predictor.config, predictor.text_dim), indent=1))
     worded = [r for r in records if "wording" in r]
     if worded:  # Dice of each wording, overall and per group: what new phrasings cost
         by_wording = summarize(worded, group_by="wording") + summarize(worded, group_by="group_wording")[:-1]
