@@ -79,9 +79,14 @@ class DataConfig(_Section):
 
 
 class TextConfig(_Section):
-    """The frozen text encoder: ``minilm`` (embedded default) or a local Hugging Face folder."""
+    """The frozen text encoder: ``minilm`` (embedded default) or a local model folder (Hugging Face BERT-style,
+    Hugging Face CLIP, open_clip with a Hugging Face text tower, or sentence-transformers)."""
 
-    encoder: str = Field("minilm", description="'minilm' or the path of a local Hugging Face model folder")
+    encoder: str = Field("minilm", description="'minilm' or the path of a local model folder: Hugging Face "
+                         "(BERT-style or CLIP), open_clip (BiomedCLIP's format) or sentence-transformers")
+    encoder_kind: Literal["auto", "bert", "clip", "open_clip", "sentence_transformers"] = Field(
+        "auto", description="how the folder is read; auto: from its files (modules.json: sentence_transformers, "
+        "open_clip_config.json: open_clip, a CLIP config.json: clip, else bert)")
     max_tokens: int = Field(32, ge=1, le=512)
     cache_dir: str | None = Field(None, description="disk cache of embeddings (default: ~/.cache/medtextseg)")
     memory_prompts: int = Field(1024, ge=1, description="the most prompt embeddings held in memory (least "

@@ -172,7 +172,8 @@ class Predictor:
         self.channel_names: list[str] = list(state.get("channel_names", []))
         cache_dir = self.config.text.cache_dir if self.config.text.cache_dir is not None else "default"
         self.text: TextEmbeddingCache = cached_text_encoder(self.config.text.encoder, self.config.text.max_tokens,
-                                                            cache_dir, self.config.text.memory_prompts)
+                                                            cache_dir, self.config.text.memory_prompts,
+                                                            self.config.text.encoder_kind)
         self.text_dim, self.trained_encoder = int(state["text_dim"]), state.get("text_encoder")
         if self.trained_encoder not in (None, self.text.encoder_name):
             # a local folder's name carries a hash of its path: the same model moved elsewhere differs here too

@@ -135,16 +135,13 @@ class TextEmbeddingCache:
 
 
 def cached_text_encoder(encoder: str = "minilm", max_tokens: int = 32, cache_dir: str | Path | None = "default",
-                        memory_limit: int | None = DEFAULT_MEMORY_PROMPTS) -> TextEmbeddingCache:
+                        memory_limit: int | None = DEFAULT_MEMORY_PROMPTS, kind: str = "auto") -> TextEmbeddingCache:
     """The cache for a config's text section. ``cache_dir='default'`` uses ``~/.cache/medtextseg/text``;
-    ``memory_limit``: the most embeddings held in memory (see :class:`TextEmbeddingCache`)."""
-    from medtextseg.text.encoders import create_text_encoder
+    ``memory_limit``: the most embeddings held in memory (see :class:`TextEmbeddingCache`); ``kind``: the
+    encoder kind (``text.encoder_kind``). The key names the model, its kind and the folder's identity
+    (:func:`~medtextseg.text.encoders.encoder_cache_name`), so embeddings of two encoders never mix."""
+    from medtextseg.text.encoders import create_text_encoder, encoder_cache_name
 
-    if encoder == "minilm":
-        label = "all-MiniLM-L6-v2"
-    else:  # two local folders with the same name must not share cache entries
-        resolved = str(Path(encoder).expanduser().resolve())
-        label = f"{Path(resolved).name}-{hashlib.sha1(resolved.encode()).hexdigest()[:8]}"
-    name = f"{label}-t{max_tokens}"
+    name = encoder_cache_name(encoder, max_tokens, kind)
     folder = default_cache_dir() if cache_dir == "default" else cache_dir
-    return TextEmbeddingCache(name, lambda: create_text_encoder(encoder, max_tokens), folder, memory_limit)
+    return TextEmbeddingCache(name, lambda: create_text_encoder(encoder, max_tokens, kind), folder, memory_limit)

@@ -50,7 +50,8 @@ WHITENING_CHUNK = 256  # texts encoded and stacked at a time to fit the text whi
 
 def text_cache_for(config: Config) -> TextEmbeddingCache:
     cache_dir = config.text.cache_dir if config.text.cache_dir is not None else "default"
-    return cached_text_encoder(config.text.encoder, config.text.max_tokens, cache_dir, config.text.memory_prompts)
+    return cached_text_encoder(config.text.encoder, config.text.max_tokens, cache_dir, config.text.memory_prompts,
+                               config.text.encoder_kind)
 
 
 def preprocessed(layout, case_ids: list[str], config: Config, progress: bool, label: str = "") -> PreprocessedCases:
