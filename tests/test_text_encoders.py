@@ -178,7 +178,7 @@ def test_sentence_transformer_pooled_is_its_own_sentence_embedding(encoder_folde
         assert embedding.tokens.shape[-1] == 24  # token states through the same dense layer
 
 
-def test_open_clip_tower_pools_cls_through_its_mlp_projection(encoder_folders):
+def test_open_clip_tower_pools_cls_through_its_mlp_projection(encoder_folders, tmp_path):
     from transformers import AutoTokenizer
 
     folder = encoder_folders["open_clip"]
@@ -191,8 +191,12 @@ def test_open_clip_tower_pools_cls_through_its_mlp_projection(encoder_folders):
         cls = tower(**batch).last_hidden_state[:, 0]
         projected = torch.nn.functional.gelu(cls @ state["text.proj.0.weight"].T) @ state["text.proj.2.weight"].T
     reference = torch.nn.functional.normalize(projected, dim=-1)
-    for row, embedding in enumerate(create_text_encoder(str(folder)).encode(PROMPTS)):
-        assert torch.allclose(embedding.pooled, reference[row], atol=1e-5)
+    with_config = tmp_path / "with_tower_config"  # the tower's config.json beside the weights is used instead
+    shutil.copytree(folder, with_config)
+    tower.config.save_pretrained(with_config)
+    for candidate in (folder, with_config):
+        for row, embedding in enumerate(create_text_encoder(str(candidate)).encode(PROMPTS)):
+            assert torch.allclose(embedding.pooled, reference[row], atol=1e-5)
 
 
 def test_cache_keys_name_kind_and_folder_so_encoders_never_mix(encoder_folders, tmp_path):

@@ -176,8 +176,12 @@ class OpenClipTextEncoder:
         with_pooler = any(key.startswith("pooler.") for key in tower)
         try:
             with quiet_loading():
-                if (folder / "config.json").is_file():
-                    self.transformer = AutoModel.from_config(AutoConfig.from_pretrained(folder))
+                if (folder / "config.json").is_file():  # the tower's own config (its hf_model_name's)
+                    tower_config = AutoConfig.from_pretrained(folder)
+                    try:
+                        self.transformer = AutoModel.from_config(tower_config, add_pooling_layer=with_pooler)
+                    except TypeError:  # a model without BERT's optional pooling layer
+                        self.transformer = AutoModel.from_config(tower_config)
                 else:
                     self.transformer = BertModel(_bert_config_from_weights(folder, tower),
                                                  add_pooling_layer=with_pooler)
