@@ -43,7 +43,7 @@ from medtextseg.data.io import NIFTI_ENDINGS, is_dicom_series
 from medtextseg.inference.case_inputs import CaseInput, check_channels
 from medtextseg.inference.label_map import LABEL_MAP_NAME, LEGEND_NAME, write_label_map
 from medtextseg.inference.predictor import Predictor
-from medtextseg.utils.atomic import write_text_atomic
+from medtextseg.utils.atomic import swap_folder_in, write_text_atomic
 from medtextseg.utils.errors import MedTextSegError, refuse_output_over_inputs
 from medtextseg.utils.folder_lock import folder_lock
 from medtextseg.utils.json_files import read_json
@@ -222,17 +222,6 @@ def _umask_mode() -> int:
     return 0o777 & ~mask
 
 
-def _swap_in(partial: Path, folder: Path) -> None:
-    """Put the finished ``partial`` folder in ``folder``'s place; the old folder (if any) is removed after."""
-    if folder.exists():
-        replaced = Path(tempfile.mkdtemp(prefix=f"{REPLACED_PREFIX}{folder.name}-", dir=folder.parent))
-        os.replace(folder, replaced)  # onto the empty folder mkdtemp made: atomic
-        os.replace(partial, folder)
-        shutil.rmtree(replaced, ignore_errors=True)
-    else:
-        os.replace(partial, folder)
-
-
 def predict_cases(model: Predictor | str | Path, cases: Sequence[CaseInput], out: str | Path, *,
                   probabilities: bool = False, uncertainty: bool = False, combined: bool = False,
                   resume: bool = False,
@@ -346,7 +335,7 @@ def _predict_case(predictor: Predictor, case: CaseInput, out: Path, layout: Case
             for label, record in enumerate(records, start=1):
                 record |= {"label": label, "label_map": layout.label_map, "legend": layout.legend}
         write_text_atomic(partial / CASE_FILE, json.dumps(records, indent=1))
-        _swap_in(partial, out / case.case)
+        swap_folder_in(partial, out / case.case, REPLACED_PREFIX)
     finally:
         if partial.exists():
             shutil.rmtree(partial, ignore_errors=True)

@@ -40,6 +40,19 @@ def atomic_path(destination: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def swap_folder_in(partial: str | os.PathLike, folder: str | os.PathLike, replaced_prefix: str = ".replaced-") -> None:
+    """Put the finished folder ``partial`` in ``folder``'s place (both on one file system); the old ``folder``,
+    if any, is moved aside under a hidden name first and removed after, so a reader sees one or the other whole."""
+    partial, folder = Path(partial), Path(folder)
+    if folder.exists():
+        replaced = Path(tempfile.mkdtemp(prefix=f"{replaced_prefix}{folder.name}-", dir=folder.parent))
+        os.replace(folder, replaced)  # onto the empty folder mkdtemp made: atomic
+        os.replace(partial, folder)
+        shutil.rmtree(replaced, ignore_errors=True)
+    else:
+        os.replace(partial, folder)
+
+
 def write_text_atomic(destination: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``destination`` atomically and return the destination path."""
     with atomic_path(destination) as tmp:
