@@ -512,6 +512,45 @@ def compare(
 
 @app.command()
 @user_errors
+def export(
+    run: Annotated[Path, typer.Argument(help="the run folder medtextseg train wrote", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="the model package to write (.zip)")],
+    checkpoint: Annotated[str, typer.Option(help="best (best.pt) or last (last.pt, without its optimiser "
+                                                 "state)")] = "best",
+    evaluation: Annotated[Path | None, typer.Option("--eval", help="an evaluation folder (medtextseg evaluate "
+                                                    "-o): its summary.json goes in, its metrics into the model "
+                                                    "card")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace --out if it exists")] = False,
+) -> None:
+    """Write a run as one shareable .zip: weights, resolved config, plan, presence calibration, metrics, a model
+    card (README.md) and metadata.json (MONAI bundle convention, SHA-256 of every member).
+
+    `predict -m model.zip` and `load_model("model.zip")` use it as it is; `medtextseg import` unpacks it."""
+    from medtextseg.training.model_package import export_model
+
+    typer.echo(export_model(run, out, checkpoint, evaluation, overwrite).line())
+
+
+@app.command("import")
+@user_errors
+def import_command(
+    package: Annotated[Path, typer.Argument(help="a model package (.zip) medtextseg export wrote",
+                                            show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="the run folder to create")],
+    overwrite: Annotated[bool, typer.Option(help="replace --out if an earlier import wrote it (anything else is "
+                                                 "refused, never deleted)")] = False,
+) -> None:
+    """Check a model package (members, sizes, SHA-256, weights only) and unpack it into a run folder that
+    `predict -m` and `load_model` take."""
+    from medtextseg.training.model_package import import_model
+
+    folder = import_model(package, out, overwrite)
+    typer.echo(f"imported {package} into {folder} ({', '.join(sorted(p.name for p in folder.iterdir()))}); "
+               f"predict with: medtextseg predict -m {folder} -i ... -p ...")
+
+
+@app.command()
+@user_errors
 def study(
     spec: Annotated[str, typer.Argument(help="study YAML file, or a shipped study: filmcbn_losses, "
                                         "filmcbn_ablation")],

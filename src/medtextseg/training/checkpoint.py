@@ -11,7 +11,7 @@ from __future__ import annotations
 import pickle
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -47,27 +47,44 @@ def checkpoint_file(path: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint file, or ``best.pt`` (else ``last.pt``) of a run folder, without running any code.
+    """Load a checkpoint file, or ``best.pt`` (else ``last.pt``) of a run folder, or the weights of a model
+    package (a ``.zip`` that ``medtextseg export`` wrote, checked member by member first), without running any code.
 
     Raises:
         MedTextSegError: no checkpoint there, an unreadable file, a file that would need code to load
-            (a pickled payload), or a dict without model weights and config.
+            (a pickled payload), a dict without model weights and config, or a model package refused
+            (:func:`medtextseg.training.model_package.read_package`).
     """
     path = checkpoint_file(path)
     if not path.is_file():
         raise MedTextSegError(f"{path}: checkpoint not found")
+    from medtextseg.training import model_package  # here: model_package reads its weights through this module
+
+    if model_package.is_model_package(path):
+        return model_package.read_package(path).state
+    with open(path, "rb") as handle:
+        return read_state(handle, str(path))
+
+
+def read_state(source: BinaryIO, name: str) -> dict[str, Any]:
+    """A checkpoint's state from an open binary file, tensors and plain data only; ``name`` is what errors quote.
+
+    Raises:
+        MedTextSegError: a file that would need code to load (a pickled payload), an unreadable one, or a dict
+            without model weights and config.
+    """
     try:
         with torch.serialization.safe_globals(_numpy_rng_globals()):
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         # torch names the global it refused ("... GLOBAL posix.system ..."): say which
         found = re.search(r"GLOBAL\s+([\w.]+)", str(error))
         detail = f"it calls {found.group(1)}" if found else "it is not tensors and plain data"
-        raise MedTextSegError(f"{path}: refused, loading it would run code ({detail}); "
+        raise MedTextSegError(f"{name}: refused, loading it would run code ({detail}); "
                               "medtextseg loads only weights and plain data. Use a checkpoint written by "
                               "medtextseg train from a source you trust") from None
     except Exception as error:
-        raise MedTextSegError(f"{path}: not a readable checkpoint ({type(error).__name__})") from None
+        raise MedTextSegError(f"{name}: not a readable checkpoint ({type(error).__name__})") from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        raise MedTextSegError(f"{path}: not a medtextseg checkpoint (no model weights and config)")
+        raise MedTextSegError(f"{name}: not a medtextseg checkpoint (no model weights and config)")
     return state
