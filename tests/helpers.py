@@ -53,3 +53,48 @@ def text_checkpoint(folder, in_channels: int = 2, overrides: tuple[str, ...] = (
     return save_checkpoint(Path(folder) / "best.pt", {"model": model.state_dict(), "config": config.model_dump(),
                                                       "text_dim": 384,
                                                       "channel_names": ["t2w", "adc", "hbv"][:in_channels]})
+
+
+def repack(package, out, replace: dict | None = None, extra: tuple = (), digests: bool = True):
+    """A copy of a model package with members replaced (name -> bytes) and raw ``extra`` members appended
+    ((name or ZipInfo, bytes), left out of metadata.json); ``digests`` recomputes metadata.json's SHA-256 of the
+    members, as an attacker who edits a package would."""
+    import hashlib
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(package) as archive:
+        files = {name: archive.read(name) for name in archive.namelist()}
+    files |= replace or {}
+    if digests:
+        metadata = json.loads(files["metadata.json"])
+        metadata["medtextseg"]["files"] = {name: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+                                           for name, data in files.items() if name != "metadata.json"}
+        files["metadata.json"] = json.dumps(metadata).encode()
+    with zipfile.ZipFile(out, "w") as archive:
+        for name, data in [*files.items(), *extra]:
+            archive.writestr(name, data)
+    return out
+
+
+class Payload:
+    """Pickles as a call that creates a file: what a hostile checkpoint would do (a test checks the file is never
+    made)."""
+
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return (Path.touch, (self.marker,))
+
+
+def link_member(name: str):
+    """A zip member header that says: a symbolic link."""
+    import stat
+    import zipfile
+
+    info = zipfile.ZipInfo(name)
+    info.external_attr = (stat.S_IFLNK | 0o777) << 16
+    return info

@@ -16,6 +16,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from helpers import Payload, link_member, repack
 from medtextseg.cli import app
 from medtextseg.config import Config
 from medtextseg.training.trainer import train
@@ -94,16 +95,6 @@ def test_predict_refuses_a_dataset_folder(model_run, dataset_2d, tmp_path, subfo
     assert result.exit_code == 2, result.output
     assert "is a dataset's own folder; predictions written there would be read back as data" in result.output
     assert snapshot(dataset) == before
-
-
-class Payload:
-    """Pickles as a call that creates a file: what a hostile checkpoint would do."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (self.marker,))
 
 
 def test_a_checkpoint_that_would_run_code_is_refused_unrun(model_run, dataset_2d, tmp_path):
@@ -565,6 +556,35 @@ def reshape_first_weight(state: dict) -> None:
     state["model"][key] = torch.zeros(*state["model"][key].shape[:-1], state["model"][key].shape[-1] + 1)
 
 
+def package_edit(**edits):
+    """The run exported (``medtextseg export``), then changed as ``repack`` says: predict -m MODEL.zip."""
+    def make(ds: Path, tmp: Path, run: Path) -> Path:
+        from medtextseg.training.model_package import export_model
+
+        exported = export_model(run, tmp / "exported.zip").path
+        replace = {name: change(run, tmp) for name, change in edits.get("replace", {}).items()}
+        package = repack(exported, tmp / "model.zip", replace, edits.get("extra", ()), edits.get("digests", True))
+        exported.unlink()
+        return package
+
+    return make
+
+
+def payload_weights(run: Path, tmp: Path) -> bytes:
+    """The run's weights plus a pickled call that would create a file (the row fails if it appears)."""
+    path = tmp / "payload.pt"
+    torch.save({**torch.load(run / "best.pt", weights_only=True), "extra": Payload(tmp / "payload_ran")}, path)
+    data = path.read_bytes()
+    path.unlink()
+    return data
+
+
+def flipped_weights(run: Path, tmp: Path) -> bytes:
+    data = bytearray((run / "best.pt").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    return bytes(data)
+
+
 def unplanned(make):
     """The same case with ``train --no-plan``: the trainer reads the dataset itself."""
     def make_unplanned(ds: Path, tmp: Path) -> dict:
@@ -726,6 +746,20 @@ CASES = {
                                                                           "prompt feature size the model was trained "
                                                                           "with); not a checkpoint medtextseg train "
                                                                           "wrote"),
+    # model packages (medtextseg export): every member checked before any is used, weights loaded weights-only
+    "package member outside it (zip-slip)": (package_edit(extra=[("../evil.py", b"x")]), "{package}: member "
+                                             "'../evil.py' points outside the package (an absolute path or '..'); "
+                                             "refused, nothing was extracted"),
+    "package member is a link": (package_edit(extra=[(link_member("plans.json"), b"/etc/passwd")]), "{package}: "
+                                 "member 'plans.json' is a symbolic link; refused, nothing was extracted"),
+    "package weights changed after export": (package_edit(replace={"best.pt": flipped_weights}, digests=False),
+                                             "{package}: best.pt does not match the SHA-256 that metadata.json "
+                                             "records (changed or damaged after export); refused: get the package "
+                                             "again from its source"),
+    "package weights would run code": (package_edit(replace={"best.pt": payload_weights}), "{package}:best.pt: "
+                                       "refused, loading it would run code (it calls getattr); medtextseg loads "
+                                       "only weights and plain data. Use a checkpoint written by medtextseg train "
+                                       "from a source you trust"),
 }
 
 
@@ -739,6 +773,9 @@ def test_one_line_error_and_nothing_written(case, dataset_2d, tmp_path, request)
         details = make(dataset, tmp_path, request)
         args = [*predict_args(request.getfixturevalue(make.model_fixture), details.pop("images"), out),
                 *details.pop("args", [])]
+    elif message.startswith("{package}"):
+        details = {"package": make(dataset, tmp_path, request.getfixturevalue("model_run"))}
+        args = predict_args(details["package"], sorted((dataset / "imagesTr").glob("synth_000_*.nii.gz")), out)
     elif message.startswith("{model}"):
         run = request.getfixturevalue("model_run")
         model = make(dataset, tmp_path, run)
@@ -771,11 +808,11 @@ class _Placeholders(dict):
     """How a message's placeholders read in the document: {ds} -> DATASET, {line} -> LINE, ..."""
 
     def __missing__(self, key: str) -> str:
-        return {"ds": "DATASET", "tmp": "FOLDER", "model": "RUN"}.get(key, key.upper())
+        return {"ds": "DATASET", "tmp": "FOLDER", "model": "RUN", "package": "MODEL.zip"}.get(key, key.upper())
 
 
 def row_command(make, message: str) -> str:
-    if hasattr(make, "model_fixture") or message.startswith("{model}"):
+    if hasattr(make, "model_fixture") or message.startswith(("{model}", "{package}")):
         return "predict"
     return getattr(make, "command", "train")
 
@@ -794,8 +831,8 @@ def catalogue_markdown() -> str:
              "it). Every row is run for real by the test suite, on a copy of a small synthetic dataset: each ends "
              "with exactly this one line on stderr after `error: `, exit status 2, and nothing written (no run "
              "folder, no output folder, every input unchanged). In the messages, DATASET is the dataset folder, "
-             "RUN the model's run folder, FOLDER a scratch folder; other capitals stand for the file, line or "
-             "value at hand.", "",
+             "RUN the model's run folder, MODEL.zip a package exported from it, FOLDER a scratch folder; other "
+             "capitals stand for the file, line or value at hand.", "",
              "| case | command | message |", "|---|---|---|"]
     for case, (make, message) in CASES.items():
         text = message.format_map(_Placeholders())
