@@ -1,7 +1,7 @@
 """The Python API a notebook user calls.
 
 >>> from medtextseg import load_model, segment  # doctest: +SKIP
->>> model = load_model("runs/text")  # a run folder or a checkpoint file
+>>> model = load_model("runs/text")  # a run folder, a checkpoint file or a model .zip (medtextseg export)
 >>> [gland] = segment(["t2w.nii.gz", "adc.nii.gz", "hbv.nii.gz"], ["the prostate gland"], model)
 >>> gland.save("gland.nii.gz")  # exactly the input's shape, spacing, origin and direction
 >>> [gland] = segment(volume, "the prostate gland", model, affine=affine)  # a numpy array [i, j, k] in memory
@@ -21,7 +21,8 @@ from medtextseg.inference.predictor import Predictor, Segmentation
 def load_model(run_or_checkpoint: str | Path, device: str | torch.device | None = None,
                refiner: bool | None = None, mirror_axes: list[int] | str | None = None,
                threshold: float | None = None) -> Predictor:
-    """A trained model ready to segment: a run folder (its ``best.pt``) or a checkpoint file. ``device`` picks
+    """A trained model ready to segment: a run folder (its ``best.pt``), a checkpoint file or a model package
+    (``.zip``, ``medtextseg export``; read in place, checked first). ``device`` picks
     where it runs (default: CUDA when available), ``refiner`` switches a refiner model's refiner on or off,
     ``mirror_axes`` sets the mirror test-time augmentation and ``threshold`` the mask's probability cut-off
     (None: as its config says)."""

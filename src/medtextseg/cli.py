@@ -229,7 +229,7 @@ def train(
 @app.command()
 @user_errors
 def predict(
-    model: Annotated[Path, typer.Option("--model", "-m", help="run folder or checkpoint file")],
+    model: Annotated[Path, typer.Option("--model", "-m", help="run folder, checkpoint file or model .zip")],
     images: Annotated[list[Path] | None, typer.Option("--image", "-i", help="one file (or DICOM series folder) "
                                                        "per channel, in the model's channel order (repeat -i); or "
                                                        "one folder of cases ({case}_0000.nii.gz, ...) or .txt list "
@@ -392,7 +392,7 @@ def calibrate_presence_command(
 @app.command()
 @user_errors
 def evaluate(
-    model: Annotated[Path, typer.Option("--model", "-m", help="run folder or checkpoint file")],
+    model: Annotated[Path, typer.Option("--model", "-m", help="run folder, checkpoint file or model .zip")],
     data: Annotated[Path, typer.Option("--data", "-d", help="dataset folder")],
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for metrics, masks and overlays")],
     split: Annotated[str, typer.Option(help="split to evaluate")] = "test",
@@ -452,7 +452,7 @@ def evaluate(
 @app.command()
 @user_errors
 def robustness(
-    model: Annotated[Path, typer.Option("--model", "-m", help="run folder or checkpoint file")],
+    model: Annotated[Path, typer.Option("--model", "-m", help="run folder, checkpoint file or model .zip")],
     data: Annotated[Path, typer.Option("--data", "-d", help="dataset folder (prompts with attribute meta)")],
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for the robustness tables and chart")],
     split: Annotated[str, typer.Option(help="split to evaluate")] = "test",

@@ -133,7 +133,8 @@ class Predictor:
     """Segments images from files with a trained model.
 
     Args:
-        checkpoint: a checkpoint file or a run folder (its ``best.pt``).
+        checkpoint: a checkpoint file, a run folder (its ``best.pt``) or a model package ``.zip``
+            (:mod:`medtextseg.training.model_package`).
         device: where to run (default: CUDA when available).
         refiner: use the model's refiner (``model.refiner``); None: as ``inference.refiner`` of its config says.
         mirror_axes: mirror test-time augmentation along these spatial axes, or "all"; None:

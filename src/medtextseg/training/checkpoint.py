@@ -3,7 +3,8 @@
 A checkpoint is read with ``torch.load(weights_only=True)``: tensors and plain data only, never code. A
 pickle can name any function to call while it is read, so a shared ``best.pt`` that needs more than that
 is refused rather than run. The only non-plain objects medtextseg itself stores are numpy's RNG state in
-``last.pt`` (an array and its dtype), which are allow-listed by name.
+``last.pt`` (an array and its dtype), which are allow-listed by name. A model package (``.zip``,
+:mod:`medtextseg.training.model_package`) is opened here too, so every command that takes a checkpoint takes one.
 """
 
 from __future__ import annotations

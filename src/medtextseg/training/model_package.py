@@ -71,6 +71,7 @@ KEPT_STATE = ("model", "config", "text_encoder", "text_dim", "step", "best", "ch
 ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 # the evaluation columns metadata.json and the card keep (evaluation/summary.json keeps them all)
 CARD_METRICS = ("group", "n", "dice_mean", "dice_std", "iou_mean", "hd95_mean", "nsd_mean", "empty_correct")
+KIND_NOTES = {"absent": " (what is not in the image: the right answer is an empty mask)"}
 PARTIAL_PREFIX, REPLACED_PREFIX = ".import-", ".replaced-"
 MR_WORDS = {"t1", "t1w", "t1c", "t1ce", "t1gd", "t2", "t2w", "flair", "adc", "dwi", "hbv", "dce", "pd", "pdw", "swi",
             "mr", "mri", "bold"}
@@ -466,10 +467,11 @@ def model_card(metadata: dict[str, Any]) -> str:
     spacing = " x ".join(f"{s:g}" for s in info["spacing"]) + " mm" if info["spacing"] else "each image's own"
     encoder = info["text_encoder"]
     calibration = info["presence_calibration"]
-    presence = f"{info['presence_threshold']:g}"
+    notes = ["no presence gate"] if info["presence_threshold"] == 0 else []
     if calibration and calibration.get("chosen") == info["presence_threshold"]:
-        presence += (f" (chosen on the {calibration.get('split')!r} split by calibrate-presence, the same in "
-                     f"{calibration.get('stability', 0):.0%} of bootstrap resamples)")
+        notes.append(f"chosen on the {calibration.get('split')!r} split by calibrate-presence, the same in "
+                     f"{calibration.get('stability', 0):.0%} of bootstrap resamples")
+    presence = f"{info['presence_threshold']:g}" + (f" ({'; '.join(notes)})" if notes else "")
     local_encoder = encoder["config"] != "minilm"
     per_file = "a volume" if info["spatial_dims"] == 3 else "one slice"
     lines = [f"# medtextseg model: {data.get('name') or info['run']}", "",
@@ -502,7 +504,7 @@ def model_card(metadata: dict[str, Any]) -> str:
         examples = data.get("example_prompts", {})
         if examples:
             lines += ["Prompts of its training data, by kind:", ""]
-            lines += [f"* {kind}: " + "; ".join(f'"{p}"' for p in prompts)
+            lines += [f"* {kind}{KIND_NOTES.get(kind, '')}: " + "; ".join(f'"{p}"' for p in prompts)
                       for kind, prompts in sorted(examples.items())]
             lines.append("")
     else:
