@@ -277,6 +277,21 @@ class TrainConfig(_Section):
     batch_images: int = Field(2, ge=1, description="images per step (x prompts_per_image samples)")
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(1e-5, ge=0)
+    optimizer: Literal["adamw", "adam", "sgd"] = Field("adamw", description="training/optimization.py; sgd uses "
+                                                      "train.momentum and train.nesterov")
+    momentum: float = Field(0.99, ge=0, lt=1, description="SGD momentum (nnU-Net's 0.99)")
+    nesterov: bool = Field(True, description="SGD with Nesterov momentum")
+    schedule: Literal["cosine", "poly", "step", "plateau"] = Field(
+        "cosine", description="learning rate after the warm-up: cosine to 1%, poly (1 - t)^poly_power, step "
+        "(x step_gamma every step_every steps) or plateau (x plateau_factor after plateau_patience validations "
+        "without a better validation Dice)")
+    poly_power: float = Field(0.9, gt=0)
+    step_every: int = Field(2500, ge=1)
+    step_gamma: float = Field(0.1, gt=0, le=1)
+    plateau_patience: int = Field(3, ge=1, description="validations without improvement before a plateau cut")
+    plateau_factor: float = Field(0.5, gt=0, lt=1)
+    early_stopping: int | None = Field(None, ge=1, description="stop after this many validations without a "
+                                       "better validation Dice (None: run every step)")
     warmup_steps: int = Field(50, ge=0)
     val_every: int = Field(250, ge=1)
     val_cases: int = Field(12, ge=1, description="validation cases scored at each validation")

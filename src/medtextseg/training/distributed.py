@@ -33,6 +33,14 @@ class DistributedContext:
         if self.enabled:
             dist.barrier()
 
+    def from_main(self, values: list[float]) -> list[float]:
+        """Rank 0's ``values`` on every rank (what it decided after validating alone)."""
+        if not self.enabled:
+            return values
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.broadcast(tensor, src=0)
+        return tensor.tolist()
+
     def mean(self, value: float) -> float:
         """The mean of a float over all ranks."""
         if not self.enabled:

@@ -9,7 +9,6 @@ the images (DistributedSampler), and rank 0 validates, logs and writes checkpoin
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from collections.abc import Mapping, Sequence
@@ -37,6 +36,7 @@ from medtextseg.models.factory import count_parameters, create_model
 from medtextseg.text.cache import TextEmbeddingCache, cached_text_encoder
 from medtextseg.training.checkpoint import load_checkpoint, save_checkpoint
 from medtextseg.training.distributed import DistributedContext, init_distributed, shutdown_distributed
+from medtextseg.training.optimization import LearningRateFactor, build_optimizer
 from medtextseg.training.progress import StepProgress
 from medtextseg.training.schedule import LossWeightSchedule
 from medtextseg.training.transfer import transfer_weights
@@ -133,15 +133,6 @@ def fit_text_whitening(model: nn.Module, text: TextEmbeddingCache, texts: list[s
                               for start in range(0, len(texts), WHITENING_CHUNK))
 
 
-def _lr_factor(step: int, config: Config) -> float:
-    """Linear warm-up, then cosine decay to 1% of the base rate."""
-    warmup, total = config.train.warmup_steps, config.train.steps
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(total - warmup, 1)
-    return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
 def truncate_log(log_path: Path, last_step: int) -> None:
     """Drop log lines written after the checkpoint a resumed run restarts from."""
     if not log_path.is_file():
@@ -224,9 +215,9 @@ class Trainer:
         self.model = create_model(config.model, self.text.dim).to(ctx.device)
         if config.model.text_whitening and not self.resume:  # a resumed run has them in its checkpoint
             fit_text_whitening(self.model, self.text, training_text.whitening_texts, ctx.device)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.train.lr,
-                                           weight_decay=config.train.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: _lr_factor(s, config))
+        self.optimizer = build_optimizer(self.model.parameters(), config.train)
+        self.lr_factor = LearningRateFactor(config.train)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
         self.loss = build_loss(config.loss)
         self.schedule = LossWeightSchedule(config.loss.schedules)
         self.dataset = PromptSampleDataset(self.train_cases, config.data.patch_size, config.data.prompts_per_image,
@@ -302,12 +293,15 @@ class Trainer:
                                          self.config.inference.min_component_voxels)
                 self._log({"step": self.step, **scores})
                 self.schedule.observe_validation(scores["val_dice"])
+                self.lr_factor.observe_validation(scores["val_dice"])
             # without validation cases the latest weights count as the best
             if not scores or scores["val_dice"] > self.best:
                 self.best = scores.get("val_dice", self.best)
                 save_checkpoint(self.run_dir / "best.pt", self._state(full=False))
             save_checkpoint(self.run_dir / "last.pt", self._state(full=True))
         self.ctx.barrier()
+        # rank 0 validates; every rank must take its decisions (the plateau's rate, early stopping)
+        self.lr_factor.set_shared_state(self.ctx.from_main(self.lr_factor.shared_state()))
         return scores
 
     # ---------------------------------------------------------------- loop
@@ -380,7 +374,7 @@ class Trainer:
         started, window = time.perf_counter(), []
         try:
             batches = self._batches()
-            while self.step < total:
+            while self.step < total and not self.lr_factor.stop:
                 parts = self._train_step(next(batches))
                 self.step += 1
                 window.append(parts["loss"])
@@ -403,6 +397,9 @@ class Trainer:
         finally:
             progress.stop()
         if ctx.is_main:
+            if self.lr_factor.stop:
+                self._log({"step": self.step, "event": "early_stop", "validations_without_improvement":
+                           self.lr_factor.stale})
             self._log({"step": self.step, "event": "end", "seconds": round(time.perf_counter() - started, 2),
                        "best_val_dice": self.best})
         return self.run_dir

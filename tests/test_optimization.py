@@ -1,0 +1,69 @@
+"""Optimiser and learning-rate schedule from the config (each paper's own), early stopping, exact resume."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from medtextseg.config import Config, TrainConfig
+from medtextseg.training.optimization import LearningRateFactor, build_optimizer
+from medtextseg.training.trainer import train
+
+TINY_2D = ["model.channels=[4,8,16]", "model.strides=[[1,1],[2,2],[2,2]]", "data.patch_size=[48,48]",
+           "train.batch_images=2", "data.prompts_per_image=2", "train.val_every=2", "train.val_cases=1",
+           "train.warmup_steps=1"]
+
+
+def factors(**fields) -> list[float]:
+    factor = LearningRateFactor(TrainConfig(steps=100, warmup_steps=10, **fields))
+    return [factor(step) for step in range(100)]
+
+
+def test_each_schedule_follows_its_formula_after_the_warm_up():
+    for schedule in ("cosine", "poly", "step", "plateau"):
+        values = factors(schedule=schedule, step_every=30)
+        assert values[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])  # the same linear warm-up
+    cosine = factors()
+    assert cosine[10] == pytest.approx(1.0)
+    assert cosine[99] == pytest.approx(0.01 + 0.495 * (1 + math.cos(math.pi * 89 / 90)))  # 1% at the end
+    poly = factors(schedule="poly")
+    assert poly[55] == pytest.approx((1 - 45 / 90) ** 0.9)
+    step = factors(schedule="step", step_every=30)
+    assert step[39] == 1.0 and step[40] == pytest.approx(0.1) and step[99] == pytest.approx(0.01)  # 89 // 30 = 2 cuts
+    assert set(factors(schedule="plateau")[10:]) == {1.0}  # no validation seen: no cut
+
+
+def test_plateau_cuts_the_rate_and_early_stopping_stops_after_validations_without_improvement():
+    factor = LearningRateFactor(TrainConfig(schedule="plateau", plateau_patience=2, plateau_factor=0.5,
+                                            early_stopping=5, warmup_steps=0))
+    decisions = [factor.observe_validation(score) for score in (0.5, 0.6, 0.6, 0.55)]
+    assert factor(50) == 0.5 and decisions == [False] * 4  # two validations without a better Dice: halved
+    assert factor.observe_validation(0.7) is False and factor.stale == 0 and factor(50) == 0.5  # kept, not undone
+    decisions = [factor.observe_validation(0.1) for _ in range(5)]
+    assert decisions == [False] * 4 + [True] and factor(50) == pytest.approx(0.5 * 0.5 ** 2)
+    restored = LearningRateFactor(TrainConfig(schedule="plateau"))
+    restored.set_shared_state(factor.shared_state())
+    assert (restored.best, restored.stale, restored.scale, restored.stop) == (0.7, 5, 0.125, True)
+
+
+def test_the_configured_optimiser_is_built():
+    weights = [torch.nn.Parameter(torch.zeros(2))]
+    sgd = build_optimizer(weights, TrainConfig(optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=3e-5))
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["nesterov"] and sgd.defaults["momentum"] == 0.9
+    assert type(build_optimizer(weights, TrainConfig(optimizer="adam"))) is torch.optim.Adam
+    assert type(build_optimizer(weights, TrainConfig())) is torch.optim.AdamW
+
+
+def test_a_run_stops_early_when_validation_stops_improving(dataset_2d, tmp_path):
+    # a learning rate too small to change the weights: the validation Dice cannot improve after the first
+    config = Config.load("default_2d", [*TINY_2D, f"data.root={dataset_2d}", "train.steps=40", "train.lr=1e-12",
+                                        "train.optimizer=sgd", "train.early_stopping=2"])
+    run = train(config, tmp_path / "run", progress=False)
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    validations = [line["step"] for line in log if "val_dice" in line]
+    assert validations == [2, 4, 6]  # the first sets the best, two more without a better one
+    assert log[-2] == {"step": 6, "event": "early_stop", "validations_without_improvement": 2}
+    assert log[-1]["event"] == "end" and log[-1]["step"] == 6
+    state = torch.load(run / "last.pt", weights_only=False)
+    assert state["scheduler"]["lr_lambdas"][0]["stop"] is True and not math.isinf(state["best"])
