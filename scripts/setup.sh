@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Creates .venv (if missing) and installs medtextseg with its test tools. Safe to re-run.
+# Creates .venv (if missing) and installs medtextseg with its test tools and the server (serve extra). Safe to re-run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -c constraints-cpu.txt -e ".[dev]"
+.venv/bin/python -m pip install -q -c constraints-cpu.txt -e ".[dev,serve]"
