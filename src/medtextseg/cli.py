@@ -347,6 +347,53 @@ def _save_prediction_overlay(image_path: Path, result, out_path: Path) -> None:
                  probability=ras(result.probability), uncertainty=ras(result.uncertainty))
 
 
+@app.command()
+@user_errors
+def serve(
+    model: Annotated[Path, typer.Option("--model", "-m", help="run folder or checkpoint file (loaded once)")],
+    host: Annotated[str, typer.Option(help="address to listen on; 127.0.0.1 serves this machine only")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    token_file: Annotated[Path | None, typer.Option(help="file whose first line is the bearer token every request "
+                                                    "must send (default: the MEDTEXTSEG_TOKEN environment "
+                                                    "variable; neither: no token)")] = None,
+    max_upload_mb: Annotated[float, typer.Option(help="largest request body in MB (larger ones get 413; a zip may "
+                                                 "unpack to 4 times as much)")] = 512.0,
+    queue: Annotated[int, typer.Option(help="requests admitted at once (uploading, waiting or running, one "
+                                       "prediction at a time); one more gets 503 with Retry-After")] = 8,
+    keep_jobs: Annotated[int, typer.Option(help="finished jobs (POST /jobs) kept with their results")] = 32,
+    max_prompts: Annotated[int, typer.Option(help="prompts per request (answered in one pass)")] = 16,
+    threshold: Annotated[float | None, typer.Option(help="default probability above which a voxel is in the mask "
+                                                    "(a request may send its own); default: the run's")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:N or mps; default: CUDA when available")
+                      ] = None,
+    temp_dir: Annotated[Path | None, typer.Option(help="folder in which the server makes its own temporary "
+                                                  "folder for uploads and results (default: the system's)")] = None,
+) -> None:
+    """Serve the model over HTTP: POST /segment (one case's channel files and prompts -> masks as NIfTI on the
+    input's grid and a JSON summary), a job API (/jobs), GET /health. README, "Serving"."""
+    from medtextseg.utils.errors import MedTextSegError
+
+    try:
+        import fastapi  # noqa: F401
+        import python_multipart  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as error:
+        raise MedTextSegError(f"medtextseg serve needs {error.name}: pip install 'medtextseg[serve]' (fastapi, "
+                              "uvicorn, python-multipart)") from None
+    from medtextseg.server.app import ServerSettings, read_token
+    from medtextseg.server.app import serve as run_server
+
+    for name, value in (("--queue", queue), ("--keep-jobs", keep_jobs), ("--max-prompts", max_prompts)):
+        if value < 1:
+            raise MedTextSegError(f"{name} must be at least 1, got {value}")
+    if not max_upload_mb > 0:
+        raise MedTextSegError(f"--max-upload-mb must be more than 0, got {max_upload_mb}")
+    settings = ServerSettings(token=read_token(token_file), max_upload_bytes=int(max_upload_mb * 1e6), queue=queue,
+                              keep_jobs=keep_jobs, max_prompts=max_prompts, temp_dir=temp_dir)
+    run_server(model, host, port, settings, device=device, threshold=threshold)
+
+
 @app.command("calibrate-presence")
 @user_errors
 def calibrate_presence_command(
