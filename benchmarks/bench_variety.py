@@ -1,17 +1,20 @@
 """Data nobody tuned for: the default, planned from each dataset, against a text-blind MONAI UNet given the same time.
 
-    .venv/bin/python benchmarks/bench_variety.py [--variants fine iso1mm] [--cases 120] [--steps 1600] [--threads 1]
+    .venv/bin/python benchmarks/bench_variety.py [--variants fine iso1mm aal] [--cases 120] [--steps 1600] [--threads 1]
 
 For each variant, ``medtextseg synth`` writes a dataset made differently from the one the default was tuned on
 (spacing, field of view, stored voxel order, and a third of the test prompts in wordings training never uses),
-then, as a user would from the README:
+or ``medtextseg convert aal`` turns the Colin27 brain and its AAL atlas into 40 deformed heads with 16 named
+structures (``aal``: real anatomy; needs ``scripts/setup_atlas.sh``), then, as a user would from the README:
 
 1. ``medtextseg train`` with the default preset and nothing set but the steps (the plan adapts it),
    ``medtextseg calibrate-presence`` and ``medtextseg evaluate`` on the test split;
 2. a text-blind MONAI ``UNet`` (residual units, DiceCE, positive/negative crops 2:1, MONAI transforms at the
-   same planned spacing and patch) trained on "all lesions" for the same wall time as step 1's training, then
-   scored on the same prompts with the same metrics: it answers every lesion prompt with all lesions and cannot
-   answer anatomy prompts.
+   same planned spacing and patch) trained for the same wall time as step 1's training, then scored on the same
+   prompts with the same metrics. On lesion data it learns "all lesions" and answers every lesion prompt with
+   them (it cannot answer anatomy prompts); on data without lesion prompts (``aal``) it learns every label of
+   ``dataset.json`` at once (softmax) and answers each prompt with the union of the labels the prompt names,
+   which the text-blind model is told.
 
 The table: Dice per prompt group on the prompts in wordings training used (``single`` = one lesion in a
 one-lesion case, ``single_2plus`` = one named lesion among 2-3), absent targets answered empty, and Dice over
@@ -51,6 +54,7 @@ from medtextseg.evaluation.runner import prompt_target, result_group
 sys.path.insert(0, str(Path(__file__).parent))
 from results_table import write_results  # noqa: E402
 
+ATLAS = "/usr/share/mricron/templates"  # scripts/setup_atlas.sh installs it (Debian mricron-data)
 VARIANTS = {
     # a bp-MRI protocol of finer in-plane resolution and wider view, stored LPS and oblique (the issue's case)
     "fine": ["--spacing", "0.5,0.5,3.0", "--fov", "48,48,72", "--voxel-order", "LPS"],
@@ -58,6 +62,8 @@ VARIANTS = {
     "iso1mm": ["--spacing", "1.0,1.0,1.0", "--fov", "72,72,48", "--voxel-order", "PIL"],
     # the benchmark the default was tuned on, with the same unseen wordings (a reference row)
     "native": [],
+    # real anatomy: Colin27 + AAL, 16 structures and their "both sides" prompts (medtextseg convert aal defaults)
+    "aal": None,
 }
 LESION_KINDS = ("single", "all", "absent")
 
@@ -86,11 +92,27 @@ def lesion_target(case, prepared) -> torch.Tensor:
     return union
 
 
+def has_lesion_prompts(data: Path) -> bool:
+    return any(p.kind in LESION_KINDS for case in load_dataset(data).cases.values() for p in case.prompts)
+
+
+def unet_target(case, prepared, lesions: bool) -> torch.Tensor:
+    """What the text-blind UNet learns for a case: the union of its lesions [1, *spatial] float (lesion data),
+    or its label map [1, *spatial] long (every dataset label at once)."""
+    if lesions:
+        return lesion_target(case, prepared)[None].float()
+    return prepared.label[None].long()
+
+
 def train_unet(data: Path, config: Config, seconds: float, out: Path) -> tuple[UNet, float]:
-    """A text-blind MONAI UNet trained on all lesions for ``seconds`` of wall time (resumes from ``out``)."""
+    """A text-blind MONAI UNet trained for ``seconds`` of wall time (resumes from ``out``): all lesions
+    (sigmoid), or every label of the dataset (softmax) where it has no lesion prompts."""
     layout = load_dataset(data)
+    lesions = has_lesion_prompts(data)
+    out_channels = 1 if lesions else max(layout.labels.values()) + 1
     strides = [max(s) if len(set(s)) == 1 else tuple(s) for s in config.model.strides[1:]]
-    model = UNet(3, config.model.in_channels, 1, channels=(16, 32, 64, 128), strides=strides, num_res_units=2)
+    model = UNet(3, config.model.in_channels, out_channels, channels=(16, 32, 64, 128), strides=strides,
+                 num_res_units=2)
     if out.is_file():
         saved = torch.load(out, weights_only=True)
         model.load_state_dict(saved["model"])
@@ -98,13 +120,14 @@ def train_unet(data: Path, config: Config, seconds: float, out: Path) -> tuple[U
     torch.manual_seed(0)
     cases = [prepare_case(layout.cases[c], config.data.spacing, 3, config.data.normalization)
              for c in layout.splits["train"]]
-    samples = [{"image": c.image, "label": lesion_target(layout.cases[c.case], c)[None].float()} for c in cases]
+    samples = [{"image": c.image, "label": unet_target(layout.cases[c.case], c, lesions)} for c in cases]
     crop = RandCropByPosNegLabeld(["image", "label"], "label", config.data.patch_size, pos=2, neg=1, num_samples=1,
                                   allow_smaller=True)
-    flip = RandFlipd(["image", "label"], prob=0.5, spatial_axis=0)
+    # a left-right flip would swap left and right structures' labels: only lesion data (one class) is flipped
+    flip = RandFlipd(["image", "label"], prob=0.5 if lesions else 0.0, spatial_axis=0)
     crop.set_random_state(0)
     flip.set_random_state(0)
-    loss_function = DiceCELoss(sigmoid=True)
+    loss_function = DiceCELoss(sigmoid=True) if lesions else DiceCELoss(softmax=True, to_onehot_y=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-5)
     rng = np.random.default_rng(0)
     started, steps = time.perf_counter(), 0
@@ -124,8 +147,10 @@ def train_unet(data: Path, config: Config, seconds: float, out: Path) -> tuple[U
 
 @torch.no_grad()
 def score_unet(model: UNet, data: Path, config: Config) -> list[dict]:
-    """Per-prompt metrics of the UNet's one answer (all lesions, on the file grid) for every lesion prompt."""
+    """Per-prompt metrics of the UNet's answers on the file grid: all lesions for every lesion prompt, or the
+    union of the labels each prompt names (data without lesion prompts)."""
     layout = load_dataset(data)
+    lesions = has_lesion_prompts(data)
     model.eval()
     transform = preparation(config.data.spacing, normalization=config.data.normalization)
     records = []
@@ -134,17 +159,20 @@ def score_unet(model: UNet, data: Path, config: Config) -> list[dict]:
         image = data_dict["image"]
         logits = sliding_window_inference(image.as_tensor()[None].float(), config.data.patch_size, 4, model,
                                           overlap=0.25, mode="gaussian")[0]
-        prediction = torch.sigmoid(logits)
+        prediction = torch.sigmoid(logits) if lesions else torch.softmax(logits, dim=0)
         prediction = MetaTensor(prediction, meta=image.meta)
         prediction.applied_operations = image.applied_operations
         inverted = Invertd("prediction", transform, orig_keys="image", nearest_interp=False)(
-            {"prediction": prediction, "image": image})["prediction"]
-        mask = inverted.as_tensor().numpy()[0] > 0.5
+            {"prediction": prediction, "image": image})["prediction"].as_tensor().numpy()
+        answer = inverted[0] > 0.5 if lesions else inverted.argmax(0)
         geometry = read_geometry(case.image_paths[0])
         label = read_array(case.label_path)
         for prompt in case.prompts:
-            if prompt.kind not in LESION_KINDS:
+            if lesions and prompt.kind not in LESION_KINDS:
                 continue
+            if not lesions and isinstance(prompt.target, Path):  # a mask-file target names no label
+                continue
+            mask = answer if lesions else np.isin(answer, prompt.target)
             metrics = segmentation_metrics(mask, prompt_target(case, prompt, label), geometry.spacing)
             records.append({"case": case.case, "prompt": prompt.prompt, "group": result_group(prompt),
                             "dice": metrics["dice"]})
@@ -189,7 +217,9 @@ def main() -> None:
     for variant in args.variants:
         folder = args.out / variant
         data, run, evaluation = folder / "data", folder / "run", folder / "eval"
-        if not (data / "dataset.json").is_file():
+        if not (data / "dataset.json").is_file() and VARIANTS[variant] is None:
+            run_medtextseg("convert", "aal", "--src", ATLAS, "--dst", str(data))
+        elif not (data / "dataset.json").is_file():
             run_medtextseg("synth", "--out", str(data), "--cases", str(args.cases),
                            "--unseen-wording", str(args.unseen_wording), *VARIANTS[variant])
         log = (run / "log.jsonl").read_text().splitlines() if (run / "log.jsonl").is_file() else []
@@ -206,14 +236,16 @@ def main() -> None:
         wording = {(line["case"], line["prompt"]): line.get("meta", {}).get("wording", "seen")
                    for line in map(json.loads, (data / "prompts.jsonl").read_text().splitlines())}
         ours = summary(json.loads((evaluation / "metrics_per_prompt.json").read_text()), wording)
-        theirs = summary(score_unet(unet, data, config), wording) | {"seen": None, "unseen": None}  # lesions only
+        theirs = summary(score_unet(unet, data, config), wording)
+        if has_lesion_prompts(data):  # it answers lesion prompts only: no overall figure to set beside ours
+            theirs |= {"seen": None, "unseen": None}
         plan = json.loads((run / "plans.json").read_text())
         common = {"variant": variant, "spacing": "x".join(f"{s:g}" for s in plan["spacing"]),
                   "patch": "x".join(map(str, plan["patch_size"])), "minutes": round(seconds / 60, 1)}
         rows.append(common | {"model": f"medtextseg default ({args.steps} steps)", **ours})
         rows.append(common | {"model": f"MONAI UNet, text-blind ({unet_steps} steps)", **theirs})
     write_results(rows, ["variant", "spacing", "patch", "model", "minutes", "single", "single_2plus", "all",
-                         "absent_empty", "anatomy", "seen", "unseen"], args.out,
+                         "absent_empty", "anatomy", "bilateral", "seen", "unseen"], args.out,
                   "The default on data it was not tuned on, against a text-blind MONAI UNet given the same time "
                   "(prompt groups: seen wordings)")
 
