@@ -1,6 +1,8 @@
 """The HTTP API of ``medtextseg serve`` over one loaded model (README, "Serving").
 
 =========================  =========================================================================================
+``GET /``                  the web viewer (``static/index.html``; NiiVue, built by ``scripts/setup_viewer.sh``); its
+                           page and ``/static/*`` need no token, the API calls it makes send the one typed in it
 ``GET /health``            the model (channels, spacing, text encoder, threshold, checkpoint digest), version, limits
 ``POST /segment``          one case (multipart: ``image`` parts in channel order, ``prompt`` fields, options) ->
                            a zip of ``summary.json`` + ``mask_NN.nii.gz`` on the input's grid (``output=json``: the
@@ -35,6 +37,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.requests import ClientDisconnect
 
 from medtextseg import __version__
@@ -55,6 +58,7 @@ from medtextseg.utils.errors import MedTextSegError, printable
 
 log = logging.getLogger("medtextseg.server")
 ZIP_TYPE, NIFTI_TYPE = "application/zip", "application/gzip"
+STATIC = Path(__file__).parent / "static"  # the web viewer: index.html, viewer.js/.css, niivue.umd.js (built)
 
 
 @dataclass(frozen=True)
@@ -308,7 +312,12 @@ def create_app(predictor: Predictor, settings: ServerSettings | None = None) -> 
         remove_folder(job.folder)
         return {"id": job.id, "status": "deleted"}
 
+    @app.get("/", include_in_schema=False)
+    def viewer() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html", headers={"Cache-Control": "no-cache"})
+
     app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
 
 
