@@ -19,6 +19,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import httpx
 import nibabel as nib
 import numpy as np
 import pytest
@@ -40,7 +41,7 @@ def chromium() -> str | None:
     return None
 
 
-pytestmark = pytest.mark.skipif(chromium() is None, reason="no Chromium (bash scripts/setup_browser.sh installs it)")
+needs_chromium = pytest.mark.skipif(chromium() is None, reason="no Chromium (scripts/setup_browser.sh)")
 
 
 class Browser:
@@ -150,6 +151,19 @@ def served(tmp_path_factory):
     server.stop()
 
 
+def test_the_page_and_its_files_need_no_token_but_the_api_does(served):
+    server, _ = served
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        page = client.get("/")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        for name in ("static/viewer.js", "static/viewer.css", "static/niivue.umd.js"):
+            assert name in page.text and client.get("/" + name).status_code == 200, name
+        assert client.get("/static/../app.py").status_code == 404
+        assert client.get("/health").status_code == 401
+        assert client.get("/health", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+
+
+@needs_chromium
 def test_viewer_segments_and_shows_the_mask(served, tmp_path):
     assert (STATIC / "niivue.umd.js").is_file(), "the NiiVue bundle is not built: bash scripts/setup_viewer.sh"
     server, predictor = served
