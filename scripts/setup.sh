@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates .venv (if missing) and installs medtextseg with its test tools and the server (serve extra). Builds the web viewer when npm is there. Safe to re-run.
+# Creates .venv (if missing) and installs medtextseg with its test tools and the server (serve extra);
+# builds the web viewer when npm is there. Safe to re-run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
