@@ -4,6 +4,7 @@ last test keeps docs/bad_input_catalogue.md generated from them."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -763,6 +764,105 @@ CASES = {
 }
 
 
+# ------------------------------------------------------------------ incomplete files and degenerate affines
+def cut_gzip_stream(path: Path) -> dict:
+    """The file's first half: its gzip stream stops mid-way, past the header."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return {}
+
+
+def cut_header(path: Path) -> dict:
+    """A whole gzip stream of the header's first 200 bytes alone."""
+    path.write_bytes(gzip.compress(gzip.decompress(path.read_bytes())[:200]))
+    return {}
+
+
+def cut_voxels(path: Path) -> dict:
+    """A whole gzip stream, the voxel data 100 bytes short."""
+    import nibabel as nib
+
+    header = nib.load(path).header
+    needed = int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
+    path.write_bytes(gzip.compress(gzip.decompress(path.read_bytes())[:-100]))
+    return {"got": needed - 100, "needed": needed, "shape": " x ".join(map(str, header.get_data_shape())),
+            "dtype": header.get_data_dtype().name}
+
+
+def sform(change):
+    """The file's affine changed by ``change`` (4x4 array, in place), written as its sform (qform unset)."""
+    def spoil(path: Path) -> dict:
+        import nibabel as nib
+
+        image = nib.load(path)
+        header, affine = image.header.copy(), image.affine.copy()
+        change(affine)
+        header["srow_x"], header["srow_y"], header["srow_z"] = affine[:3]
+        header["sform_code"], header["qform_code"] = 1, 0
+        nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj), None, header=header), path)
+        return {}
+
+    return spoil
+
+
+def zero_column(affine: np.ndarray) -> None:
+    affine[:3, 1] = 0
+
+
+def repeated_column(affine: np.ndarray) -> None:
+    affine[:3, 1] = affine[:3, 0]
+
+
+def nan_entry(affine: np.ndarray) -> None:
+    affine[0, 0] = np.nan
+
+
+def spoilt_input(spoil):
+    """predict on synth_000 with its first channel spoilt by ``spoil`` (path -> details)."""
+    def make(ds: Path, tmp: Path, request) -> dict:
+        images = sorted((ds / "imagesTr").glob("synth_000_*.nii.gz"))
+        return {"images": images, "image": images[0], **spoil(images[0])}
+
+    return make
+
+
+def spoilt_case(split: str, spoil):
+    """The first channel of the first case of ``split`` spoilt by ``spoil``."""
+    def make(ds: Path, tmp: Path) -> dict:
+        path = ds / "imagesTr" / f"{split_case(ds, split)}_0000.nii.gz"
+        return {"image": path, **spoil(path)}
+
+    return make
+
+
+def evaluating(make):
+    """The row run by ``evaluate`` (the 2D model on the dataset's test split)."""
+    make.command = "evaluate"
+    return make
+
+
+INCOMPLETE = "the file is incomplete (an interrupted copy or download?): copy it again from its source"
+NO_PLACE = "the image has no valid position in space: fix its header or export it again"
+SPOILT = {
+    "gzip stream cut short": (cut_gzip_stream, "{image}: cut short: its gzip stream ends before its end marker; "
+                                               + INCOMPLETE),
+    "header cut short": (cut_header, "{image}: the NIfTI header is cut short (200 of 348 bytes); " + INCOMPLETE),
+    "voxel data cut short": (cut_voxels, "{image}: the voxel data is cut short ({got} of the {needed} bytes that "
+                                         "shape {shape} of {dtype} needs); " + INCOMPLETE),
+    "affine with a zero column": (sform(zero_column), "{image}: its voxel-to-world affine (sform) gives voxel axis "
+                                                      "1 zero length (a voxel size of 0); " + NO_PLACE),
+    "singular affine": (sform(repeated_column), "{image}: its voxel-to-world affine (sform) is singular: its voxel "
+                                                "axes do not span 3D space (two point the same way); " + NO_PLACE),
+    "affine with NaN": (sform(nan_entry), "{image}: its voxel-to-world affine (sform) holds NaN or infinite "
+                                          "values; " + NO_PLACE),
+}
+# issue 19: these ended in MONAI/nibabel tracebacks (predict, and the training or evaluation after verification)
+for _name, (_spoil, _message) in SPOILT.items():
+    CASES[f"{_name}, predict"] = (predicting("model_run", spoilt_input(_spoil)), _message)
+    CASES[f"{_name}, train"] = (spoilt_case("train", _spoil), _message)
+    CASES[f"{_name}, evaluate"] = (evaluating(spoilt_case("test", _spoil)), _message)
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_one_line_error_and_nothing_written(case, dataset_2d, tmp_path, request):
     """Issue 19: each of these ended in a raw traceback (TypeError, UnicodeDecodeError, RecursionError, ...)."""
@@ -787,6 +887,9 @@ def test_one_line_error_and_nothing_written(case, dataset_2d, tmp_path, request)
                    "shape": list(state["model"][key].shape) if key in state["model"] else None,
                    "expected": list(reference[key].shape) if key else None}
         args = predict_args(model, sorted((dataset / "imagesTr").glob("synth_000_*.nii.gz")), out)
+    elif getattr(make, "command", "") == "evaluate":
+        details = make(dataset, tmp_path)
+        args = ["evaluate", "-m", str(request.getfixturevalue("model_run")), "-d", str(dataset), "-o", str(out)]
     else:
         details = make(dataset, tmp_path)
         extra = details.pop("args", [])

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from medtextseg.data.dicom_series import is_dicom_series, series_geometry
-from medtextseg.data.io import is_nifti
+from medtextseg.data.io import is_nifti, load_nifti
 from medtextseg.utils.errors import MedTextSegError
 
 
@@ -32,9 +32,7 @@ def file_shape(path: str | Path) -> tuple[int, ...]:
         raise MedTextSegError(f"{path}: file not found")
     try:
         if is_nifti(path):
-            import nibabel as nib
-
-            return tuple(int(s) for s in nib.load(str(path)).shape)
+            return tuple(int(s) for s in load_nifti(path).shape)
         import SimpleITK as sitk
 
         reader = sitk.ImageFileReader()
@@ -42,6 +40,8 @@ def file_shape(path: str | Path) -> tuple[int, ...]:
         reader.ReadImageInformation()
         components = reader.GetNumberOfComponents()
         return tuple(int(s) for s in reader.GetSize()) + ((components,) if components > 1 else ())
+    except MedTextSegError:
+        raise
     except Exception as error:  # nibabel/ITK raise many types for corrupt files
         raise MedTextSegError(f"{path}: cannot read image header ({type(error).__name__}: "
                               f"{str(error).splitlines()[0] if str(error) else 'corrupt file'})") from None

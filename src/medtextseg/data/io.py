@@ -12,6 +12,8 @@ never a file (:mod:`medtextseg.data.image_input`).
 
 from __future__ import annotations
 
+import gzip
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,10 +26,135 @@ from medtextseg.utils.atomic import atomic_path
 from medtextseg.utils.errors import MedTextSegError
 
 NIFTI_ENDINGS = (".nii", ".nii.gz")
+NIFTI_HEADER_SIZES = (348, 540)  # NIfTI-1, NIfTI-2: the first field (sizeof_hdr) says which
+INCOMPLETE = "the file is incomplete (an interrupted copy or download?): copy it again from its source"
 
 
 def is_nifti(path: str | Path) -> bool:
     return str(path).lower().endswith(NIFTI_ENDINGS)
+
+
+def _is_gzip(path: Path) -> bool:
+    return str(path).lower().endswith(".gz")
+
+
+def _header_sizes(head: bytes) -> set[int]:
+    """The NIfTI header sizes the first field (sizeof_hdr) of ``head`` names, in either byte order."""
+    return {int.from_bytes(head[:4], order) for order in ("little", "big")} & set(NIFTI_HEADER_SIZES)
+
+
+def _check_nifti_header_complete(path: Path) -> None:
+    """Refuse a NIfTI file whose header is cut short, or whose gzip stream ends inside it (reads <= 540 bytes)."""
+    try:
+        with (gzip.open(path, "rb") if _is_gzip(path) else open(path, "rb")) as handle:
+            head = handle.read(max(NIFTI_HEADER_SIZES))
+    except EOFError:  # the gzip stream ends before the header does
+        raise MedTextSegError(f"{path}: cut short: its gzip stream ends inside the NIfTI header; "
+                              f"{INCOMPLETE}") from None
+    except (gzip.BadGzipFile, zlib.error):
+        with open(path, "rb") as handle:
+            if _header_sizes(handle.read(4)):
+                raise MedTextSegError(f"{path}: an uncompressed NIfTI file named .gz; rename it .nii") from None
+        return  # not gzip, not NIfTI: nibabel says what it cannot read
+    sizes = _header_sizes(head)
+    needed = min(sizes) if sizes else NIFTI_HEADER_SIZES[0]
+    if len(head) < 4 or (sizes and len(head) < needed):
+        raise MedTextSegError(f"{path}: the NIfTI header is cut short ({len(head)} of {needed} bytes); {INCOMPLETE}")
+    # another first field: not NIfTI at all, which nibabel says
+
+
+def _gzip_content(path: Path) -> tuple[int, bool]:
+    """How many bytes a gzip file decompresses to, and whether its last stream ends with its end marker.
+    Streams through the file (bounded memory); only run when the trailer's size disagrees with the header."""
+    total, ended = 0, False
+    decompressor = zlib.decompressobj(zlib.MAX_WBITS | 16)
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            while chunk:
+                if ended:  # another gzip member follows the one that ended
+                    decompressor, ended = zlib.decompressobj(zlib.MAX_WBITS | 16), False
+                total += len(decompressor.decompress(chunk, 1 << 24))
+                ended = decompressor.eof
+                chunk = decompressor.unused_data if ended else decompressor.unconsumed_tail
+    return total, ended
+
+
+def _check_nifti_data_complete(path: Path, image: Any) -> None:
+    """Refuse a NIfTI file with fewer voxel bytes than its header's shape and data type need.
+
+    Cheap: an uncompressed file's size; a gzip file's trailer (its uncompressed size modulo 2**32), the whole
+    stream read only when the trailer disagrees (a stream cut short, several members, trailing bytes)."""
+    header = image.header
+    shape = tuple(int(s) for s in header.get_data_shape())
+    dtype = header.get_data_dtype()
+    # where nibabel reads the voxels from (a single file's vox_offset of 0 means just after the header)
+    offset = int(getattr(image.dataobj, "offset", header.get_data_offset()))
+    needed = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if _is_gzip(path):
+        with open(path, "rb") as handle:
+            handle.seek(-4, 2)
+            if int.from_bytes(handle.read(4), "little") == (offset + needed) % 2**32:
+                return
+        try:
+            size, ended = _gzip_content(path)
+        except zlib.error as error:
+            raise MedTextSegError(f"{path}: corrupt gzip stream ({error}); {INCOMPLETE}") from None
+        if not ended:
+            raise MedTextSegError(f"{path}: cut short: its gzip stream ends before its end marker; {INCOMPLETE}")
+    else:
+        size = path.stat().st_size
+    if size < offset + needed:
+        fmt = " x ".join(str(s) for s in shape)
+        raise MedTextSegError(f"{path}: the voxel data is cut short ({max(size - offset, 0)} of the {needed} bytes "
+                              f"that shape {fmt} of {dtype.name} needs); {INCOMPLETE}")
+
+
+def load_nifti(path: str | Path) -> Any:
+    """``nibabel.load`` of a NIfTI file, refused first when it is incomplete: a gzip stream, header or voxel
+    data cut short (headers and file sizes only, voxels are not read, unless a gzip trailer disagrees).
+
+    Raises:
+        MedTextSegError: naming the file and what is cut short. (nibabel's own errors pass through.)
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    _check_nifti_header_complete(path)
+    image = nib.load(str(path))
+    _check_nifti_data_complete(path, image)
+    return image
+
+
+def _nifti_affine_source(header: Any) -> str:
+    """Which header fields give nibabel's affine: the sform, else the qform, else the voxel sizes alone."""
+    if int(header["sform_code"]) > 0:
+        return "sform"
+    if int(header["qform_code"]) > 0:
+        return "qform"
+    return "pixdim, no sform or qform"
+
+
+def check_affine(path: str | Path, affine: np.ndarray, source: str) -> None:
+    """Refuse a degenerate voxel-to-world affine: NaN or infinite values, a voxel axis of zero length, or voxel
+    axes that do not span space (a singular matrix). Such an image has no place in the world: it cannot be
+    oriented or resampled, and its masks would have no volume.
+
+    Raises:
+        MedTextSegError: naming the file, the header fields (``source``) and the fault.
+    """
+    where = f"{path}: its voxel-to-world affine ({source})"
+    fix = "the image has no valid position in space: fix its header or export it again"
+    affine = np.asarray(affine, dtype=float)
+    if not np.all(np.isfinite(affine)):
+        raise MedTextSegError(f"{where} holds NaN or infinite values; {fix}")
+    matrix = affine[:3, :3]
+    lengths = np.linalg.norm(matrix, axis=0)
+    zero = [axis for axis, length in enumerate(lengths) if length == 0]
+    if zero:
+        raise MedTextSegError(f"{where} gives voxel axis {zero[0]} zero length (a voxel size of 0); {fix}")
+    if abs(np.linalg.det(matrix)) <= 1e-6 * float(np.prod(lengths)):
+        raise MedTextSegError(f"{where} is singular: its voxel axes do not span 3D space (two point the same "
+                              f"way); {fix}")
 
 
 @dataclass(frozen=True)
@@ -64,11 +191,11 @@ def read_geometry(path: str | Path) -> Geometry:
         raise MedTextSegError(f"{path}: file not found")
     try:
         if is_nifti(path):
-            import nibabel as nib
-
-            image = nib.load(str(path))
+            image = load_nifti(path)
             shape = tuple(int(s) for s in image.shape[:3])
-            return Geometry(shape, np.asarray(image.affine, dtype=float), nifti_header=image.header.copy())
+            affine = np.asarray(image.affine, dtype=float)
+            check_affine(path, affine, _nifti_affine_source(image.header))
+            return Geometry(shape, affine, nifti_header=image.header.copy())
         import SimpleITK as sitk
 
         reader = sitk.ImageFileReader()
@@ -78,7 +205,9 @@ def read_geometry(path: str | Path) -> Geometry:
         image.SetSpacing(reader.GetSpacing())
         image.SetOrigin(reader.GetOrigin())
         image.SetDirection(reader.GetDirection())
-        return Geometry(tuple(int(s) for s in reader.GetSize()), itk_to_ras_affine(image),
+        affine = itk_to_ras_affine(image)
+        check_affine(path, affine, "spacing and direction")
+        return Geometry(tuple(int(s) for s in reader.GetSize()), affine,
                         itk_frame=(reader.GetOrigin(), reader.GetSpacing(), reader.GetDirection()))
     except MedTextSegError:
         raise
@@ -94,13 +223,13 @@ def read_array(path: str | Path) -> np.ndarray:
         return read_series(path).array
     try:
         if is_nifti(path):
-            import nibabel as nib
-
-            return np.asanyarray(nib.load(str(path)).dataobj)
+            return np.asanyarray(load_nifti(path).dataobj)
         import SimpleITK as sitk
 
         array = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
         return array.transpose(tuple(reversed(range(array.ndim))))
+    except MedTextSegError:
+        raise
     except Exception as error:
         raise MedTextSegError(f"{path}: cannot read voxels ({type(error).__name__}: "
                               f"{str(error).splitlines()[0] if str(error) else 'corrupt file'})") from None
