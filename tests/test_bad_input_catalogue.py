@@ -863,6 +863,54 @@ for _name, (_spoil, _message) in SPOILT.items():
     CASES[f"{_name}, evaluate"] = (evaluating(spoilt_case("test", _spoil)), _message)
 
 
+# ------------------------------------------------------------------ 2D slices in another voxel order
+def moved_slice_axis(path: Path, keep_world: bool) -> dict:
+    """A 2D file's single-voxel axis moved from last to the middle (48 x 48 x 1 -> 48 x 1 x 48): with the
+    affine's columns moved alike (``keep_world``: the same slice in space, stored in another voxel order), or
+    kept (the slice now standing on its edge: not axial)."""
+    import nibabel as nib
+
+    image = nib.load(path)
+    order = [0, 2, 1]
+    affine = image.affine[:, [*order, 3]] if keep_world else image.affine
+    nib.save(nib.Nifti1Image(np.transpose(np.asanyarray(image.dataobj), order), affine), path)
+    return {}
+
+
+def sagittal(path: Path) -> dict:
+    """A 48 x 48 x 1 slice whose affine runs its single-voxel axis left-right (a sagittal slice)."""
+    import nibabel as nib
+
+    image = nib.load(path)
+    affine = image.affine.copy()
+    affine[:3, :3] = affine[[2, 0, 1], :3]
+    nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj), affine), path)
+    return {}
+
+
+NOT_AXIAL = ("{image}: a 2D image (shape {shape}) that is not an axial slice: its affine runs voxel axis {normal} "
+             "superior-inferior (48 voxels) and voxel axis {single} is the single-voxel one, but {subject} is 2D "
+             "on axial slices (one voxel along superior-inferior): reslice it, or correct its affine if the slice "
+             "is axial")
+
+
+def not_axial(spoil, shape: str, normal: int, single: int):
+    def spoilt(path: Path) -> dict:
+        return {**spoil(path), "shape": shape, "normal": normal, "single": single}
+
+    return spoilt
+
+
+# issue 19: a slice stored 48 x 1 x 48 passed the 2D check and was squeezed along the wrong axis
+for _name, _spoil in {"2D slice stored 48 x 1 x 48": not_axial(lambda p: moved_slice_axis(p, False), "48 x 1 x 48",
+                                                               2, 1),
+                      "sagittal 2D slice": not_axial(sagittal, "48 x 48 x 1", 1, 2)}.items():
+    CASES[f"{_name}, predict"] = (predicting("model_run", spoilt_input(
+        lambda p, s=_spoil: {**s(p), "subject": "the model"})), NOT_AXIAL)
+    CASES[f"{_name}, train"] = (spoilt_case("train", lambda p, s=_spoil: {**s(p), "subject": "the dataset"}),
+                                NOT_AXIAL)
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_one_line_error_and_nothing_written(case, dataset_2d, tmp_path, request):
     """Issue 19: each of these ended in a raw traceback (TypeError, UnicodeDecodeError, RecursionError, ...)."""
@@ -901,6 +949,33 @@ def test_one_line_error_and_nothing_written(case, dataset_2d, tmp_path, request)
     assert result.output.strip() == f"error: {expected}"  # one line, nothing else
     assert result.output.strip().isprintable()  # no raw control character reaches the terminal
     assert snapshot(tmp_path) == before and not out.exists()
+
+
+def test_a_2d_slice_in_another_voxel_order_reads_and_writes_back_on_its_grid(model_run, dataset_2d, tmp_path):
+    """Issue 19: a slice stored 48 x 1 x 48 whose affine says it is axial is the same slice: it trains to the
+    same weights, predicts the same mask written back 48 x 1 x 48 on its own grid, and scores the same."""
+    from medtextseg.evaluation.runner import evaluate_run
+
+    moved = dataset_copy(dataset_2d, tmp_path / "moved")
+    for path in [*moved.glob("imagesTr/*.nii.gz"), *moved.glob("labelsTr/*.nii.gz")]:
+        moved_slice_axis(path, keep_world=True)
+    config = Config.load("default_2d", [*TINY_2D, f"data.root={moved}"])
+    weights = torch.load(train(config, tmp_path / "run", progress=False) / "best.pt", weights_only=True)["model"]
+    reference = torch.load(model_run / "best.pt", weights_only=True)["model"]
+    assert all(torch.equal(weights[key], value) for key, value in reference.items())
+    for dataset, out in ((dataset_2d, tmp_path / "pred"), (moved, tmp_path / "pred_moved")):
+        result = runner.invoke(app, predict_args(model_run, sorted(dataset.glob("imagesTr/synth_000_*")), out))
+        assert result.exit_code == 0, result.output
+    from medtextseg.data.io import read_array, read_geometry
+
+    mask, moved_mask = (read_array(tmp_path / name / "mask_01.nii.gz") for name in ("pred", "pred_moved"))
+    assert moved_mask.shape == (48, 1, 48) and mask.any()
+    assert np.array_equal(moved_mask, np.transpose(mask, (0, 2, 1)))
+    assert read_geometry(tmp_path / "pred_moved" / "mask_01.nii.gz").same_grid(
+        read_geometry(moved / "imagesTr" / "synth_000_0000.nii.gz"))
+    scores = [evaluate_run(model_run, dataset, tmp_path / f"eval_{dataset.name}", progress=False)
+              for dataset in (dataset_2d, moved)]
+    assert scores[0] == scores[1] and scores[0]
 
 
 # ------------------------------------------------------------------ the catalogue as a document

@@ -334,17 +334,13 @@ def _save_prediction_overlay(image_path: Path, result, out_path: Path) -> None:
 
     from medtextseg.data.io import read_array
     from medtextseg.evaluation.report import save_overlay
-    from medtextseg.evaluation.runner import to_ras
+    from medtextseg.evaluation.runner import ras_view
 
     affine = result.geometry.affine
-    spatial = result.mask.shape if result.mask.ndim == 2 or result.mask.shape[-1] > 1 else result.mask.shape[:2]
-
-    def ras(array):
-        return to_ras(np.asarray(array), affine).reshape(spatial)
-
-    save_overlay(ras(read_array(image_path)), np.zeros(spatial, dtype=bool), ras(result.mask), out_path,
+    mask = ras_view(result.mask, affine)
+    save_overlay(ras_view(read_array(image_path), affine), np.zeros(mask.shape, dtype=bool), mask, out_path,
                  title=f"{result.prompt}  ({result.uncertainty_kind} uncertainty)",
-                 probability=ras(result.probability), uncertainty=ras(result.uncertainty))
+                 probability=ras_view(result.probability, affine), uncertainty=ras_view(result.uncertainty, affine))
 
 
 @app.command()

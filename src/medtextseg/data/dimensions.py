@@ -1,18 +1,24 @@
 """Whether an image file is a 2D slice, a 3D volume or more, checked against the model before it sees a voxel.
 
-A 2D model segments single slices (files of shape X x Y or X x Y x 1); a 3D model segments volumes (three
-axes longer than one voxel). A file with a fourth axis longer than one (channels or time points in one file,
-or a vector pixel) is neither: medtextseg takes one file per channel. Without these checks a volume given to a
-2D model failed in a reshape after prediction, a 4D file reached the first convolution with too many channels,
-and a slice given to a 3D model was segmented without a word.
+A 2D model segments single axial slices (files of shape X x Y or X x Y x 1, or any voxel order whose affine
+puts the single voxel along superior-inferior, e.g. 48 x 1 x 48: RAS orientation moves that axis last, where
+training and prediction squeeze it, and the inversion puts it back in the file's place); a 3D model segments
+volumes (three axes longer than one voxel). A file with a fourth axis longer than one (channels or time points
+in one file, or a vector pixel) is neither: medtextseg takes one file per channel. Without these checks a
+volume given to a 2D model failed in a reshape after prediction, a 4D file reached the first convolution with
+too many channels, and a slice given to a 3D model was segmented without a word. A slice that is not axial
+(48 x 1 x 48 with an axial affine, or a sagittal 48 x 48 x 1) would have been squeezed along the wrong axis:
+it is refused.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from medtextseg.data.dicom_series import is_dicom_series, series_geometry
-from medtextseg.data.io import is_nifti, load_nifti
+from medtextseg.data.io import Geometry, is_nifti, load_nifti, read_geometry
 from medtextseg.utils.errors import MedTextSegError
 
 
@@ -51,13 +57,49 @@ def _fmt(shape: tuple[int, ...]) -> str:
     return " x ".join(str(s) for s in shape)
 
 
+def slice_normal_axis(affine: np.ndarray) -> int:
+    """The voxel axis that runs closest to superior-inferior: the one a 2D slice has a single voxel along.
+
+    RAS orientation puts it last, so the in-plane axes are the others, in file order: what a 2D model sees,
+    and what measurements on the file's grid keep."""
+    from nibabel.orientations import io_orientation
+
+    return int(np.flatnonzero(io_orientation(affine)[:, 0] == 2)[0])
+
+
+def metric_grid(geometry: Geometry, spatial_dims: int) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """The shape and spacing (mm) a mask of this file is scored on: the file's three axes for 3D; for a 2D
+    slice its two in-plane axes, in file order (the single-voxel one, see ``slice_normal_axis``, dropped)."""
+    axes = list(range(3))
+    if spatial_dims == 2:
+        normal = slice_normal_axis(geometry.affine)
+        axes = [axis for axis in axes if axis != normal]
+    shape = (*geometry.shape, 1, 1)
+    lengths = np.linalg.norm(geometry.affine[:3, :3], axis=0)
+    return tuple(shape[a] for a in axes), tuple(float(lengths[a]) for a in axes)
+
+
+def _check_axial(path: str | Path, shape: tuple[int, ...], subject: str) -> None:
+    """Refuse a 2D image whose single-voxel axis is not the superior-inferior one (e.g. 48 x 1 x 48 with an
+    axial affine, or a sagittal 48 x 48 x 1): after RAS orientation its slice would not lie in the last axis,
+    where 2D training and prediction take it. Any voxel order is fine when the affine says it is axial."""
+    normal = slice_normal_axis(read_geometry(path).affine)
+    full = (*shape[:3], *[1] * (3 - len(shape[:3])))
+    if full[normal] != 1:
+        single = next((f"voxel axis {axis}" for axis in range(3) if full[axis] == 1), "no axis")
+        raise MedTextSegError(f"{path}: a 2D image (shape {_fmt(shape)}) that is not an axial slice: its affine "
+                              f"runs voxel axis {normal} superior-inferior ({full[normal]} voxels) and {single} "
+                              f"is the single-voxel one, but {subject} is 2D on axial slices (one voxel along "
+                              "superior-inferior): reslice it, or correct its affine if the slice is axial")
+
+
 def check_image_dims(path: str | Path, spatial_dims: int, subject: str, other_dims_fix: str) -> None:
     """Raise unless ``path`` holds one image of ``spatial_dims`` spatial axes (see :func:`check_shape_dims`).
 
     Args:
         path: an image file or DICOM series folder.
-        spatial_dims: 2 (a slice: at most two axes longer than one voxel, e.g. 48 x 48 x 1) or 3 (a volume:
-            three axes longer than one voxel).
+        spatial_dims: 2 (an axial slice: at most two axes longer than one voxel, the single-voxel one running
+            superior-inferior, e.g. 48 x 48 x 1) or 3 (a volume: three axes longer than one voxel).
         subject: what expects them, for the message, e.g. "the model" or "the dataset".
         other_dims_fix: how to work with an image of the other kind, ``{dims}`` standing for its number of
             axes, e.g. "or use a {dims}D model".
@@ -86,6 +128,8 @@ def check_shape_dims(shape: tuple[int, ...], name: str, spatial_dims: int, subje
     if spatial_dims == 2 and long_axes == 3:
         raise MedTextSegError(f"{name}: a 3D image (shape {_fmt(shape)}) but {subject} is 2D (one slice per {unit}, "
                               f"X x Y x 1): give a single slice, {other_dims_fix.format(dims=3)}")
+    if spatial_dims == 2:
+        _check_axial(path, shape, subject)
     if spatial_dims == 3 and long_axes < 3:
         raise MedTextSegError(f"{name}: a 2D image (shape {_fmt(shape)}) but {subject} is 3D (a volume per {unit}): "
                               f"give the whole volume, {other_dims_fix.format(dims=2)}")

@@ -57,8 +57,8 @@ def _ras_axes(affine: np.ndarray, spatial_dims: int) -> list[int]:
     """Voxel axis along each of the patient's R, A, S axes (the first ``spatial_dims`` of them)."""
     world_of_voxel = io_orientation(affine)[:, 0].astype(int)  # voxel axis i -> world axis
     voxel_of_world = [int(np.flatnonzero(world_of_voxel == w)[0]) for w in range(3)]
-    # 2D files are X x Y x 1 slices: their two in-plane voxel axes, whatever their tilt
-    return [0, 1] if spatial_dims == 2 else voxel_of_world
+    # 2D files are axial slices (checked: one voxel along S), whatever their voxel order: their R and A axes
+    return voxel_of_world[:spatial_dims]
 
 
 def _box_extent(mask: np.ndarray, spacing: np.ndarray, axes: list[int]) -> list[float]:

@@ -31,6 +31,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from medtextseg.data.attribute_prompts import PROMPT_STYLES, can_restyle, restyle
+from medtextseg.data.dimensions import metric_grid
 from medtextseg.data.io import read_array, read_geometry
 from medtextseg.data.layout import load_dataset, verify_dataset
 from medtextseg.evaluation.metrics import segmentation_metrics, summarize
@@ -164,8 +165,7 @@ def prompt_robustness(run: str | Path, data_root: str | Path, out_dir: str | Pat
         geometry = read_geometry(case.image_paths[0])
         label = read_array(case.label_path) if case.label_path else None
         results = predictor.predict(case.image_paths, [text for *_, text in variants], uncertainty=False)
-        spatial = geometry.shape if layout.spatial_dims == 3 else geometry.shape[:2]
-        spacing = geometry.spacing[: len(spatial)]
+        spatial, spacing = metric_grid(geometry, layout.spatial_dims)
         targets: dict[int, np.ndarray] = {}
         for (number, prompt, style, text), result in zip(variants, results, strict=True):
             if number not in targets:

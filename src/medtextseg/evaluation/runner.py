@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medtextseg.data.dimensions import metric_grid
 from medtextseg.data.io import read_array, read_geometry
 from medtextseg.data.layout import CaseRecord, PromptRecord, load_dataset, verify_dataset
 from medtextseg.evaluation.lesion_detection import lesion_detection_metrics
@@ -45,6 +46,12 @@ def to_ras(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
 
     ornt = nib.orientations.io_orientation(affine)
     return nib.orientations.apply_orientation(array, ornt)
+
+
+def ras_view(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """``to_ras`` for display: a 2D slice (one voxel along S, last once oriented) as a 2D array."""
+    oriented = to_ras(np.asarray(array), affine)
+    return oriented[..., 0] if oriented.ndim == 3 and oriented.shape[-1] == 1 else oriented
 
 
 def evaluate_run(run: str | Path, data_root: str | Path, out_dir: str | Path, split: str = "test",
@@ -91,8 +98,7 @@ def evaluate_run(run: str | Path, data_root: str | Path, out_dir: str | Path, sp
         geometry = read_geometry(case.image_paths[0])
         label = read_array(case.label_path) if case.label_path else None
         results = predictor.predict(case.image_paths, [p.prompt for p in case.prompts])
-        spatial = geometry.shape if layout.spatial_dims == 3 else geometry.shape[:2]
-        spacing = geometry.spacing[: len(spatial)]
+        spatial, spacing = metric_grid(geometry, layout.spatial_dims)
         index = []
         for number, (prompt, result) in enumerate(zip(case.prompts, results, strict=True)):
             target = prompt_target(case, prompt, label)
@@ -128,13 +134,12 @@ def evaluate_run(run: str | Path, data_root: str | Path, out_dir: str | Path, sp
             if overlay_count[group] < overlays_per_group and (target.any() or group == "absent"):
                 overlay_count[group] += 1
                 image = read_array(case.image_paths[min(overlay_channel, len(case.image_paths) - 1)])
-                save_overlay(to_ras(image, geometry.affine).reshape(spatial),
-                             to_ras(target, geometry.affine).reshape(spatial),
-                             to_ras(result.mask, geometry.affine).reshape(spatial),
+                save_overlay(ras_view(image, geometry.affine), ras_view(target, geometry.affine),
+                             ras_view(result.mask, geometry.affine),
                              out_dir / "overlays" / f"{group}_{overlay_count[group]}_{case.case}.png",
                              title=f"{case.case}: {prompt.prompt}  (Dice {metrics['dice']:.2f})",
-                             probability=to_ras(result.probability, geometry.affine).reshape(spatial),
-                             uncertainty=to_ras(result.uncertainty, geometry.affine).reshape(spatial))
+                             probability=ras_view(result.probability, geometry.affine),
+                             uncertainty=ras_view(result.uncertainty, geometry.affine))
         if save_masks:
             write_text_atomic(out_dir / "masks" / case.case / "prompts.json", json.dumps(index, indent=1))
     write_records(records, out_dir)
