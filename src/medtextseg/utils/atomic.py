@@ -2,19 +2,27 @@
 
 Every output of medtextseg (masks, checkpoints, metrics, plots) is written into a temporary folder beside the
 destination, under the destination's own name, and moved into place with ``os.replace``, which is atomic on
-POSIX file systems. Writing under the final name keeps multi-file formats right: SimpleITK's ``mask.mhd``
-names its data file ``mask.zraw``, which is moved into place first, the header last. Files are created by the
-writer itself (not ``mkstemp``), so they get the mode the user's umask gives (0644 under umask 022).
+POSIX file systems. A write killed mid-way (SIGKILL) leaves only its temporary folder,
+``.partial-NAME-XXXXXXXX``: the destination keeps its previous version, and the next process to lock the folder
+removes the leftover (``remove_partial_writes``). Writing under the final name keeps multi-file formats right:
+SimpleITK's ``mask.mhd`` names its data file ``mask.zraw``, which is moved into place first, the header last.
+Files are created by the writer itself (not ``mkstemp``), so they get the mode the user's umask gives (0644 under
+umask 022).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+# a write's temporary folder: PREFIX, the destination's name up to its first dot, "-", mkdtemp's 8 characters
+PARTIAL_PREFIX = ".partial-"
+_PARTIAL = re.compile(rf"{re.escape(PARTIAL_PREFIX)}[^/]*-[a-z0-9_]{{8}}")
 
 
 @contextlib.contextmanager
@@ -28,7 +36,8 @@ def atomic_path(destination: str | os.PathLike) -> Iterator[Path]:
     """
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=f".{destination.name.split('.')[0]}-", dir=destination.parent))
+    folder = Path(tempfile.mkdtemp(prefix=f"{PARTIAL_PREFIX}{destination.name.split('.')[0]}-",
+                                   dir=destination.parent))
     tmp = folder / destination.name
     try:
         yield tmp
@@ -58,3 +67,14 @@ def write_text_atomic(destination: str | os.PathLike, text: str) -> Path:
     with atomic_path(destination) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(destination)
+
+
+def remove_partial_writes(folder: str | os.PathLike) -> list[str]:
+    """Remove the temporary folders that writes killed mid-way (SIGKILL, power cut) left in ``folder``; return
+    their names. Only for a folder no other process is writing into (one whose lock this process holds)."""
+    folder = Path(folder)
+    removed = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.is_symlink()
+                     and _PARTIAL.fullmatch(p.name))
+    for name in removed:
+        shutil.rmtree(folder / name, ignore_errors=True)
+    return removed

@@ -6,7 +6,8 @@ with one line naming the folder and the process that holds it.
 
 The lock is ``flock`` on ``FOLDER/.medtextseg.lock`` (POSIX): the kernel releases it when the holder exits,
 however it ends (a SIGKILL included), so a lock is never stale; the file's text is only the holder's pid, for
-the message. The holder removes the file when it is done, and the folder too when it created it and nothing
+the message. Taking the lock removes what a killed holder's atomic writes left (their temporary folders).
+The holder removes the file when it is done, and the folder too when it created it and nothing
 else was written there (a command that failed early leaves nothing behind).
 """
 
@@ -19,6 +20,7 @@ from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 
+from medtextseg.utils.atomic import remove_partial_writes
 from medtextseg.utils.errors import MedTextSegError
 
 LOCK_NAME = ".medtextseg.lock"
@@ -109,6 +111,7 @@ def folder_lock(folder: str | Path) -> Iterator[Path]:
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        remove_partial_writes(folder)  # what a killed holder's writes left: no one else writes here now
         yield folder
     finally:
         _HELD.discard(identity)
