@@ -157,3 +157,18 @@ def test_verification_reads_a_case_again_only_when_its_files_changed(dataset, mo
     with pytest.raises(MedTextSegError, match=rf"labelsTr/{case}.nii.gz: label value 9 is not declared"):
         verify_dataset(load_dataset(dataset))
     assert read == [case]
+
+
+def test_a_bad_file_stops_the_progress_bar_of_the_check(dataset):
+    """A bad file ended the check inside rich's ``track``: the bar's refresh thread kept running while the error
+    was held, and the next bar in the process waited for its display's lock for ever (a hung test run)."""
+    import threading
+
+    from rich.live import _RefreshThread
+
+    case = _first_case(dataset)
+    (dataset / "imagesTr" / f"{case}_0000.nii.gz").write_bytes(b"not a nifti file at all")
+    with pytest.raises(MedTextSegError) as error:
+        verify_dataset(load_dataset(dataset), progress=True)
+    assert error.value.__traceback__ is not None  # the error, and so the loop's frames, are still held
+    assert not any(isinstance(thread, _RefreshThread) for thread in threading.enumerate())

@@ -16,6 +16,7 @@ from nibabel.orientations import io_orientation
 
 from medtextseg.data.io import read_array, read_geometry
 from medtextseg.data.layout import CaseRecord, DatasetLayout
+from medtextseg.utils.progress import progress_bar
 
 INTENSITY_SAMPLES = 2000  # foreground voxels per case and channel for the intensity statistics (nnU-Net: 10k)
 
@@ -108,16 +109,12 @@ def fingerprint_dataset(layout: DatasetLayout, case_ids: list[str], progress: bo
     fingerprint = Fingerprint(layout.spatial_dims, list(layout.channel_names))
     rng = np.random.default_rng(0)
     samples: list[list[np.ndarray]] = [[] for _ in layout.channel_names]
-    iterator = case_ids
-    if progress:
-        from rich.progress import track
-
-        iterator = track(case_ids, description="fingerprinting the dataset", transient=True)
     kinds: Counter[str] = Counter()
-    for case_id in iterator:
-        case = layout.cases[case_id]
-        kinds.update(p.kind for p in case.prompts)
-        _case_measurements(case, layout.spatial_dims, rng, fingerprint, samples)
+    with progress_bar(case_ids, "fingerprinting the dataset", progress, transient=True) as iterator:
+        for case_id in iterator:
+            case = layout.cases[case_id]
+            kinds.update(p.kind for p in case.prompts)
+            _case_measurements(case, layout.spatial_dims, rng, fingerprint, samples)
     fingerprint.kinds = dict(sorted(kinds.items()))
     for channel_samples in samples:
         values = np.concatenate(channel_samples) if channel_samples else np.zeros(1)

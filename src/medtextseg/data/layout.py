@@ -21,6 +21,7 @@ from medtextseg.data.prompts import validate_prompt
 from medtextseg.data.vocabulary import VOCABULARY_FILE, PromptVocabulary
 from medtextseg.utils.errors import MedTextSegError
 from medtextseg.utils.json_files import json_type, read_json
+from medtextseg.utils.progress import progress_bar
 
 
 @dataclass
@@ -339,17 +340,13 @@ def verify_dataset(layout: DatasetLayout, case_ids: list[str] | None = None, pro
     A case whose files are unchanged since this process last verified it is not read again.
     """
     ids = case_ids if case_ids is not None else list(layout.cases)
-    iterator = ids
-    if progress:
-        from rich.progress import track
-
-        iterator = track(ids, description="checking dataset", transient=True)
-    for case in iterator:
-        signature = _case_signature(layout.cases[case], layout.labels, layout.spatial_dims)
-        if signature is None or signature not in _VERIFIED:
-            verify_case(layout.cases[case], layout.labels, layout.spatial_dims)
-            if signature is not None:
-                _VERIFIED.add(signature)
+    with progress_bar(ids, "checking dataset", progress, transient=True) as iterator:
+        for case in iterator:
+            signature = _case_signature(layout.cases[case], layout.labels, layout.spatial_dims)
+            if signature is None or signature not in _VERIFIED:
+                verify_case(layout.cases[case], layout.labels, layout.spatial_dims)
+                if signature is not None:
+                    _VERIFIED.add(signature)
 
 
 def _fmt(values: tuple[float, ...]) -> str:

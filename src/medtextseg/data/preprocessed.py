@@ -42,6 +42,7 @@ from medtextseg.data.layout import CaseRecord, DatasetLayout, PromptRecord
 from medtextseg.data.transforms import normalization_rules
 from medtextseg.utils.atomic import atomic_path, write_text_atomic
 from medtextseg.utils.errors import MedTextSegError
+from medtextseg.utils.progress import progress_bar
 
 CACHE_FORMAT = 1  # raise when the arrays or the entry change meaning: old folders are then never read
 
@@ -216,20 +217,13 @@ def preprocess_cases(layout: DatasetLayout, case_ids: list[str], spacing: Sequen
     folder = preprocessed_folder(layout.root, spacing, layout.spatial_dims, cache_dir, normalization)
     root = Path(layout.root)
     words = f"{label} " if label else ""
-    iterator: Sequence[str] = case_ids
-    if progress:
-        from rich.progress import track
-
-        iterator = track(case_ids, description=f"reading {len(case_ids)} preprocessed {words}cases", transient=True)
-    found = {c: read_entry(folder, layout.cases[c], root) for c in iterator}
+    with progress_bar(case_ids, f"reading {len(case_ids)} preprocessed {words}cases", progress,
+                      transient=True) as iterator:
+        found = {c: read_entry(folder, layout.cases[c], root) for c in iterator}
     missing = [c for c, reference in found.items() if reference is None]
-    iterator = missing
-    if progress and missing:
-        from rich.progress import track
-
-        iterator = track(missing, description=f"preparing {len(missing)} of {len(case_ids)} {words}cases",
-                         transient=True)
-    for case_id in iterator:
-        found[case_id] = write_entry(folder, layout.cases[case_id], root, spacing, layout.spatial_dims,
-                                     normalization)
+    with progress_bar(missing, f"preparing {len(missing)} of {len(case_ids)} {words}cases", progress and bool(missing),
+                      transient=True) as iterator:
+        for case_id in iterator:
+            found[case_id] = write_entry(folder, layout.cases[case_id], root, spacing, layout.spatial_dims,
+                                         normalization)
     return PreprocessedCases([found[c] for c in case_ids], len(missing), folder)

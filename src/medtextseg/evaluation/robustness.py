@@ -40,6 +40,7 @@ from medtextseg.evaluation.runner import prompt_target, result_group
 from medtextseg.inference.predictor import Predictor
 from medtextseg.utils.atomic import atomic_path
 from medtextseg.utils.errors import MedTextSegError
+from medtextseg.utils.progress import progress_bar
 
 __all__ = ["ORIGINAL_STYLE", "prompt_robustness"]
 
@@ -148,33 +149,29 @@ def prompt_robustness(run: str | Path, data_root: str | Path, out_dir: str | Pat
     verify_dataset(layout, [c.case for c in cases], progress=progress)
     predictor = Predictor(run)
     records: list[dict[str, Any]] = []
-    iterator = cases
-    if progress:
-        from rich.progress import track
-
-        iterator = track(cases, description=f"prompt robustness on {split}")
-    for case in iterator:
-        # Every variant of the case's attribute prompts, predicted in one call: the image is prepared once.
-        variants = [(number, prompt, style,
-                     prompt.prompt if style == ORIGINAL_STYLE
-                     else restyle(prompt.meta, prompt.kind, style, _variant_rng(seed, case.case, number, style)))
-                    for number, prompt in enumerate(case.prompts) if can_restyle(prompt.meta, prompt.kind)
-                    for style in styles]
-        if not variants:
-            continue
-        geometry = read_geometry(case.image_paths[0])
-        label = read_array(case.label_path) if case.label_path else None
-        results = predictor.predict(case.image_paths, [text for *_, text in variants], uncertainty=False)
-        spatial, spacing = metric_grid(geometry, layout.spatial_dims)
-        targets: dict[int, np.ndarray] = {}
-        for (number, prompt, style, text), result in zip(variants, results, strict=True):
-            if number not in targets:
-                targets[number] = prompt_target(case, prompt, label).reshape(spatial)
-            metrics = segmentation_metrics(result.mask.reshape(spatial) > 0, targets[number], spacing)
-            records.append({"case": case.case, "kind": prompt.kind, "group": result_group(prompt), "style": style,
-                            "prompt": text, "original_prompt": prompt.prompt,
-                            "empty_correct": bool(metrics["pred_empty"]) if metrics["target_empty"] else None,
-                            "n_lesions": prompt.meta.get("n_lesions"), **metrics})
+    with progress_bar(cases, f"prompt robustness on {split}", progress) as iterator:
+        for case in iterator:
+            # Every variant of the case's attribute prompts, predicted in one call: the image is prepared once.
+            variants = [(number, prompt, style,
+                         prompt.prompt if style == ORIGINAL_STYLE
+                         else restyle(prompt.meta, prompt.kind, style, _variant_rng(seed, case.case, number, style)))
+                        for number, prompt in enumerate(case.prompts) if can_restyle(prompt.meta, prompt.kind)
+                        for style in styles]
+            if not variants:
+                continue
+            geometry = read_geometry(case.image_paths[0])
+            label = read_array(case.label_path) if case.label_path else None
+            results = predictor.predict(case.image_paths, [text for *_, text in variants], uncertainty=False)
+            spatial, spacing = metric_grid(geometry, layout.spatial_dims)
+            targets: dict[int, np.ndarray] = {}
+            for (number, prompt, style, text), result in zip(variants, results, strict=True):
+                if number not in targets:
+                    targets[number] = prompt_target(case, prompt, label).reshape(spatial)
+                metrics = segmentation_metrics(result.mask.reshape(spatial) > 0, targets[number], spacing)
+                records.append({"case": case.case, "kind": prompt.kind, "group": result_group(prompt), "style": style,
+                                "prompt": text, "original_prompt": prompt.prompt,
+                                "empty_correct": bool(metrics["pred_empty"]) if metrics["target_empty"] else None,
+                                "n_lesions": prompt.meta.get("n_lesions"), **metrics})
     if not records:
         raise MedTextSegError(f"{layout.root}: split {split!r} has no prompt that names a lesion by its attributes "
                               f"(kinds single/absent with side, zone, size or shape in meta) to restyle")

@@ -22,6 +22,7 @@ from medtextseg.inference.postprocessing import remove_small_components
 from medtextseg.inference.predictor import Predictor
 from medtextseg.inference.sliding import binary_entropy
 from medtextseg.utils.atomic import write_text_atomic
+from medtextseg.utils.progress import progress_bar
 
 
 def prompt_target(case: CaseRecord, prompt: PromptRecord, label: np.ndarray | None) -> np.ndarray:
@@ -87,61 +88,57 @@ def evaluate_run(run: str | Path, data_root: str | Path, out_dir: str | Path, sp
     uncertainty_kind = "entropy"
     lesion_maps: list[tuple[np.ndarray, np.ndarray]] = []  # "all lesions" prompts: (probability, target)
     sweep_records: list[dict] = []
-    iterator = cases
-    if progress:
-        from rich.progress import track
-
-        iterator = track(cases, description=f"evaluating {split}")
-    for case in iterator:
-        if not case.prompts:
-            continue
-        geometry = read_geometry(case.image_paths[0])
-        label = read_array(case.label_path) if case.label_path else None
-        results = predictor.predict(case.image_paths, [p.prompt for p in case.prompts])
-        spatial, spacing = metric_grid(geometry, layout.spatial_dims)
-        index = []
-        for number, (prompt, result) in enumerate(zip(case.prompts, results, strict=True)):
-            target = prompt_target(case, prompt, label)
-            metrics = segmentation_metrics(result.mask.reshape(spatial) > 0, target.reshape(spatial), spacing,
-                                           nsd_tolerance_mm)
-            metrics["average_precision"] = average_precision(result.probability, target,
-                                                             predictor.config.inference.threshold)
-            group = result_group(prompt)
-            uncertainty_kind = result.uncertainty_kind
-            entropy = (binary_entropy(torch.from_numpy(result.probability)).numpy()
-                       if uncertainty_kind != "entropy" else None)
-            for name in (group, OVERALL_GROUP):
-                calibration[name].add(result.probability, target, result.uncertainty)
-                if entropy is not None:
-                    entropy_ranking[name].add(result.probability, target, entropy)
-            if prompt.kind == "all":
-                lesion_maps.append((result.probability.reshape(spatial), target.reshape(spatial)))
-            for min_voxels in component_sweep:
-                swept = remove_small_components(result.probability.reshape(spatial) > threshold, min_voxels,
-                                                keep_largest=True)
-                sweep_records.append({"case": case.case, "prompt": prompt.prompt, "group": group,
-                                      "min_voxels": min_voxels, **segmentation_metrics(
-                                          swept, target.reshape(spatial), spacing, nsd_tolerance_mm)})
-            record = {"case": case.case, "prompt": prompt.prompt, "kind": prompt.kind, "group": group,
-                      "n_lesions": prompt.meta.get("n_lesions"), "class": prompt.class_name, **metrics}
-            if isinstance(prompt.meta.get("wording"), str):  # a held-out phrasing set ("seen" / "unseen", ...)
-                record |= {"wording": prompt.meta["wording"], "group_wording": f"{group}/{prompt.meta['wording']}"}
-            records.append(record)
+    with progress_bar(cases, f"evaluating {split}", progress) as iterator:
+        for case in iterator:
+            if not case.prompts:
+                continue
+            geometry = read_geometry(case.image_paths[0])
+            label = read_array(case.label_path) if case.label_path else None
+            results = predictor.predict(case.image_paths, [p.prompt for p in case.prompts])
+            spatial, spacing = metric_grid(geometry, layout.spatial_dims)
+            index = []
+            for number, (prompt, result) in enumerate(zip(case.prompts, results, strict=True)):
+                target = prompt_target(case, prompt, label)
+                metrics = segmentation_metrics(result.mask.reshape(spatial) > 0, target.reshape(spatial), spacing,
+                                               nsd_tolerance_mm)
+                metrics["average_precision"] = average_precision(result.probability, target,
+                                                                 predictor.config.inference.threshold)
+                group = result_group(prompt)
+                uncertainty_kind = result.uncertainty_kind
+                entropy = (binary_entropy(torch.from_numpy(result.probability)).numpy()
+                           if uncertainty_kind != "entropy" else None)
+                for name in (group, OVERALL_GROUP):
+                    calibration[name].add(result.probability, target, result.uncertainty)
+                    if entropy is not None:
+                        entropy_ranking[name].add(result.probability, target, entropy)
+                if prompt.kind == "all":
+                    lesion_maps.append((result.probability.reshape(spatial), target.reshape(spatial)))
+                for min_voxels in component_sweep:
+                    swept = remove_small_components(result.probability.reshape(spatial) > threshold, min_voxels,
+                                                    keep_largest=True)
+                    sweep_records.append({"case": case.case, "prompt": prompt.prompt, "group": group,
+                                          "min_voxels": min_voxels, **segmentation_metrics(
+                                              swept, target.reshape(spatial), spacing, nsd_tolerance_mm)})
+                record = {"case": case.case, "prompt": prompt.prompt, "kind": prompt.kind, "group": group,
+                          "n_lesions": prompt.meta.get("n_lesions"), "class": prompt.class_name, **metrics}
+                if isinstance(prompt.meta.get("wording"), str):  # a held-out phrasing set ("seen" / "unseen", ...)
+                    record |= {"wording": prompt.meta["wording"], "group_wording": f"{group}/{prompt.meta['wording']}"}
+                records.append(record)
+                if save_masks:
+                    mask_path = out_dir / "masks" / case.case / f"prompt_{number:02d}.nii.gz"
+                    result.save(mask_path)
+                    index.append({"prompt": prompt.prompt, "kind": prompt.kind, "mask": mask_path.name})
+                if overlay_count[group] < overlays_per_group and (target.any() or group == "absent"):
+                    overlay_count[group] += 1
+                    image = read_array(case.image_paths[min(overlay_channel, len(case.image_paths) - 1)])
+                    save_overlay(ras_view(image, geometry.affine), ras_view(target, geometry.affine),
+                                 ras_view(result.mask, geometry.affine),
+                                 out_dir / "overlays" / f"{group}_{overlay_count[group]}_{case.case}.png",
+                                 title=f"{case.case}: {prompt.prompt}  (Dice {metrics['dice']:.2f})",
+                                 probability=ras_view(result.probability, geometry.affine),
+                                 uncertainty=ras_view(result.uncertainty, geometry.affine))
             if save_masks:
-                mask_path = out_dir / "masks" / case.case / f"prompt_{number:02d}.nii.gz"
-                result.save(mask_path)
-                index.append({"prompt": prompt.prompt, "kind": prompt.kind, "mask": mask_path.name})
-            if overlay_count[group] < overlays_per_group and (target.any() or group == "absent"):
-                overlay_count[group] += 1
-                image = read_array(case.image_paths[min(overlay_channel, len(case.image_paths) - 1)])
-                save_overlay(ras_view(image, geometry.affine), ras_view(target, geometry.affine),
-                             ras_view(result.mask, geometry.affine),
-                             out_dir / "overlays" / f"{group}_{overlay_count[group]}_{case.case}.png",
-                             title=f"{case.case}: {prompt.prompt}  (Dice {metrics['dice']:.2f})",
-                             probability=ras_view(result.probability, geometry.affine),
-                             uncertainty=ras_view(result.uncertainty, geometry.affine))
-        if save_masks:
-            write_text_atomic(out_dir / "masks" / case.case / "prompts.json", json.dumps(index, indent=1))
+                write_text_atomic(out_dir / "masks" / case.case / "prompts.json", json.dumps(index, indent=1))
     write_records(records, out_dir)
     rows = summarize(records, group_by="group") if records else []
     uncertainty = {name: {**accumulator.summary(), "uncertainty_kind": uncertainty_kind,
