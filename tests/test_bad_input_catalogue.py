@@ -629,6 +629,8 @@ def set_values(*overrides: str):
 
 NOT_A_SECTION = "is a value, not a section with fields; set it as train.steps=VALUE"
 CONTROL = "the prompt has the control character {char} at character {position}; a prompt is plain text: remove it"
+SURROGATE = ("the prompt has {char} at character {position}, which is not a character (a lone surrogate: text that "
+             "was not valid UTF-8?); give the prompt as UTF-8 text")
 PATCH_50 = ("data.patch_size [50, 50] is not a multiple of the strides' product [4, 4] along each axis (model.strides "
             "[[1, 1], [2, 2], [2, 2]]); the decoder could not join its skip connections: use e.g. --set "
             "data.patch_size=[48,48]")
@@ -724,6 +726,11 @@ CASES = {
                              + CONTROL.format(char=r"'\x00'", position=10)),
     "prompt line with a bidi override": (prompt_line("the \u202ednalg"), "{ds}/prompts.jsonl:{line}: "
                                          + CONTROL.format(char=r"'\u202e'", position=5)),
+    # half of a UTF-16 pair (bytes that were not UTF-8, in argv or a JSON escape): it reached the text encoder
+    "prompt with a lone surrogate": (predicting("model_run", predict_prompt("the gland \udcff")),
+                                     "prompt 3: " + SURROGATE.format(char=r"'\udcff'", position=11)),
+    "prompt line with a lone surrogate": (prompt_line("the gland \ud800"), "{ds}/prompts.jsonl:{line}: "
+                                          + SURROGATE.format(char=r"'\ud800'", position=11)),
     "folder name with an escape code": (data_folder("ds\x1b[2J"), "{tmp}/ds\\x1b[2J: dataset folder not found"),
     # configuration
     "preset is a list": (preset_file("- model\n- train\n"), "{tmp}/preset.yaml: a preset must be a mapping of "
@@ -805,6 +812,14 @@ def sform(change):
     return spoil
 
 
+def voxels_at_byte_0(path: Path) -> dict:
+    """The header's vox_offset set to 0: nibabel would read the header's own bytes as voxels."""
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    raw[108:112] = np.float32(0).tobytes()
+    path.write_bytes(gzip.compress(bytes(raw)))
+    return {}
+
+
 def zero_column(affine: np.ndarray) -> None:
     affine[:3, 1] = 0
 
@@ -855,6 +870,9 @@ SPOILT = {
                                                 "axes do not span 3D space (two point the same way); " + NO_PLACE),
     "affine with NaN": (sform(nan_entry), "{image}: its voxel-to-world affine (sform) holds NaN or infinite "
                                           "values; " + NO_PLACE),
+    "voxels inside the header": (voxels_at_byte_0, "{image}: its header puts the voxels at byte 0 (vox_offset), "
+                                                   "inside the header; the voxels of a .nii file start at byte 352 "
+                                                   "or later: the header is broken: export the image again"),
 }
 # issue 19: these ended in MONAI/nibabel tracebacks (predict, and the training or evaluation after verification)
 for _name, (_spoil, _message) in SPOILT.items():
@@ -888,7 +906,7 @@ def sagittal(path: Path) -> dict:
     return {}
 
 
-NOT_AXIAL = ("{image}: a 2D image (shape {shape}) that is not an axial slice: its affine runs voxel axis {normal} "
+NOT_AXIAL = ("{image}: a 2D image (shape {shape}) that is not an axial slice: its sform runs voxel axis {normal} "
              "superior-inferior (48 voxels) and voxel axis {single} is the single-voxel one, but {subject} is 2D "
              "on axial slices (one voxel along superior-inferior): reslice it, or correct its affine if the slice "
              "is axial")

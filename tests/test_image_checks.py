@@ -84,12 +84,34 @@ def test_a_qform_only_affine_is_checked_and_named(tmp_path):
     ([[1, 1, 0], [0, 0, 0], [0, 0, 1]], "is singular"),
     ([[1, 1, 0], [0, 1e-9, 0], [0, 0, 1]], "is singular"),  # two axes a billionth of a radian apart
     (np.diag([1.0, np.inf, 1.0]), "holds NaN or infinite values"),
+    (np.diag([1.0, 1e30, 1.0]), "gives voxel axis 1 a size of 1e\\+30 mm, outside 1e-05 to 100000 mm"),
+    (np.diag([1e-30, 1.0, 1.0]), "gives voxel axis 0 a size of 1e-30 mm, outside 1e-05 to 100000 mm"),
 ])
 def test_degenerate_affines_are_refused(matrix, fault):
     affine = np.eye(4)
     affine[:3, :3] = matrix
     with pytest.raises(MedTextSegError, match=f"x.nii: its voxel-to-world affine \\(sform\\) {fault}"):
         check_affine("x.nii", affine, "sform")
+
+
+def test_an_origin_beyond_100_km_is_refused():
+    affine = np.eye(4)
+    affine[0, 3] = 1e30
+    with pytest.raises(MedTextSegError, match=r"puts the image 1e\+30 mm from the origin, beyond 1e\+08 mm"):
+        check_affine("x.nii", affine, "sform")
+
+
+def test_a_qform_that_cannot_be_built_is_named(tmp_path):
+    """nibabel cannot build a quaternion longer than 1; MONAI's reader then fell back on another reader."""
+    header = nib.Nifti1Header()
+    header.set_data_shape((4, 4, 4))
+    header.set_sform(np.eye(4), code=1)
+    header["qform_code"], header["quatern_b"], header["quatern_c"] = 1, 0.9, 0.9
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), None, header=header), tmp_path / "q.nii.gz")
+    assert np.array_equal(nib.load(tmp_path / "q.nii.gz").affine, np.eye(4))  # nibabel reads it by its sform
+    with pytest.raises(MedTextSegError, match=r"q.nii.gz: its qform \(qform_code 1\) cannot be built \(w2 should "
+                                              r"be positive.*\); fix it, or set qform_code to 0"):
+        read_geometry(tmp_path / "q.nii.gz")
 
 
 @pytest.mark.parametrize("matrix", [np.diag([0.01, 0.01, 50.0]), np.diag([-1.0, 1.0, 1.0]),

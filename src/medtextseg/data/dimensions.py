@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from medtextseg.data.dicom_series import is_dicom_series, series_geometry
-from medtextseg.data.io import Geometry, is_nifti, load_nifti, read_geometry
+from medtextseg.data.io import Geometry, declared_affines, is_nifti, load_nifti
 from medtextseg.utils.errors import MedTextSegError
 
 
@@ -83,11 +83,13 @@ def _check_axial(path: str | Path, shape: tuple[int, ...], subject: str) -> None
     """Refuse a 2D image whose single-voxel axis is not the superior-inferior one (e.g. 48 x 1 x 48 with an
     axial affine, or a sagittal 48 x 48 x 1): after RAS orientation its slice would not lie in the last axis,
     where 2D training and prediction take it. Any voxel order is fine when the affine says it is axial."""
-    normal = slice_normal_axis(read_geometry(path).affine)
     full = (*shape[:3], *[1] * (3 - len(shape[:3])))
-    if full[normal] != 1:
+    for source, affine in declared_affines(path).items():  # a NIfTI sform and qform must both say so
+        normal = slice_normal_axis(affine)
+        if full[normal] == 1:
+            continue
         single = next((f"voxel axis {axis}" for axis in range(3) if full[axis] == 1), "no axis")
-        raise MedTextSegError(f"{path}: a 2D image (shape {_fmt(shape)}) that is not an axial slice: its affine "
+        raise MedTextSegError(f"{path}: a 2D image (shape {_fmt(shape)}) that is not an axial slice: its {source} "
                               f"runs voxel axis {normal} superior-inferior ({full[normal]} voxels) and {single} "
                               f"is the single-voxel one, but {subject} is 2D on axial slices (one voxel along "
                               "superior-inferior): reslice it, or correct its affine if the slice is axial")

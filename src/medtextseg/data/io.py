@@ -87,8 +87,15 @@ def _check_nifti_data_complete(path: Path, image: Any) -> None:
     header = image.header
     shape = tuple(int(s) for s in header.get_data_shape())
     dtype = header.get_data_dtype()
-    # where nibabel reads the voxels from (a single file's vox_offset of 0 means just after the header)
-    offset = int(getattr(image.dataobj, "offset", header.get_data_offset()))
+    fmt = " x ".join(str(s) for s in shape)
+    if 0 in shape:
+        raise MedTextSegError(f"{path}: its header declares no voxels (shape {fmt}); the header is broken: export "
+                              "the image again")
+    offset = int(getattr(image.dataobj, "offset", header.get_data_offset()))  # where the voxels are read from
+    if offset < header.sizeof_hdr + 4:  # a .nii holds header, 4 extension bytes, then the voxels
+        raise MedTextSegError(f"{path}: its header puts the voxels at byte {offset} (vox_offset), inside the "
+                              f"header; the voxels of a .nii file start at byte {header.sizeof_hdr + 4} or later: "
+                              "the header is broken: export the image again")
     needed = int(np.prod(shape, dtype=object)) * dtype.itemsize
     if _is_gzip(path):
         with open(path, "rb") as handle:
@@ -104,7 +111,6 @@ def _check_nifti_data_complete(path: Path, image: Any) -> None:
     else:
         size = path.stat().st_size
     if size < offset + needed:
-        fmt = " x ".join(str(s) for s in shape)
         raise MedTextSegError(f"{path}: the voxel data is cut short ({max(size - offset, 0)} of the {needed} bytes "
                               f"that shape {fmt} of {dtype.name} needs); {INCOMPLETE}")
 
@@ -120,23 +126,81 @@ def load_nifti(path: str | Path) -> Any:
 
     path = Path(path)
     _check_nifti_header_complete(path)
-    image = nib.load(str(path))
+    with np.errstate(all="ignore"):  # an affine of NaN or inf warns as it is built; check_affine says so instead
+        image = nib.load(str(path))
     _check_nifti_data_complete(path, image)
     return image
 
 
-def _nifti_affine_source(header: Any) -> str:
-    """Which header fields give nibabel's affine: the sform, else the qform, else the voxel sizes alone."""
-    if int(header["sform_code"]) > 0:
-        return "sform"
-    if int(header["qform_code"]) > 0:
-        return "qform"
-    return "pixdim, no sform or qform"
+def nifti_affines(path: str | Path, image: Any) -> dict[str, np.ndarray]:
+    """Every voxel-to-world affine a NIfTI file may be read with, each checked (``check_affine``): the sform and
+    the qform when their codes are above 0, else the one built from the voxel sizes (pixdim), and the one
+    MONAI's reader takes. nibabel, and so ``read_geometry``, takes the sform first; MONAI's reader (training and
+    prediction) takes the qform instead when only the qform agrees with the voxel sizes, whatever its code.
+    All must be usable, or the model would see the image on another grid than its masks are measured on.
+
+    Raises:
+        MedTextSegError: a declared affine that cannot be built (a quaternion longer than 1) or is degenerate.
+    """
+    header = image.header
+    found = {}
+    for name in ("sform", "qform"):
+        code = int(header[f"{name}_code"])
+        if code > 0:
+            try:
+                with np.errstate(all="ignore"):
+                    built = header.get_sform() if name == "sform" else header.get_qform()
+                found[name] = np.asarray(built, dtype=float)
+            except ValueError as error:  # nibabel: the quaternion (b, c, d) is longer than 1
+                raise MedTextSegError(f"{path}: its {name} ({name}_code {code}) cannot be built ({error}); fix "
+                                      f"it, or set {name}_code to 0 if the other transform is right") from None
+    if not found:
+        found["pixdim, no sform or qform"] = np.asarray(image.affine, dtype=float)
+    for name, affine in found.items():
+        check_affine(path, affine, name)
+    reader = _reader_affine(Path(path))
+    if not (np.all(np.isfinite(reader)) and any(np.allclose(reader, affine) for affine in found.values())):
+        found["qform, which MONAI's reader takes as the voxel sizes (pixdim) disagree with the sform"] = reader
+        check_affine(path, reader, next(reversed(found)))
+    return found
+
+
+def _reader_affine(path: Path) -> np.ndarray:
+    """The affine MONAI's NibabelReader orients and resamples by: nibabel's, unless the voxel sizes (pixdim)
+    disagree with it; then whichever of sform and qform agrees with them, even a qform whose code is 0
+    (``monai.data.utils.correct_nifti_header_if_necessary``, called here as the reader calls it)."""
+    import nibabel as nib
+    from monai.data.utils import correct_nifti_header_if_necessary
+
+    try:
+        with np.errstate(all="ignore"):
+            return np.asarray(correct_nifti_header_if_necessary(nib.load(str(path))).affine, dtype=float)
+    except ValueError as error:  # nibabel cannot build the qform MONAI turns to: its reader would fail
+        raise MedTextSegError(f"{path}: its voxel sizes (pixdim) disagree with its affine, and the qform MONAI's "
+                              f"reader then takes cannot be built ({error}); fix the header") from None
+
+
+def declared_affines(path: str | Path) -> dict[str, np.ndarray]:
+    """The voxel-to-world affines an image file declares, by the header fields they come from (a NIfTI file's
+    sform and qform, see ``nifti_affines``; another file's one), each checked.
+
+    Raises:
+        MedTextSegError: an unreadable header or a degenerate affine.
+    """
+    if is_nifti(path) and not is_dicom_series(path):
+        read_geometry(path)  # the file's own checks, named as read_geometry names them
+        return nifti_affines(path, load_nifti(path))
+    return {"affine": read_geometry(path).affine}
+
+
+VOXEL_MM = (1e-5, 1e5)  # voxel sizes a medical image can have (10 nm to 100 m); beyond, arithmetic breaks first
+ORIGIN_MM = 1e8  # 100 km
 
 
 def check_affine(path: str | Path, affine: np.ndarray, source: str) -> None:
-    """Refuse a degenerate voxel-to-world affine: NaN or infinite values, a voxel axis of zero length, or voxel
-    axes that do not span space (a singular matrix). Such an image has no place in the world: it cannot be
+    """Refuse a degenerate voxel-to-world affine: NaN or infinite values, a voxel axis of zero length or of a
+    size no image has (``VOXEL_MM``), an origin beyond ``ORIGIN_MM``, or voxel axes that do not span space (a
+    singular matrix). Such an image has no place in the world: it cannot be
     oriented or resampled, and its masks would have no volume.
 
     Raises:
@@ -152,6 +216,13 @@ def check_affine(path: str | Path, affine: np.ndarray, source: str) -> None:
     zero = [axis for axis, length in enumerate(lengths) if length == 0]
     if zero:
         raise MedTextSegError(f"{where} gives voxel axis {zero[0]} zero length (a voxel size of 0); {fix}")
+    odd = [axis for axis, length in enumerate(lengths) if not VOXEL_MM[0] <= length <= VOXEL_MM[1]]
+    if odd:
+        raise MedTextSegError(f"{where} gives voxel axis {odd[0]} a size of {lengths[odd[0]]:.3g} mm, outside "
+                              f"{VOXEL_MM[0]:g} to {VOXEL_MM[1]:g} mm; {fix}")
+    if np.abs(affine[:3, 3]).max() > ORIGIN_MM:
+        raise MedTextSegError(f"{where} puts the image {np.abs(affine[:3, 3]).max():.3g} mm from the origin, "
+                              f"beyond {ORIGIN_MM:g} mm; {fix}")
     if abs(np.linalg.det(matrix)) <= 1e-6 * float(np.prod(lengths)):
         raise MedTextSegError(f"{where} is singular: its voxel axes do not span 3D space (two point the same "
                               f"way); {fix}")
@@ -193,9 +264,8 @@ def read_geometry(path: str | Path) -> Geometry:
         if is_nifti(path):
             image = load_nifti(path)
             shape = tuple(int(s) for s in image.shape[:3])
-            affine = np.asarray(image.affine, dtype=float)
-            check_affine(path, affine, _nifti_affine_source(image.header))
-            return Geometry(shape, affine, nifti_header=image.header.copy())
+            nifti_affines(path, image)  # nibabel's affine is one of them: checked
+            return Geometry(shape, np.asarray(image.affine, dtype=float), nifti_header=image.header.copy())
         import SimpleITK as sitk
 
         reader = sitk.ImageFileReader()

@@ -27,17 +27,23 @@ _SIDE_PATTERN = re.compile(rf"\b(left|right|Left|Right|LEFT|RIGHT){_NAMED_BY_SID
 def validate_prompt(prompt: object, where: str = "prompt") -> str:
     """Return the stripped prompt, or raise a one-line error saying why it cannot be used.
 
-    A prompt must be a string of 1 to 300 characters containing at least two letters and no control
-    characters other than tabs and line breaks (which become spaces, as runs of spaces do). The message names
+    A prompt must be a string of 1 to 300 characters containing at least two letters, no control
+    characters other than tabs and line breaks (which become spaces, as runs of spaces do) and no lone
+    surrogates (which no encoder can take). The message names
     a control character by its escape (``'\\x1b'``) and its position (1 = the first character), never
     echoing it: an escape sequence would drive the user's terminal.
     """
     if not isinstance(prompt, str):
         raise MedTextSegError(f"{where}: a prompt must be text, got {type(prompt).__name__}")
     for position, char in enumerate(prompt, start=1):
-        if char not in _WHITESPACE_CONTROLS and (unicodedata.category(char) == "Cc" or char in _BIDI_CONTROLS):
+        category = unicodedata.category(char)
+        if char not in _WHITESPACE_CONTROLS and (category == "Cc" or char in _BIDI_CONTROLS):
             raise MedTextSegError(f"{where}: the prompt has the control character {char!r} at character "
                                   f"{position}; a prompt is plain text: remove it")
+        if category == "Cs":  # half of a UTF-16 pair: what bytes that are not UTF-8 become in argv or JSON
+            raise MedTextSegError(f"{where}: the prompt has {char!r} at character {position}, which is not a "
+                                  "character (a lone surrogate: text that was not valid UTF-8?); give the prompt as "
+                                  "UTF-8 text")
     text = " ".join(prompt.split())
     if not text:
         raise MedTextSegError(f"{where}: the prompt is empty; say what to segment, e.g. 'the prostate gland'")
