@@ -323,6 +323,37 @@ def test_a_second_writer_into_a_locked_folder_stops_at_once(held_folder, command
     assert snapshot(tmp_path) == before and os.listdir(folder) == [".medtextseg.lock"]
 
 
+def test_under_torchrun_every_rank_stops_when_rank_0_finds_the_folder_locked(held_folder, dataset_2d):
+    """Issue 19: rank 0 stopped at once on a locked run folder, but the other ranks planned and then waited for it
+    in the process group until its timeout (half an hour). Two processes with torchrun's environment (gloo)."""
+    import socket
+    import subprocess
+    import sys
+
+    import medtextseg
+
+    folder, child = held_folder
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    source = str(Path(medtextseg.__file__).parents[1])
+    env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+           "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
+           "PYTHONPATH": os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")]))}
+    ranks = [subprocess.Popen([sys.executable, "-m", "medtextseg.cli", *train_args(dataset_2d, folder)],
+                              env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    try:
+        outputs = [rank.communicate(timeout=150) for rank in ranks]  # the fix: seconds, not the group's timeout
+    finally:
+        for rank in ranks:
+            rank.kill()
+            rank.wait()
+    assert [rank.returncode for rank in ranks] == [2, 2], outputs
+    assert [err.strip() for _, err in outputs] == [in_use(folder, child.pid)] * 2, outputs
+    assert os.listdir(folder) == [".medtextseg.lock"]
+
+
 def test_a_killed_holder_leaves_no_stale_lock(held_folder, model_run, dataset_2d):
     """The kernel drops a flock when its process dies, SIGKILL included: the next predict takes the folder."""
     folder, child = held_folder

@@ -201,10 +201,12 @@ def train(
     """
     from medtextseg.config import Config
     from medtextseg.data.planning import describe, planned_config
+    from medtextseg.training.distributed import decided_by_rank_0
     from medtextseg.training.trainer import train as run_training
     from medtextseg.utils.folder_lock import lock_until_command_ends
 
-    lock_until_command_ends(out)  # a second train into this run folder stops at once, before planning
+    # a second train into this run folder stops at once, before planning; under torchrun every rank does
+    decided_by_rank_0(lambda: lock_until_command_ends(out))
     overrides = list(set_ or [])
     if data is not None:
         overrides.append(f"data.root={data}")

@@ -8,10 +8,16 @@ gloo on the CPU).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+
+from medtextseg.utils.errors import MedTextSegError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -67,3 +73,24 @@ def init_distributed() -> DistributedContext:
 def shutdown_distributed() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def decided_by_rank_0(step: Callable[[], T]) -> T:
+    """Run ``step``, a check whose outcome rank 0 decides (taking the run folder's lock: only rank 0 takes it),
+    and under torchrun let every rank share that outcome: when rank 0's step raises a ``MedTextSegError``,
+    every rank raises it at once, instead of the others waiting for rank 0 in the process group until its
+    timeout (half an hour). Without torchrun, just ``step()``.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return step()
+    try:
+        result, error = step(), None
+    except MedTextSegError as raised:
+        result, error = None, raised
+    init_distributed()
+    outcome = [str(error) if error is not None else None]
+    dist.broadcast_object_list(outcome, src=0)
+    if outcome[0] is not None or error is not None:
+        shutdown_distributed()
+        raise error if error is not None else MedTextSegError(outcome[0])
+    return result

@@ -12,6 +12,7 @@ import json
 import random
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +36,12 @@ from medtextseg.losses.segmentation import build_loss
 from medtextseg.models.factory import count_parameters, create_model
 from medtextseg.text.cache import TextEmbeddingCache, cached_text_encoder
 from medtextseg.training.checkpoint import load_checkpoint, save_checkpoint
-from medtextseg.training.distributed import DistributedContext, init_distributed, shutdown_distributed
+from medtextseg.training.distributed import (
+    DistributedContext,
+    decided_by_rank_0,
+    init_distributed,
+    shutdown_distributed,
+)
 from medtextseg.training.optimization import LearningRateFactor, build_optimizer
 from medtextseg.training.progress import StepProgress
 from medtextseg.training.schedule import LossWeightSchedule
@@ -419,13 +425,14 @@ def train(config: Config, run_dir: str | Path, resume: bool = False, progress: b
     which takes no plan: its slice labels must keep their grid.
 
     The run folder is locked for the whole run (``utils/folder_lock.py``; under torchrun by rank 0, which
-    writes): a second training into it stops at once, naming the process that holds it. The CLI takes the
+    writes): a second training into it stops at once, naming the process that holds it, on every rank. The CLI takes the
     lock before it plans, so that the second stops before measuring the dataset.
 
     Raises:
         MedTextSegError: the run folder is in use, or a bad config or dataset (nothing is left behind).
     """
-    with folder_lock(run_dir):
+    with ExitStack() as stack:
+        decided_by_rank_0(lambda: stack.enter_context(folder_lock(run_dir)))  # every rank stops if rank 0 does
         if config.cotraining.enabled:
             from medtextseg.training.cotraining import CoTrainer
 
