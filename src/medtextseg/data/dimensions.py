@@ -79,17 +79,17 @@ def metric_grid(geometry: Geometry, spatial_dims: int) -> tuple[tuple[int, ...],
     return tuple(shape[a] for a in axes), tuple(float(lengths[a]) for a in axes)
 
 
-def _check_axial(path: str | Path, shape: tuple[int, ...], subject: str) -> None:
+def _check_axial(name: str, shape: tuple[int, ...], affines: dict[str, np.ndarray], subject: str) -> None:
     """Refuse a 2D image whose single-voxel axis is not the superior-inferior one (e.g. 48 x 1 x 48 with an
     axial affine, or a sagittal 48 x 48 x 1): after RAS orientation its slice would not lie in the last axis,
     where 2D training and prediction take it. Any voxel order is fine when the affine says it is axial."""
     full = (*shape[:3], *[1] * (3 - len(shape[:3])))
-    for source, affine in declared_affines(path).items():  # a NIfTI sform and qform must both say so
+    for source, affine in affines.items():  # a NIfTI sform and qform must both say so
         normal = slice_normal_axis(affine)
         if full[normal] == 1:
             continue
         single = next((f"voxel axis {axis}" for axis in range(3) if full[axis] == 1), "no axis")
-        raise MedTextSegError(f"{path}: a 2D image (shape {_fmt(shape)}) that is not an axial slice: its {source} "
+        raise MedTextSegError(f"{name}: a 2D image (shape {_fmt(shape)}) that is not an axial slice: its {source} "
                               f"runs voxel axis {normal} superior-inferior ({full[normal]} voxels) and {single} "
                               f"is the single-voxel one, but {subject} is 2D on axial slices (one voxel along "
                               "superior-inferior): reslice it, or correct its affine if the slice is axial")
@@ -109,14 +109,17 @@ def check_image_dims(path: str | Path, spatial_dims: int, subject: str, other_di
     Raises:
         MedTextSegError: naming the file, its shape and the fix.
     """
-    check_shape_dims(file_shape(path), str(path), spatial_dims, subject, other_dims_fix)
+    check_shape_dims(file_shape(path), str(path), spatial_dims, subject, other_dims_fix,
+                     affines=declared_affines(path) if spatial_dims == 2 else None)
 
 
 def check_shape_dims(shape: tuple[int, ...], name: str, spatial_dims: int, subject: str, other_dims_fix: str,
-                     unit: str = "file") -> None:
+                     unit: str = "file", affines: dict[str, np.ndarray] | None = None) -> None:
     """Raise unless ``shape`` (of the image called ``name``; one channel) has ``spatial_dims`` spatial axes.
 
     ``unit`` is what holds one channel, for the message: "file", or "array" for an image in memory.
+    ``affines`` (source -> 4x4 voxel-to-world, e.g. a NIfTI's sform and qform) lets a 2D image be checked to be an
+    axial slice in any voxel order.
 
     Raises:
         MedTextSegError: naming the image, its shape and the fix.
@@ -130,8 +133,8 @@ def check_shape_dims(shape: tuple[int, ...], name: str, spatial_dims: int, subje
     if spatial_dims == 2 and long_axes == 3:
         raise MedTextSegError(f"{name}: a 3D image (shape {_fmt(shape)}) but {subject} is 2D (one slice per {unit}, "
                               f"X x Y x 1): give a single slice, {other_dims_fix.format(dims=3)}")
-    if spatial_dims == 2:
-        _check_axial(path, shape, subject)
+    if spatial_dims == 2 and affines:
+        _check_axial(name, shape, affines, subject)
     if spatial_dims == 3 and long_axes < 3:
         raise MedTextSegError(f"{name}: a 2D image (shape {_fmt(shape)}) but {subject} is 3D (a volume per {unit}): "
                               f"give the whole volume, {other_dims_fix.format(dims=2)}")

@@ -209,7 +209,7 @@ class Predictor:
         """Refuse an in-memory image the model cannot take: a volume for a 2D model, a slice for a 3D one, another
         number of channels than the model's."""
         check_shape_dims(given.geometry.shape, given.name, self.config.model.spatial_dims, "the model",
-                         "or use a {dims}D model", unit="array")
+                         "or use a {dims}D model", unit="array", affines={"affine": given.geometry.affine})
         expected = self.config.model.in_channels
         if given.image.shape[0] != expected:
             names = f" ({', '.join(self.channel_names)})" if self.channel_names else ""
