@@ -18,7 +18,6 @@ from monai.transforms import LoadImage
 from helpers import text_checkpoint
 from medtextseg import MedTextSegError, load_model, segment
 from medtextseg.data.io import read_geometry
-from medtextseg.inference import predictor as predictor_module
 from medtextseg.inference.predictor import Predictor
 from test_predict_folder import tilted_affine
 
@@ -97,18 +96,20 @@ def test_nibabel_images_and_metatensors_give_the_masks_of_the_files(model, case,
 
 
 def test_all_prompts_of_an_image_in_memory_take_one_sliding_window_pass(model, case, monkeypatch):
+    import medtextseg.inference.sliding as sliding_module
+
     calls = []
-    original = predictor_module.prompt_maps
+    original = sliding_module.sliding_window_inference
 
-    def counting(model, image, text, *args, **kwargs):
-        calls.append(len(text))
-        return original(model, image, text, *args, **kwargs)
+    def counting(inputs, *args, predictor, **kwargs):
+        calls.append(predictor)
+        return original(inputs, *args, predictor=predictor, **kwargs)
 
-    monkeypatch.setattr(predictor_module, "prompt_maps", counting)
+    monkeypatch.setattr(sliding_module, "sliding_window_inference", counting)
     image = nib.load(str(case[0]))
     results = segment([image.get_fdata(), nib.load(str(case[1])).get_fdata()], [*PROMPTS, "all lesions"], model,
                       affine=image.affine)
-    assert len(results) == 3 and calls == [3]
+    assert len(results) == 3 and len(calls) == 1
 
 
 def test_a_segmentation_keeps_its_grid_and_saves_after_its_input_is_gone(model, case, tmp_path):

@@ -316,8 +316,17 @@ class InferenceConfig(_Section):
     presence_threshold: float = Field(0.5, ge=0, lt=1, description="a window whose presence probability is below "
                                       "it answers empty (models with a presence logit); 0 leaves the gate open")
     overlap: float = Field(0.25, ge=0, lt=1)
-    sw_batch_size: int = Field(1, ge=1, description="sliding windows per network call, each with every prompt; "
-                               "more fill a GPU (memory grows with windows x prompts)")
+    sw_batch_size: int = Field(1, ge=1, description="sliding windows per network call, each with every prompt "
+                               "of a pass; more fill a GPU (memory grows with windows x prompt_chunk)")
+    prompt_chunk: int = Field(16, ge=1, description="prompts decoded together in one sliding-window pass (the "
+                              "encoder runs once per window and pass); fewer need less memory, more passes")
+    autocast: Literal["none", "bf16", "fp16"] = Field("none", description="the network's precision when "
+                                                      "predicting: none (float32), bf16 (CPU or GPU) or fp16 (GPU)")
+    spacing: list[Annotated[float, Field(gt=0)]] | None = Field(
+        None, min_length=2, max_length=3, description="predict on this grid (mm) instead of data.spacing, e.g. a "
+        "coarser one for a volume too large for memory; masks still come back on the input's grid")
+    memory_limit_gb: float | None = Field(None, gt=0, description="refuse a prediction whose memory estimate "
+                                          "exceeds this (default: the memory available when it starts)")
     min_component_voxels: int = Field(0, ge=0, description="drop predicted components smaller than this")
     network: int | None = Field(None, ge=0, description="co-trained models (model.networks > 1): predict with "
                                 "this member alone (0-based); null averages their probabilities")
@@ -410,6 +419,13 @@ class Config(_Section):
             raise ValueError(f"data.patch_size {patch} is not a multiple of the strides' product {total} along each "
                              f"axis (model.strides {self.model.strides}); the decoder could not join its skip "
                              f"connections: use e.g. --set data.patch_size=[{fitting}]")
+        return self
+
+    @model_validator(mode="after")
+    def _check_inference_spacing(self) -> Config:
+        spacing, dims = self.inference.spacing, self.model.spatial_dims
+        if spacing is not None and len(spacing) != dims:
+            raise ValueError(f"inference.spacing {spacing} must have {dims} values (model.spatial_dims={dims})")
         return self
 
     @model_validator(mode="after")

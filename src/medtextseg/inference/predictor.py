@@ -7,8 +7,9 @@ small-component removal) -> ``Segmentation``, which carries that grid and saves 
 
 from __future__ import annotations
 
+import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,16 @@ from medtextseg.data.image_input import InMemoryImage, in_memory_image, is_path
 from medtextseg.data.io import Geometry, read_geometry, write_on_grid
 from medtextseg.data.prompts import swap_left_right, validate_prompt
 from medtextseg.data.transforms import preparation
+from medtextseg.inference.memory import (
+    GB,
+    LARGE_BYTES,
+    MemoryPlan,
+    available_memory,
+    network_bytes_per_voxel,
+    resampled_shape,
+)
 from medtextseg.inference.postprocessing import remove_small_components
-from medtextseg.inference.sliding import prompt_maps
+from medtextseg.inference.sliding import iter_prompt_maps, window_count
 from medtextseg.models.factory import create_model
 from medtextseg.text.cache import TextEmbeddingCache, cached_text_encoder
 from medtextseg.training.checkpoint import checkpoint_file, load_checkpoint
@@ -144,7 +153,12 @@ class Predictor:
     Raises:
         MedTextSegError: no readable checkpoint there, a device torch does not know or this machine lacks, a
             threshold outside (0, 1).
+
+    ``progress``: a bar over windows x passes on stderr (True), none (False), or one when stderr is a terminal
+    (None, the default); with it, or for a large input, the memory estimate is printed before the run.
     """
+
+    progress: bool | None = None
 
     def __init__(self, checkpoint: str | Path, device: str | torch.device | None = None,
                  refiner: bool | None = None, mirror_axes: list[int] | str | None = None,
@@ -217,11 +231,35 @@ class Predictor:
                                   f"MetaTensor may hold them all, channel first), in that order; got "
                                   f"{given.image.shape[0]}")
 
+    def set_inference(self, overrides: Sequence[str]) -> None:
+        """Change inference settings of the loaded model: ``inference.KEY=VALUE`` items (the value read as YAML,
+        as ``--set`` reads it), e.g. ``["inference.sw_batch_size=4", "inference.autocast=bf16"]``.
+
+        Raises:
+            MedTextSegError: a key outside ``inference``, an unknown key or a value its field refuses (one line).
+        """
+        from medtextseg.config import apply_override
+
+        raw = self.config.model_dump()
+        for override in overrides:
+            key = override.partition("=")[0].strip()
+            if not key.startswith("inference."):
+                raise MedTextSegError(f"--set {override!r}: prediction takes inference.* settings only (e.g. "
+                                      "inference.sw_batch_size=4); the model's other settings are its training's")
+            apply_override(raw, override)
+        self.config = Config.from_dict(raw)
+        self.model.use_refiner = self.config.inference.refiner
+        if self.config.model.networks > 1:
+            self.model.active = self.config.inference.network
+
     @torch.no_grad()
     def predict(self, images: Any, prompts: str | Sequence[str], uncertainty: bool = True, *,
                 affine: Any = None, spacing: Sequence[float] | None = None, origin: Sequence[float] | None = None,
                 direction: Any = None) -> list[Segmentation]:
         """One ``Segmentation`` per prompt for one image, all prompts in one sliding-window pass.
+
+        Every answer is returned, so memory holds P probability maps on the input's grid:
+        :meth:`iter_predict` gives them one at a time (and ``medtextseg predict`` writes them so).
 
         Args:
             images: the image's channels in the model's channel order: file paths (or DICOM series folders), or
@@ -237,72 +275,162 @@ class Predictor:
 
         Raises:
             MedTextSegError: no prompt or a malformed one; inputs the model cannot take (type, dimensions,
-                channels, grids, NaN voxels), each in one line.
+                channels, grids, NaN voxels), each in one line; a prediction whose memory estimate exceeds the
+                memory available (or ``inference.memory_limit_gb``), naming the setting that makes it fit.
         """
+        return list(self._segmentations(images, prompts, uncertainty, True, affine=affine, spacing=spacing,
+                                        origin=origin, direction=direction))
+
+    def iter_predict(self, images: Any, prompts: str | Sequence[str], uncertainty: bool = True, *,
+                     affine: Any = None, spacing: Sequence[float] | None = None, origin: Sequence[float] | None = None,
+                     direction: Any = None) -> Iterator[Segmentation]:
+        """:meth:`predict`'s answers one at a time, in prompt order: memory holds ``inference.prompt_chunk``
+        prompts' maps on the model's grid and a few on the input's grid, whatever the number of prompts, as long
+        as the caller lets each answer go (write it, keep what it needs). The answers equal :meth:`predict`'s.
+
+        Everything :meth:`predict` refuses is refused here, before the first answer (the inputs are read and
+        prepared when this is called; the sliding windows run as the answers are drawn).
+        """
+        return self._segmentations(images, prompts, uncertainty, False, affine=affine, spacing=spacing,
+                                   origin=origin, direction=direction)
+
+    def _segmentations(self, images: Any, prompts: str | Sequence[str], uncertainty: bool, hold_all: bool, *,
+                       affine: Any, spacing: Sequence[float] | None, origin: Sequence[float] | None,
+                       direction: Any) -> Iterator[Segmentation]:
+        """Check, estimate the memory, read and prepare (now); then a generator of the answers."""
         items = list(images) if isinstance(images, list | tuple) else [images]
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         prompts = [validate_prompt(p, f"prompt {i + 1}") for i, p in enumerate(prompts)]
         if not prompts:
             raise MedTextSegError("no prompt given: pass at least one, e.g. -p 'the prostate gland'")
         normalization = self.config.data.normalization
+        grid = self.config.inference.spacing or self.config.data.spacing
         if items and all(is_path(item) for item in items):
             if any(value is not None for value in (affine, spacing, origin, direction)):
                 raise MedTextSegError("affine/spacing/origin/direction apply to numpy arrays; files carry their "
                                       "own grid")
             paths = [Path(p) for p in items]
             self.check_inputs(paths)
-            transform = preparation(self.config.data.spacing, normalization=normalization)
-            image: MetaTensor = transform({"image": [str(p) for p in paths]})["image"]
             geometry, name, reference = read_geometry(paths[0]), str(paths[0]), paths[0]
+            self._check_memory(geometry, len(paths), len(prompts), uncertainty, hold_all, name)
+            transform = preparation(grid, normalization=normalization)
+            image: MetaTensor = transform({"image": [str(p) for p in paths]})["image"]
         else:
             given = in_memory_image(items, affine, spacing, origin, direction)
             self.check_in_memory(given)
-            transform = preparation(self.config.data.spacing, normalization=normalization, load=False)
-            image = transform({"image": given.image})["image"]
             geometry, name, reference = given.geometry, given.name, None
+            self._check_memory(geometry, given.image.shape[0], len(prompts), uncertainty, hold_all, name)
+            transform = preparation(grid, normalization=normalization, load=False)
+            image = transform({"image": given.image})["image"]
+            del given
         if not torch.isfinite(image.as_tensor()).all():
             raise MedTextSegError(f"{name}: the image has NaN or infinite voxels")
-        probabilities, uncertainties, kind = self._maps(image, transform, prompts, uncertainty)
-        if probabilities.shape[1:] != geometry.shape:  # 2D inputs may carry a trailing singleton axis
-            probabilities = probabilities.reshape((len(prompts), *geometry.shape))
-            if uncertainties is not None:
-                uncertainties = [u.reshape(geometry.shape) for u in uncertainties]
-        results = []
-        for prompt, probability, uncertainty_map in zip(prompts, probabilities, uncertainties or [None] * len(prompts),
-                                                        strict=True):
-            mask = remove_small_components(probability > self.config.inference.threshold,
-                                           self.config.inference.min_component_voxels)
-            results.append(Segmentation(prompt, mask.astype(np.uint8), probability, geometry, uncertainty_map, kind,
-                                        reference))
-        return results
+        text, mirrored = self._text(prompts)
+        model_input = image.as_tensor()[..., 0] if self.config.model.spatial_dims == 2 else image.as_tensor()
+        # what Invertd reads of the prepared image: its recorded operations and meta, not its voxels
+        trace = MetaTensor(torch.zeros(1), meta=image.meta)
+        trace.applied_operations = image.applied_operations
+        return self._answers(model_input.float(), trace, transform, prompts, text, mirrored, uncertainty, geometry,
+                             reference)
 
-    def _maps(self, image: MetaTensor, transform: Any, prompts: list[str],
-              uncertainty: bool) -> tuple[np.ndarray, list[np.ndarray] | None, str]:
-        """Probability maps [P, *input_shape] (and P uncertainty maps) of the prepared ``image``, back on the
-        input's grid through ``transform``'s recorded operations; and the uncertainty kind."""
-        spatial_dims = self.config.model.spatial_dims
-        model_input = image.as_tensor()[..., 0] if spatial_dims == 2 else image.as_tensor()
+    def _check_memory(self, geometry: Geometry, channels: int, prompts: int, uncertainty: bool, hold_all: bool,
+                      name: str) -> MemoryPlan:
+        """Estimate the prediction's memory before any voxel is read; refuse it (one line naming the setting
+        that makes it fit) above ``inference.memory_limit_gb`` or the memory available; print it on stderr for
+        a large input (or whenever the progress bar shows)."""
+        inference, model = self.config.inference, self.config.model
+        grid = inference.spacing or self.config.data.spacing
+        try:
+            shape = resampled_shape(geometry.shape, geometry.affine, grid)
+        except (ValueError, IndexError):  # an affine nibabel cannot read an orientation from: the file's grid
+            shape = tuple(geometry.shape)
+        shape = shape[: model.spatial_dims]
+        spacing = tuple(grid) if grid is not None else geometry.spacing[: model.spatial_dims]
+        plan = MemoryPlan(tuple(geometry.shape), channels, shape, spacing, tuple(self.config.data.patch_size), prompts,
+                          inference.prompt_chunk, inference.sw_batch_size,
+                          model.spatial_dims if model.coordinates else 0,
+                          network_bytes_per_voxel(model.channels, model.strides), uncertainty,
+                          model.head == "evidential", hold_all)
+        if inference.memory_limit_gb is not None:
+            bound, where = inference.memory_limit_gb * GB, "inference.memory_limit_gb allows"
+        else:
+            bound, where = available_memory()
+        refusal = plan.refusal(name, bound, where)
+        if refusal:
+            raise MedTextSegError(refusal)
+        if self._progress_shown() or plan.total >= LARGE_BYTES:
+            windows = window_count(shape, self.config.data.patch_size, inference.overlap)
+            print(plan.line(bound, where, windows, -(-prompts // inference.prompt_chunk)), file=sys.stderr)
+        return plan
+
+    def _progress_shown(self) -> bool:
+        """``progress`` when set, else whether stderr is a terminal."""
+        if self.progress is not None:
+            return bool(self.progress)
+        return bool(getattr(sys.stderr, "isatty", lambda: False)())
+
+    def _text(self, prompts: list[str]) -> tuple[Any, Any]:
+        """The prompts' embeddings (and their left-right swaps for mirroring along axis 0)."""
         text = self.text(prompts)
         if text.pooled.shape[-1] != self.text_dim:
             raise MedTextSegError(f"the model was trained with {self.trained_encoder} ({self.text_dim}-d prompt "
                                   f"embeddings) but its text encoder {self.config.text.encoder!r} now gives "
                                   f"{text.pooled.shape[-1]}-d ones; point text.encoder at the model it was "
                                   "trained with")
-        mirror_axes = self.config.inference.mirror_axes
-        mirrored = self.text([swap_left_right(p) for p in prompts]) if 0 in mirror_axes else None
-        maps = prompt_maps(self.model, model_input.float(), text, self.config.data.patch_size,
-                           self.config.inference.overlap, self.config.inference.presence_threshold,
-                           mirror_axes=mirror_axes, mirrored_text=mirrored,
-                           sw_batch_size=self.config.inference.sw_batch_size)
-        # [2P or P, *spatial]: both maps inverted in one pass
-        stacked = torch.cat([maps.probability, maps.uncertainty]) if uncertainty else maps.probability
-        if spatial_dims == 2:
+        mirrored = self.text([swap_left_right(p) for p in prompts]) if 0 in self.config.inference.mirror_axes else None
+        return text, mirrored
+
+    @torch.no_grad()
+    def _answers(self, model_input: torch.Tensor, trace: MetaTensor, transform: Any, prompts: list[str], text: Any,
+                 mirrored: Any, uncertainty: bool, geometry: Geometry,
+                 reference: Path | None) -> Iterator[Segmentation]:
+        """The sliding windows, ``prompt_chunk`` prompts a pass; each pass's maps back on the input's grid a
+        group at a time (``Invertd``: MONAI replays the recorded orientation/spacing operations in reverse),
+        thresholded, yielded."""
+        inference = self.config.inference
+        windows = window_count(model_input.shape[1:], self.config.data.patch_size, inference.overlap)
+        passes = -(-len(prompts) // inference.prompt_chunk)
+        bar = None
+        if self._progress_shown():
+            from tqdm import tqdm
+
+            bar = tqdm(total=windows * passes, desc=f"{len(prompts)} prompt(s)", unit="window", file=sys.stderr,
+                       leave=False, dynamic_ncols=True, delay=0 if self.progress else 2)
+        maps = iter_prompt_maps(self.model, model_input, text, self.config.data.patch_size, inference.overlap,
+                                inference.presence_threshold, inference.prompt_chunk, inference.mirror_axes,
+                                mirrored, inference.sw_batch_size, uncertainty, inference.autocast,
+                                bar.update if bar is not None else None)
+        del model_input
+        try:
+            for rows, chunk in maps:
+                group = MemoryPlan(geometry.shape, 1, (1,), (1.0,), (1,), len(rows), len(rows), 1, 0, 0.0,
+                                   uncertainty).invert_group()
+                for start in range(0, len(rows), group):
+                    count = min(group, len(rows) - start)
+                    probability = chunk.probability[start: start + count]
+                    stacked = torch.cat([probability, chunk.uncertainty[start: start + count]]) if uncertainty \
+                        else probability
+                    inverted = self._invert(stacked, trace, transform)
+                    for offset in range(count):
+                        probability_map = inverted[offset].reshape(geometry.shape)
+                        uncertainty_map = inverted[count + offset].reshape(geometry.shape) if uncertainty else None
+                        mask = remove_small_components(probability_map > inference.threshold,
+                                                       inference.min_component_voxels)
+                        yield Segmentation(prompts[rows[start + offset]], mask.astype(np.uint8), probability_map,
+                                           geometry, uncertainty_map, chunk.uncertainty_kind, reference)
+                    del inverted, stacked, probability
+                del chunk  # before the next pass runs: one pass's maps at a time
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _invert(self, stacked: torch.Tensor, trace: MetaTensor, transform: Any) -> np.ndarray:
+        """Maps [K, *model_grid] -> [K, *input_shape] float32 in [0, 1] on the input's grid."""
+        if self.config.model.spatial_dims == 2:
             stacked = stacked[..., None]
-        # back to the input's grid: MONAI replays the recorded orientation/spacing operations in reverse
-        prediction = MetaTensor(stacked, meta=image.meta)
-        prediction.applied_operations = image.applied_operations
+        prediction = MetaTensor(stacked, meta=trace.meta)
+        prediction.applied_operations = trace.applied_operations
         inverted = Invertd("prediction", transform, orig_keys="image", nearest_interp=False)(
-            {"prediction": prediction, "image": image})["prediction"]
-        inverted = np.clip(inverted.as_tensor().numpy().astype(np.float32), 0.0, 1.0)
-        count = len(prompts)
-        return inverted[:count], list(inverted[count:]) if uncertainty else None, maps.uncertainty_kind
+            {"prediction": prediction, "image": trace})["prediction"]
+        inverted = inverted.as_tensor().numpy().astype(np.float32, copy=False)
+        return np.clip(inverted, 0.0, 1.0, out=inverted)

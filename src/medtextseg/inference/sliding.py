@@ -7,8 +7,9 @@ once per window.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
 import torch
@@ -25,10 +26,11 @@ class PromptMaps(NamedTuple):
 
     ``uncertainty_kind``: ``"dirichlet"`` (the uncertainty mass 2 / S of an evidential head) or ``"entropy"``
     (the binary entropy of the probability, in bits, for a sigmoid head, which has no uncertainty of its own).
+    ``uncertainty`` is None when it was not asked for.
     """
 
     probability: Tensor
-    uncertainty: Tensor
+    uncertainty: Tensor | None
     uncertainty_kind: str
 
 
@@ -50,21 +52,79 @@ def windows_by_prompts(model: nn.Module, windows: Tensor, prompts: TextBatch):
     return model(windows, prompts.index(list(range(count)) * windows.shape[0]), index)
 
 
+AUTOCAST = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_context(device: torch.device, kind: str = "none"):
+    """The network's precision while predicting: ``"none"`` (float32), ``"bf16"`` or ``"fp16"`` autocast.
+
+    Probabilities are still blended, averaged and returned in float32: only the network's convolutions and matrix
+    products run in the lower precision.
+
+    Raises:
+        ValueError: an unknown kind, or fp16 on a CPU (slower than float32 there; bf16 is the CPU's half type).
+    """
+    if kind not in AUTOCAST:
+        raise ValueError(f"autocast {kind!r}: use one of {', '.join(AUTOCAST)}")
+    if AUTOCAST[kind] is None:
+        return contextlib.nullcontext()
+    if kind == "fp16" and device.type == "cpu":
+        raise ValueError("autocast fp16 runs on a GPU; on the CPU use bf16 or none")
+    return torch.autocast(device.type, dtype=AUTOCAST[kind])
+
+
+def window_count(spatial_shape: Sequence[int], patch_size: Sequence[int], overlap: float) -> int:
+    """The number of windows MONAI's sliding window visits on an image of ``spatial_shape`` (padded to the patch
+    where smaller), with its own scan interval."""
+    from monai.data.utils import dense_patch_slices
+    from monai.inferers.utils import _get_scan_interval
+
+    size = [max(int(s), int(p)) for s, p in zip(spatial_shape, patch_size, strict=True)]
+    interval = _get_scan_interval(size, list(patch_size), len(size), [overlap] * len(size))
+    return len(dense_patch_slices(size, list(patch_size), interval))
+
+
 @torch.no_grad()
 def prompt_probabilities(model: nn.Module, image: Tensor, text: TextBatch, patch_size: Sequence[int],
                          overlap: float = 0.25, presence_threshold: float = 0.5, prompt_chunk: int = 16,
                          sw_batch_size: int = 1) -> Tensor:
     """``prompt_maps(...).probability``: [P, *spatial]; see :func:`prompt_maps`."""
     return prompt_maps(model, image, text, patch_size, overlap, presence_threshold, prompt_chunk,
-                       sw_batch_size=sw_batch_size).probability
+                       sw_batch_size=sw_batch_size, uncertainty=False).probability
 
 
 @torch.no_grad()
 def prompt_maps(model: nn.Module, image: Tensor, text: TextBatch, patch_size: Sequence[int],
                 overlap: float = 0.25, presence_threshold: float = 0.5, prompt_chunk: int = 16,
                 mirror_axes: Sequence[int] = (), mirrored_text: TextBatch | None = None,
-                sw_batch_size: int = 1) -> PromptMaps:
+                sw_batch_size: int = 1, uncertainty: bool = True, autocast: str = "none",
+                progress: Callable[[int], None] | None = None) -> PromptMaps:
     """Probability that each voxel belongs to what each prompt names, and how uncertain that is.
+
+    All P prompts' maps at once: [P, *spatial] each (memory grows with P); :func:`iter_prompt_maps` gives them
+    ``prompt_chunk`` prompts at a time. Arguments as there.
+
+    Returns:
+        ``PromptMaps`` with [P, *spatial] float32 probability and uncertainty maps in [0, 1] (uncertainty None
+        when ``uncertainty`` is False).
+    """
+    chunks = [maps for _, maps in iter_prompt_maps(model, image, text, patch_size, overlap, presence_threshold,
+                                                   prompt_chunk, mirror_axes, mirrored_text, sw_batch_size,
+                                                   uncertainty, autocast, progress)]
+    return PromptMaps(torch.cat([c.probability for c in chunks]),
+                      torch.cat([c.uncertainty for c in chunks]) if uncertainty else None,
+                      chunks[0].uncertainty_kind)
+
+
+@torch.no_grad()
+def iter_prompt_maps(model: nn.Module, image: Tensor, text: TextBatch, patch_size: Sequence[int],
+                     overlap: float = 0.25, presence_threshold: float = 0.5, prompt_chunk: int = 16,
+                     mirror_axes: Sequence[int] = (), mirrored_text: TextBatch | None = None,
+                     sw_batch_size: int = 1, uncertainty: bool = True, autocast: str = "none",
+                     progress: Callable[[int], None] | None = None) -> Iterator[tuple[list[int], PromptMaps]]:
+    """Probability that each voxel belongs to what each prompt names, and how uncertain that is, ``prompt_chunk``
+    prompts at a time: one sliding-window pass per chunk (the image encoder runs once per window and chunk),
+    whose maps are yielded before the next pass starts, so memory holds one chunk's maps, not P.
 
     Mirror test-time augmentation (``mirror_axes``): every window is also predicted flipped along each listed
     spatial axis and flipped back, and the answers are averaged. Axis 0 is the patient's left-right axis (RAS):
@@ -90,13 +150,19 @@ def prompt_maps(model: nn.Module, image: Tensor, text: TextBatch, patch_size: Se
         mirrored_text: the P prompts with left and right swapped; required when ``0 in mirror_axes``.
         sw_batch_size: windows per network call (MONAI's ``sw_batch_size``); memory grows with
             ``sw_batch_size x prompt_chunk``.
+        uncertainty: False leaves the uncertainty maps out (None): an evidential head's is then not blended.
+        autocast: the network's precision, ``"none"``, ``"bf16"`` or ``"fp16"`` (:func:`autocast_context`).
+        progress: called with the number of windows of each network call (a progress bar's ``update``).
 
-    Returns:
-        ``PromptMaps`` with [P, *spatial] float32 probability and uncertainty maps in [0, 1].
+    Yields:
+        (the chunk's prompt indices, ``PromptMaps`` with [chunk, *spatial] float32 probability and uncertainty
+        maps in [0, 1]), in prompt order.
     """
     config = getattr(model, "config", None)
     evidential = getattr(config, "head", "sigmoid") == "evidential"
+    blend_uncertainty = evidential and uncertainty
     device = next(model.parameters()).device
+    precision = autocast_context(device, autocast)  # refuses an unknown kind before any window
     image_channels = image.shape[0]
     if getattr(config, "coordinates", False):
         image = torch.cat([image, coordinate_channels(image.shape[1:]).to(image.dtype)])
@@ -104,20 +170,22 @@ def prompt_maps(model: nn.Module, image: Tensor, text: TextBatch, patch_size: Se
         raise ValueError(f"mirror_axes {list(mirror_axes)} must be spatial axes 0..{image.ndim - 2}")
     if 0 in mirror_axes and mirrored_text is None:
         raise ValueError("mirroring along axis 0 (left-right) needs mirrored_text, the prompts with the sides swapped")
-    outputs = []
+    inputs = image[None].to(device)
+    del image
     for start in range(0, len(text), prompt_chunk):
         rows = list(range(start, min(start + prompt_chunk, len(text))))
         chunk = text.index(rows).to(device)
         swapped = mirrored_text.index(rows).to(device) if mirrored_text is not None else chunk
 
         def answer(windows: Tensor, prompts: TextBatch) -> Tensor:
-            out = windows_by_prompts(model, windows, prompts)
+            with precision:
+                out = windows_by_prompts(model, windows, prompts)
             probability = torch.sigmoid(out.logits.float())  # [W * P, 1, *window]
             if out.presence is not None:
                 present = torch.sigmoid(out.presence.float()) >= presence_threshold  # [W * P]
                 probability = probability * present.view(-1, 1, *[1] * (windows.ndim - 2))
-            if evidential:  # [W * P, 2, *window]: the uncertainty is blended like the probability
-                probability = torch.cat([probability, dirichlet_uncertainty(out.evidence)], dim=1)
+            if blend_uncertainty:  # [W * P, 2, *window]: the uncertainty is blended like the probability
+                probability = torch.cat([probability, dirichlet_uncertainty(out.evidence.float())], dim=1)
             return probability
 
         def predict(windows: Tensor, chunk: TextBatch = chunk, swapped: TextBatch = swapped) -> Tensor:
@@ -127,18 +195,21 @@ def prompt_maps(model: nn.Module, image: Tensor, text: TextBatch, patch_size: Se
                 flipped = torch.cat([windows[:, :image_channels].flip(dim), windows[:, image_channels:]], dim=1)
                 total = total + answer(flipped, swapped if axis == 0 else chunk).flip(dim)
             average = (total / (1 + len(mirror_axes))).unflatten(0, (windows.shape[0], len(chunk)))
+            if progress is not None:
+                progress(windows.shape[0])
             return average.transpose(1, 2).flatten(1, 2)  # [W, P or 2P, *window]: maps first, then uncertainty
 
-        blended = sliding_window_inference(image[None].to(device), roi_size=list(patch_size),
-                                           sw_batch_size=sw_batch_size, predictor=predict, overlap=overlap,
-                                           mode="gaussian")
+        blended = sliding_window_inference(inputs, roi_size=list(patch_size), sw_batch_size=sw_batch_size,
+                                           predictor=predict, overlap=overlap, mode="gaussian")
         blended = blended[0].float().cpu()
-        outputs.append(blended.unflatten(0, (2, len(rows))) if evidential else blended[None])
-    result = torch.cat(outputs, dim=1)  # [1 or 2, P, *spatial]
-    result = result.as_tensor() if hasattr(result, "as_tensor") else result
-    if evidential:
-        return PromptMaps(result[0], result[1], "dirichlet")
-    return PromptMaps(result[0], binary_entropy(result[0]), "entropy")
+        blended = blended.as_tensor() if hasattr(blended, "as_tensor") else blended
+        if blend_uncertainty:
+            yield rows, PromptMaps(blended[: len(rows)], blended[len(rows):], "dirichlet")
+        elif evidential:
+            yield rows, PromptMaps(blended, None, "dirichlet")
+        else:
+            yield rows, PromptMaps(blended, binary_entropy(blended) if uncertainty else None, "entropy")
+        del blended
 
 
 @torch.no_grad()
