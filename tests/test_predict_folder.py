@@ -146,7 +146,7 @@ def test_continue_after_an_interruption_predicts_only_the_rest(checkpoint, cases
     out = tmp_path / "out"
     cases = requested_cases([cases_folder], None, PROMPTS[:2])
     calls = []
-    original = Predictor.predict
+    original = Predictor.iter_predict
 
     def counting(self, image_paths, prompts, uncertainty=True):
         calls.append(Path(image_paths[0]).name)
@@ -157,7 +157,7 @@ def test_continue_after_an_interruption_predicts_only_the_rest(checkpoint, cases
             raise KeyboardInterrupt  # Ctrl-C while the second case is predicted
         return counting(self, image_paths, prompts, uncertainty)
 
-    monkeypatch.setattr(Predictor, "predict", interrupted)
+    monkeypatch.setattr(Predictor, "iter_predict", interrupted)
     with pytest.raises(KeyboardInterrupt):
         predict_cases(checkpoint, cases, out)
     assert [r["case"] for r in json.loads((out / INDEX_FILE).read_text())["masks"]] == ["case_a", "case_a"]
@@ -166,7 +166,7 @@ def test_continue_after_an_interruption_predicts_only_the_rest(checkpoint, cases
     (out / ".partial-case_b-x1y2z3" / "the_prostate_gland.nii.gz").write_bytes(b"half")
     before = files_below(out / "case_a")
 
-    monkeypatch.setattr(Predictor, "predict", counting)
+    monkeypatch.setattr(Predictor, "iter_predict", counting)
     calls.clear()
     result = predict(checkpoint, ["-i", str(cases_folder)], out, PROMPTS[:2], "--continue")
     assert result.exit_code == 0, result.output

@@ -260,27 +260,43 @@ def predict(
     tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="mirror test-time augmentation along every "
                                              "axis, 'left'/'right' swapped in the mirrored prompt; default: as the "
                                              "run's inference.mirror_axes")] = None,
+    sw_batch_size: Annotated[int | None, typer.Option(help="sliding windows per network call (more fill a GPU); "
+                                                      "default: the run's inference.sw_batch_size")] = None,
+    overlap: Annotated[float | None, typer.Option(help="overlap of neighbouring windows, 0 to <1; default: the "
+                                                  "run's inference.overlap")] = None,
+    autocast: Annotated[str | None, typer.Option(help="the network's precision: none, bf16 (CPU or GPU) or fp16 "
+                                                 "(GPU); default: the run's inference.autocast")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="an inference setting: inference.KEY=VALUE, e.g. "
+                                                   "--set inference.prompt_chunk=4 (repeatable)")] = None,
+    progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="a bar over windows and "
+                                                  "prompts on stderr; default: when stderr is a terminal")] = None,
     version: VersionOption = False,
 ) -> None:
     """Segment what each prompt names; one mask per prompt with exactly the input's shape and affine.
 
-    Many cases (a folder, a .txt list or --jobs) load the model once and write OUT/{case}/ per case."""
+    Many cases (a folder, a .txt list or --jobs) load the model once and write OUT/{case}/ per case. Each mask
+    is written as soon as it is answered, so memory does not grow with the number of prompts; an input too large
+    for memory is refused before it is read, naming the setting that makes it fit."""
     import json
 
     from medtextseg.api import load_model
     from medtextseg.data.io import NIFTI_ENDINGS, is_dicom_series
     from medtextseg.inference.batch_predict import predict_cases
     from medtextseg.inference.case_inputs import requested_cases
-    from medtextseg.inference.label_map import LABEL_MAP_NAME, LEGEND_NAME, write_label_map
+    from medtextseg.inference.label_map import LABEL_MAP_NAME, LEGEND_NAME, LabelMapBuilder
     from medtextseg.utils.atomic import write_text_atomic
     from medtextseg.utils.errors import MedTextSegError, refuse_output_over_inputs
     from medtextseg.utils.folder_lock import lock_until_command_ends
 
+    settings = [*(f"inference.{key}={value}" for key, value in
+                  (("sw_batch_size", sw_batch_size), ("overlap", overlap), ("autocast", autocast))
+                  if value is not None), *(set_ or [])]
     cases = requested_cases(images or [], jobs, prompts or [])
     if cases is not None:  # many cases: predict_cases checks, then locks the output folder itself
         typer.echo(predict_cases(model, cases, out, probabilities=probabilities, uncertainty=uncertainty,
                                  combined=combined, resume=continue_, progress=True, device=device, refiner=refiner,
-                                 mirror_axes=_mirror_axes(tta), threshold=threshold).line())
+                                 mirror_axes=_mirror_axes(tta), threshold=threshold, inference=settings,
+                                 window_progress=progress).line())
         return
     if continue_:
         raise MedTextSegError("--continue applies to many cases (a folder of cases, a .txt list or --jobs)")
@@ -299,10 +315,13 @@ def predict(
     planned += [label_map, out / LEGEND_NAME] if label_map else []
     refuse_output_over_inputs(out, images, [*planned, out / "prompts.json"])  # before anything is written
     lock_until_command_ends(out)  # a second predict into this folder stops at once instead of mixing masks
-    results = load_model(model, device, refiner, _mirror_axes(tta), threshold).predict(images, prompts,
-                                                                                     uncertainty=uncertainty)
+    predictor = load_model(model, device, refiner, _mirror_axes(tta), threshold)
+    predictor.set_inference(settings)
+    predictor.progress = progress
+    labels = LabelMapBuilder(len(prompts)) if label_map else None
     index = []
-    for number, result in enumerate(results):
+    # each answer is written and let go before the next: memory holds a few prompts' maps, not all of them
+    for number, result in enumerate(predictor.iter_predict(images, prompts, uncertainty=uncertainty)):
         mask_path, probability_path, uncertainty_path = output_paths(number)
         result.save(mask_path, probability_path, uncertainty_path)
         entry = {"prompt": result.prompt, "mask": mask_path.name, "voxels": result.voxels,
@@ -314,14 +333,15 @@ def predict(
             _save_prediction_overlay(images[0], result, overlay_path)
             entry |= {"uncertainty": uncertainty_path.name, "uncertainty_kind": result.uncertainty_kind,
                       "overlay": overlay_path.name}
-        if label_map:
+        if labels is not None:
+            labels.add(result, mask_path.name)
             entry |= {"label": number + 1, "label_map": label_map.name, "legend": LEGEND_NAME}
         index.append(entry)
         typer.echo(f"{mask_path}  {result.voxels} voxels ({result.volume_ml:.2f} ml)  <- {result.prompt!r}")
-    if label_map:
-        legend = write_label_map(results, label_map, [entry["mask"] for entry in index], out / LEGEND_NAME)
-        labels = ", ".join(f"{e['label']}: {e['voxels']}" for e in legend["labels"])
-        typer.echo(f"{label_map}  labels 1-{len(results)} (voxels {labels}); legend {out / LEGEND_NAME}")
+    if labels is not None:
+        legend = labels.write(label_map, out / LEGEND_NAME)
+        described = ", ".join(f"{e['label']}: {e['voxels']}" for e in legend["labels"])
+        typer.echo(f"{label_map}  labels 1-{len(index)} (voxels {described}); legend {out / LEGEND_NAME}")
     write_text_atomic(out / "prompts.json", json.dumps(index, indent=1))
 
 

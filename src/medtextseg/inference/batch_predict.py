@@ -41,7 +41,7 @@ from typing import Any
 
 from medtextseg.data.io import NIFTI_ENDINGS, is_dicom_series
 from medtextseg.inference.case_inputs import CaseInput, check_channels
-from medtextseg.inference.label_map import LABEL_MAP_NAME, LEGEND_NAME, write_label_map
+from medtextseg.inference.label_map import LABEL_MAP_NAME, LEGEND_NAME, LabelMapBuilder
 from medtextseg.inference.predictor import Predictor
 from medtextseg.utils.atomic import swap_folder_in, write_text_atomic
 from medtextseg.utils.errors import MedTextSegError, refuse_output_over_inputs
@@ -226,7 +226,8 @@ def predict_cases(model: Predictor | str | Path, cases: Sequence[CaseInput], out
                   probabilities: bool = False, uncertainty: bool = False, combined: bool = False,
                   resume: bool = False,
                   progress: bool = False, device: str | None = None, refiner: bool | None = None,
-                  mirror_axes: list[int] | str | None = None, threshold: float | None = None) -> BatchSummary:
+                  mirror_axes: list[int] | str | None = None, threshold: float | None = None,
+                  inference: Sequence[str] = (), window_progress: bool | None = None) -> BatchSummary:
     """Segment every case's prompts with one model load, into ``OUT/{case}/`` plus the index ``OUT/predictions.json``.
 
     Before anything is written (or the model is loaded), the output folder is checked against every input
@@ -245,6 +246,10 @@ def predict_cases(model: Predictor | str | Path, cases: Sequence[CaseInput], out
         resume: skip the cases the index records as done with the same inputs, prompts, checkpoint digest,
             threshold, test-time augmentation, refiner and map kinds, whose files all exist.
         progress: show a bar over cases on stderr.
+        inference: ``inference.KEY=VALUE`` settings for the model (:meth:`Predictor.set_inference`), e.g.
+            ``inference.sw_batch_size=4``.
+        window_progress: a bar over each case's windows and prompts (``Predictor.progress``; None: when stderr
+            is a terminal).
 
     Returns:
         The cases predicted and skipped and the number of masks written.
@@ -264,6 +269,10 @@ def predict_cases(model: Predictor | str | Path, cases: Sequence[CaseInput], out
     planned = [out / name for layout in layouts.values() for name in layout.files()]
     records = _check_out(out, cases, planned)
     predictor = model if isinstance(model, Predictor) else Predictor(model, device, refiner, mirror_axes, threshold)
+    if inference:
+        predictor.set_inference(inference)
+    if window_progress is not None:
+        predictor.progress = window_progress
     for case in cases:
         try:
             check_channels(case, predictor.config.model.in_channels, predictor.channel_names)
@@ -312,12 +321,13 @@ def _predict_case(predictor: Predictor, case: CaseInput, out: Path, layout: Case
     partial = Path(tempfile.mkdtemp(prefix=f"{PARTIAL_PREFIX}{case.case}-", dir=out))
     partial.chmod(_umask_mode())  # mkdtemp's folder is owner-only; a case folder is readable as mkdir makes it
     try:
-        try:
-            results = predictor.predict(list(case.images), list(case.prompts), uncertainty=uncertainty)
+        try:  # the answers come one at a time: each is written and let go before the next
+            answers = predictor.iter_predict(list(case.images), list(case.prompts), uncertainty=uncertainty)
         except MedTextSegError as error:
             raise MedTextSegError(f"case {case.case!r} ({case.source}): {error}") from None
+        labels = LabelMapBuilder(len(case.prompts)) if layout.label_map and layout.legend else None
         records = []
-        for result, mask, probability, uncertainty_map in zip(results, layout.masks, layout.probabilities,
+        for result, mask, probability, uncertainty_map in zip(answers, layout.masks, layout.probabilities,
                                                               layout.uncertainties, strict=True):
             local = partial / Path(mask).name
             result.save(local, probability and partial / Path(probability).name,
@@ -328,10 +338,11 @@ def _predict_case(predictor: Predictor, case: CaseInput, out: Path, layout: Case
                 record["probability"] = probability
             if uncertainty_map:
                 record |= {"uncertainty": uncertainty_map, "uncertainty_kind": result.uncertainty_kind}
+            if labels is not None:
+                labels.add(result, Path(mask).name)
             records.append(record)
-        if layout.label_map and layout.legend:
-            write_label_map(results, partial / Path(layout.label_map).name, [Path(r["file"]).name for r in records],
-                            partial / Path(layout.legend).name)
+        if labels is not None and layout.label_map and layout.legend:
+            labels.write(partial / Path(layout.label_map).name, partial / Path(layout.legend).name)
             for label, record in enumerate(records, start=1):
                 record |= {"label": label, "label_map": layout.label_map, "legend": layout.legend}
         write_text_atomic(partial / CASE_FILE, json.dumps(records, indent=1))

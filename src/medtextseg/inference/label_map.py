@@ -52,6 +52,54 @@ def combine_labels(masks: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
     return labels
 
 
+class LabelMapBuilder:
+    """The label map of one image's answers, built one answer at a time (:meth:`add`, in prompt order), so that a
+    prediction that streams its answers holds the map and the winning probabilities, not P maps. The map equals
+    :func:`combine_labels`'s.
+
+    Args:
+        count: the number of prompts (it decides the map's type: uint8, or uint16 beyond 255).
+    """
+
+    def __init__(self, count: int) -> None:
+        if count > np.iinfo(np.uint16).max:
+            raise MedTextSegError(f"{count} prompts: a label map holds at most 65535")
+        self.count = count
+        self.labels: np.ndarray | None = None
+        self.best: np.ndarray | None = None
+        self.geometry = None
+        self.answers: list[tuple[str, str | None, int]] = []  # prompt, mask file, mask voxels
+
+    def add(self, result: Segmentation, mask_file: str | None) -> None:
+        """Claim ``result``'s voxels where its probability beats every earlier prompt's (strictly: a tie stays)."""
+        if len(self.answers) >= self.count:
+            raise MedTextSegError(f"more answers than the {self.count} prompts the label map was made for")
+        if self.labels is None:
+            self.geometry = result.geometry
+            self.labels = np.zeros(result.mask.shape, np.uint8 if self.count <= np.iinfo(np.uint8).max else np.uint16)
+            self.best = np.full(result.mask.shape, -np.inf, np.float32)
+        wins = result.mask.astype(bool) & (result.probability > self.best)
+        self.labels[wins] = len(self.answers) + 1
+        self.best[wins] = result.probability[wins]
+        self.answers.append((result.prompt, mask_file, result.voxels))
+
+    def write(self, destination: str | Path, legend_path: str | Path | None = None) -> dict[str, Any]:
+        """Write the map on the answers' grid and its legend; returns the legend (see :func:`write_label_map`)."""
+        if self.labels is None:
+            raise MedTextSegError("no prompt answers to combine")
+        destination = Path(destination)
+        write_on_grid(self.labels, self.geometry, destination, "input", label_map=True)
+        voxel_mm3 = float(np.prod(self.geometry.spacing))
+        counts = np.bincount(self.labels.ravel(), minlength=len(self.answers) + 1)
+        legend = {"format": LEGEND_FORMAT, "file": destination.name, "background": 0,
+                  "overlaps": "highest probability (the earlier prompt on a tie)",
+                  "labels": [{"label": k, "prompt": prompt, "mask": mask, "voxels": int(counts[k]),
+                              "volume_mm3": round(int(counts[k]) * voxel_mm3, 3), "mask_voxels": voxels}
+                             for k, (prompt, mask, voxels) in enumerate(self.answers, start=1)]}
+        write_text_atomic(legend_path or destination.parent / LEGEND_NAME, json.dumps(legend, indent=1))
+        return legend
+
+
 def write_label_map(results: Sequence[Segmentation], destination: str | Path, mask_files: Sequence[str | None],
                     legend_path: str | Path | None = None) -> dict[str, Any]:
     """Write the label map of ``results`` (one image's, in prompt order) on their grid, and its legend.
@@ -69,16 +117,7 @@ def write_label_map(results: Sequence[Segmentation], destination: str | Path, ma
     """
     if not results:
         raise MedTextSegError("no prompt answers to combine")
-    geometry = results[0].geometry
-    labels = combine_labels(np.stack([r.mask for r in results]), np.stack([r.probability for r in results]))
-    destination = Path(destination)
-    write_on_grid(labels, geometry, destination, "input", label_map=True)
-    voxel_mm3 = float(np.prod(geometry.spacing))
-    counts = np.bincount(labels.ravel(), minlength=len(results) + 1)
-    legend = {"format": LEGEND_FORMAT, "file": destination.name, "background": 0,
-              "overlaps": "highest probability (the earlier prompt on a tie)",
-              "labels": [{"label": k, "prompt": r.prompt, "mask": mask, "voxels": int(counts[k]),
-                          "volume_mm3": round(int(counts[k]) * voxel_mm3, 3), "mask_voxels": r.voxels}
-                         for k, (r, mask) in enumerate(zip(results, mask_files, strict=True), start=1)]}
-    write_text_atomic(legend_path or destination.parent / LEGEND_NAME, json.dumps(legend, indent=1))
-    return legend
+    builder = LabelMapBuilder(len(results))
+    for result, mask in zip(results, mask_files, strict=True):
+        builder.add(result, mask)
+    return builder.write(destination, legend_path)
