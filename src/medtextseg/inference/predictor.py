@@ -25,6 +25,7 @@ from medtextseg.data.image_input import InMemoryImage, in_memory_image, is_path
 from medtextseg.data.io import Geometry, read_geometry, write_on_grid
 from medtextseg.data.prompts import swap_left_right, validate_prompt
 from medtextseg.data.transforms import preparation
+from medtextseg.inference.inversion import reused_sampling_grids
 from medtextseg.inference.memory import (
     GB,
     LARGE_BYTES,
@@ -401,6 +402,7 @@ class Predictor:
                                 mirrored, inference.sw_batch_size, uncertainty, inference.autocast,
                                 bar.update if bar is not None else None)
         del model_input
+        grids: dict[Any, torch.Tensor] = {}  # the input grid's sampling grid, computed once for every group
         try:
             for rows, chunk in maps:
                 group = MemoryPlan(geometry.shape, 1, (1,), (1.0,), (1,), len(rows), len(rows), 1, 0, 0.0,
@@ -410,7 +412,7 @@ class Predictor:
                     probability = chunk.probability[start: start + count]
                     stacked = torch.cat([probability, chunk.uncertainty[start: start + count]]) if uncertainty \
                         else probability
-                    inverted = self._invert(stacked, trace, transform)
+                    inverted = self._invert(stacked, trace, transform, grids)
                     for offset in range(count):
                         probability_map = inverted[offset].reshape(geometry.shape)
                         uncertainty_map = inverted[count + offset].reshape(geometry.shape) if uncertainty else None
@@ -424,13 +426,16 @@ class Predictor:
             if bar is not None:
                 bar.close()
 
-    def _invert(self, stacked: torch.Tensor, trace: MetaTensor, transform: Any) -> np.ndarray:
-        """Maps [K, *model_grid] -> [K, *input_shape] float32 in [0, 1] on the input's grid."""
+    def _invert(self, stacked: torch.Tensor, trace: MetaTensor, transform: Any,
+                grids: dict[Any, torch.Tensor]) -> np.ndarray:
+        """Maps [K, *model_grid] -> [K, *input_shape] float32 in [0, 1] on the input's grid; ``grids``: the
+        sampling grids of earlier groups of the same image (:func:`reused_sampling_grids`)."""
         if self.config.model.spatial_dims == 2:
             stacked = stacked[..., None]
         prediction = MetaTensor(stacked, meta=trace.meta)
         prediction.applied_operations = trace.applied_operations
-        inverted = Invertd("prediction", transform, orig_keys="image", nearest_interp=False)(
-            {"prediction": prediction, "image": trace})["prediction"]
+        with reused_sampling_grids(grids):
+            inverted = Invertd("prediction", transform, orig_keys="image", nearest_interp=False)(
+                {"prediction": prediction, "image": trace})["prediction"]
         inverted = inverted.as_tensor().numpy().astype(np.float32, copy=False)
         return np.clip(inverted, 0.0, 1.0, out=inverted)
