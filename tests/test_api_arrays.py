@@ -31,9 +31,12 @@ def model(tmp_path_factory) -> Predictor:
 
 @pytest.fixture(scope="module")
 def case(tmp_path_factory) -> list[Path]:
+    return oblique_channels(tmp_path_factory.mktemp("api_case"))
+
+
+def oblique_channels(folder: Path) -> list[Path]:
     """Two channel files of different content (so their order matters) on an oblique grid whose voxel axes point
     Left and Posterior (18 x 22 x 10)."""
-    folder = tmp_path_factory.mktemp("api_case")
     rng = np.random.default_rng(0)
     paths = []
     for channel in range(2):

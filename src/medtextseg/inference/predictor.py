@@ -304,6 +304,8 @@ class Predictor:
         prompts = [validate_prompt(p, f"prompt {i + 1}") for i, p in enumerate(prompts)]
         if not prompts:
             raise MedTextSegError("no prompt given: pass at least one, e.g. -p 'the prostate gland'")
+        if self.config.inference.autocast == "fp16" and self.device.type == "cpu":
+            raise MedTextSegError("inference.autocast fp16 runs on a GPU; on the CPU use bf16 or none")
         normalization = self.config.data.normalization
         grid = self.config.inference.spacing or self.config.data.spacing
         if items and all(is_path(item) for item in items):
@@ -412,10 +414,11 @@ class Predictor:
                     probability = chunk.probability[start: start + count]
                     stacked = torch.cat([probability, chunk.uncertainty[start: start + count]]) if uncertainty \
                         else probability
-                    inverted = self._invert(stacked, trace, transform, grids)
+                    inverted = self._invert(stacked, trace, transform, grids)  # [K, *input_shape]
                     for offset in range(count):
-                        probability_map = inverted[offset].reshape(geometry.shape)
-                        uncertainty_map = inverted[count + offset].reshape(geometry.shape) if uncertainty else None
+                        # each answer owns its maps (not views of the group's): holding one holds one prompt's
+                        probability_map = self._clipped(inverted[offset], geometry)
+                        uncertainty_map = self._clipped(inverted[count + offset], geometry) if uncertainty else None
                         mask = remove_small_components(probability_map > inference.threshold,
                                                        inference.min_component_voxels)
                         yield Segmentation(prompts[rows[start + offset]], mask.astype(np.uint8), probability_map,
@@ -428,8 +431,8 @@ class Predictor:
 
     def _invert(self, stacked: torch.Tensor, trace: MetaTensor, transform: Any,
                 grids: dict[Any, torch.Tensor]) -> np.ndarray:
-        """Maps [K, *model_grid] -> [K, *input_shape] float32 in [0, 1] on the input's grid; ``grids``: the
-        sampling grids of earlier groups of the same image (:func:`reused_sampling_grids`)."""
+        """Maps [K, *model_grid] -> [K, *input_grid] on the input's grid, as MONAI resampled them (float64);
+        ``grids``: the sampling grids of earlier groups of the same image (:func:`reused_sampling_grids`)."""
         if self.config.model.spatial_dims == 2:
             stacked = stacked[..., None]
         prediction = MetaTensor(stacked, meta=trace.meta)
@@ -437,5 +440,11 @@ class Predictor:
         with reused_sampling_grids(grids):
             inverted = Invertd("prediction", transform, orig_keys="image", nearest_interp=False)(
                 {"prediction": prediction, "image": trace})["prediction"]
-        inverted = inverted.as_tensor().numpy().astype(np.float32, copy=False)
-        return np.clip(inverted, 0.0, 1.0, out=inverted)
+        return inverted.as_tensor().numpy()
+
+    @staticmethod
+    def _clipped(inverted: np.ndarray, geometry: Geometry) -> np.ndarray:
+        """One inverted map as its own float32 array in [0, 1], shaped as the input (a 2D input may carry a
+        trailing singleton axis)."""
+        own = inverted.astype(np.float32)  # a copy whatever the type MONAI resampled in
+        return np.clip(own, 0.0, 1.0, out=own).reshape(geometry.shape)
