@@ -5,18 +5,20 @@
     .venv/bin/python benchmarks/profile_prediction.py -m RUN --volume 512,512,300 --volume-spacing 0.7,0.7,1 ...
 
 One process, the model loaded once; the first call is a warm-up (imports, the text cache), then ``--repeats``
-timed calls of ``Predictor.predict`` followed by writing every mask (``Segmentation.save``), as ``medtextseg
-predict`` does. Stages are timed by wrapping the library's own steps (nothing is re-implemented here):
+timed calls of ``Predictor.iter_predict``, each answer's mask written as it comes (``Segmentation.save``), as
+``medtextseg predict`` does. Stages are timed by wrapping the library's own steps (nothing is re-implemented here):
 
 * reading: MONAI's ``LoadImaged``; preparation: the rest of the preparation (RAS, resampling, normalisation);
 * text: the prompts' embeddings (from the cache); encoder / decoder: forward hooks on ``model.encoder`` /
   ``model.decoder``, summed over windows; network other: the rest of the model's forward (text summary, presence);
 * blending: MONAI's sliding window minus the network calls it made (cropping, Gaussian weighting, stitching);
-* inversion: ``Invertd`` (back to the file's grid); threshold: the rest of ``predict`` (thresholds, components);
+* inversion: ``Invertd`` (back to the file's grid); threshold: the rest (thresholds, clipping, checks);
 * writing: ``Segmentation.save`` of every mask.
 
 Wall and CPU seconds (``time.process_time``: the machine may be shared, CPU time is what this process used)
-are medians over the repeats; peak RSS is the process's (``ru_maxrss``) after the run. ``--volume`` writes a
+are medians over the repeats; peak RSS is the process's (``ru_maxrss``) after the run, "grown" its rise over
+the RSS with the model loaded and the prompts encoded, beside the prediction's own memory estimate
+(:mod:`medtextseg.inference.memory`). ``--volume`` writes a
 synthetic image of that shape and spacing (smooth noise, one file per channel) under ``--out`` first.
 """
 
@@ -80,6 +82,7 @@ def instrument(predictor, clock: Clock) -> None:
 
     monai.transforms.LoadImaged.__call__ = clock.wrap("reading", monai.transforms.LoadImaged.__call__)
     monai.transforms.Invertd.__call__ = clock.wrap("inversion", monai.transforms.Invertd.__call__)
+    predictor_module.Segmentation.save = clock.wrap("writing", predictor_module.Segmentation.save)
     original_preparation = predictor_module.preparation
 
     def preparation(*args, **kwargs) -> Compose:
@@ -172,6 +175,12 @@ def main() -> None:
         shape = tuple(int(s) for s in args.volume.split(","))
         spacing = tuple(float(s) for s in args.volume_spacing.split(","))
         images = synthetic_volume(args.out / "volumes", shape, spacing, predictor.config.model.in_channels)
+    from medtextseg.data.io import read_geometry
+
+    geometry = read_geometry(images[0])
+    estimate = predictor._check_memory(geometry, len(images), len(prompts), False, False, str(images[0]))
+    predictor.text(prompts)
+    baseline_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     clock = Clock()
     instrument(predictor, clock)
     masks = args.out / args.label
@@ -181,24 +190,24 @@ def main() -> None:
         clock.wall.clear()
         clock.cpu.clear()
         wall, cpu = time.perf_counter(), time.process_time()
-        results = predictor.predict(images, prompts, uncertainty=False)
-        predict_wall, predict_cpu = time.perf_counter() - wall, time.process_time() - cpu
-        wall, cpu = time.perf_counter(), time.process_time()
-        for number, result in enumerate(results):
+        # as medtextseg predict does: each answer written as it comes
+        for number, result in enumerate(predictor.iter_predict(images, prompts, uncertainty=False)):
             result.save(masks / f"mask_{number:02d}.nii.gz")
-        write_wall, write_cpu = time.perf_counter() - wall, time.process_time() - cpu
-        del results
+        del result
+        total_wall, total_cpu = time.perf_counter() - wall, time.process_time() - cpu
+        write_wall, write_cpu = clock.wall["writing"], clock.cpu["writing"]
+        predict_wall, predict_cpu = total_wall - write_wall, total_cpu - write_cpu
         if repeat >= args.warmup:
             walls.append(stages(clock, predict_wall, write_wall, clock.wall))
             cpus.append(stages(clock, predict_cpu, write_cpu, clock.cpu))
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    from medtextseg.data.io import read_geometry
-
-    geometry = read_geometry(images[0])
     summary = {"label": args.label, "shape": list(geometry.shape), "spacing": [round(s, 3) for s in geometry.spacing],
                "channels": len(images), "prompts": len(prompts), "planned_spacing": predictor.config.data.spacing,
                "patch": predictor.config.data.patch_size, "load_model_s": round(load_s, 3),
-               "peak_rss_mb": round(peak_mb), "repeats": args.repeats,
+               "peak_rss_mb": round(peak_mb), "baseline_rss_mb": round(baseline_mb),
+               "grown_mb": round(peak_mb - baseline_mb), "estimate_mb": round(estimate.total / 2**20),
+               "estimate_parts_mb": {k: round(v / 2**20) for k, v in estimate.parts().items()},
+               "repeats": args.repeats,
                "wall_s": {k: round(statistics.median(r[k] for r in walls), 4) for k in STAGES},
                "cpu_s": {k: round(statistics.median(r[k] for r in cpus), 4) for k in STAGES}}
     summary["decoder_per_prompt_cpu_s"] = round(summary["cpu_s"]["decoder"] / len(prompts), 4)

@@ -133,7 +133,7 @@ def test_an_estimate_above_the_bound_is_refused_in_one_line_naming_the_setting(c
     assert replace(plan, prompt_chunk=8).total < leaner  # fewer prompts a pass fit
     predictor.set_inference([f"inference.memory_limit_gb={leaner / GB}"])
     with pytest.raises(MedTextSegError) as refused:
-        list(predictor.iter_predict(case, [f"structure {k}" for k in range(40)]))
+        list(predictor.iter_predict(case, [f"structure {k}" for k in range(40)], uncertainty=False))
     message = str(refused.value)
     assert "\n" not in message and message.startswith(f"{case[0]}: predicting needs about")
     assert "--set inference.prompt_chunk=8" in message and "inference.memory_limit_gb allows" in message
@@ -198,3 +198,14 @@ def test_the_resampled_shape_follows_orientation_and_spacing():
     assert resampled_shape((100, 60, 30), affine, [1.0, 1.0, 3.0]) == (60, 50, 20)
     assert resampled_shape((100, 60, 30), affine, None) == (30, 100, 60)
 
+
+
+@pytest.mark.parametrize("size", [[1, 1, 181, 217, 9], [1, 3, 37, 41, 19], [1, 1, 5, 7, 1]])  # last: a 2D image
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.filterwarnings("ignore:Since version 1.3.0, affine_grid behavior has changed for unit-size grids")
+def test_the_sampling_grid_made_a_slab_at_a_time_is_torchs(size, align_corners):
+    from medtextseg.inference.inversion import _slab_grid
+
+    theta = torch.randn(1, 3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(len(size) + size[2]))
+    expected = torch.nn.functional.affine_grid(theta, size, align_corners=align_corners)
+    assert torch.equal(_slab_grid(theta, size, align_corners, slab_bytes=4096), expected)

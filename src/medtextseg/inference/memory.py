@@ -6,12 +6,14 @@ The estimate follows the prediction's phases (:mod:`medtextseg.inference.predict
 * maps: the model input with its coordinate channels, one pass's ``prompt_chunk`` blended maps (MONAI's output
   and count map), and the network's activations for ``sw_batch_size`` windows x ``prompt_chunk`` prompts;
 * inversion: while a pass's maps are held, a group of prompts is brought back to the file's grid (MONAI's
-  resampling, the clipped copy) and thresholded; what is still held of the answers: one group when they are
-  streamed (``Predictor.iter_predict``, the command line), all P when ``Predictor.predict`` returns them.
+  resampling in float64, with its sampling grid) and thresholded; what is still held of the answers: a few when
+  they are streamed (``Predictor.iter_predict``, the command line), all P when ``Predictor.predict`` returns
+  them.
 
-The peak is the largest phase. Its constants were fitted to measured peak RSS (docs/prediction_profile.md) and
-err on the high side; the bound is ``inference.memory_limit_gb`` or else the memory available when the
-prediction starts (``MemAvailable``, a cgroup's limit when lower).
+The peak is the largest phase. Its constants follow the arrays each phase holds, checked against measured peak
+RSS (docs/prediction_profile.md), with a margin of a fifth and 128 MB for what the libraries set up on a first
+prediction; the bound is ``inference.memory_limit_gb`` or else the memory available when the prediction starts
+(``MemAvailable``, a cgroup's limit when lower).
 """
 
 from __future__ import annotations
@@ -25,11 +27,15 @@ from pathlib import Path
 import numpy as np
 
 GB = 1024**3
-FLOAT = 4
+FLOAT, DOUBLE = 4, 8
 #: probability (+ uncertainty) maps of a group inverted together are kept under this many bytes
 INVERT_GROUP_BYTES = 64 * 1024**2
 #: an input whose estimate reaches this is "large": the estimate is printed before it runs
 LARGE_BYTES = 1 * GB
+#: measured peaks (docs/prediction_profile.md) were up to a fifth above the phases' sums (allocator, temporaries)
+MARGIN = 1.2
+#: what a process's first prediction adds besides its arrays (kernels, buffers and modules set up on first use)
+FIRST_USE = 128 * 1024**2
 
 
 def resampled_shape(shape: Sequence[int], affine: np.ndarray, spacing: Sequence[float] | None) -> tuple[int, ...]:
@@ -73,25 +79,31 @@ class MemoryPlan:
         return min(self.prompts, self.prompt_chunk)
 
     def parts(self) -> dict[str, float]:
-        """Bytes of each phase (the peak is the largest)."""
+        """Bytes of each phase, the margin included (the peak is the largest)."""
         file_voxels, model_voxels = math.prod(self.input_shape), math.prod(self.model_shape)
         patch_voxels = math.prod(self.patch)
         maps = 1 + (1 if self.uncertainty else 0)  # probability (+ uncertainty) per prompt
-        preparation = FLOAT * self.channels * (2 * file_voxels + 3 * model_voxels)
+        # each channel read as float32, resampled in float64; on the model's grid: MONAI's output, the normalised
+        # copy, and its float64 sampling grid (a 4-vector a voxel while made, 3 coordinates after)
+        preparation = (self.channels * (file_voxels * (FLOAT + DOUBLE) + model_voxels * 4 * FLOAT)
+                       + model_voxels * 7 * DOUBLE)
         model_input = FLOAT * model_voxels * (self.channels + self.coordinate_channels)
         chunk_maps = FLOAT * model_voxels * self.chunk * maps
         blending = FLOAT * model_voxels * (self.chunk * (2 if self.evidential and self.uncertainty else 1) + 2)
         network = self.sw_batch_size * patch_voxels * self.network_bytes_per_voxel * (self.chunk + 1)
         group = self.invert_group()
-        inversion = FLOAT * file_voxels * group * maps * 3 + file_voxels * 9  # resampled, clipped; mask, labels
-        answer = FLOAT * file_voxels * maps + file_voxels
-        held = answer * (self.prompts if self.hold_all else group)
-        return {"preparation": preparation,
-                "maps": model_input + chunk_maps + blending + network + (held if self.hold_all else 0),
-                "inversion": model_input + chunk_maps + inversion + held}
+        answer = FLOAT * file_voxels * maps + file_voxels  # its own float32 maps and its mask
+        held = answer * (self.prompts if self.hold_all else 2)  # streamed: the caller's last answer and this one
+        # back on the file's grid: the float64 sampling grid (3 coordinates a voxel, made a slab at a time and kept
+        # for every group), a group's float64 resampled maps and their re-oriented copy, the threshold's temporaries
+        inversion = file_voxels * (3 * DOUBLE + group * maps * 2 * DOUBLE + 2) + INVERT_GROUP_BYTES + held
+        return {name: MARGIN * value + FIRST_USE for name, value in (
+            ("preparation", preparation),
+            ("maps", model_input + chunk_maps + blending + network + (held if self.hold_all else 0)),
+            ("inversion", model_input + chunk_maps + inversion))}
 
     def invert_group(self) -> int:
-        """Prompts brought back to the file's grid together: as many as fit ``INVERT_GROUP_BYTES``."""
+        """Prompts brought back to the file's grid together: as many as fit ``INVERT_GROUP_BYTES`` (float32)."""
         per_prompt = FLOAT * math.prod(self.input_shape) * (2 if self.uncertainty else 1)
         return max(1, min(self.chunk, INVERT_GROUP_BYTES // max(per_prompt, 1)))
 
@@ -114,12 +126,12 @@ class MemoryPlan:
         fix = None
         for chunk in (8, 4, 2, 1):
             if chunk < self.chunk and replace(self, prompt_chunk=chunk).total <= bound:
-                fix = (f"--set inference.prompt_chunk={chunk} (about {replace(self, prompt_chunk=chunk).total / GB:.1f}"
+                fix = (f"--set inference.prompt_chunk={chunk} (about {replace(self, prompt_chunk=chunk).total / GB:.3g}"
                        " GB)")
                 break
         lean = replace(self, prompt_chunk=1, sw_batch_size=1)
         if fix is None and self.sw_batch_size > 1 and lean.total <= bound:
-            fix = f"--set inference.prompt_chunk=1 --set inference.sw_batch_size=1 (about {lean.total / GB:.1f} GB)"
+            fix = f"--set inference.prompt_chunk=1 --set inference.sw_batch_size=1 (about {lean.total / GB:.3g} GB)"
         if fix is None and self.hold_all and replace(lean, hold_all=False).total <= bound:
             fix = ("write the answers as they come (Predictor.iter_predict, or medtextseg predict) instead of "
                    "holding all of them")
@@ -131,15 +143,15 @@ class MemoryPlan:
                 if coarser.total <= bound:
                     values = ",".join(f"{s:.3g}" for s in spacing)
                     fix = (f"predict on a coarser grid: --set inference.spacing=[{values}] (about "
-                           f"{coarser.total / GB:.1f} GB; the masks still come back on the file's grid)")
+                           f"{coarser.total / GB:.3g} GB; the masks still come back on the file's grid)")
                     break
         if fix is None:
             fix = "the file alone does not fit: crop it, or predict on a machine with more memory"
-        return (f"{name}: predicting needs about {self.total / GB:.1f} GB ({self.describe()}), more than the "
-                f"{bound / GB:.1f} GB {where}; {fix}")
+        return (f"{name}: predicting needs about {self.total / GB:.3g} GB ({self.describe()}), more than the "
+                f"{bound / GB:.3g} GB {where}; {fix}")
 
     def line(self, bound: float, where: str, windows: int, passes: int) -> str:
-        return (f"memory estimate: about {self.total / GB:.1f} GB of {bound / GB:.1f} GB {where} ({self.describe()}; "
+        return (f"memory estimate: about {self.total / GB:.3g} GB of {bound / GB:.3g} GB {where} ({self.describe()}; "
                 f"{windows} windows x {passes} pass(es))")
 
 
@@ -151,7 +163,7 @@ def network_bytes_per_voxel(channels: Sequence[int], strides: Sequence[Sequence[
     for width, stride in zip(channels, strides, strict=False):
         scale *= math.prod(stride)
         total += width / scale
-    return FLOAT * 8 * total
+    return FLOAT * 12 * total
 
 
 def available_memory() -> tuple[float, str]:
