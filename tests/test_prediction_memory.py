@@ -192,12 +192,14 @@ def test_the_progress_bar_shows_only_on_a_terminal_or_when_asked(checkpoint, cas
     assert "memory estimate: about" in err and "window" in err  # the estimate, then the bar over windows
 
 
-def test_the_resampled_shape_follows_orientation_and_spacing():
+def test_the_resampled_shape_is_the_one_preparation_gives(tmp_path):
     # file axis 0 runs along -y (0.5 mm), 1 along +z (1 mm), 2 along -x (2 mm): RAS x <- axis 2, y <- 0, z <- 1
-    affine = np.array([[0, 0, -2.0, 0], [-0.5, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 0, 1]])
-    assert resampled_shape((100, 60, 30), affine, [1.0, 1.0, 3.0]) == (60, 50, 20)
-    assert resampled_shape((100, 60, 30), affine, None) == (30, 100, 60)
-
+    affine = np.array([[0, 0, -2.0, 10], [-0.5, 0, 0, 3], [0, 1.0, 0, -7], [0, 0, 0, 1]])
+    path = tmp_path / "permuted.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((100, 60, 30), np.float32), affine), str(path))
+    for spacing in ([1.0, 1.0, 3.0], [0.7, 1.3, 2.2], None):
+        prepared = preparation(spacing)({"image": [str(path)]})["image"]
+        assert resampled_shape((100, 60, 30), affine, spacing) == tuple(prepared.shape[1:]), spacing
 
 
 @pytest.mark.parametrize("size", [[1, 1, 181, 217, 9], [1, 3, 37, 41, 19], [1, 1, 5, 7, 1]])  # last: a 2D image

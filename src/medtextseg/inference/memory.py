@@ -52,7 +52,7 @@ def resampled_shape(shape: Sequence[int], affine: np.ndarray, spacing: Sequence[
     for axis in range(dims):
         ras = int(order[axis, 0]) if not np.isnan(order[axis, 0]) else axis
         target = spacing[ras] if spacing is not None and ras < len(spacing) and spacing[ras] > 0 else zooms[axis]
-        out[ras] = max(1, int(round(shape[axis] * zooms[axis] / target)))
+        out[ras] = max(1, int(round((shape[axis] - 1) * zooms[axis] / target + 1)))  # as MONAI: corner to corner
     return tuple(out) + tuple(int(s) for s in shape[dims:])
 
 
