@@ -165,11 +165,8 @@ def main() -> None:
     started = time.perf_counter()
     predictor = load_model(args.model, "cpu")
     load_s = time.perf_counter() - started
-    if args.set:
-        from medtextseg.cli import key_value_pairs
-
-        predictor.set_inference({key.removeprefix("inference."): value
-                                 for key, value in key_value_pairs(args.set, "--set", "KEY=VALUE").items()})
+    predictor.set_inference(args.set)
+    predictor.progress = False
     images = args.image
     if args.volume:
         shape = tuple(int(s) for s in args.volume.split(","))
@@ -203,7 +200,8 @@ def main() -> None:
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     summary = {"label": args.label, "shape": list(geometry.shape), "spacing": [round(s, 3) for s in geometry.spacing],
                "channels": len(images), "prompts": len(prompts), "planned_spacing": predictor.config.data.spacing,
-               "patch": predictor.config.data.patch_size, "load_model_s": round(load_s, 3),
+               "patch": predictor.config.data.patch_size, "autocast": predictor.config.inference.autocast,
+               "load_model_s": round(load_s, 3),
                "peak_rss_mb": round(peak_mb), "baseline_rss_mb": round(baseline_mb),
                "grown_mb": round(peak_mb - baseline_mb), "estimate_mb": round(estimate.total / 2**20),
                "estimate_parts_mb": {k: round(v / 2**20) for k, v in estimate.parts().items()},
