@@ -12,6 +12,13 @@ from medtextseg.text.batch import TextBatch
 TINY = ["model.channels=[4,8,16]", "model.strides=[[1,1,1],[2,2,1],[2,2,2]]"]
 
 
+@pytest.fixture(autouse=True)
+def fixed_weights():
+    """The tiny models' weights from one seed: torch seeds each process at random, and with about three seeds in four
+    the presence logits never close the gate between 0.4 and 0.6 (the second test then failed at random)."""
+    torch.manual_seed(1)
+
+
 def prompts(rows: int) -> TextBatch:
     generator = torch.Generator().manual_seed(1)
     return TextBatch(torch.randn(rows, 12, generator=generator), torch.randn(rows, 3, 12, generator=generator),
