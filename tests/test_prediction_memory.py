@@ -171,6 +171,15 @@ def test_predict_takes_sliding_window_settings_and_refuses_others(checkpoint, ca
         assert not (tmp_path / "b").exists()
 
 
+def test_a_coarser_grid_still_answers_on_the_files_grid(checkpoint, case):
+    predictor = load_model(checkpoint, "cpu")
+    predictor.set_inference(["inference.spacing=[2.5,2.5,5]"])
+    [answer] = predictor.predict(case, PROMPTS[:1])
+    assert answer.mask.shape == answer.probability.shape == read_geometry(case[0]).shape
+    with pytest.raises(MedTextSegError, match="inference.spacing"):
+        predictor.set_inference(["inference.spacing=[2.5,2.5]"])  # a 3D model needs three values
+
+
 def test_bf16_autocast_answers_close_to_float32(checkpoint, case):
     predictor = load_model(checkpoint, "cpu")
     full = predictor.predict(case, PROMPTS[:2])

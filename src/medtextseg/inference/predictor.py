@@ -363,7 +363,10 @@ class Predictor:
             raise MedTextSegError(refusal)
         if self._progress_shown() or plan.total >= LARGE_BYTES:
             windows = window_count(shape, self.config.data.patch_size, inference.overlap)
-            print(plan.line(bound, where, windows, -(-prompts // inference.prompt_chunk)), file=sys.stderr)
+            from tqdm import tqdm
+
+            # through tqdm: a bar already on stderr (predict's bar over cases) is redrawn below the line
+            tqdm.write(plan.line(bound, where, windows, -(-prompts // inference.prompt_chunk)), file=sys.stderr)
         return plan
 
     def _progress_shown(self) -> bool:
