@@ -171,4 +171,17 @@ def test_a_bad_file_stops_the_progress_bar_of_the_check(dataset):
     with pytest.raises(MedTextSegError) as error:
         verify_dataset(load_dataset(dataset), progress=True)
     assert error.value.__traceback__ is not None  # the error, and so the loop's frames, are still held
+    # a stopped bar's refresh thread ends within its next tick (rich does not join it); an open one never does
+    for thread in [t for t in threading.enumerate() if isinstance(t, _RefreshThread)]:
+        thread.join(timeout=5)
     assert not any(isinstance(thread, _RefreshThread) for thread in threading.enumerate())
+    from medtextseg.utils.progress import progress_bar
+
+    def next_bar() -> None:  # the symptom: the next bar in the process waited for the display for ever
+        with progress_bar(range(3), "next", True) as items:
+            list(items)
+
+    worker = threading.Thread(target=next_bar, daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    assert not worker.is_alive()
