@@ -41,9 +41,10 @@ from test_predict_folder import write_case
 TOKEN = "s3cret-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 LIMIT = 1_000_000  # the test server's largest request body, bytes
-# the beginnings of every name the server gives a file or folder of its own (atomic writes add ".mask_00-...")
+# the beginnings of every name the server gives a file or folder of its own (an atomic write goes through a
+# temporary folder ".partial-mask_00-XXXXXXXX", utils/atomic.py)
 SERVER_NAMES = ("request-", "job-", "upload-", "inputs", "out", "mask_", "probability_", "summary.json", "result.zip",
-                ".mask_", ".probability_")
+                ".partial-")
 PROMPTS = ["the prostate gland", "the lesion in the left PZ", "the right transition zone"]
 
 
