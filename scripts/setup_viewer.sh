@@ -4,7 +4,8 @@
 # Nothing is fetched at run time. Does nothing when the bundle of the locked version is already there.
 # --optional: when npm is missing, warn and exit 0 (the server then serves a page saying how to build the viewer).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+HERE=$(cd "$(dirname "$0")" && pwd)
+cd "$HERE/.."
 OPTIONAL=0
 [ "${1:-}" = "--optional" ] && OPTIONAL=1
 STATIC=src/medtextseg/server/static
@@ -18,15 +19,7 @@ if ! command -v npm >/dev/null 2>&1; then
          "Install Node.js + npm and run: bash scripts/setup_viewer.sh" >&2
     exit 0
   fi
-  if command -v apt-get >/dev/null 2>&1 && { [ "$(id -u)" -eq 0 ] || command -v sudo >/dev/null 2>&1; }; then
-    SUDO=(); [ "$(id -u)" -eq 0 ] || SUDO=(sudo)
-    echo "setup_viewer.sh: installing npm (Debian package) to build the web viewer" >&2
-    "${SUDO[@]}" apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq --no-install-recommends npm
-  else
-    echo "setup_viewer.sh: npm is missing; install Node.js + npm (https://nodejs.org) and rerun" >&2
-    exit 1
-  fi
+  bash "$HERE/apt_install.sh" setup_viewer.sh npm "Node.js + npm, to build the web viewer"
 fi
 echo "setup_viewer.sh: building the web viewer (NiiVue $VERSION)" >&2
 npm ci --prefix viewer --no-audit --no-fund --ignore-scripts --loglevel=error
