@@ -1022,7 +1022,7 @@ def test_a_2d_slice_in_another_voxel_order_reads_and_writes_back_on_its_grid(mod
     assert np.array_equal(moved_mask, np.transpose(mask, (0, 2, 1)))
     assert read_geometry(tmp_path / "pred_moved" / "mask_01.nii.gz").same_grid(
         read_geometry(moved / "imagesTr" / "synth_000_0000.nii.gz"))
-    scores = [evaluate_run(model_run, dataset, tmp_path / f"eval_{dataset.name}", progress=False)
+    scores = [evaluate_run(model_run, dataset, tmp_path / f"eval_{dataset.name}", progress=False).summary
               for dataset in (dataset_2d, moved)]
     assert scores[0] == scores[1] and scores[0]
 

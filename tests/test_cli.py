@@ -118,6 +118,23 @@ def test_evaluate_and_compare_write_reports(cli_run):
     assert (cli_run / "report" / "comparison_dice.png").is_file()
 
 
+def test_evaluate_run_returns_what_its_files_hold(cli_run, tmp_path):
+    """The Python API's result object carries the same records and summary as the JSON files it wrote."""
+    from medtextseg.evaluation.runner import evaluate_run
+    from medtextseg.evaluation.tables import read_records
+
+    result = evaluate_run(cli_run / "run", cli_run / "data", tmp_path / "eval", save_masks=False, progress=False,
+                          component_sweep=[0, 5])
+    assert result.out_dir == tmp_path / "eval" and result.records
+    assert result.records == read_records(tmp_path / "eval" / "metrics_per_prompt.json")
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert [row["group"] for row in result.summary] == [row["group"] for row in summary]
+    assert result.overall["group"] == "overall" and result.overall["n"] == len(result.records)
+    assert result.overall["dice_mean"] == pytest.approx(summary[-1]["dice_mean"])
+    sweep = json.loads((tmp_path / "eval" / "component_sweep.json").read_text())
+    assert len(result.component_sweep) == len(sweep) and {row["min_voxels"] for row in sweep} == {0, 5}
+
+
 def test_evaluate_reports_dice_per_wording_when_prompts_carry_one(cli_run, tmp_path):
     data = tmp_path / "worded"
     assert runner.invoke(app, ["synth", "--out", str(data), "--cases", "6", "--dim", "2", "--seed", "3",

@@ -11,19 +11,10 @@ import pytest
 from matplotlib.image import imread
 from rich.console import Console
 
+from medtextseg.evaluation.figures import radiological_view, save_loss_curve, save_loss_curves, save_overlay
 from medtextseg.evaluation.metrics import OVERALL_GROUP, summarize
-from medtextseg.evaluation.report import (
-    comparison_table,
-    radiological_view,
-    read_records,
-    render_table,
-    save_loss_curve,
-    save_loss_curves,
-    save_overlay,
-    write_comparison,
-    write_records,
-    write_summary,
-)
+from medtextseg.evaluation.report import write_comparison
+from medtextseg.evaluation.tables import comparison_table, read_records, render_table, write_records, write_summary
 from medtextseg.utils.errors import MedTextSegError
 
 

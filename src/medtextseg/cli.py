@@ -355,7 +355,7 @@ def _save_prediction_overlay(image_path: Path, result, out_path: Path) -> None:
     import numpy as np
 
     from medtextseg.data.io import read_array
-    from medtextseg.evaluation.report import save_overlay
+    from medtextseg.evaluation.figures import save_overlay
     from medtextseg.evaluation.runner import ras_view
 
     affine = result.geometry.affine
@@ -479,12 +479,11 @@ def evaluate(
     uncertainty means: uncertainty.json (expected calibration error; AUROC of the voxel uncertainty for the
     voxels the mask gets wrong) with reliability.png.
     """
-    import json
 
     from rich.console import Console
 
-    from medtextseg.evaluation.report import render_table
     from medtextseg.evaluation.runner import evaluate_run
+    from medtextseg.evaluation.tables import render_table
     from medtextseg.utils.errors import MedTextSegError
 
     sweep = []
@@ -493,24 +492,22 @@ def evaluate(
             if not item.strip().isdigit():
                 raise MedTextSegError(f"--component-sweep {component_sweep!r}: expected voxel counts like 0,10,20")
             sweep.append(int(item))
-    rows = evaluate_run(model, data, out, split=split, save_masks=save_masks, overlay_channel=overlay_channel,
-                        component_sweep=sweep, refiner=refiner, mirror_axes=_mirror_axes(tta))
+    result = evaluate_run(model, data, out, split=split, save_masks=save_masks, overlay_channel=overlay_channel,
+                          component_sweep=sweep, refiner=refiner, mirror_axes=_mirror_axes(tta))
     # a log file or pipe is not 80 columns wide: do not fold the table to fit one
-    Console(width=None if sys.stdout.isatty() else 160).print(render_table(rows))
-    if rows:
-        overall = rows[-1]
+    Console(width=None if sys.stdout.isatty() else 160).print(render_table(result.summary))
+    if (overall := result.overall) is not None:
         auroc = overall["uncertainty_error_auroc"]
         typer.echo(f"calibration: ECE {overall['ece']:.4f}; {overall['uncertainty_kind']} uncertainty finds the "
                    f"wrong voxels with AUROC {'n/a' if auroc is None else f'{auroc:.3f}'}")
-    if (out / "lesion_detection.json").is_file():
-        detection = json.loads((out / "lesion_detection.json").read_text())
+    if (detection := result.detection) is not None:
         typer.echo("lesion detection (picai_eval, 'all lesions' prompts): " + ", ".join(
             f"{key} {'n/a' if detection[key] is None else f'{detection[key]:.3f}'}"
             for key in ("auroc", "ap", "picai_score")))
     if sweep:
         typer.echo("component sweep (overall Dice by minimum component size): " + ", ".join(
             f"{row['min_voxels']}: {row['dice_mean']:.3f}"
-            for row in json.loads((out / "component_sweep.json").read_text()) if row["group"] == "overall"))
+            for row in result.component_sweep if row["group"] == "overall"))
     typer.echo(f"results in {out}")
 
 

@@ -11,7 +11,7 @@ Files written (atomically, in ``out_dir``)
   :func:`~medtextseg.evaluation.runner.result_group` gives it), style, prompt (the text predicted),
   original_prompt, dice, empty_correct (absent prompts: the answer was empty; None otherwise) and the other
   keys of :func:`~medtextseg.evaluation.metrics.segmentation_metrics`. JSON and CSV encode as in
-  :mod:`medtextseg.evaluation.report` (inf as null + ``{key}_nonfinite``).
+  :mod:`medtextseg.evaluation.tables` (inf as null + ``{key}_nonfinite``).
 * ``robustness_summary.json`` / ``.csv``: one row per style x group (``overall`` last for each style): n,
   n_target, dice_mean / dice_std over the prompts with a target (None for ``absent``), dice_vs_original,
   n_empty_target, empty_correct (fraction of absent prompts answered empty), false_positive_cases.
@@ -34,9 +34,10 @@ from medtextseg.data.attribute_prompts import PROMPT_STYLES, can_restyle, restyl
 from medtextseg.data.dimensions import metric_grid
 from medtextseg.data.io import read_array, read_geometry
 from medtextseg.data.layout import load_dataset, verify_dataset
+from medtextseg.evaluation.figures import grouped_bars
 from medtextseg.evaluation.metrics import segmentation_metrics, summarize
-from medtextseg.evaluation.report import grouped_bars, write_table
 from medtextseg.evaluation.runner import prompt_target, result_group
+from medtextseg.evaluation.tables import write_table
 from medtextseg.inference.predictor import Predictor
 from medtextseg.utils.atomic import atomic_path
 from medtextseg.utils.errors import MedTextSegError

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +14,11 @@ import torch
 from medtextseg.data.dimensions import metric_grid
 from medtextseg.data.io import read_array, read_geometry
 from medtextseg.data.layout import CaseRecord, PromptRecord, load_dataset, verify_dataset
+from medtextseg.evaluation.figures import save_loss_curve, save_overlay
 from medtextseg.evaluation.lesion_detection import lesion_detection_metrics
 from medtextseg.evaluation.metrics import OVERALL_GROUP, average_precision, segmentation_metrics, summarize
 from medtextseg.evaluation.model_cost import model_cost
-from medtextseg.evaluation.report import save_loss_curve, save_overlay, write_records, write_summary, write_table
+from medtextseg.evaluation.tables import write_records, write_summary, write_table
 from medtextseg.evaluation.uncertainty import UncertaintyAccumulator, save_reliability_diagram
 from medtextseg.inference.postprocessing import remove_small_components
 from medtextseg.inference.predictor import Predictor
@@ -55,11 +57,124 @@ def ras_view(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return oriented[..., 0] if oriented.ndim == 3 and oriented.shape[-1] == 1 else oriented
 
 
+@dataclass
+class EvaluationResult:
+    """What :func:`evaluate_run` measured; the files in ``out_dir`` hold the same.
+
+    Attributes:
+        records: one dict per prompt (``metrics_per_prompt.json``).
+        summary: one row per reporting group, the ``overall`` row last (``summary.json``), each with the
+            calibration and uncertainty figures of its group.
+        uncertainty: group -> ECE, uncertainty-error AUROC, uncertainty kind, entropy-error AUROC.
+        detection: PI-CAI lesion detection of the ``all`` prompts (``lesion_detection.json``), or None.
+        component_sweep: one row per (minimum component size, group) (``component_sweep.json``).
+        by_wording: Dice per held-out wording, overall and per group (``summary_by_wording.json``).
+    """
+
+    out_dir: Path
+    records: list[dict] = field(default_factory=list)
+    summary: list[dict] = field(default_factory=list)
+    uncertainty: dict[str, dict] = field(default_factory=dict)
+    detection: dict | None = None
+    component_sweep: list[dict] = field(default_factory=list)
+    by_wording: list[dict] = field(default_factory=list)
+
+    @property
+    def overall(self) -> dict | None:
+        """The summary row over every prompt (None when the split had no prompt)."""
+        return self.summary[-1] if self.summary else None
+
+
+class _SplitScorer:
+    """Scores prompts one at a time and keeps what the summaries need (calibration, lesion maps, the sweep)."""
+
+    def __init__(self, threshold: float, nsd_tolerance_mm: float, component_sweep: Sequence[int]) -> None:
+        self.threshold, self.nsd_tolerance_mm, self.component_sweep = threshold, nsd_tolerance_mm, component_sweep
+        self.records: list[dict] = []
+        self.calibration: dict[str, UncertaintyAccumulator] = defaultdict(
+            lambda: UncertaintyAccumulator(threshold))
+        # an evidential model's probabilities also have an entropy: how well it finds errors, for comparison
+        self.entropy_ranking: dict[str, UncertaintyAccumulator] = defaultdict(
+            lambda: UncertaintyAccumulator(threshold))
+        self.uncertainty_kind = "entropy"
+        self.lesion_maps: list[tuple[np.ndarray, np.ndarray]] = []  # "all lesions" prompts: (probability, target)
+        self.sweep_records: list[dict] = []
+
+    def add(self, case: CaseRecord, prompt: PromptRecord, result, target: np.ndarray,
+            spatial: tuple[int, ...], spacing: tuple[float, ...]) -> dict:
+        """Score one prediction (a :class:`~medtextseg.inference.predictor.Segmentation`) against ``target``
+        (bool, the file's grid); returns its record."""
+        metrics = segmentation_metrics(result.mask.reshape(spatial) > 0, target.reshape(spatial), spacing,
+                                       self.nsd_tolerance_mm)
+        metrics["average_precision"] = average_precision(result.probability, target, self.threshold)
+        group = result_group(prompt)
+        self.uncertainty_kind = result.uncertainty_kind
+        entropy = (binary_entropy(torch.from_numpy(result.probability)).numpy()
+                   if self.uncertainty_kind != "entropy" else None)
+        for name in (group, OVERALL_GROUP):
+            self.calibration[name].add(result.probability, target, result.uncertainty)
+            if entropy is not None:
+                self.entropy_ranking[name].add(result.probability, target, entropy)
+        if prompt.kind == "all":
+            self.lesion_maps.append((result.probability.reshape(spatial), target.reshape(spatial)))
+        for min_voxels in self.component_sweep:
+            swept = remove_small_components(result.probability.reshape(spatial) > self.threshold, min_voxels,
+                                            keep_largest=True)
+            self.sweep_records.append({"case": case.case, "prompt": prompt.prompt, "group": group,
+                                       "min_voxels": min_voxels, **segmentation_metrics(
+                                           swept, target.reshape(spatial), spacing, self.nsd_tolerance_mm)})
+        record = {"case": case.case, "prompt": prompt.prompt, "kind": prompt.kind, "group": group,
+                  "n_lesions": prompt.meta.get("n_lesions"), "class": prompt.class_name, **metrics}
+        if isinstance(prompt.meta.get("wording"), str):  # a held-out phrasing set ("seen" / "unseen", ...)
+            record |= {"wording": prompt.meta["wording"], "group_wording": f"{group}/{prompt.meta['wording']}"}
+        self.records.append(record)
+        return record
+
+    def result(self, out_dir: Path) -> EvaluationResult:
+        """The summaries of everything added."""
+        records = self.records
+        uncertainty = {name: {**accumulator.summary(), "uncertainty_kind": self.uncertainty_kind,
+                              "entropy_error_auroc": (self.entropy_ranking[name].error_auroc()
+                                                      if name in self.entropy_ranking else accumulator.error_auroc())}
+                       for name, accumulator in self.calibration.items()}
+        summary = summarize(records, group_by="group") if records else []
+        for row in summary:
+            row |= uncertainty[row["group"]]
+        worded = [r for r in records if "wording" in r]
+        # Dice of each wording, overall and per group: what new phrasings cost
+        by_wording = (summarize(worded, group_by="wording") + summarize(worded, group_by="group_wording")[:-1]
+                      if worded else [])
+        sweep = [row | {"min_voxels": m} for m in self.component_sweep
+                 for row in summarize([r for r in self.sweep_records if r["min_voxels"] == m], group_by="group")]
+        # lesion-level detection, as the PI-CAI challenge scores it
+        detection = lesion_detection_metrics(self.lesion_maps, kind="probability") if self.lesion_maps else None
+        return EvaluationResult(out_dir, records, summary, uncertainty, detection, sweep, by_wording)
+
+
+def write_evaluation(result: EvaluationResult, scorer: _SplitScorer, title: str) -> None:
+    """Write a result's tables and figures into ``result.out_dir`` (each file atomically)."""
+    out_dir = result.out_dir
+    write_records(result.records, out_dir)
+    write_summary(result.summary, out_dir, title=title)
+    if result.by_wording:
+        write_table(result.by_wording, out_dir, "summary_by_wording", ("group", "group_by", "n", "dice_mean",
+                                                                       "empty_correct"))
+    if result.component_sweep:
+        write_table(result.component_sweep, out_dir, "component_sweep", ("min_voxels", "group", "n", "dice_mean",
+                                                                         "hd95_mean", "nsd_mean"))
+    if result.detection is not None:
+        write_text_atomic(out_dir / "lesion_detection.json", json.dumps(result.detection, indent=1))
+    if result.records:
+        write_text_atomic(out_dir / "uncertainty.json", json.dumps(result.uncertainty, indent=1))
+        save_reliability_diagram(scorer.calibration[OVERALL_GROUP], out_dir / "reliability.png",
+                                 f"{title}: {scorer.uncertainty_kind} uncertainty")
+
+
 def evaluate_run(run: str | Path, data_root: str | Path, out_dir: str | Path, split: str = "test",
                  save_masks: bool = True, overlays_per_group: int = 2, overlay_channel: int = 0,
                  nsd_tolerance_mm: float = 1.0, progress: bool = True,
                  component_sweep: Sequence[int] = (), refiner: bool | None = None,
-                 mirror_axes: list[int] | str | None = None) -> list[dict]:
+                 mirror_axes: list[int] | str | None = None) -> EvaluationResult:
     """Evaluate a run on a dataset split; write per-prompt metrics, a summary per group, overlays, the
     calibration and uncertainty figures (``uncertainty.json``, ``reliability.png``) and, when the split has
     prompts of kind ``all`` (every lesion), PI-CAI lesion detection metrics from their probability maps
@@ -69,25 +184,21 @@ def evaluate_run(run: str | Path, data_root: str | Path, out_dir: str | Path, sp
     ``refiner`` switches a refiner model's refiner on or off and ``mirror_axes`` sets the mirror test-time
     augmentation (None: as the run's config says).
 
-    Returns the summary rows (one per prompt kind, plus ``single_2plus`` and ``all``); each also holds ``ece``,
-    ``uncertainty_error_auroc``, ``uncertainty_kind`` and ``entropy_error_auroc`` (the same AUROC for the entropy
-    of the probability, the model's own uncertainty when it has no other; see
-    :mod:`medtextseg.evaluation.uncertainty`).
+    Stages: predict and score each case (:class:`_SplitScorer`), summarise, write (:func:`write_evaluation`).
+
+    Returns:
+        An :class:`EvaluationResult`. Its summary rows (one per prompt kind, plus ``single_2plus`` and ``all``)
+        also hold ``ece``, ``uncertainty_error_auroc``, ``uncertainty_kind`` and ``entropy_error_auroc`` (the same
+        AUROC for the entropy of the probability, the model's own uncertainty when it has no other; see
+        :mod:`medtextseg.evaluation.uncertainty`).
     """
     out_dir = Path(out_dir)
     layout = load_dataset(data_root)
     cases = layout.split(split)
     verify_dataset(layout, [c.case for c in cases], progress=progress)
     predictor = Predictor(run, refiner=refiner, mirror_axes=mirror_axes)
-    records: list[dict] = []
+    scorer = _SplitScorer(predictor.config.inference.threshold, nsd_tolerance_mm, component_sweep)
     overlay_count: dict[str, int] = defaultdict(int)
-    threshold = predictor.config.inference.threshold
-    calibration: dict[str, UncertaintyAccumulator] = defaultdict(lambda: UncertaintyAccumulator(threshold))
-    # an evidential model's probabilities also have an entropy: how well it finds errors, for comparison
-    entropy_ranking: dict[str, UncertaintyAccumulator] = defaultdict(lambda: UncertaintyAccumulator(threshold))
-    uncertainty_kind = "entropy"
-    lesion_maps: list[tuple[np.ndarray, np.ndarray]] = []  # "all lesions" prompts: (probability, target)
-    sweep_records: list[dict] = []
     with progress_bar(cases, f"evaluating {split}", progress) as iterator:
         for case in iterator:
             if not case.prompts:
@@ -99,31 +210,8 @@ def evaluate_run(run: str | Path, data_root: str | Path, out_dir: str | Path, sp
             index = []
             for number, (prompt, result) in enumerate(zip(case.prompts, results, strict=True)):
                 target = prompt_target(case, prompt, label)
-                metrics = segmentation_metrics(result.mask.reshape(spatial) > 0, target.reshape(spatial), spacing,
-                                               nsd_tolerance_mm)
-                metrics["average_precision"] = average_precision(result.probability, target,
-                                                                 predictor.config.inference.threshold)
-                group = result_group(prompt)
-                uncertainty_kind = result.uncertainty_kind
-                entropy = (binary_entropy(torch.from_numpy(result.probability)).numpy()
-                           if uncertainty_kind != "entropy" else None)
-                for name in (group, OVERALL_GROUP):
-                    calibration[name].add(result.probability, target, result.uncertainty)
-                    if entropy is not None:
-                        entropy_ranking[name].add(result.probability, target, entropy)
-                if prompt.kind == "all":
-                    lesion_maps.append((result.probability.reshape(spatial), target.reshape(spatial)))
-                for min_voxels in component_sweep:
-                    swept = remove_small_components(result.probability.reshape(spatial) > threshold, min_voxels,
-                                                    keep_largest=True)
-                    sweep_records.append({"case": case.case, "prompt": prompt.prompt, "group": group,
-                                          "min_voxels": min_voxels, **segmentation_metrics(
-                                              swept, target.reshape(spatial), spacing, nsd_tolerance_mm)})
-                record = {"case": case.case, "prompt": prompt.prompt, "kind": prompt.kind, "group": group,
-                          "n_lesions": prompt.meta.get("n_lesions"), "class": prompt.class_name, **metrics}
-                if isinstance(prompt.meta.get("wording"), str):  # a held-out phrasing set ("seen" / "unseen", ...)
-                    record |= {"wording": prompt.meta["wording"], "group_wording": f"{group}/{prompt.meta['wording']}"}
-                records.append(record)
+                record = scorer.add(case, prompt, result, target, spatial, spacing)
+                group = record["group"]
                 if save_masks:
                     mask_path = out_dir / "masks" / case.case / f"prompt_{number:02d}.nii.gz"
                     result.save(mask_path)
@@ -134,40 +222,16 @@ def evaluate_run(run: str | Path, data_root: str | Path, out_dir: str | Path, sp
                     save_overlay(ras_view(image, geometry.affine), ras_view(target, geometry.affine),
                                  ras_view(result.mask, geometry.affine),
                                  out_dir / "overlays" / f"{group}_{overlay_count[group]}_{case.case}.png",
-                                 title=f"{case.case}: {prompt.prompt}  (Dice {metrics['dice']:.2f})",
+                                 title=f"{case.case}: {prompt.prompt}  (Dice {record['dice']:.2f})",
                                  probability=ras_view(result.probability, geometry.affine),
                                  uncertainty=ras_view(result.uncertainty, geometry.affine))
             if save_masks:
                 write_text_atomic(out_dir / "masks" / case.case / "prompts.json", json.dumps(index, indent=1))
-    write_records(records, out_dir)
-    rows = summarize(records, group_by="group") if records else []
-    uncertainty = {name: {**accumulator.summary(), "uncertainty_kind": uncertainty_kind,
-                          "entropy_error_auroc": (entropy_ranking[name].error_auroc() if name in entropy_ranking
-                                                  else accumulator.error_auroc())}
-                   for name, accumulator in calibration.items()}
-    for row in rows:
-        row |= uncertainty[row["group"]]
-    write_summary(rows, out_dir, title=f"{Path(run).name} on {layout.root.name} ({split})")
+    result = scorer.result(out_dir)
+    write_evaluation(result, scorer, f"{Path(run).name} on {layout.root.name} ({split})")
     write_text_atomic(out_dir / "model_cost.json",
                       json.dumps(model_cost(predictor.model, predictor.config, predictor.text_dim), indent=1))
-    worded = [r for r in records if "wording" in r]
-    if worded:  # Dice of each wording, overall and per group: what new phrasings cost
-        by_wording = summarize(worded, group_by="wording") + summarize(worded, group_by="group_wording")[:-1]
-        write_table(by_wording, out_dir, "summary_by_wording", ("group", "group_by", "n", "dice_mean",
-                                                                 "empty_correct"))
-    if sweep_records:
-        sweep_rows = [row | {"min_voxels": m} for m in component_sweep
-                      for row in summarize([r for r in sweep_records if r["min_voxels"] == m], group_by="group")]
-        write_table(sweep_rows, out_dir, "component_sweep", ("min_voxels", "group", "n", "dice_mean", "hd95_mean",
-                                                              "nsd_mean"))
-    if lesion_maps:  # lesion-level detection, as the PI-CAI challenge scores it
-        detection = lesion_detection_metrics(lesion_maps, kind="probability")
-        write_text_atomic(out_dir / "lesion_detection.json", json.dumps(detection, indent=1))
-    if records:
-        write_text_atomic(out_dir / "uncertainty.json", json.dumps(uncertainty, indent=1))
-        save_reliability_diagram(calibration[OVERALL_GROUP], out_dir / "reliability.png",
-                                 f"{Path(run).name} on {layout.root.name} ({split}): {uncertainty_kind} uncertainty")
     log = Path(run) / "log.jsonl" if Path(run).is_dir() else Path(run).parent / "log.jsonl"
     if log.is_file():
         save_loss_curve(log, out_dir / "loss_curve.png")
-    return rows
+    return result

@@ -50,16 +50,16 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from medtextseg.evaluation.metrics import DISTANCE_METRICS, OVERALL_GROUP, summarize
-from medtextseg.evaluation.report import (
+from medtextseg.evaluation.tables import (
     COMPARABLE_METRICS,
-    _columns,
-    _csv_text,
-    _dump_json,
-    _markdown_table,
-    _to_builtin,
-    _value_key,
+    csv_text,
+    dump_json,
+    markdown_table,
+    summary_key,
+    table_columns,
+    to_builtin,
 )
-from medtextseg.study.statistics import _seed_key, compare_configurations, describe
+from medtextseg.study.statistics import compare_configurations, describe, seed_key
 from medtextseg.utils.atomic import atomic_path, write_text_atomic
 from medtextseg.utils.errors import MedTextSegError
 
@@ -67,7 +67,7 @@ PathLike = str | os.PathLike
 
 #: Metrics reported when none are named; the first is the primary metric (tests and plots).
 DEFAULT_METRICS: tuple[str, ...] = ("dice", "iou", "nsd", "hd95")
-#: Metrics a study can report: any of :data:`medtextseg.evaluation.report.COMPARABLE_METRICS`.
+#: Metrics a study can report: any of :data:`medtextseg.evaluation.tables.COMPARABLE_METRICS`.
 STUDY_METRICS: tuple[str, ...] = COMPARABLE_METRICS
 #: Keys of a run dict that are not copied to ``runs.csv`` as extra columns.
 _RUN_KEYS = ("configuration", "seed", "summary", "records")
@@ -152,7 +152,7 @@ def _check_runs(runs: Sequence[Mapping[str, Any]], group_by: str | None) -> tupl
 
 
 def _row_value(row: Mapping[str, Any], metric: str, where: str) -> float | None:
-    key = _value_key(metric)
+    key = summary_key(metric)
     if key not in row:
         raise MedTextSegError(f"write_study_report: {where}, group {row['group']!r}: the summary row has no "
                               f"{key!r} (summarize() writes it); choose other metrics")
@@ -183,7 +183,7 @@ def _runs_table(runs: list[dict[str, Any]], metrics: tuple[str, ...]) -> list[di
             entry: dict[str, Any] = {"configuration": run["configuration"], "seed": run["seed"],
                                      "group": str(row["group"]), "n": row.get("n")}
             for metric in metrics:
-                entry[_value_key(metric)] = _row_value(row, metric, f"run {index} ({run['configuration']!r}, "
+                entry[summary_key(metric)] = _row_value(row, metric, f"run {index} ({run['configuration']!r}, "
                                                                     f"seed {run['seed']})")
                 if metric in DISTANCE_METRICS:
                     entry[f"{metric}_inf"] = row.get(f"{metric}_inf")
@@ -193,7 +193,7 @@ def _runs_table(runs: list[dict[str, Any]], metrics: tuple[str, ...]) -> list[di
 
 def _per_run_values(runs_table: list[dict[str, Any]], metric: str, group: str,
                     configuration: str) -> dict[int, float | None]:
-    return {entry["seed"]: entry[_value_key(metric)] for entry in runs_table
+    return {entry["seed"]: entry[summary_key(metric)] for entry in runs_table
             if entry["group"] == group and entry["configuration"] == configuration}
 
 
@@ -221,7 +221,7 @@ def summarize_study(runs: Sequence[Mapping[str, Any]], metrics: Sequence[str] = 
     metrics = _check_metrics(metrics)
     checked, group_by = _check_runs(runs, group_by)
     configurations = list(dict.fromkeys(run["configuration"] for run in checked))
-    seeds = {name: sorted((run["seed"] for run in checked if run["configuration"] == name), key=_seed_key)
+    seeds = {name: sorted((run["seed"] for run in checked if run["configuration"] == name), key=seed_key)
              for name in configurations}
     groups = _groups(checked)
     runs_table = _runs_table(checked, metrics)
@@ -316,7 +316,7 @@ def _summary_markdown(study: Mapping[str, Any], title: str) -> str:
                 f"{_number(row['median'], digits)} [{_number(row['min'], digits)}, {_number(row['max'], digits)}]")
             body.append([row["group"], row["configuration"], str(row["n"]), spread, interval, middle,
                          _p_text(row["shapiro_p"]), "; ".join(row["notes"])])
-        lines += [f"## {_metric_heading(metric)}", "", _markdown_table(header, body)]
+        lines += [f"## {_metric_heading(metric)}", "", markdown_table(header, body)]
     lines += _comparisons_markdown(study)
     return "\n".join(lines)
 
@@ -343,7 +343,7 @@ def _comparisons_markdown(study: Mapping[str, Any]) -> list[str]:
              _p_text(row["t_p"]), _p_text(row["t_p_holm"]), _p_text(row["wilcoxon_p"]),
              _p_text(row["wilcoxon_p_holm"]), "; ".join(note for note in row["notes"] if note not in shared)]
             for row in study["comparisons"]]
-    return lines + [_markdown_table(header, body)]
+    return lines + [markdown_table(header, body)]
 
 
 # ------------------------------------------------------------------------------------------------- plots
@@ -360,7 +360,7 @@ def _figure(study: Mapping[str, Any], width_per_panel: float) -> tuple[Figure, l
 
 
 def _seed_colors(study: Mapping[str, Any]) -> dict[int, str]:
-    all_seeds = sorted({seed for seeds in study["seeds"].values() for seed in seeds}, key=_seed_key)
+    all_seeds = sorted({seed for seeds in study["seeds"].values() for seed in seeds}, key=seed_key)
     return {seed: f"C{index % 10}" for index, seed in enumerate(all_seeds)}
 
 
@@ -392,7 +392,7 @@ def _violin_plot(study: Mapping[str, Any], path: Path, title: str) -> Path:
                     body.set_alpha(0.35)
             if points.size:
                 axes.hlines(points.mean(), position - 0.25, position + 0.25, colors="black", linewidth=1.5)
-            for offset, (seed, value) in enumerate(sorted(values.items(), key=lambda item: _seed_key(item[0]))):
+            for offset, (seed, value) in enumerate(sorted(values.items(), key=lambda item: seed_key(item[0]))):
                 jitter = 0.12 * (offset / max(1, len(values) - 1) - 0.5) if len(values) > 1 else 0.0
                 axes.scatter(position + jitter, value, color=colors[seed], s=22, zorder=3, edgecolors="black",
                              linewidths=0.4, label=f"seed {seed}")
@@ -419,7 +419,7 @@ def _seed_legend(figure: Figure, panels: list[Any]) -> None:
 
 def _runs_plot(study: Mapping[str, Any], path: Path, title: str) -> Path:
     metric = study["primary_metric"]
-    all_seeds = sorted({seed for seeds in study["seeds"].values() for seed in seeds}, key=_seed_key)
+    all_seeds = sorted({seed for seeds in study["seeds"].values() for seed in seeds}, key=seed_key)
     figure, panels = _figure(study, max(3.8, 1.5 + 0.45 * len(all_seeds)))
     markers = "osD^v<>PX"
     for axes, group in zip(panels, study["groups"], strict=True):
@@ -480,16 +480,16 @@ def write_study_report(runs: Sequence[Mapping[str, Any]], out_dir: PathLike,
     study = summarize_study(runs, metrics=metrics, group_by=group_by, confidence=confidence)
     out_dir = Path(out_dir)
     paths = {
-        "runs_csv": write_text_atomic(out_dir / "runs.csv", _csv_text(
-            study["runs"], _columns(study["runs"], ("configuration", "seed", "group", "n")))),
-        "summary_csv": write_text_atomic(out_dir / "summary.csv", _csv_text(
+        "runs_csv": write_text_atomic(out_dir / "runs.csv", csv_text(
+            study["runs"], table_columns(study["runs"], ("configuration", "seed", "group", "n")))),
+        "summary_csv": write_text_atomic(out_dir / "summary.csv", csv_text(
             _flatten_notes(study["summary"]), _SUMMARY_COLUMNS)),
-        "comparisons_csv": write_text_atomic(out_dir / "comparisons.csv", _csv_text(
+        "comparisons_csv": write_text_atomic(out_dir / "comparisons.csv", csv_text(
             _flatten_notes(study["comparisons"]), _COMPARISON_COLUMNS)),
         "summary_md": write_text_atomic(out_dir / "summary.md", _summary_markdown(study, title)),
         "violin_png": _violin_plot(study, out_dir / "violin.png", title),
         "runs_png": _runs_plot(study, out_dir / "runs.png", title),
     }
-    paths["study_json"] = write_text_atomic(out_dir / "study.json", _dump_json(_to_builtin(
+    paths["study_json"] = write_text_atomic(out_dir / "study.json", dump_json(to_builtin(
         {"title": title, **study, "files": {key: path.name for key, path in paths.items()}})))
     return paths

@@ -52,7 +52,7 @@ def run_one(study: dict[str, Any], dataset: str, configuration: str, seed: int, 
         config.train.num_threads = threads
         train(config, model_dir, resume=(model_dir / "last.pt").is_file(), progress=False, plan=plan)
     rows = evaluate_run(model_dir, spec.datasets[dataset], run_dir / "eval", split=spec.split, save_masks=False,
-                        overlays_per_group=1, progress=False)
+                        overlays_per_group=1, progress=False).summary
     end = json.loads((model_dir / "log.jsonl").read_text(encoding="utf-8").strip().splitlines()[-1])
     result = {"dataset": dataset, "configuration": configuration, "seed": seed, "summary": rows,
               "train_seconds": end.get("seconds"), "run_dir": str(run_dir)}

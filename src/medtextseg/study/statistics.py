@@ -222,7 +222,7 @@ def _holm_where_defined(pvalues: list[float | None]) -> list[float | None]:
     return adjusted
 
 
-def _seed_key(seed: Any) -> tuple[int, float, str]:
+def seed_key(seed: Any) -> tuple[int, float, str]:
     # Integer seeds in numeric order, anything else (e.g. case names) after them, alphabetically.
     if isinstance(seed, (int, float, np.integer, np.floating)) and not isinstance(seed, bool):
         return (0, float(seed), "")
@@ -275,9 +275,9 @@ def compare_configurations(table: Mapping[str, Mapping[Any, float | None]],
     for name_a, name_b in combinations(table, 2):
         values_a = {seed: value for seed, value in table[name_a].items() if value is not None}
         values_b = {seed: value for seed, value in table[name_b].items() if value is not None}
-        seeds = sorted(set(values_a) & set(values_b), key=_seed_key)
+        seeds = sorted(set(values_a) & set(values_b), key=seed_key)
         result = paired_tests([values_a[seed] for seed in seeds], [values_b[seed] for seed in seeds], confidence)
-        missing = sorted(set(values_a) ^ set(values_b), key=_seed_key)
+        missing = sorted(set(values_a) ^ set(values_b), key=seed_key)
         if missing:
             result["notes"].append(f"seeds {missing} are missing from one of the two configurations; "
                                    f"compared over {len(seeds)} shared")
