@@ -40,6 +40,27 @@ def test_the_gate_holds_the_ramp_until_the_loss_plateaus_and_the_ramp_is_not_shi
     assert schedule.opened == {"heat": 100}
 
 
+def test_a_retested_gate_shuts_again_while_training_is_unstable_until_the_hard_start():
+    """retest (the authors' per-epoch check): the same plateau opens both kinds of gate, but when the loss jumps
+    the re-tested term goes off again where the latched one stays on; from latest_start both are on."""
+    latched = LossWeightSchedule({"heat": AUX})
+    retested = LossWeightSchedule({"heat": AUX.model_copy(update={"retest": True})})
+    for schedule in (latched, retested):
+        for _ in range(10):
+            schedule.observe_loss(1.0)
+    assert latched.factors(100)["heat"] == retested.factors(100)["heat"] == pytest.approx(21 / 50)
+    for schedule in (latched, retested):
+        for loss in (1.0,) * 5 + (3.0,) * 5:  # the last window's mean is 3x the one before: unstable
+            schedule.observe_loss(loss)
+    assert latched.factors(101)["heat"] == pytest.approx(22 / 50)
+    assert retested.factors(101)["heat"] == 0.0
+    assert retested.factors(130)["heat"] == 1.0  # the hard start holds regardless
+    for _ in range(10):  # stable again: back on, at the undelayed ramp's value
+        retested.observe_loss(3.0)
+    assert retested.factors(110)["heat"] == pytest.approx(31 / 50)
+    assert retested.opened == latched.opened == {"heat": 100}
+
+
 def test_the_gate_opens_on_validation_dice_or_at_the_latest_start():
     by_dice = LossWeightSchedule({"heat": AUX})
     by_dice.observe_validation(0.29)

@@ -207,6 +207,9 @@ class TermSchedule(_Section):
     stable_change: float = Field(0.05, gt=0, description="gate: relative change between two windows' mean loss")
     stable_val_dice: float | None = Field(0.3, ge=0, le=1, description="gate: or this validation Dice")
     latest_start: int | None = Field(None, ge=0, description="gate: open at this step regardless")
+    retest: bool = Field(False, description="gate: test stability at every step until latest_start, the term "
+                         "off while it fails (Align-then-Refine's code re-tests each epoch); false: once open, "
+                         "stays open")
 
 
 class LossConfig(_Section):

@@ -7,9 +7,11 @@ A term listed in ``loss.schedules`` gets a factor in [0, 1] on its weight at eve
 
 With ``gate: true`` the ramp waits, from ``warmup_steps`` on, until training is *stable*: the mean training loss of
 the last ``stable_window`` steps differs from that of the window before by less than ``stable_change`` (relative),
-or the latest validation Dice reaches ``stable_val_dice``; at ``latest_start`` it starts regardless. Once open, the
-gate stays open and the factor is what the undelayed ramp would give at that step (Align-then-Refine's auxiliary
-losses: warm-up 80 epochs, ramp 50, gate on a 5-epoch loss plateau or an EMA Dice of 0.3, hard start at 130).
+or the latest validation Dice reaches ``stable_val_dice``; at ``latest_start`` it starts regardless. The factor is
+then what the undelayed ramp would give at that step. Once open, the gate stays open; with ``retest`` it is tested
+again at every step until ``latest_start`` and shuts while training is not stable, as Align-then-Refine's code
+re-tests it each epoch (its auxiliary losses: warm-up 80 epochs, ramp 50, gate on a 5-epoch loss plateau or an EMA
+Dice of 0.3, hard start at 130).
 
 The state (gates opened, recent losses, last validation Dice) goes into every checkpoint, so a resumed run keeps it.
 """
@@ -44,10 +46,10 @@ class LossWeightSchedule:
     def _factor(self, name: str, schedule: TermSchedule, step: int) -> float:
         if step < schedule.warmup_steps:
             return 0.0
-        if schedule.gate and name not in self.opened:
+        if schedule.gate and (name not in self.opened or schedule.retest):
             if not (self._stable(schedule) or (schedule.latest_start is not None and step >= schedule.latest_start)):
                 return 0.0
-            self.opened[name] = step
+            self.opened.setdefault(name, step)
         if schedule.ramp_steps == 0:
             return 1.0
         return min(1.0, (step - schedule.warmup_steps + 1) / schedule.ramp_steps)
