@@ -68,6 +68,12 @@ class SourceCase:
     # a layout without one image file per channel and a label file (DICOM slices + PNG masks) reads its case itself:
     # () -> (channels, each [X, Y, Z]; affine 4 x 4; label [X, Y, Z] int64 of declared values), as load_case returns
     reader: Callable[[], tuple[list[np.ndarray], np.ndarray, np.ndarray]] | None = None
+    # a source that pools several images of one patient (CHAOS sequences) as cases: the split group (default: the
+    # case), the label values its masks annotate (None: all; a class with another value gets no prompt here, e.g.
+    # CHAOS CT masks only the liver) and meta for each of its prompt lines (e.g. {"sequence": "T2SPIR"})
+    group: str = ""
+    annotated: frozenset[int] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -379,17 +385,25 @@ def _slice_ids(case: str, label: np.ndarray, slices: str) -> list[tuple[str, int
     return [(f"{case}_z{k:03d}", k) for k in keep]
 
 
+def case_classes(source: SourceDataset, case: SourceCase) -> dict[str, tuple[int, ...]]:
+    """The classes ``case`` is prompted with: those whose label values its masks all annotate."""
+    if case.annotated is None:
+        return source.classes
+    return {name: members for name, members in source.classes.items() if set(members) <= case.annotated}
+
+
 def _convert_case(writer: DatasetWriter, source: SourceDataset, case: SourceCase, vocabulary: PromptVocabulary,
                   slices: str, tolerance: float) -> list[str]:
     """Write one source case (or its slices) unless done; return its output case ids."""
     from medtextseg.data.io import read_array
 
+    classes = case_classes(source, case)
     if writer.spatial_dims == 3:
         if writer.is_done(case.case):
             return [case.case]
         channels, affine, label = load_case(source, case, tolerance)
         writer.write_case(case.case, channels, affine, label,
-                          prompt_lines(source.classes, set(np.unique(label).tolist()), vocabulary))
+                          prompt_lines(classes, set(np.unique(label).tolist()), vocabulary, case.meta or None))
         return [case.case]
     if case.problem:
         raise MedTextSegError(case.problem)
@@ -404,9 +418,9 @@ def _convert_case(writer: DatasetWriter, source: SourceDataset, case: SourceCase
         channels, label = [_axis_last(c, axis) for c in channels], _axis_last(label, axis)
         for name, k in pending:
             part = label[:, :, k]
-            meta = {"source_case": case.case, "slice": k}
+            meta = {"source_case": case.case, "slice": k, **case.meta}
             writer.write_case(name, [c[:, :, k] for c in channels], _slice_affine(affine, k, axis), part,
-                              prompt_lines(source.classes, set(np.unique(part).tolist()), vocabulary, meta))
+                              prompt_lines(classes, set(np.unique(part).tolist()), vocabulary, meta))
     return [name for name, _ in ids]
 
 
@@ -436,10 +450,12 @@ def output_vocabulary(dst: Path, classes: list[str], overwrite: bool,
 
 
 def convert_labelled(source: SourceDataset, src: Path, dst: Path, converter: str, *, overwrite: bool,
-                     spatial_dims: int, options: Mapping[str, Any] | LabelledOptions) -> ConversionSummary:
+                     spatial_dims: int, options: Mapping[str, Any] | LabelledOptions,
+                     extra: Mapping[str, Any] | None = None) -> ConversionSummary:
     """Write ``source`` into ``dst`` case by case (resumable, idempotent; bad cases skipped with a reason).
 
-    ``options``: ``--option`` strings or Python values, or options already parsed.
+    ``options``: ``--option`` strings or Python values, or options already parsed; ``extra``: more keys for the
+    ``medtextseg`` object of dataset.json. The splits are drawn per ``SourceCase.group`` (default: per case).
     """
     from medtextseg.converters.writer import DatasetWriter, group_splits
 
@@ -453,10 +469,14 @@ def convert_labelled(source: SourceDataset, src: Path, dst: Path, converter: str
     refuse_same_folder(src, dst)
     vocabulary = output_vocabulary(dst, list(source.classes), overwrite)
     writer = DatasetWriter(dst, source.name, source.channel_names, output_labels(source), spatial_dims,
-                           overwrite, extra={"converter": converter, "source": str(src)})
+                           overwrite, extra={"converter": converter, "source": str(src), **(extra or {})})
     outputs = writer.convert_each(source.cases, lambda case: _convert_case(writer, source, case, vocabulary, slices,
                                                                          tolerance), lambda case: case.case)
-    return writer.finish(splits=group_splits(outputs), description=f"converted by medtextseg convert {converter} "
+    groups: dict[str, list[str]] = {}
+    for case in source.cases:
+        if case.case in outputs:
+            groups.setdefault(case.group or case.case, []).extend(outputs[case.case])
+    return writer.finish(splits=group_splits(groups), description=f"converted by medtextseg convert {converter} "
                                                                     f"from {src}")
 
 
@@ -492,5 +512,5 @@ convert_msd = register_labelled(
            "per case and class", read_msd_source)
 
 
-__all__ = ["OPTIONS", "LabelledOptions", "apply_options", "convert_labelled", "convert_msd", "convert_nnunet",
-           "output_vocabulary", "read_msd_source", "read_nnunet_source", "register_labelled"]
+__all__ = ["OPTIONS", "LabelledOptions", "apply_options", "case_classes", "convert_labelled", "convert_msd",
+           "convert_nnunet", "output_vocabulary", "read_msd_source", "read_nnunet_source", "register_labelled"]
