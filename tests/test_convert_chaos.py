@@ -14,7 +14,7 @@ import SimpleITK as sitk
 
 from converter_cli import cli_convert, printed
 from medtextseg.converters.chaos import convert_chaos
-from medtextseg.data.layout import load_dataset, verify_dataset
+from medtextseg.data.layout import hash_split, load_dataset, verify_dataset
 from medtextseg.utils.errors import MedTextSegError
 from test_dicom_series import series_affine, write_series
 
@@ -168,3 +168,136 @@ def test_modality_is_required_and_checked(release, tmp_path):
         convert_chaos(release, tmp_path / "out", modality="T1")
     with pytest.raises(MedTextSegError, match=r"no CHAOS CT folder"):
         convert_chaos(release / "Train_Sets" / "MR", tmp_path / "out", modality="CT")
+
+
+# -------------------------------------------------------------------- several sequences pooled into one dataset
+POOLED_MR = ("T2SPIR", "T1DUAL_InPhase", "T1DUAL_OutPhase")
+
+
+def patient_splits(layout) -> dict[str, set[str]]:
+    """patient -> the splits its cases are in (read from the prompts' meta)."""
+    split_of = {case: split for split, cases in layout.splits.items() for case in cases}
+    found: dict[str, set[str]] = {}
+    for record in layout.cases.values():
+        found.setdefault(record.prompts[0].meta["patient"], set()).add(split_of[record.case])
+    return found
+
+
+def split_of(case: str) -> str:
+    return next(split for split, ids in hash_split([case]).items() if ids)
+
+
+def drawn_apart(cases) -> bool:
+    """Whether ``cases``, drawn each on its own, would fall in several splits (so that a per-patient check can
+    fail)."""
+    return len({split_of(case) for case in cases}) > 1
+
+
+@pytest.fixture(scope="module")
+def pooled(release, tmp_path_factory):
+    dst = tmp_path_factory.mktemp("out") / "chaos_all"
+    return dst, cli_convert("chaos", release, dst, modality="T1DUAL_OutPhase+MR+ct", regions="kidneys:2+3")
+
+
+def test_pooled_sequences_give_a_single_channel_case_per_patient_and_sequence(pooled, release):
+    dst, result = pooled
+    assert result.exit_code == 0, result.output
+    layout = load_dataset(dst)
+    verify_dataset(layout)
+    assert sorted(layout.cases) == ["chaos_ct_01_ct", "chaos_mr_03_t1dual_inphase", "chaos_mr_03_t1dual_outphase",
+                                    "chaos_mr_03_t2spir", "chaos_mr_05_t1dual_inphase", "chaos_mr_05_t1dual_outphase"]
+    skipped = json.loads((dst / "conversion_summary.json").read_text())["skipped"]
+    assert sorted(skipped) == ["chaos_ct_02_ct", "chaos_mr_05_t2spir", "chaos_mr_07_t1dual_inphase",
+                               "chaos_mr_07_t1dual_outphase", "chaos_mr_07_t2spir"]
+    assert skipped["chaos_mr_07_t1dual_inphase"] == \
+        f"no DICOM folder {release}/Train_Sets/MR/7/T1DUAL/DICOM_anon/InPhase"
+    meta = json.loads((dst / "dataset.json").read_text())
+    assert layout.channel_names == ["image"] and meta["name"] == "CHAOS_CT+T2SPIR+T1DUAL_InPhase+T1DUAL_OutPhase"
+    assert meta["medtextseg"]["sequences"] == ["CT", *POOLED_MR]
+    assert layout.labels == {"background": 0, "liver": 1, "kidney_right": 2, "kidney_left": 3, "spleen": 4}
+    assert json.loads((dst / "chaos_conversion.json").read_text()) == {"modality": ["CT", *POOLED_MR]}
+    for case, seed in (("chaos_ct_01_ct", 1), ("chaos_mr_03_t2spir", 3), ("chaos_mr_05_t1dual_inphase", 12),
+                       ("chaos_mr_05_t1dual_outphase", 11)):
+        [path] = layout.cases[case].image_paths
+        np.testing.assert_array_equal(np.asarray(nib.load(str(path)).dataobj), image(seed))
+
+
+def test_pooled_labels_and_prompts_follow_each_sequence_and_ct_is_prompted_with_the_liver_only(pooled):
+    layout = load_dataset(pooled[0])
+
+    def label(case: str) -> np.ndarray:
+        return np.asarray(nib.load(str(layout.cases[case].label_path)).dataobj)
+
+    np.testing.assert_array_equal(label("chaos_mr_03_t2spir"), np.stack([organs(n) for n in range(SHAPE[2])], 2))
+    np.testing.assert_array_equal(label("chaos_mr_05_t1dual_outphase"),
+                                  np.stack([organs(n, spleen=False) for n in range(SHAPE[2])], 2))
+    np.testing.assert_array_equal(label("chaos_ct_01_ct"),
+                                  np.stack([organs(SHAPE[2] - 1 - k) == 1 for k in range(SHAPE[2])], 2))
+    [liver] = layout.cases["chaos_ct_01_ct"].prompts  # no absent kidney, spleen or kidneys prompt: CT masks the liver
+    assert (liver.class_name, liver.target, liver.kind) == ("liver", (1,), "anatomy")
+    assert liver.meta == {"sequence": "CT", "patient": "chaos_ct_01"}
+    prompts = {p.class_name: p for p in layout.cases["chaos_mr_05_t1dual_inphase"].prompts}
+    assert sorted(prompts) == ["kidney_left", "kidney_right", "kidneys", "liver", "spleen"]
+    assert (prompts["spleen"].target, prompts["spleen"].kind) == ((), "absent")
+    assert (prompts["kidneys"].target, prompts["kidneys"].kind) == ((2, 3), "anatomy")
+    assert prompts["liver"].meta == {"sequence": "T1DUAL_InPhase", "patient": "chaos_mr_05"}
+
+
+def test_pooled_splits_are_drawn_per_patient(pooled):
+    layout = load_dataset(pooled[0])
+    by_patient = patient_splits(layout)
+    assert sorted(by_patient) == ["chaos_ct_01", "chaos_mr_03", "chaos_mr_05"]
+    for patient, splits in by_patient.items():  # the patient's split, as its single-sequence conversions draw it
+        assert splits == {split_of(patient)}
+    assert drawn_apart(layout.cases)
+
+
+def test_a_second_pooled_run_with_the_same_list_in_other_words_resumes_and_another_list_is_refused(pooled, release):
+    dst, _ = pooled
+    result = cli_convert("chaos", release, dst, modality="all", regions="kidneys:2+3")
+    assert result.exit_code == 0, result.output
+    assert f"6 cases in {dst} (0 converted, 6 already done); 5 skipped" in printed(result)
+    for other in ("MR", "T2SPIR", "CT+T2SPIR"):
+        result = cli_convert("chaos", release, dst, modality=other, regions="kidneys:2+3")
+        assert result.exit_code == 2 and "was converted with other chaos options (modality differ)" in result.output
+        assert len(result.output.strip().splitlines()) == 1
+
+
+def test_pooled_2d_slices_carry_their_sequence_and_split_by_patient(release, tmp_path):
+    summary = convert_chaos(release, tmp_path / "mr_2d", spatial_dims=2, modality=["T1DUAL_InPhase", "t2spir"])
+    assert summary.skipped.keys() == {"chaos_mr_05_t2spir", "chaos_mr_07_t2spir", "chaos_mr_07_t1dual_inphase"}
+    per_case = 3 * SHAPE[2]  # mr_03 T2SPIR and T1DUAL in-phase, mr_05 T1DUAL in-phase: every slice has an organ
+    assert len(summary.converted) == per_case and summary.converted[:2] == ["chaos_mr_03_t2spir_z000",
+                                                                            "chaos_mr_03_t2spir_z001"]
+    layout = load_dataset(tmp_path / "mr_2d")
+    assert layout.channel_names == ["MR"]
+    assert json.loads((tmp_path / "mr_2d" / "chaos_conversion.json").read_text()) == \
+        {"modality": ["T2SPIR", "T1DUAL_InPhase"]}
+    record = layout.cases["chaos_mr_05_t1dual_inphase_z004"]
+    assert record.prompts[0].meta == {"source_case": "chaos_mr_05_t1dual_inphase", "slice": 4,
+                                      "sequence": "T1DUAL_InPhase", "patient": "chaos_mr_05"}
+    np.testing.assert_array_equal(np.asarray(nib.load(str(record.image_paths[0])).dataobj)[:, :, 0],
+                                  image(12)[:, :, 4])
+    assert all(len(splits) == 1 for splits in patient_splits(layout).values())
+    assert drawn_apart({p.meta["source_case"] for record in layout.cases.values() for p in record.prompts})
+
+
+def test_modality_lists_are_read_in_any_case_and_order_and_t1dual_is_not_pooled(release, tmp_path):
+    from medtextseg.converters.chaos import ChaosOptions
+
+    def parsed(value):
+        return ChaosOptions.parse({"modality": value}).modality
+
+    assert parsed("t1dual_outphase+T2SPIR") == parsed("T2SPIR, T1DUAL_OutPhase") == ("T2SPIR", "T1DUAL_OutPhase")
+    assert parsed("MR") == parsed(["mr", "T2SPIR"]) == POOLED_MR and parsed("ALL") == ("CT", *POOLED_MR)
+    assert parsed("T2SPIR+t2spir") == ("T2SPIR",) and parsed("T1DUAL") == ("T1DUAL",)
+    with pytest.raises(MedTextSegError, match=r"^chaos converter: option modality T1DUAL \(in-phase and out-phase "
+                                              r"as two channels\) cannot be pooled .* T1DUAL_InPhase\+T1DUAL_OutPhase"):
+        parsed("T1DUAL+T2SPIR")
+    with pytest.raises(MedTextSegError, match=r"option modality must be one of CT, .* MR, all, or several joined "
+                                              r"by \+, got 'T2SPIR\+T3'"):
+        parsed("T2SPIR+T3")
+    with pytest.raises(MedTextSegError, match=r"option modality must be one of .* got '\+'"):
+        parsed("+")
+    with pytest.raises(MedTextSegError, match=r"no CHAOS CT folder"):
+        convert_chaos(release / "Train_Sets" / "MR", tmp_path / "out", modality="all")

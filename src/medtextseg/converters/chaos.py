@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 import numpy as np
 
 from medtextseg.converters.nnunet import LabelledOptions, SourceCase, SourceDataset, convert_labelled
-from medtextseg.converters.option_values import one_of
+from medtextseg.converters.option_values import rule
 from medtextseg.converters.registry import register
 from medtextseg.utils.errors import MedTextSegError, refuse_same_folder
 
@@ -70,6 +70,9 @@ MODALITIES: dict[str, tuple[str, tuple[str, ...], str]] = {
     "T1DUAL_OutPhase": ("MR", ("T1DUAL/DICOM_anon/OutPhase",), "T1DUAL/Ground"),
     "T1DUAL": ("MR", ("T1DUAL/DICOM_anon/InPhase", "T1DUAL/DICOM_anon/OutPhase"), "T1DUAL/Ground"),
 }
+#: the names ``modality`` takes for several sequences at once
+POOLS = {"MR": ("T2SPIR", "T1DUAL_InPhase", "T1DUAL_OutPhase"), "all": ("CT", "T2SPIR", "T1DUAL_InPhase",
+                                                                      "T1DUAL_OutPhase")}
 CT_CLASSES = {"liver": (1,)}
 MR_CLASSES = {"liver": (1,), "kidney_right": (2,), "kidney_left": (3,), "spleen": (4,)}
 #: MR mask grey levels (inclusive ranges, the challenge's) -> output label
@@ -82,11 +85,32 @@ def natural_key(path: Path) -> list[Any]:
 
 
 # -------------------------------------------------------------------- the source
+def parse_modality(value: Any) -> tuple[str, ...]:
+    """``"T2SPIR"`` -> ``("T2SPIR",)``; ``"t1dual_outphase+T2SPIR"``, ``"T2SPIR,T1DUAL_OutPhase"`` or a list ->
+    the sequences pooled, in :data:`MODALITIES` order and each once; ``MR`` and ``all`` name several (:data:`POOLS`).
+
+    Raises:
+        ValueError: an unknown name, or none.
+        MedTextSegError: ``T1DUAL`` (two channels) with another sequence.
+    """
+    parts = re.split(r"[+,]", value) if isinstance(value, str) else list(value)
+    spelled = {name.lower(): (name,) for name in MODALITIES} | {name.lower(): pool for name, pool in POOLS.items()}
+    words = [str(part).strip().lower() for part in parts if str(part).strip()]
+    if not words or any(word not in spelled for word in words):
+        raise ValueError(value)
+    chosen = {name for word in words for name in spelled[word]}
+    if "T1DUAL" in chosen and len(chosen) > 1:
+        raise MedTextSegError("chaos converter: option modality T1DUAL (in-phase and out-phase as two channels) "
+                              "cannot be pooled with other sequences; pool T1DUAL_InPhase+T1DUAL_OutPhase instead")
+    return tuple(name for name in MODALITIES if name in chosen)
+
+
 class ChaosOptions(LabelledOptions):
-    """``modality`` (required) and the options of the ``nnunet`` converter."""
+    """``modality`` (required: one sequence, or several pooled) and the options of the ``nnunet`` converter."""
 
     converter: ClassVar[str] = "chaos"
-    modality: Annotated[str, one_of(*MODALITIES)]
+    modality: Annotated[tuple[str, ...], rule(f"one of {', '.join(MODALITIES)}, {', '.join(POOLS)}, or several "
+                                              "joined by +", parse_modality)]
 
 
 def find_modality_root(src: Path, kind: str) -> Path:
@@ -185,27 +209,54 @@ def read_chaos_case(dicom_folders: list[Path], ground: Path, kind: str,
     return channels, reference.affine, label
 
 
-def read_chaos_source(src: Path, modality: str, tolerance: float = 1e-3) -> SourceDataset:
-    """The CHAOS cases of ``modality`` under ``src`` as a :class:`SourceDataset` whose cases read themselves."""
-    kind, dicom_parts, ground_part = MODALITIES[modality]
-    root = find_modality_root(src, kind)
+def _patients(root: Path) -> list[Path]:
     patients = sorted((p for p in root.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
     if not patients:
         raise MedTextSegError(f"{root}: no patient folders (named by number, e.g. {root}/1)")
-    cases = []
-    for patient in patients:
-        case = f"chaos_{kind.lower()}_{int(patient.name):02d}"
-        folders = [patient / part for part in dicom_parts]
-        ground = patient / ground_part
-        missing = next((f for f in folders if not f.is_dir()), None)
-        problem = (f"no DICOM folder {missing}" if missing is not None else
-                   "" if ground.is_dir() else f"no mask folder {ground} (a test-set case?)")
-        reader = partial(read_chaos_case, folders, ground, kind, tolerance)
-        cases.append(SourceCase(case, folders, None, problem, reader=reader))
-    channel_names = ["T1DUAL_InPhase", "T1DUAL_OutPhase"] if modality == "T1DUAL" else [modality]
-    classes = dict(CT_CLASSES if kind == "CT" else MR_CLASSES)
+    return patients
+
+
+def _source_case(case: str, patient: Path, modality: str, tolerance: float) -> SourceCase:
+    """The case of ``patient``'s ``modality`` images, read when converted (a missing folder is its problem)."""
+    kind, dicom_parts, ground_part = MODALITIES[modality]
+    folders = [patient / part for part in dicom_parts]
+    ground = patient / ground_part
+    missing = next((f for f in folders if not f.is_dir()), None)
+    problem = (f"no DICOM folder {missing}" if missing is not None else
+               "" if ground.is_dir() else f"no mask folder {ground} (a test-set case?)")
+    return SourceCase(case, folders, None, problem, reader=partial(read_chaos_case, folders, ground, kind, tolerance))
+
+
+def read_chaos_source(src: Path, modality: str | tuple[str, ...], tolerance: float = 1e-3) -> SourceDataset:
+    """The CHAOS cases of ``modality`` under ``src`` as a :class:`SourceDataset` whose cases read themselves.
+
+    Several sequences (a tuple) are pooled: a single-channel case per (patient, sequence), split by patient, each
+    prompt with the ``sequence`` and ``patient`` in its meta, and CT cases prompted with the liver only.
+    """
+    modalities = (modality,) if isinstance(modality, str) else tuple(modality)
+    classes = dict(MR_CLASSES if any(MODALITIES[m][0] == "MR" for m in modalities) else CT_CLASSES)
     values = [0, *sorted(v for members in classes.values() for v in members)]
-    return SourceDataset(f"CHAOS_{modality}", channel_names, classes, values, cases)
+    if len(modalities) == 1:
+        kind = MODALITIES[modalities[0]][0]
+        root = find_modality_root(src, kind)
+        cases = [_source_case(f"chaos_{kind.lower()}_{int(patient.name):02d}", patient, modalities[0], tolerance)
+                 for patient in _patients(root)]
+        channel_names = ["T1DUAL_InPhase", "T1DUAL_OutPhase"] if modalities[0] == "T1DUAL" else [modalities[0]]
+        return SourceDataset(f"CHAOS_{modalities[0]}", channel_names, classes, values, cases)
+    kinds = list(dict.fromkeys(MODALITIES[m][0] for m in modalities))
+    cases = []
+    for kind, root in [(kind, find_modality_root(src, kind)) for kind in kinds]:
+        annotated = frozenset(v for members in (CT_CLASSES if kind == "CT" else MR_CLASSES).values() for v in members)
+        for patient in _patients(root):
+            patient_case = f"chaos_{kind.lower()}_{int(patient.name):02d}"
+            for name in (m for m in modalities if MODALITIES[m][0] == kind):
+                case = _source_case(f"{patient_case}_{name.lower()}", patient, name, tolerance)
+                case.group, case.annotated = patient_case, annotated
+                case.meta = {"sequence": name, "patient": patient_case}
+                cases.append(case)
+    # one channel holding each case's sequence: "MR", or "image" with CT among them (so no CT-only normalisation)
+    return SourceDataset(f"CHAOS_{'+'.join(modalities)}", ["MR" if kinds == ["MR"] else "image"], classes, values,
+                         cases)
 
 
 @register("chaos", "CHAOS abdominal CT/MR (DICOM slices + PNG masks; modality=CT|T2SPIR|T1DUAL...) -> one prompt "
@@ -229,11 +280,13 @@ def convert_chaos(src: Path, dst: Path, *, overwrite: bool = False, spatial_dims
     src, dst = Path(src), Path(dst)
     refuse_same_folder(src, dst)
     opts = ChaosOptions.parse(options)
+    pooled = len(opts.modality) > 1
     source = read_chaos_source(src, opts.modality, opts.affine_tolerance)
-    fingerprint = {"modality": opts.modality}
+    fingerprint = {"modality": list(opts.modality) if pooled else opts.modality[0]}
     record_conversion_options(check_conversion_options(dst, "chaos", fingerprint, overwrite), fingerprint)
-    return convert_labelled(source, src, dst, "chaos", overwrite=overwrite, spatial_dims=spatial_dims, options=opts)
+    return convert_labelled(source, src, dst, "chaos", overwrite=overwrite, spatial_dims=spatial_dims, options=opts,
+                            extra={"sequences": list(opts.modality)} if pooled else None)
 
 
-__all__ = ["MODALITIES", "MR_GREY_LEVELS", "ChaosOptions", "convert_chaos", "find_modality_root", "mask_labels",
-           "natural_key", "read_chaos_case", "read_chaos_source"]
+__all__ = ["MODALITIES", "MR_GREY_LEVELS", "POOLS", "ChaosOptions", "convert_chaos", "find_modality_root",
+           "mask_labels", "natural_key", "parse_modality", "read_chaos_case", "read_chaos_source"]
