@@ -30,19 +30,34 @@ radiologist wordings). With ``--spatial-dims 2`` every axial slice with an organ
 is a case ``{case}_z{k:03d}``, the splits drawn per patient: the FiLM-CBN setting of one binary prompt per (slice,
 organ).
 
+Several sequences pooled (``modality=T2SPIR+T1DUAL_InPhase+T1DUAL_OutPhase``, ``MR``, ``all``...), as FiLM-CBN
+trains: one single-channel case per (patient, sequence), ``chaos_mr_03_t2spir``, ``chaos_mr_03_t1dual_inphase``,
+``chaos_ct_01_ct`` (and its slices ``chaos_mr_03_t2spir_z004``); every prompt's ``meta`` holds its ``sequence`` and
+``patient`` (to score per sequence), dataset.json's ``medtextseg.sequences`` the list. The splits are drawn per
+patient, by the same hash as a single-sequence conversion, so a patient's sequences (and slices) never straddle two
+splits. The labels are the MR ones; a CT case, whose masks label the liver only, gets the liver prompt only (no
+``absent`` kidney or spleen, and no ``regions`` class with another value). The channel is ``MR``, or ``image`` when
+CT is among them (a channel named CT would plan a CT intensity window for the MR images too). ``chaos_ct_01`` and
+``chaos_mr_01`` are two patients: the CT and MR data sets "are acquired from different patients" (the Data page).
+
 Options (``--option KEY=VALUE``):
 
-* ``modality=CT|T2SPIR|T1DUAL_InPhase|T1DUAL_OutPhase|T1DUAL`` (required): the images to convert. ``T1DUAL`` gives
-  two channels (in-phase, out-phase) on one grid.
+* ``modality`` (required): the images to convert, one of ``CT``, ``T2SPIR``, ``T1DUAL_InPhase``,
+  ``T1DUAL_OutPhase``, ``T1DUAL`` (two channels, in-phase and out-phase, on one grid), or several pooled: joined by
+  ``+`` (or ``,``, or a Python list), in any case and order; ``MR`` is the three MR sequences, ``all`` them and CT.
+  ``T1DUAL`` cannot be pooled (pool ``T1DUAL_InPhase+T1DUAL_OutPhase``).
 * as for the ``nnunet`` converter: ``rename=OLD:NEW``, ``regions=kidneys:2+3``, ``slices=foreground|all`` (2D),
   ``affine_tolerance=MM`` (0.001: how far the out-phase grid may differ from the in-phase one).
 
-A second run into the same folder must use the same ``modality`` (recorded in ``chaos_conversion.json``).
+A second run into the same folder must use the same ``modality`` (recorded in ``chaos_conversion.json``: a name,
+or the pooled list).
 Skipped with the reason, by case: no DICOM or Ground folder (the test set has no masks), a mask count or size that
 differs from the slices', an unknown grey level, slices that do not make one evenly spaced volume.
 
 Example:
     >>> convert_chaos(Path("CHAOS_Train_Sets"), Path("data/chaos_t2"), modality="T2SPIR")  # doctest: +SKIP
+    >>> convert_chaos(Path("CHAOS_Train_Sets"), Path("data/chaos_all_2d"), spatial_dims=2,
+    ...               modality="all")  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -259,8 +274,9 @@ def read_chaos_source(src: Path, modality: str | tuple[str, ...], tolerance: flo
                          cases)
 
 
-@register("chaos", "CHAOS abdominal CT/MR (DICOM slices + PNG masks; modality=CT|T2SPIR|T1DUAL...) -> one prompt "
-                   "per organ: liver, right and left kidney, spleen")
+@register("chaos", "CHAOS abdominal CT/MR (DICOM slices + PNG masks; modality=CT|T2SPIR|T1DUAL..., or several "
+                   "pooled: T2SPIR+T1DUAL_InPhase, MR, all) -> one prompt per organ: liver, right and left kidney, "
+                   "spleen")
 def convert_chaos(src: Path, dst: Path, *, overwrite: bool = False, spatial_dims: int = 3,
                   **options: Any) -> ConversionSummary:
     """Convert the CHAOS training set (see the module docstring for the layout, quirks and options).
@@ -270,10 +286,12 @@ def convert_chaos(src: Path, dst: Path, *, overwrite: bool = False, spatial_dims
         dst: the dataset folder to write (resumable).
         overwrite: rewrite every case.
         spatial_dims: 3, or 2 for one case per axial slice.
-        **options: ``modality`` (required) and the ``nnunet`` converter's options.
+        **options: ``modality`` (required: a name, or several joined by ``+``) and the ``nnunet`` converter's
+            options.
 
     Raises:
-        MedTextSegError: a missing or unknown modality, no CHAOS folder, ``dst`` converted with another modality.
+        MedTextSegError: a missing or unknown modality, ``T1DUAL`` pooled, no CHAOS folder, ``dst`` converted with
+            another modality or list.
     """
     from medtextseg.converters.writer import check_conversion_options, record_conversion_options
 
