@@ -135,10 +135,16 @@ def test_evaluate_run_returns_what_its_files_hold(cli_run, tmp_path):
     assert len(result.component_sweep) == len(sweep) and {row["min_voxels"] for row in sweep} == {0, 5}
 
 
-def test_evaluate_reports_dice_per_wording_when_prompts_carry_one(cli_run, tmp_path):
+def test_evaluate_reports_dice_per_wording_and_sequence_when_prompts_carry_them(cli_run, tmp_path):
+    """Held-out wordings (synth --unseen-wording) and the MR sequence of a pooled dataset (convert chaos
+    --option modality=MR) each get a summary per value."""
     data = tmp_path / "worded"
     assert runner.invoke(app, ["synth", "--out", str(data), "--cases", "6", "--dim", "2", "--seed", "3",
                                "--unseen-wording", "0.5"]).exit_code == 0
+    lines = [json.loads(line) for line in (data / "prompts.jsonl").read_text().splitlines()]
+    for number, line in enumerate(lines):  # as a pooled CHAOS conversion writes them (here not one per case)
+        line["meta"]["sequence"] = "t2spir" if number % 2 else "t1dual_inphase"
+    (data / "prompts.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     out = tmp_path / "eval"
     result = runner.invoke(app, ["evaluate", "-m", str(cli_run / "run"), "-d", str(data), "-o", str(out),
                                  "--no-save-masks"])
@@ -152,6 +158,11 @@ def test_evaluate_reports_dice_per_wording_when_prompts_carry_one(cli_run, tmp_p
         per_group = [row for name, row in rows.items() if name.endswith(f"/{wording}")]
         assert sum(row["n"] for row in per_group) == len(mine)
     assert rows["overall"]["n"] == len(records)
+    by_sequence = {row["group"]: row for row in json.loads((out / "summary_by_sequence.json").read_text())}
+    for sequence in ("t2spir", "t1dual_inphase"):
+        mine = [r["dice"] for r in records if r["sequence"] == sequence]
+        assert by_sequence[sequence]["n"] == len(mine) > 0
+        assert by_sequence[sequence]["dice_mean"] == pytest.approx(sum(mine) / len(mine))
 
 
 @pytest.mark.parametrize(("args", "message"), [

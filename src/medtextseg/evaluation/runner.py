@@ -26,6 +26,10 @@ from medtextseg.inference.sliding import binary_entropy
 from medtextseg.utils.atomic import write_text_atomic
 from medtextseg.utils.progress import progress_bar
 
+#: Prompt meta keys whose values get their own summary: a held-out phrasing set ("seen" / "unseen", ...) and the MR
+#: sequence of a pooled dataset (``convert chaos --option modality=MR``).
+BREAKDOWN_KEYS: tuple[str, ...] = ("wording", "sequence")
+
 
 def prompt_target(case: CaseRecord, prompt: PromptRecord, label: np.ndarray | None) -> np.ndarray:
     """The target of a prompt on the case's file grid, bool [*file_shape]."""
@@ -68,7 +72,9 @@ class EvaluationResult:
         uncertainty: group -> ECE, uncertainty-error AUROC, uncertainty kind, entropy-error AUROC.
         detection: PI-CAI lesion detection of the ``all`` prompts (``lesion_detection.json``), or None.
         component_sweep: one row per (minimum component size, group) (``component_sweep.json``).
-        by_wording: Dice per held-out wording, overall and per group (``summary_by_wording.json``).
+        breakdowns: for each prompt meta key of :data:`BREAKDOWN_KEYS` the split's prompts carry, the summary per
+            value of it, overall and per group (``summary_by_{key}.json``): Dice per held-out wording, per MR
+            sequence of a pooled dataset.
     """
 
     out_dir: Path
@@ -77,7 +83,7 @@ class EvaluationResult:
     uncertainty: dict[str, dict] = field(default_factory=dict)
     detection: dict | None = None
     component_sweep: list[dict] = field(default_factory=list)
-    by_wording: list[dict] = field(default_factory=list)
+    breakdowns: dict[str, list[dict]] = field(default_factory=dict)
 
     @property
     def overall(self) -> dict | None:
@@ -125,8 +131,9 @@ class _SplitScorer:
                                            swept, target.reshape(spatial), spacing, self.nsd_tolerance_mm)})
         record = {"case": case.case, "prompt": prompt.prompt, "kind": prompt.kind, "group": group,
                   "n_lesions": prompt.meta.get("n_lesions"), "class": prompt.class_name, **metrics}
-        if isinstance(prompt.meta.get("wording"), str):  # a held-out phrasing set ("seen" / "unseen", ...)
-            record |= {"wording": prompt.meta["wording"], "group_wording": f"{group}/{prompt.meta['wording']}"}
+        for key in BREAKDOWN_KEYS:
+            if isinstance(prompt.meta.get(key), str):
+                record |= {key: prompt.meta[key], f"group_{key}": f"{group}/{prompt.meta[key]}"}
         self.records.append(record)
         return record
 
@@ -140,15 +147,15 @@ class _SplitScorer:
         summary = summarize(records, group_by="group") if records else []
         for row in summary:
             row |= uncertainty[row["group"]]
-        worded = [r for r in records if "wording" in r]
-        # Dice of each wording, overall and per group: what new phrasings cost
-        by_wording = (summarize(worded, group_by="wording") + summarize(worded, group_by="group_wording")[:-1]
-                      if worded else [])
+        breakdowns = {}
+        for key in BREAKDOWN_KEYS:
+            if keyed := [r for r in records if key in r]:  # each value overall, then per group (no 2nd overall row)
+                breakdowns[key] = summarize(keyed, group_by=key) + summarize(keyed, group_by=f"group_{key}")[:-1]
         sweep = [row | {"min_voxels": m} for m in self.component_sweep
                  for row in summarize([r for r in self.sweep_records if r["min_voxels"] == m], group_by="group")]
         # lesion-level detection, as the PI-CAI challenge scores it
         detection = lesion_detection_metrics(self.lesion_maps, kind="probability") if self.lesion_maps else None
-        return EvaluationResult(out_dir, records, summary, uncertainty, detection, sweep, by_wording)
+        return EvaluationResult(out_dir, records, summary, uncertainty, detection, sweep, breakdowns)
 
 
 def write_evaluation(result: EvaluationResult, scorer: _SplitScorer, title: str) -> None:
@@ -156,9 +163,8 @@ def write_evaluation(result: EvaluationResult, scorer: _SplitScorer, title: str)
     out_dir = result.out_dir
     write_records(result.records, out_dir)
     write_summary(result.summary, out_dir, title=title)
-    if result.by_wording:
-        write_table(result.by_wording, out_dir, "summary_by_wording", ("group", "group_by", "n", "dice_mean",
-                                                                       "empty_correct"))
+    for key, rows in result.breakdowns.items():
+        write_table(rows, out_dir, f"summary_by_{key}", ("group", "group_by", "n", "dice_mean", "empty_correct"))
     if result.component_sweep:
         write_table(result.component_sweep, out_dir, "component_sweep", ("min_voxels", "group", "n", "dice_mean",
                                                                          "hd95_mean", "nsd_mean"))
