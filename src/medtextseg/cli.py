@@ -687,12 +687,27 @@ def export_biomedsegfm(
 
 
 @app.command()
-def presets() -> None:
-    """List the built-in presets."""
-    from medtextseg.config import preset_names
+@user_errors
+def presets(
+    patterns: Annotated[list[str] | None, typer.Argument(help="wildcard patterns, e.g. 'rada*' (default: all)")] = None,
+    blocks: Annotated[bool, typer.Option("--blocks", help="also say each preset's base and where its text enters "
+                                         "(the conditioning blocks and their sites)")] = False,
+) -> None:
+    """List the built-in presets, those matching PATTERNS."""
+    from medtextseg.config import Config, list_presets, preset_base
+    from medtextseg.utils.errors import MedTextSegError
 
-    for name in preset_names():
-        typer.echo(name)
+    names = list_presets(patterns or "*")
+    if patterns and not names:
+        raise MedTextSegError(f"no preset matches {' '.join(patterns)}; `medtextseg presets` lists them all")
+    for name in names:
+        if not blocks:
+            typer.echo(name)
+            continue
+        from medtextseg.models.conditioning.registry import block_options
+
+        described = "; ".join(o.describe() for o in block_options(Config.load(name).model)) or "no text block"
+        typer.echo(f"{name:<14} {'base ' + (preset_base(name) or '-'):<18} {described}")
 
 
 if __name__ == "__main__":  # `python -m medtextseg.cli` (used with torchrun)

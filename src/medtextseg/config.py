@@ -7,10 +7,12 @@ with the field's full dotted name and the closest valid key, instead of being si
 from __future__ import annotations
 
 import difflib
+import fnmatch
 import math
 import types
 import typing
 import warnings
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -471,6 +473,21 @@ def preset_names() -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
+def list_presets(filter: str | Sequence[str] = "*", exclude: str | Sequence[str] = ()) -> list[str]:
+    """The built-in presets whose name matches a wildcard pattern (or any of several) and none of ``exclude``,
+    sorted, as timm's ``list_models``: ``list_presets("rada*")`` -> ``["rada", "rada_single", "rada_text"]``."""
+    include = [filter] if isinstance(filter, str) else list(filter)
+    leave = [exclude] if isinstance(exclude, str) else list(exclude)
+    return [name for name in preset_names() if any(fnmatch.fnmatchcase(name, p) for p in include)
+            and not any(fnmatch.fnmatchcase(name, p) for p in leave)]
+
+
+def preset_base(preset: str) -> str | None:
+    """The ``base:`` a built-in preset names (None for the neutral base)."""
+    text = (resources.files("medtextseg") / "presets" / f"{preset}.yaml").read_text(encoding="utf-8")
+    return (yaml.safe_load(text) or {}).get("base")
+
+
 def read_preset(preset: str | Path) -> dict[str, Any]:
     """Return the raw dict of a preset name or YAML file (a preset may name a ``base`` preset)."""
     path = Path(preset)
@@ -499,9 +516,11 @@ def read_preset(preset: str | Path) -> dict[str, Any]:
         raise MedTextSegError(f"{where}: a YAML anchor is used inside its own value (a structure that contains "
                               "itself); write the values out")
     base = raw.pop("base", None)
+    stated = "preset" in raw  # a saved run's config.yaml names its preset; a preset file is named by its file
     if base:
         raw = _deep_merge(read_preset(base), raw)
-    raw.setdefault("preset", name)
+    if not stated:
+        raw["preset"] = name  # not the base's name, which the merge brought in
     return raw
 
 
