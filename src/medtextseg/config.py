@@ -99,10 +99,13 @@ class TextConfig(_Section):
 class ModelConfig(_Section):
     """An N-D U-Net with text conditioning.
 
-    ``conditioning`` picks where the text enters: ``film`` at the bottleneck and every decoder stage (the
-    default), ``fusion`` = the FiLM -> SE -> CBN -> residual -> L2 chain at the bottleneck (FiLM/CBN method;
+    ``conditioning`` picks where the text enters the decoder: ``film`` at the bottleneck and every decoder stage
+    (the default), ``fusion`` = the FiLM -> SE -> CBN -> residual -> L2 chain at the bottleneck (FiLM/CBN method;
     links switched by ``fusion_se``/``fusion_cbn``), ``concat`` = the tiled text vector concatenated at the
-    bottleneck, ``none`` = the image-only baseline.
+    bottleneck, ``dynamic_head`` = a bias before the output convolution, ``none`` = none there.
+
+    These flat keys are the front users write; the conditioning blocks read their typed options off them
+    (``models/conditioning/registry.py``: ``block_options``; ``medtextseg presets --blocks`` shows them).
     """
 
     spatial_dims: Literal[2, 3] = 3
