@@ -84,12 +84,8 @@ class UNetShape:
     """What a builder needs to know of the U-Net around its block."""
 
     spatial_dims: int
-    channels: tuple[int, ...]
+    channels: tuple[int, ...]  # per level, 0 = full resolution
     text_dim: int
-
-    @property
-    def bottleneck(self) -> int:
-        return len(self.channels) - 1
 
 
 @dataclass
@@ -174,7 +170,6 @@ class BlockKind:
     options: type[BlockOptions]
     build: Callable[[Any, UNetShape], TextBlock]
     parts: dict[str, type[nn.Module] | None]
-    description: str
 
 
 _KINDS: dict[str, BlockKind] = {}
@@ -190,8 +185,7 @@ def register_block(options: type[BlockOptions], parts: dict[str, type[nn.Module]
     def decorator(build: Callable[[Any, UNetShape], TextBlock]) -> Callable[[Any, UNetShape], TextBlock]:
         if options.kind in _KINDS:
             raise ValueError(f"block kind {options.kind!r} is registered twice")
-        _KINDS[options.kind] = BlockKind(options.kind, options, build, dict(parts),
-                                         (build.__doc__ or "").strip().splitlines()[0] if build.__doc__ else "")
+        _KINDS[options.kind] = BlockKind(options.kind, options, build, dict(parts))
         return build
     return decorator
 
