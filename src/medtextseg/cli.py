@@ -193,16 +193,22 @@ def train(
                                         "preset's values")] = True,
     plan_file: Annotated[Path | None, typer.Option("--plan-file", help="replay this plans.json instead of "
                                                    "measuring the dataset")] = None,
+    fold: Annotated[int | None, typer.Option("--fold", help="cross-validation: train on the other folds of the "
+                                             "train + val cases and validate on fold K (0-based; sets data.fold; "
+                                             "data.folds folds, 5 by default, saved in DATA/splits_final.json)")
+                    ] = None,
 ) -> None:
     """Train a text-guided segmentation model. Also runs under `torchrun --nproc_per_node N` (DDP).
 
     Unless --no-plan, the dataset is measured first and its plan (printed, saved as RUN/plans.json and in
     every checkpoint) sets the spacing, patch, strides, channels and kind weights; --set wins over the plan.
+    With --fold K the plan is the whole dataset's, the same for every fold (their models can be ensembled).
     """
     from medtextseg.config import Config
     from medtextseg.data.planning import describe, planned_config
     from medtextseg.training.distributed import decided_by_rank_0
     from medtextseg.training.trainer import train as run_training
+    from medtextseg.utils.errors import MedTextSegError
     from medtextseg.utils.folder_lock import lock_until_command_ends
 
     # a second train into this run folder stops at once, before planning; under torchrun every rank does
@@ -210,10 +216,16 @@ def train(
     overrides = list(set_ or [])
     if data is not None:
         overrides.append(f"data.root={data}")
+    if fold is not None:
+        overrides.append(f"data.fold={fold}")
     saved = out / "config.yaml"
     made = None
     if resume and saved.is_file():  # the saved config already holds the plan's values
         config = Config.load(saved, overrides)
+        started = Config.load(saved).data.fold
+        if config.data.fold != started:
+            raise MedTextSegError(f"{saved}: the run trains fold {started}; resume it with that fold, not "
+                                  f"{config.data.fold}")
     elif plan_ or plan_file is not None:
         config, made = planned_config(preset, overrides, plan_file, progress=True)
         if made is not None:
@@ -224,6 +236,11 @@ def train(
                 typer.echo(f"  --set overrides the plan's {', '.join(overridden)}")
     else:
         config = Config.load(preset, overrides)
+    if config.data.fold is not None and config.data.root is not None:
+        from medtextseg.data.folds import describe_fold
+        from medtextseg.data.layout import load_dataset
+
+        typer.echo(describe_fold(load_dataset(config.data.root), config.data))
     run_dir = run_training(config, out, resume=resume, plan=made)
     typer.echo(f"run saved in {run_dir}")
 

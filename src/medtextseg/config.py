@@ -78,6 +78,14 @@ class DataConfig(_Section):
     cache_dir: str | None = Field(None, description="where prepared cases are cached (preprocessed/{key}/; default: "
                                   "{data.root}/.medtextseg_cache, or $MEDTEXTSEG_CACHE / ~/.cache/medtextseg when "
                                   "the dataset folder is read-only)")
+    fold: int | None = Field(None, ge=0, description="cross-validation (data/folds.py): train on the other folds "
+                             "of the train + val cases and validate on this one (0-based), as listed in the "
+                             "dataset's splits_final.json (made when absent); the test split stays untouched; "
+                             "null: the dataset's train and val splits")
+    folds: int = Field(5, ge=2, description="number of cross-validation folds of the train + val cases (nnU-Net's "
+                       "5)")
+    fold_seed: int = Field(12345, description="shuffles the cases into folds when splits_final.json is made "
+                           "(nnU-Net's 12345); an existing file is replayed whatever the seed")
 
 
 class TextConfig(_Section):
@@ -410,6 +418,13 @@ class Config(_Section):
         if self.inference.network is not None and self.inference.network >= self.model.networks:
             raise ValueError(f"inference.network={self.inference.network} but the model has "
                              f"{self.model.networks} network(s)")
+        return self
+
+    @model_validator(mode="after")
+    def _check_fold(self) -> Config:
+        fold, folds = self.data.fold, self.data.folds
+        if fold is not None and fold >= folds:
+            raise ValueError(f"data.fold={fold} is out of range: data.folds={folds} makes folds 0..{folds - 1}")
         return self
 
     @model_validator(mode="after")

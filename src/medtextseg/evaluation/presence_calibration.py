@@ -16,7 +16,9 @@ the share that picks the same threshold is reported (with a warning below 20 abs
 One sliding-window pass per case scores every threshold (:func:`~medtextseg.inference.sliding.gated_probabilities`).
 
 The chosen threshold is written into the run's ``best.pt`` and ``config.yaml``, so that ``predict`` and
-``evaluate`` use it; the table goes to ``calibration_presence.json``.
+``evaluate`` use it; the table goes to ``calibration_presence.json``. A fold run (``data.fold``) is calibrated on
+its own held-out fold (its ``val``); an ensemble of folds gates on the mean of its members' thresholds
+(:mod:`medtextseg.inference.ensemble`).
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ def calibrate_presence(run: str | Path, data: str | Path, split: str = "val",
     from monai.metrics import compute_dice
 
     from medtextseg.config import Config
+    from medtextseg.data.folds import held_out_layout
     from medtextseg.data.layout import load_dataset
     from medtextseg.inference.postprocessing import remove_small_components
     from medtextseg.inference.sliding import gated_probabilities
@@ -104,7 +107,7 @@ def calibrate_presence(run: str | Path, data: str | Path, split: str = "val",
     config = Config.from_dict(state["config"])
     if not config.model.presence:
         raise MedTextSegError(f"{run}: the model has no presence logit (model.presence=false): nothing to calibrate")
-    layout = load_dataset(data)
+    layout = held_out_layout(load_dataset(data), [config.data], split)  # a fold run: val = its held-out fold
     case_ids = layout.splits.get(split, [])
     if not case_ids:
         raise MedTextSegError(f"{data}: the {split!r} split is empty")

@@ -206,6 +206,9 @@ class CoTrainer:
 
     def _prepare_data(self) -> None:
         config = self.config
+        if config.data.fold is not None:  # a fold's val cases would be sparse training volumes
+            raise MedTextSegError("config field 'data.fold': co-training takes no folds (its training volumes carry "
+                                  "sparse or no labels, and validation needs dense ones); leave data.fold unset")
         layout = load_dataset(config.data.root)
         self.layout = layout
         if layout.spatial_dims != 3 or config.model.spatial_dims != 3:

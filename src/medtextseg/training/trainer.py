@@ -25,6 +25,7 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 from medtextseg.config import Config
 from medtextseg.data.attribute_prompts import attribute_prompt_texts
 from medtextseg.data.dataset import PreparedCase, PromptSampleDataset, collate_prompt_samples
+from medtextseg.data.folds import apply_fold
 from medtextseg.data.layout import load_dataset, verify_dataset
 from medtextseg.data.paraphrase import paraphrase_pool
 from medtextseg.data.planning import PLAN_FILE, Plan, check_config_fits_dataset
@@ -189,7 +190,7 @@ class Trainer:
         if config.train.num_threads:
             torch.set_num_threads(config.train.num_threads)
 
-        self.layout = load_dataset(config.data.root)
+        self.layout = apply_fold(load_dataset(config.data.root), config.data)  # data.fold: its train/val
         vocabulary = self._sampling_vocabulary()
         check_config_fits_dataset(config, self.layout)
         if IGNORE_LABEL in self.layout.labels:
