@@ -37,9 +37,9 @@ class CountingEncoder:
         return out
 
 
-def text_checkpoint(folder, in_channels: int = 2, overrides: tuple[str, ...] = ()):
+def text_checkpoint(folder, in_channels: int = 2, overrides: tuple[str, ...] = (), seed: int = 0):
     """``folder/best.pt``: a tiny 3D model (channels 4, 8; patch 16 x 16 x 8) whose answer depends on the prompt
-    (:func:`as_if_trained`), as a run folder holds it."""
+    (:func:`as_if_trained`), as a run folder holds it; ``seed`` draws its weights."""
     from pathlib import Path
 
     from medtextseg.config import Config
@@ -48,8 +48,8 @@ def text_checkpoint(folder, in_channels: int = 2, overrides: tuple[str, ...] = (
 
     config = Config.load("default", ["model.channels=[4,8]", "model.strides=[[1,1,1],[2,2,2]]",
                                      "data.patch_size=[16,16,8]", f"model.in_channels={in_channels}", *overrides])
-    torch.manual_seed(0)
-    model = as_if_trained(create_model(config.model, 384))
+    torch.manual_seed(seed)
+    model = as_if_trained(create_model(config.model, 384), seed=seed)
     return save_checkpoint(Path(folder) / "best.pt", {"model": model.state_dict(), "config": config.model_dump(),
                                                       "text_dim": 384,
                                                       "channel_names": ["t2w", "adc", "hbv"][:in_channels]})

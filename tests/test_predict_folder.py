@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from medtextseg import __version__
 from medtextseg.cli import app
 from medtextseg.config import Config
-from medtextseg.inference import batch_predict
+from medtextseg.inference import ensemble
 from medtextseg.inference.batch_predict import INDEX_FILE, predict_cases, prompt_slug, unique_slugs
 from medtextseg.inference.case_inputs import requested_cases
 from medtextseg.inference.predictor import Predictor
@@ -96,7 +96,7 @@ def test_a_folder_of_cases_is_predicted_in_one_call_with_one_model_load(checkpoi
             loads.append(args)
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(batch_predict, "Predictor", CountingPredictor)
+    monkeypatch.setattr(ensemble, "Predictor", CountingPredictor)  # predict_cases loads through it
     out = tmp_path / "out"
     result = predict(checkpoint, ["-i", str(cases_folder)], out, PROMPTS, "--probabilities")
     assert result.exit_code == 0, result.output

@@ -15,22 +15,26 @@ from typing import Any
 
 import torch
 
+from medtextseg.inference.ensemble import load_predictor
 from medtextseg.inference.predictor import Predictor, Segmentation
 
 
-def load_model(run_or_checkpoint: str | Path, device: str | torch.device | None = None,
+def load_model(run_or_checkpoint: str | Path | Sequence[str | Path], device: str | torch.device | None = None,
                refiner: bool | None = None, mirror_axes: list[int] | str | None = None,
                threshold: float | None = None) -> Predictor:
     """A trained model ready to segment: a run folder (its ``best.pt``), a checkpoint file or a model package
     (``.zip``, ``medtextseg export``; read in place, checked first). ``device`` picks
     where it runs (default: CUDA when available), ``refiner`` switches a refiner model's refiner on or off,
     ``mirror_axes`` sets the mirror test-time augmentation and ``threshold`` the mask's probability cut-off
-    (None: as its config says)."""
-    return Predictor(run_or_checkpoint, device, refiner, mirror_axes, threshold)
+    (None: as its config says).
+
+    A list of them, or a folder of runs (``FOLDS/fold_0`` ...), loads an ensemble that answers with the mean of
+    their probabilities (:mod:`medtextseg.inference.ensemble`: what they must share, the thresholds' rule)."""
+    return load_predictor(run_or_checkpoint, device, refiner, mirror_axes, threshold)
 
 
-def segment(images: Any, prompts: str | Sequence[str], model: Predictor | str | Path, *, affine: Any = None,
-            spacing: Sequence[float] | None = None, origin: Sequence[float] | None = None,
+def segment(images: Any, prompts: str | Sequence[str], model: Predictor | str | Path | Sequence[str | Path], *,
+            affine: Any = None, spacing: Sequence[float] | None = None, origin: Sequence[float] | None = None,
             direction: Any = None) -> list[Segmentation]:
     """Segment what each prompt names in one image; all prompts in one sliding-window pass.
 

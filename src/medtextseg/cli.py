@@ -248,7 +248,9 @@ def train(
 @app.command()
 @user_errors
 def predict(
-    model: Annotated[Path, typer.Option("--model", "-m", help="run folder, checkpoint file or model .zip")],
+    model: Annotated[list[Path], typer.Option("--model", "-m", help="run folder, checkpoint file or model .zip; "
+                                              "repeat -m (or give a folder of fold runs) to ensemble several: "
+                                              "their mean probability")],
     images: Annotated[list[Path] | None, typer.Option("--image", "-i", help="one file (or DICOM series folder) "
                                                        "per channel, in the model's channel order (repeat -i); or "
                                                        "one folder of cases ({case}_0000.nii.gz, ...) or .txt list "
@@ -293,7 +295,9 @@ def predict(
 
     Many cases (a folder, a .txt list or --jobs) load the model once and write OUT/{case}/ per case. Each mask
     is written as soon as it is answered, so memory does not grow with the number of prompts; an input too large
-    for memory is refused before it is read, naming the setting that makes it fit."""
+    for memory is refused before it is read, naming the setting that makes it fit. Several -m (or a folder of
+    fold runs) answer as one ensemble: the mean of their probabilities, gated on their mean presence against
+    the mean of their presence thresholds."""
     import json
 
     from medtextseg.api import load_model
@@ -474,7 +478,9 @@ def calibrate_presence_command(
 @app.command()
 @user_errors
 def evaluate(
-    model: Annotated[Path, typer.Option("--model", "-m", help="run folder, checkpoint file or model .zip")],
+    model: Annotated[list[Path], typer.Option("--model", "-m", help="run folder, checkpoint file or model .zip; "
+                                              "repeat -m (or give a folder of fold runs) to evaluate their "
+                                              "ensemble")],
     data: Annotated[Path, typer.Option("--data", "-d", help="dataset folder")],
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for metrics, masks and overlays")],
     split: Annotated[str, typer.Option(help="split to evaluate")] = "test",
@@ -494,7 +500,8 @@ def evaluate(
     Writes metrics_per_prompt.{json,csv}, summary.{json,csv,md} (one row per prompt kind; `single_2plus` =
     referring prompts in cases with 2+ lesions), overlays/*.png, the run's loss curve, and how much the
     uncertainty means: uncertainty.json (expected calibration error; AUROC of the voxel uncertainty for the
-    voxels the mask gets wrong) with reliability.png.
+    voxels the mask gets wrong) with reliability.png. Several -m: their ensemble, through the same prediction
+    path (ensemble.json lists its members and thresholds); a fold run's val split is its held-out fold.
     """
 
     from rich.console import Console

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from medtextseg.data.dimensions import metric_grid
+from medtextseg.data.folds import held_out_layout
 from medtextseg.data.io import read_array, read_geometry
 from medtextseg.data.layout import CaseRecord, PromptRecord, load_dataset, verify_dataset
 from medtextseg.evaluation.figures import save_loss_curve, save_overlay
@@ -20,6 +21,7 @@ from medtextseg.evaluation.metrics import OVERALL_GROUP, average_precision, segm
 from medtextseg.evaluation.model_cost import model_cost
 from medtextseg.evaluation.tables import write_records, write_summary, write_table
 from medtextseg.evaluation.uncertainty import UncertaintyAccumulator, save_reliability_diagram
+from medtextseg.inference.ensemble import CHECKPOINT_NAMES, ModelArgument, load_predictor
 from medtextseg.inference.postprocessing import remove_small_components
 from medtextseg.inference.predictor import Predictor
 from medtextseg.inference.sliding import binary_entropy
@@ -176,7 +178,7 @@ def write_evaluation(result: EvaluationResult, scorer: _SplitScorer, title: str)
                                  f"{title}: {scorer.uncertainty_kind} uncertainty")
 
 
-def evaluate_run(run: str | Path, data_root: str | Path, out_dir: str | Path, split: str = "test",
+def evaluate_run(run: ModelArgument, data_root: str | Path, out_dir: str | Path, split: str = "test",
                  save_masks: bool = True, overlays_per_group: int = 2, overlay_channel: int = 0,
                  nsd_tolerance_mm: float = 1.0, progress: bool = True,
                  component_sweep: Sequence[int] = (), refiner: bool | None = None,
@@ -188,7 +190,10 @@ def evaluate_run(run: str | Path, data_root: str | Path, out_dir: str | Path, sp
     (minimum sizes m in voxels), every prompt is also scored with its mask post-processed to the largest connected
     component plus those of at least m voxels (``component_sweep.json``/``.csv``: one row per m and group).
     ``refiner`` switches a refiner model's refiner on or off and ``mirror_axes`` sets the mirror test-time
-    augmentation (None: as the run's config says).
+    augmentation (None: as the run's config says). ``run`` may name several models, or a folder of runs: their
+    ensemble is evaluated (:mod:`medtextseg.inference.ensemble`; ``ensemble.json`` lists its members and
+    thresholds), on a split none of them trained on (:func:`~medtextseg.data.folds.held_out_layout`). A fold run's
+    ``val`` split is its held-out fold.
 
     Stages: predict and score each case (:class:`_SplitScorer`), summarise, write (:func:`write_evaluation`).
 
@@ -199,10 +204,11 @@ def evaluate_run(run: str | Path, data_root: str | Path, out_dir: str | Path, sp
         :mod:`medtextseg.evaluation.uncertainty`).
     """
     out_dir = Path(out_dir)
-    layout = load_dataset(data_root)
+    predictor = load_predictor(run, refiner=refiner, mirror_axes=mirror_axes)
+    layout = held_out_layout(load_dataset(data_root), [config.data for _, config in predictor.sources], split)
     cases = layout.split(split)
     verify_dataset(layout, [c.case for c in cases], progress=progress)
-    predictor = Predictor(run, refiner=refiner, mirror_axes=mirror_axes)
+    title = model_name(predictor)
     scorer = _SplitScorer(predictor.config.inference.threshold, nsd_tolerance_mm, component_sweep)
     overlay_count: dict[str, int] = defaultdict(int)
     with progress_bar(cases, f"evaluating {split}", progress) as iterator:
@@ -234,10 +240,23 @@ def evaluate_run(run: str | Path, data_root: str | Path, out_dir: str | Path, sp
             if save_masks:
                 write_text_atomic(out_dir / "masks" / case.case / "prompts.json", json.dumps(index, indent=1))
     result = scorer.result(out_dir)
-    write_evaluation(result, scorer, f"{Path(run).name} on {layout.root.name} ({split})")
+    write_evaluation(result, scorer, f"{title} on {layout.root.name} ({split})")
     write_text_atomic(out_dir / "model_cost.json",
                       json.dumps(model_cost(predictor.model, predictor.config, predictor.text_dim), indent=1))
-    log = Path(run) / "log.jsonl" if Path(run).is_dir() else Path(run).parent / "log.jsonl"
-    if log.is_file():
+    if len(predictor.sources) > 1:
+        write_text_atomic(out_dir / "ensemble.json", json.dumps(
+            {"members": [str(path) for path, _ in predictor.sources],
+             "threshold": predictor.config.inference.threshold,
+             "presence_threshold": predictor.config.inference.presence_threshold,
+             "member_presence_thresholds": [config.inference.presence_threshold for _, config in predictor.sources]},
+            indent=1))
+    log = predictor.checkpoint.parent / "log.jsonl"  # a run's loss curve (an ensemble has several: none drawn)
+    if len(predictor.sources) == 1 and log.is_file():
         save_loss_curve(log, out_dir / "loss_curve.png")
     return result
+
+
+def model_name(predictor: Predictor) -> str:
+    """How tables title a model: its run folder's (or file's) name; an ensemble's members' names joined by +."""
+    names = [path.parent.name if path.name in CHECKPOINT_NAMES else path.name for path, _ in predictor.sources]
+    return names[0] if len(names) == 1 else f"ensemble of {len(names)} ({' + '.join(names)})"

@@ -15,7 +15,8 @@ Each record of the index holds ``case``, ``prompt``, ``file`` (relative to ``OUT
 ``model_run``, ``checkpoint``, ``checkpoint_sha256``, ``threshold``, ``mirror_axes``, ``refiner``,
 ``medtextseg_version`` and ``inputs`` (the case's channel files, absolute); with ``combined``, also ``label`` (the
 prompt's value in the label map), ``label_map`` and ``legend`` (relative to ``OUT``;
-:mod:`medtextseg.inference.label_map`).
+:mod:`medtextseg.inference.label_map`). An ensemble's records also hold ``members`` (each member's checkpoint and
+its SHA-256; ``model_run``, ``checkpoint`` and ``checkpoint_sha256`` are the first member's).
 
 Every case is written into a hidden temporary folder beside its final one, then swapped in: a rerun with fewer
 prompts leaves no stale file, a killed run leaves no half-written case, and another case's folder is never
@@ -41,6 +42,7 @@ from typing import Any
 
 from medtextseg.data.io import NIFTI_ENDINGS, is_dicom_series
 from medtextseg.inference.case_inputs import CaseInput, check_channels
+from medtextseg.inference.ensemble import ModelArgument, load_predictor
 from medtextseg.inference.label_map import LABEL_MAP_NAME, LEGEND_NAME, LabelMapBuilder
 from medtextseg.inference.predictor import Predictor
 from medtextseg.utils.atomic import swap_folder_in, write_text_atomic
@@ -222,7 +224,7 @@ def _umask_mode() -> int:
     return 0o777 & ~mask
 
 
-def predict_cases(model: Predictor | str | Path, cases: Sequence[CaseInput], out: str | Path, *,
+def predict_cases(model: Predictor | ModelArgument, cases: Sequence[CaseInput], out: str | Path, *,
                   probabilities: bool = False, uncertainty: bool = False, combined: bool = False,
                   resume: bool = False,
                   progress: bool = False, device: str | None = None, refiner: bool | None = None,
@@ -236,8 +238,9 @@ def predict_cases(model: Predictor | str | Path, cases: Sequence[CaseInput], out
     done before it stay recorded, and ``resume`` goes on from there.
 
     Args:
-        model: a loaded Predictor, or a run folder or checkpoint file (then ``device``, ``refiner``,
-            ``mirror_axes`` and ``threshold`` are passed to it).
+        model: a loaded Predictor, or a run folder or checkpoint file, or several (an ensemble,
+            :mod:`medtextseg.inference.ensemble`); then ``device``, ``refiner``, ``mirror_axes`` and ``threshold``
+            are passed to it.
         cases: the cases, each with its prompts (:func:`~medtextseg.inference.case_inputs.requested_cases`).
         out: the output folder (created).
         probabilities: also write each prompt's probability map, float32 in [0, 1].
@@ -268,7 +271,8 @@ def predict_cases(model: Predictor | str | Path, cases: Sequence[CaseInput], out
     layouts = {case.case: case_outputs(case, probabilities, uncertainty, combined) for case in cases}
     planned = [out / name for layout in layouts.values() for name in layout.files()]
     records = _check_out(out, cases, planned)
-    predictor = model if isinstance(model, Predictor) else Predictor(model, device, refiner, mirror_axes, threshold)
+    predictor = model if isinstance(model, Predictor) else load_predictor(model, device, refiner, mirror_axes,
+                                                                          threshold)
     if inference:
         predictor.set_inference(inference)
     if window_progress is not None:
@@ -288,6 +292,9 @@ def predict_cases(model: Predictor | str | Path, cases: Sequence[CaseInput], out
                 "mirror_axes": list(predictor.config.inference.mirror_axes),
                 "refiner": bool(getattr(predictor.model, "use_refiner", False)),
                 "medtextseg_version": __version__}
+    if len(predictor.sources) > 1:  # an ensemble: a change in any member's weights is a change of model
+        expected["members"] = [{"checkpoint": str(path.resolve()), "checkpoint_sha256": file_sha256(path)}
+                               for path, _ in predictor.sources]
     summary = BatchSummary(index=out / INDEX_FILE)
     with folder_lock(out):  # one writer: a second predict into OUT stops at once
         out.mkdir(parents=True, exist_ok=True)

@@ -204,6 +204,12 @@ class Predictor:
         if self.config.model.networks > 1:
             self.model.active = self.config.inference.network
 
+    @property
+    def sources(self) -> list[tuple[Path, Config]]:
+        """(checkpoint file, config) of each model behind the answers: this one's; every member's of an ensemble
+        (:class:`~medtextseg.inference.ensemble.EnsemblePredictor`)."""
+        return [(self.checkpoint, self.config)]
+
     def check_inputs(self, image_paths: list[Path]) -> None:
         """Refuse, before any voxel is read, files the model cannot take: a volume for a 2D model, a slice for
         a 3D one, a 4D file, another number of files than channels, channels on different grids (headers only)."""
