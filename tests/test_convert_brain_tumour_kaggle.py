@@ -123,6 +123,10 @@ def test_figshare_files_become_tumour_type_prompts_split_by_patient(figshare, tm
     assert layout.vocabulary.synonyms["glioma"][0] == "glioma"
     meta = json.loads((dst / "dataset.json").read_text())["medtextseg"]
     assert meta["split_unit"] == "patient" and meta["layout"] == "mat"
+    groups = json.loads((dst / "case_groups.json").read_text())  # a patient's slices: one group, for the folds
+    for number, (_, pid) in FIGSHARE.items():
+        together = [n for n, (_, other) in FIGSHARE.items() if other == pid]
+        assert groups.get(case_name(number)) == (f"patient:{pid}" if len(together) > 1 else None)
 
 
 def test_bad_files_are_skipped_by_name_and_a_second_run_reads_the_patients_again(figshare, tmp_path):

@@ -94,6 +94,7 @@ def test_nnunet_dataset_becomes_one_prompt_per_case_and_class(nnunet_source, tmp
     dst = tmp_path / "out"
     summary = convert_nnunet(nnunet_source, dst)
     assert summary.converted == ["tiny_000", "tiny_001", "tiny_002"] and not summary.skipped
+    assert not (dst / "case_groups.json").exists()  # one case per volume: no group of two or more
     layout = load_dataset(dst)
     verify_dataset(layout)
     assert layout.channel_names == ["T1", "T2"] and layout.labels == {"background": 0, "liver": 1, "kidney_left": 2}
@@ -176,6 +177,9 @@ def test_two_dimensional_conversion_slices_each_case_and_keeps_patients_in_one_s
     for members in layout.splits.values():
         for case in {c.rsplit("_z", 1)[0] for c in members}:
             assert all(f"{case}_z{k:03d}" in members for k in range(SHAPE[2]))
+    # the slices of one volume are one group: cross-validation folds keep them together (data/folds.py)
+    groups = json.loads((dst / "case_groups.json").read_text())
+    assert len(groups) == 12 and groups["tiny_001_z002"] == groups["tiny_001_z000"] == "tiny_001"
     again = convert_nnunet(nnunet_source, dst, spatial_dims=2, slices="all")
     assert again.converted == [] and len(again.already_done) == 12
 

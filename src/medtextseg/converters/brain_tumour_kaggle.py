@@ -475,7 +475,7 @@ def convert_brain_tumour_kaggle(src: Path, dst: Path, *, overwrite: bool = False
         else f"patient ({unknown} slices without a patient split alone)"
     splits = group_splits(dict(sorted(groups.items())), sort=True)
     description = f"converted by medtextseg convert {CONVERTER} from {src} (layout {layout})"
-    return writer.finish(splits=splits, description=description)
+    return writer.finish(splits=splits, description=description, groups=groups)
 
 
 __all__ = ["CLASSES", "BrainTumourOptions", "SourceSlice", "TumourSlice", "convert_brain_tumour_kaggle",

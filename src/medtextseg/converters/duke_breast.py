@@ -623,7 +623,7 @@ def convert_duke_breast(src: Path, dst: Path, *, overwrite: bool = False, spatia
     outputs = writer.convert_each(
         patients.items(), lambda item: convert_patient(writer, *item, opts, boxes, vocabulary), lambda item: item[0])
     return writer.finish(splits=group_splits(dict(sorted(outputs.items()))),
-                         description=f"converted by medtextseg convert duke_breast from {src}")
+                         description=f"converted by medtextseg convert duke_breast from {src}", groups=outputs)
 
 
 __all__ = ["CLASSES", "LABELS", "OPTIONS", "CaseMasks", "DukeOptions", "box_on_grid", "convert_duke_breast",

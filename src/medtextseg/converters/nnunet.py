@@ -477,7 +477,7 @@ def convert_labelled(source: SourceDataset, src: Path, dst: Path, converter: str
         if case.case in outputs:
             groups.setdefault(case.group or case.case, []).extend(outputs[case.case])
     return writer.finish(splits=group_splits(groups), description=f"converted by medtextseg convert {converter} "
-                                                                    f"from {src}")
+                                                                    f"from {src}", groups=groups)
 
 
 def register_labelled(name: str, description: str, read_source: Callable[[Path], SourceDataset]

@@ -562,7 +562,7 @@ def convert_picai(src: Path, dst: Path, *, overwrite: bool = False, spatial_dims
             patients.setdefault(study.patient_id, []).append(study.case)
     splits = group_splits(dict(sorted(patients.items())), sort=True)
     description = f"converted by medtextseg convert picai from {src} (lesions: {opts.lesion_set})"
-    return writer.finish(splits=splits, description=description)
+    return writer.finish(splits=splits, description=description, groups=patients)
 
 
 __all__ = ["CHANNEL_NAMES", "LESION_SETS", "OPTIONS", "Lesion", "PicaiOptions", "SourceStudy", "convert_picai",

@@ -3,8 +3,8 @@
 Each case is written on its own: image channels, label map, then a small record of its prompts in
 ``.convert/{case}.json``, last. A case whose record exists is done, so a killed conversion resumes where it
 stopped and a second run rewrites nothing. ``finish`` assembles ``prompts.jsonl``, ``splits.json``,
-``dataset.json`` (last, so its presence marks a complete dataset) and ``conversion_summary.json`` from the
-records. Every file is written atomically.
+``case_groups.json``, ``dataset.json`` (last, so its presence marks a complete dataset) and
+``conversion_summary.json`` from the records. Every file is written atomically.
 
 A case that cannot be converted is reported with :meth:`DatasetWriter.skip` and a reason, and listed in the
 summary: never silently dropped. :meth:`DatasetWriter.convert_each` is the one case loop of every converter: it
@@ -188,11 +188,14 @@ class DatasetWriter:
         with atomic_path(path) as tmp:
             nib.save(image, tmp)
 
-    def finish(self, splits: dict[str, list[str]] | None = None, description: str = "") -> ConversionSummary:
+    def finish(self, splits: dict[str, list[str]] | None = None, description: str = "",
+               groups: Mapping[str, Sequence[str]] | None = None) -> ConversionSummary:
         """Write ``prompts.jsonl``, ``splits.json`` (when given), ``dataset.json`` and the summary.
 
         Every case with a record is included, from this run or an earlier one. ``splits`` may name cases
-        that were skipped: they are dropped from it (and listed as skipped in the summary).
+        that were skipped: they are dropped from it (and listed as skipped in the summary). ``groups`` (group id ->
+        its cases, as :func:`group_splits` takes them) go to ``case_groups.json`` (case -> group) for the groups of
+        two or more cases, so that cross-validation folds keep them together (``medtextseg.data.folds``).
         """
         records = sorted(self._records.glob("*.json")) if self._records.is_dir() else []
         cases = [path.stem for path in records]
@@ -205,6 +208,13 @@ class DatasetWriter:
             present = set(cases)
             kept = {name: [c for c in ids if c in present] for name, ids in splits.items()}
             write_text_atomic(self.dst / "splits.json", json.dumps(kept, indent=2) + "\n")
+        if groups is not None:
+            present = set(cases)
+            together = {case: str(group) for group, members in groups.items()
+                        if sum(c in present for c in members) > 1 for case in members if case in present}
+            if together:
+                write_text_atomic(self.dst / "case_groups.json", json.dumps(dict(sorted(together.items())), indent=1)
+                                  + "\n")
         dataset = {
             "name": self.name,
             "description": description,
