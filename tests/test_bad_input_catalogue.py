@@ -568,6 +568,23 @@ def set_below_a_value(ds: Path, tmp: Path) -> dict:
     return {"args": ["--set", "train.steps.x=1"]}
 
 
+def fold_argument(fold: int):
+    def make(ds: Path, tmp: Path) -> dict:
+        return {"args": ["--fold", str(fold)]}
+
+    return make
+
+
+def ensemble_with(other_fixture: str):
+    """predict -m RUN -m OTHER: an ensemble of the 2D model and another run."""
+    def make(ds: Path, tmp: Path, request) -> dict:
+        other = request.getfixturevalue(other_fixture)
+        return {"images": sorted((ds / "imagesTr").glob("synth_000_*.nii.gz")), "args": ["-m", str(other)],
+                "model": request.getfixturevalue("model_run"), "other": other}
+
+    return make
+
+
 def checkpoint_edit(change):
     def make(ds: Path, tmp: Path, run: Path) -> Path:
         state = torch.load(run / "best.pt", weights_only=True)
@@ -773,6 +790,11 @@ CASES = {
                                                                         "inside its own value (a structure that "
                                                                         "contains itself); write the values out"),
     "--set below a value": (set_below_a_value, f"unknown config key 'train.steps.x': train.steps {NOT_A_SECTION}"),
+    "fold out of range": (fold_argument(5), "data.fold=5 is out of range: data.folds=5 makes folds 0..4"),
+    "ensemble of a 2D and a 3D model": (predicting("model_run", ensemble_with("model_run_3d")),
+                                        "{other}/best.pt: its spatial dimensions (model.spatial_dims) is 3, but "
+                                        "{model}/best.pt's is 2; an ensemble's models must share it (train them "
+                                        "on one plan, e.g. medtextseg train --fold K)"),
     # checkpoints: `predict` stops while loading the model, before its output folder exists
     "weights miss a key": (checkpoint_edit(drop_first_weight), "{model}/best.pt: its weights do not fit the model "
                                                                "its config describes (missing {key}); use the file "
