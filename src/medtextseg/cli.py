@@ -202,7 +202,8 @@ def train(
 
     Unless --no-plan, the dataset is measured first and its plan (printed, saved as RUN/plans.json and in
     every checkpoint) sets the spacing, patch, strides, channels and kind weights; --set wins over the plan.
-    With --fold K the plan is the whole dataset's, the same for every fold (their models can be ensembled).
+    With --fold K the plan is measured on the dataset's train split, as without folds: the same plan for every
+    fold, so that their models can be ensembled (predict -m FOLD_0 -m FOLD_1 ...).
     """
     from medtextseg.config import Config
     from medtextseg.data.planning import describe, planned_config
