@@ -209,3 +209,39 @@ def test_calibrate_presence_chooses_on_a_held_out_split_and_keeps_it(cli_run, tm
     bad = runner.invoke(app, ["calibrate-presence", "-m", str(run), "-d", str(cli_run / "data"),
                               "--thresholds", "0.5,1.5"])
     assert bad.exit_code == 2 and "(0, 1)" in bad.output
+
+
+def test_calibrate_presence_cross_fits_over_fold_runs(cli_run, tmp_path):
+    """Issue 14: given every fold's run, each scores its own held-out fold, one threshold is chosen on all of them
+    (each train + val case once) and kept in every run; the same fold twice is refused."""
+    import shutil
+
+    from medtextseg.training.checkpoint import load_checkpoint
+
+    data = tmp_path / "data"
+    shutil.copytree(cli_run / "data", data)
+    runs = [tmp_path / f"fold{k}" for k in range(2)]
+    for fold, run in enumerate(runs):
+        result = runner.invoke(app, ["train", "--data", str(data), "--out", str(run), "--preset", "default_2d",
+                                     "--fold", str(fold), "--set", "data.folds=2", *TINY])
+        assert result.exit_code == 0, result.output
+    alone = []
+    for run in runs:
+        assert runner.invoke(app, ["calibrate-presence", "-m", str(run), "-d", str(data)]).exit_code == 0
+        alone.append(json.loads((run / "calibration_presence.json").read_text()))
+    result = runner.invoke(app, ["calibrate-presence", *[a for r in runs for a in ("-m", str(r))], "-d", str(data)])
+    assert result.exit_code == 0, result.output
+    table = json.loads((runs[0] / "calibration_presence.json").read_text())
+    splits = json.loads((data / "splits.json").read_text())
+    assert table["cases"] == len(splits["train"]) + len(splits["val"]) and table["runs"] == [str(r) for r in runs]
+    assert table["absent_prompts"] == sum(a["absent_prompts"] for a in alone)
+    assert table["present_prompts"] == sum(a["present_prompts"] for a in alone)
+    scores = {float(t): s for t, s in table["scores"].items()}  # the pooled open gate: the folds' prompts together
+    n = [a["absent_prompts"] + a["present_prompts"] for a in alone]
+    assert scores[0.0]["val_dice"] == pytest.approx(sum(a["scores"]["0.0"]["val_dice"] * k for a, k in
+                                                        zip(alone, n, strict=True)) / sum(n))
+    for run in runs:
+        assert load_checkpoint(run / "best.pt")["config"]["inference"]["presence_threshold"] == table["chosen"]
+        assert json.loads((run / "calibration_presence.json").read_text()) == table
+    twice = runner.invoke(app, ["calibrate-presence", "-m", str(runs[0]), "-m", str(runs[0]), "-d", str(data)])
+    assert twice.exit_code != 0 and "both hold out case" in twice.output

@@ -437,7 +437,8 @@ def serve(
 @app.command("calibrate-presence")
 @user_errors
 def calibrate_presence_command(
-    model: Annotated[Path, typer.Option("--model", "-m", help="run folder (its best.pt and config.yaml are updated)")],
+    model: Annotated[list[Path], typer.Option("--model", "-m", help="run folder (its best.pt and config.yaml are "
+                                              "updated); once per fold run to cross-fit over their held-out folds")],
     data: Annotated[Path, typer.Option("--data", "-d", help="dataset folder")],
     split: Annotated[str, typer.Option(help="held-out split to choose on (never the test split you report)")] = "val",
     thresholds: Annotated[str, typer.Option(help="comma-separated presence thresholds to try")] =
@@ -450,7 +451,9 @@ def calibrate_presence_command(
     For every threshold (and the open gate, 0): absent targets answered empty, and the mean Dice of present
     targets. Chosen: the most absent answered empty among thresholds that cost present targets at most
     --max-present-loss Dice. Its stability over bootstrap resamples of the cases is printed. The choice goes into
-    best.pt and config.yaml, so predict and evaluate use it; the table to RUN/calibration_presence.json.
+    best.pt and config.yaml, so predict and evaluate use it; the table to RUN/calibration_presence.json. With the
+    runs of every fold (-m RUN_F0 ... -m RUN_F4, trained with --fold), each scores its held-out fold and one
+    threshold is chosen on all of them (cross-fitted) and kept in each.
     """
     from medtextseg.evaluation.presence_calibration import calibrate_presence
     from medtextseg.utils.errors import MedTextSegError
@@ -470,8 +473,9 @@ def calibrate_presence_command(
         mark = "  <- chosen" if float(threshold) == result["chosen"] else ""
         typer.echo(f"{float(threshold):9.2f}  {share(scores['absent_empty']):>27}  {share(scores['present_dice']):>17}"
                    f"  {scores['val_dice']:.3f}{mark}")
-    typer.echo(f"presence threshold {result['previous']} -> {result['chosen']} (chosen on {split}; the same in "
-               f"{result['stability']:.0%} of bootstrap resamples), kept in {model}")
+    where = split if len(model) == 1 else f"{result['cases']} held-out {split} cases of {len(model)} fold runs"
+    typer.echo(f"presence threshold {result['previous']} -> {result['chosen']} (chosen on {where}; the same in "
+               f"{result['stability']:.0%} of bootstrap resamples), kept in {', '.join(map(str, model))}")
     if result["warning"]:
         typer.echo(f"warning: {result['warning']}")
 

@@ -18,13 +18,16 @@ One sliding-window pass per case scores every threshold (:func:`~medtextseg.infe
 The chosen threshold is written into the run's ``best.pt`` and ``config.yaml``, so that ``predict`` and
 ``evaluate`` use it; the table goes to ``calibration_presence.json``. A fold run (``data.fold``) is calibrated on
 its own held-out fold (its ``val``); an ensemble of folds gates on the mean of its members' thresholds
-(:mod:`medtextseg.inference.ensemble`).
+(:mod:`medtextseg.inference.ensemble`). Given all K fold runs, the choice is **cross-fitted**: each run scores its
+held-out fold, one threshold is chosen on them all (every train + val case, each scored by a model that did not
+train on it) and kept in every run, where a dozen validation cases could not choose stably.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,19 +73,28 @@ def _summary(dice: np.ndarray, empty_answer: np.ndarray, present: np.ndarray, ki
     return summary
 
 
-def calibrate_presence(run: str | Path, data: str | Path, split: str = "val",
-                       thresholds: Sequence[float] = DEFAULT_THRESHOLDS, progress: bool = True,
-                       max_present_loss: float = MAX_PRESENT_LOSS) -> dict[str, Any]:
-    """Score ``thresholds`` on ``split`` of ``data`` with the run's best weights; keep the chosen one in the run.
+@dataclass
+class _ThresholdScores:
+    """Every threshold's answers on a split's prompts.
 
-    Returns ``{"split", "chosen", "previous", "rule", "stability", "absent_prompts", "present_prompts",
-    "warning", "scores": {threshold: {"val_dice", "val_dice_<kind>", "present_dice", "absent_empty"}}}``;
-    ``scores`` has the open gate under ``"0.0"`` as well.
-
-    Raises:
-        MedTextSegError: not a run folder with ``best.pt``, a model without a presence logit, a threshold outside
-            (0, 1), or an empty split.
+    Attributes:
+        dice, empty_answer: [T, N] Dice, and whether the answer is an empty mask, per threshold and prompt.
+        present: [N] bool, the prompt's target is in the image.
+        kinds: N prompt kinds.
+        cases: N case ids (the bootstrap resamples cases, not prompts).
     """
+
+    dice: np.ndarray
+    empty_answer: np.ndarray
+    present: np.ndarray
+    kinds: list[str]
+    cases: list[str]
+
+
+def _score_run(run: Path, data: str | Path, split: str, grid: list[float], progress: bool
+               ) -> tuple[dict[str, Any], Any, _ThresholdScores]:
+    """Load ``run``'s best weights and score every threshold of ``grid`` on its ``split`` (a fold run's ``val``:
+    its held-out fold). Returns the checkpoint state, its config and the scores."""
     import torch
     from monai.metrics import compute_dice
 
@@ -92,17 +104,12 @@ def calibrate_presence(run: str | Path, data: str | Path, split: str = "val",
     from medtextseg.inference.postprocessing import remove_small_components
     from medtextseg.inference.sliding import gated_probabilities
     from medtextseg.models.factory import create_model
-    from medtextseg.training.checkpoint import load_checkpoint, save_checkpoint
+    from medtextseg.training.checkpoint import load_checkpoint
     from medtextseg.training.trainer import preprocessed, text_cache_for
 
-    run = Path(run)
     best = run / "best.pt"
     if not best.is_file():
         raise MedTextSegError(f"{run}: no best.pt (pass the run folder of a finished training)")
-    if not thresholds or any(not 0 < t < 1 for t in thresholds):
-        raise MedTextSegError(f"--thresholds must be numbers in (0, 1), got {list(thresholds)}")
-    if not 0 <= max_present_loss < 1:
-        raise MedTextSegError(f"--max-present-loss must be in [0, 1), got {max_present_loss}")
     state = load_checkpoint(best)
     config = Config.from_dict(state["config"])
     if not config.model.presence:
@@ -117,10 +124,9 @@ def calibrate_presence(run: str | Path, data: str | Path, split: str = "val",
     cases = preprocessed(layout, case_ids, config, progress, split).cases  # loaded one at a time when scored
     text = text_cache_for(config)
     inference = config.inference
-    grid = [0.0, *sorted(set(float(t) for t in thresholds))]
 
     dice_rows, empty_rows, present, kinds, case_of = [], [], [], [], []
-    for number, reference in enumerate(cases):
+    for case_id, reference in zip(case_ids, cases, strict=True):
         case = reference.load()
         probabilities = gated_probabilities(model, case.image, text([p.prompt for p in case.prompts]),
                                             config.data.patch_size, grid, inference.overlap)  # [T, P, *spatial]
@@ -135,38 +141,94 @@ def calibrate_presence(run: str | Path, data: str | Path, split: str = "val",
         empty_rows.append((~masks.flatten(2).any(2)).numpy())
         present += [bool(t.any()) for t in target]
         kinds += [p.kind for p in case.prompts]
-        case_of += [number] * len(case.prompts)
-    dice, empty_answer = np.concatenate(dice_rows, 1), np.concatenate(empty_rows, 1)  # [T, N]
-    present_mask, case_of = np.array(present), np.array(case_of)
+        case_of += [case_id] * len(case.prompts)
+    return state, config, _ThresholdScores(np.concatenate(dice_rows, 1), np.concatenate(empty_rows, 1),
+                                           np.array(present), kinds, case_of)
+
+
+def _pooled(scores: Sequence[_ThresholdScores], runs: Sequence[Path]) -> _ThresholdScores:
+    """The scores of several runs' held-out cases as one set; refused when two runs scored the same case (two
+    runs of one fold, or runs that are not folds of one split)."""
+    seen: dict[str, Path] = {}
+    for run, scored in zip(runs, scores, strict=True):
+        for case in dict.fromkeys(scored.cases):
+            if case in seen:
+                raise MedTextSegError(f"{seen[case]} and {run} both hold out case {case!r}: cross-fitting takes one "
+                                      "run per fold (train --fold 0..K-1 on the same dataset)")
+            seen[case] = run
+    return _ThresholdScores(np.concatenate([s.dice for s in scores], 1),
+                            np.concatenate([s.empty_answer for s in scores], 1),
+                            np.concatenate([s.present for s in scores]),
+                            [k for s in scores for k in s.kinds], [c for s in scores for c in s.cases])
+
+
+def calibrate_presence(run: str | Path | Sequence[str | Path], data: str | Path, split: str = "val",
+                       thresholds: Sequence[float] = DEFAULT_THRESHOLDS, progress: bool = True,
+                       max_present_loss: float = MAX_PRESENT_LOSS) -> dict[str, Any]:
+    """Score ``thresholds`` on ``split`` of ``data`` with the run's best weights; keep the chosen one in the run.
+
+    Given several runs, the folds of one cross-validation (``train --fold 0..K-1``), each scores its own held-out
+    fold and one threshold is chosen on all of them together (cross-fitting: every train + val case is scored by
+    a model that did not train on it, so the choice rests on K times the cases of one validation split), then kept
+    in every run; an ensemble of the folds gates on the mean of their thresholds, this one.
+
+    Returns ``{"split", "runs", "cases", "chosen", "previous", "rule", "stability", "absent_prompts",
+    "present_prompts", "warning", "scores": {threshold: {"val_dice", "val_dice_<kind>", "present_dice",
+    "absent_empty"}}}``; ``scores`` has the open gate under ``"0.0"`` as well; ``previous`` is the first run's.
+
+    Raises:
+        MedTextSegError: not a run folder with ``best.pt``, a model without a presence logit, a threshold outside
+            (0, 1), an empty split, or two runs holding out the same case.
+    """
+    from medtextseg.config import Config
+    from medtextseg.training.checkpoint import save_checkpoint
+
+    runs = [Path(run)] if isinstance(run, (str, Path)) else [Path(r) for r in run]
+    if not runs:
+        raise MedTextSegError("calibrate-presence: no run given (-m RUN, once per fold to cross-fit)")
+    if not thresholds or any(not 0 < t < 1 for t in thresholds):
+        raise MedTextSegError(f"--thresholds must be numbers in (0, 1), got {list(thresholds)}")
+    if not 0 <= max_present_loss < 1:
+        raise MedTextSegError(f"--max-present-loss must be in [0, 1), got {max_present_loss}")
+    grid = [0.0, *sorted(set(float(t) for t in thresholds))]
+    scored = [_score_run(path, data, split, grid, progress) for path in runs]
+    scores = _pooled([s for _, _, s in scored], runs)
+    dice, empty_answer, present_mask = scores.dice, scores.empty_answer, scores.present
+    case_ids = list(dict.fromkeys(scores.cases))
+    case_of = np.array([case_ids.index(c) for c in scores.cases])
 
     chosen = choose_threshold(grid, dice, empty_answer, present_mask, max_present_loss)
     rng = np.random.default_rng(0)
     resampled = []
     for _ in range(BOOTSTRAP_RESAMPLES):
-        picked = rng.integers(len(cases), size=len(cases))
+        picked = rng.integers(len(case_ids), size=len(case_ids))
         rows = np.concatenate([np.flatnonzero(case_of == c) for c in picked])
         resampled.append(choose_threshold(grid, dice[:, rows], empty_answer[:, rows], present_mask[rows],
                                           max_present_loss))
     stability = float(np.mean(np.array(resampled) == chosen))
     n_absent, n_present = int((~present_mask).sum()), int(present_mask.sum())
+    where = f"{split!r}" if len(runs) == 1 else f"the {len(runs)} runs' held-out {split!r} cases"
     warning = None
     if min(n_absent, n_present) < MIN_PROMPTS:
-        warning = (f"only {n_absent} absent and {n_present} present prompts in {split!r}: too few for a stable "
-                   f"choice (the same threshold in {stability:.0%} of bootstrap resamples); a larger split helps")
+        warning = (f"only {n_absent} absent and {n_present} present prompts in {where}: too few for a stable "
+                   f"choice (the same threshold in {stability:.0%} of bootstrap resamples); a larger split helps"
+                   + ("" if len(runs) > 1 else ", or cross-fitting over fold runs (-m once per fold)"))
 
-    previous = inference.presence_threshold
-    state["config"]["inference"]["presence_threshold"] = chosen
-    save_checkpoint(best, state)
-    if (run / "config.yaml").is_file():
-        saved = Config.load(run / "config.yaml", [f"inference.presence_threshold={chosen}"])
-        write_text_atomic(run / "config.yaml", saved.to_yaml())
-    result = {"split": split, "data": str(data), "chosen": chosen, "previous": previous,
+    previous = scored[0][1].inference.presence_threshold
+    result = {"split": split, "runs": [str(path) for path in runs], "cases": len(case_ids), "data": str(data),
+              "chosen": chosen, "previous": previous,
               "rule": f"most absent targets answered empty with present Dice at most {max_present_loss} below the "
-                      "open gate's (0.0)",
+                      "open gate's (0.0)" + (f", cross-fitted over {len(runs)} folds" if len(runs) > 1 else ""),
               "stability": stability, "absent_prompts": n_absent, "present_prompts": n_present, "warning": warning,
-              "scores": {str(t): _summary(dice[i], empty_answer[i], present_mask, kinds)
+              "scores": {str(t): _summary(dice[i], empty_answer[i], present_mask, scores.kinds)
                          for i, t in enumerate(grid)}}
-    write_text_atomic(run / "calibration_presence.json", json.dumps(result, indent=1) + "\n")
+    for path, (state, _, _) in zip(runs, scored, strict=True):
+        state["config"]["inference"]["presence_threshold"] = chosen
+        save_checkpoint(path / "best.pt", state)
+        if (path / "config.yaml").is_file():
+            saved = Config.load(path / "config.yaml", [f"inference.presence_threshold={chosen}"])
+            write_text_atomic(path / "config.yaml", saved.to_yaml())
+        write_text_atomic(path / "calibration_presence.json", json.dumps(result, indent=1) + "\n")
     return result
 
 
