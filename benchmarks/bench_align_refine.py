@@ -28,7 +28,7 @@ from results_table import write_results
 from medtextseg.config import Config
 from medtextseg.data.synthetic import make_synthetic_dataset
 from medtextseg.evaluation.runner import evaluate_run
-from medtextseg.training.trainer import train
+from medtextseg.training.engine import train
 
 ALL_LESIONS = ["data.kind_weights={all: 1.0, single: 0.0, absent: 0.0, anatomy: 0.0}"]
 NO_AUX = ["loss.terms.pixel_text_heat=0", "loss.terms.pixel_text_align=0", "model.similarity_levels=[]"]

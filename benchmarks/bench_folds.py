@@ -32,7 +32,7 @@ from medtextseg.data.planning import PLAN_FILE, planned_config
 from medtextseg.data.synthetic import make_synthetic_dataset
 from medtextseg.evaluation.presence_calibration import calibrate_presence
 from medtextseg.evaluation.runner import evaluate_run
-from medtextseg.training.trainer import train
+from medtextseg.training.engine import train
 
 GROUPS = ["single_2plus", "single", "all", "anatomy", "absent", "overall"]  # absent: Dice 1 = answered empty
 BOOTSTRAP = 2000

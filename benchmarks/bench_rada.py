@@ -35,7 +35,8 @@ from medtextseg.data.synthetic import make_synthetic_dataset
 from medtextseg.evaluation.metrics import segmentation_metrics
 from medtextseg.inference.sliding import prompt_probabilities
 from medtextseg.training.checkpoint import load_checkpoint
-from medtextseg.training.trainer import prepare_cases, text_cache_for, train
+from medtextseg.training.engine import train
+from medtextseg.training.inputs import prepare_cases, text_cache_for
 
 PROMPT = "segment the transition zone"
 TARGET = ["cotraining.prompt=" + PROMPT, "cotraining.target_labels=[transition_zone]"]

@@ -45,7 +45,7 @@ def child(data: Path, cache_dir: Path, preset: str) -> None:
     from medtextseg.data.layout import load_dataset
     from medtextseg.models.factory import create_model
     from medtextseg.training.distributed import init_distributed
-    from medtextseg.training.trainer import fit_text_whitening, prepare_training_text, training_prompt_texts
+    from medtextseg.training.inputs import fit_text_whitening, prepare_training_text, training_prompt_texts
 
     config = Config.load(preset, [f"data.root={data}", f"text.cache_dir={cache_dir}"])
     layout = load_dataset(data)

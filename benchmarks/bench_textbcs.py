@@ -39,7 +39,7 @@ from medtextseg.evaluation.runner import evaluate_run
 from medtextseg.losses.segmentation import build_loss
 from medtextseg.models.factory import count_parameters, create_model
 from medtextseg.text.batch import TextBatch
-from medtextseg.training.trainer import train
+from medtextseg.training.engine import train
 
 MODELS = {2: {"textbcs": "textbcs", "filmcbn": "filmcbn", "image-only": "image_only_2d"},
           3: {"textbcs": "textbcs_3d", "filmcbn": "filmcbn_3d", "image-only": "image_only"}}

@@ -13,8 +13,8 @@ from medtextseg.models.factory import create_model
 from medtextseg.models.refiner import ConfidenceGatedRefiner
 from medtextseg.text.batch import TextBatch
 from medtextseg.training.checkpoint import load_checkpoint
+from medtextseg.training.engine import train
 from medtextseg.training.schedule import LossWeightSchedule
-from medtextseg.training.trainer import train
 from medtextseg.utils.errors import MedTextSegError
 
 AUX = TermSchedule(warmup_steps=80, ramp_steps=50, gate=True, stable_window=5, stable_change=0.05,

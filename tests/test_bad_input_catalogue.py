@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from helpers import Payload, link_member, repack
 from medtextseg.cli import app
 from medtextseg.config import Config
-from medtextseg.training.trainer import train
+from medtextseg.training.engine import train
 
 runner = CliRunner()
 TINY_2D = ["model.channels=[4,8,16]", "model.strides=[[1,1],[2,2],[2,2]]", "data.patch_size=[48,48]",

@@ -23,8 +23,8 @@ from medtextseg.cli import app
 from medtextseg.config import Config
 from medtextseg.data.planning import planned_config
 from medtextseg.training import model_package
+from medtextseg.training.engine import train
 from medtextseg.training.model_package import read_package
-from medtextseg.training.trainer import train
 from medtextseg.utils.errors import MedTextSegError
 
 runner = CliRunner()

@@ -22,7 +22,7 @@ import torch
 
 from medtextseg.config import Config
 from medtextseg.training.checkpoint import load_checkpoint
-from medtextseg.training.trainer import train
+from medtextseg.training.engine import train
 from medtextseg.utils.atomic import PARTIAL_PREFIX
 
 SEED = 8

@@ -11,7 +11,7 @@ from medtextseg.cli import app
 from medtextseg.config import Config
 from medtextseg.data.folds import FOLDS_FILE, GROUPS_FILE, apply_fold, held_out_layout, make_folds
 from medtextseg.data.layout import load_dataset
-from medtextseg.training.trainer import Trainer
+from medtextseg.training.engine import Trainer
 
 TINY_2D = ["model.channels=[4,8,16]", "model.strides=[[1,1],[2,2],[2,2]]", "data.patch_size=[48,48]",
            "train.batch_images=2", "data.prompts_per_image=2", "train.warmup_steps=1"]

@@ -21,7 +21,7 @@ from medtextseg.data.dimensions import check_image_dims, file_shape
 from medtextseg.data.io import read_array, read_geometry
 from medtextseg.data.layout import CaseRecord, verify_case
 from medtextseg.data.prompts import MAX_PROMPT_CHARACTERS, validate_prompt
-from medtextseg.training.trainer import train
+from medtextseg.training.engine import train
 from medtextseg.utils.errors import MedTextSegError, printable
 
 SEED = 19

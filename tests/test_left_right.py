@@ -12,8 +12,8 @@ from medtextseg.config import Config
 from medtextseg.converters.aal import ATLAS_FILE, DEFAULT_SRC, convert_aal
 from medtextseg.data.layout import load_dataset
 from medtextseg.inference.sliding import prompt_probabilities
-from medtextseg.training import trainer as trainer_module
-from medtextseg.training.trainer import Trainer
+from medtextseg.training import inputs as inputs_module
+from medtextseg.training.engine import Trainer
 
 
 def side_answers(model, cases, text, labels: dict[str, int], patch_size) -> list[bool]:
@@ -50,7 +50,7 @@ def test_left_and_right_prompts_are_answered_on_the_named_side(tmp_path):
     trainer = Trainer(config, tmp_path / "run", progress=False)
     trainer.run()
     layout = load_dataset(root)
-    held_out = trainer_module.prepare_cases(layout, layout.splits["test"], config, False, "")
+    held_out = inputs_module.prepare_cases(layout, layout.splits["test"], config, False, "")
     answers = side_answers(trainer.model, held_out, trainer.text, layout.labels, config.data.patch_size)
     print(f"named side chosen in {sum(answers)}/{len(answers)} held-out lateral prompts")
     assert len(answers) >= 30

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from medtextseg.config import Config, TrainConfig
+from medtextseg.training.engine import train
 from medtextseg.training.optimization import LearningRateFactor, build_optimizer
-from medtextseg.training.trainer import train
 
 TINY_2D = ["model.channels=[4,8,16]", "model.strides=[[1,1],[2,2],[2,2]]", "data.patch_size=[48,48]",
            "train.batch_images=2", "data.prompts_per_image=2", "train.val_every=2", "train.val_cases=1",

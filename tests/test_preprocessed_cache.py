@@ -20,7 +20,7 @@ from medtextseg.data import preprocessed as preprocessed_module
 from medtextseg.data.dataset import PromptSampleDataset, prepare_case
 from medtextseg.data.layout import load_dataset
 from medtextseg.data.preprocessed import CachedCase, preprocess_cases, preprocessed_folder
-from medtextseg.training.trainer import Trainer
+from medtextseg.training.engine import Trainer
 
 SPACING = [1.5, 1.5, 4.0]  # not the files' 1.2 x 1.2 x 3: the cached arrays are resampled ones
 
@@ -227,12 +227,12 @@ def test_workers_give_the_same_batches(dataset_2d, tmp_path):
         trainer = Trainer(Config.load("default_2d", [*overrides, f"train.num_workers={workers}"]),
                           tmp_path / f"run{workers}", progress=False)
         trainer._setup()
-        assert all(isinstance(c, CachedCase) for c in trainer.train_cases)
-        assert not any(isinstance(c, CachedCase) for c in trainer.val_cases)
-        stream, batches[workers] = trainer._batches(), []
-        for _ in range(trainer.steps_per_epoch + 2):
+        policy = trainer.policy
+        assert all(isinstance(c, CachedCase) for c in policy.train_cases)
+        assert not any(isinstance(c, CachedCase) for c in policy.val_cases)
+        stream, batches[workers] = policy.batches(0), []
+        for _ in range(policy.steps_per_epoch + 2):
             batches[workers].append(next(stream))
-            trainer.step += 1
         stream.close()
     for zero, two in zip(batches[0], batches[2], strict=True):
         assert zero["prompts"] == two["prompts"] and zero["kinds"] == two["kinds"]
@@ -241,7 +241,7 @@ def test_workers_give_the_same_batches(dataset_2d, tmp_path):
 
 
 def test_a_second_run_reads_every_case_from_the_cache(dataset_2d, tmp_path):
-    from medtextseg.training.trainer import train
+    from medtextseg.training.engine import train
 
     overrides = ["model.channels=[4,8,16]", "model.strides=[[1,1],[2,2],[2,2]]", "data.patch_size=[48,48]",
                  "train.batch_images=2", "data.prompts_per_image=2", "train.val_cases=1", "train.steps=1",

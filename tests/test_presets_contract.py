@@ -75,7 +75,7 @@ def sparse_3d(dataset_3d, tmp_path_factory):
 def contract_config(preset: str, data) -> Config:
     own = Config.load(preset)
     overrides = [*TINY, TINY_PATCH[own.model.spatial_dims], f"data.root={data}"]
-    if own.cotraining.enabled:
+    if own.train.step_policy == "cotraining":
         overrides += TINY_COTRAINING
     return Config.load(preset, overrides)
 
@@ -86,10 +86,10 @@ def test_every_preset_builds_trains_predicts_saves_and_loads(preset, request, tm
     from medtextseg.inference.predictor import Predictor
     from medtextseg.models.factory import create_model
     from medtextseg.training.checkpoint import load_checkpoint
-    from medtextseg.training.trainer import train
+    from medtextseg.training.engine import train
 
     own = Config.load(preset)
-    data = request.getfixturevalue("sparse_3d" if own.cotraining.enabled else f"dataset_{own.model.spatial_dims}d")
+    data = request.getfixturevalue("sparse_3d" if own.train.step_policy == "cotraining" else f"dataset_{own.model.spatial_dims}d")
     config = contract_config(preset, data)
     run = train(config, tmp_path / "run", progress=False)
 
@@ -104,7 +104,7 @@ def test_every_preset_builds_trains_predicts_saves_and_loads(preset, request, tm
         assert torch.equal(tensor.cpu(), state["model"][name]), name
     layout = load_dataset(data)
     case = layout.cases[layout.splits["test"][0]]
-    prompt = PROMPT if own.cotraining.enabled else "the prostate"
+    prompt = PROMPT if own.train.step_policy == "cotraining" else "the prostate"
     (segmentation,) = predictor.predict(case.image_paths, prompt, uncertainty=False)
     assert segmentation.mask.shape == nib.load(str(case.image_paths[0])).shape
     assert np.isfinite(segmentation.probability).all()

@@ -12,8 +12,9 @@ import torch
 
 from medtextseg.config import Config
 from medtextseg.data.label_propagation import propagate_slice_label, slice_distance
+from medtextseg.data.sparse_dataset import SparseSupervision
 from medtextseg.data.sparse_labels import annotated_slices, sparsify_dataset, sparsify_label
-from medtextseg.training.cotraining import SparseSupervision, alpha_at, beta_at, entropy_threshold
+from medtextseg.training.cotraining import alpha_at, beta_at, entropy_threshold
 from medtextseg.utils.errors import MedTextSegError
 
 PROMPT = "segment the prostate"
@@ -83,7 +84,7 @@ def test_sparsify_dataset_layout_geometry_and_orientation(sparse_pair):
 
 
 def test_standard_trainer_refuses_sparse_labels(sparse_pair, tmp_path):
-    from medtextseg.training.trainer import train
+    from medtextseg.training.engine import train
 
     config = Config.load("default", [f"data.root={sparse_pair[1]}", "train.steps=1"])
     with pytest.raises(MedTextSegError, match="co-training preset"):
@@ -194,7 +195,7 @@ def _held_out_dice(run, data) -> float:
     from medtextseg.inference.sliding import prompt_probabilities
     from medtextseg.models.factory import create_model
     from medtextseg.training.checkpoint import load_checkpoint
-    from medtextseg.training.trainer import prepare_cases, text_cache_for
+    from medtextseg.training.inputs import prepare_cases, text_cache_for
 
     state = load_checkpoint(run)
     config = Config.from_dict(state["config"])
@@ -212,7 +213,7 @@ def _held_out_dice(run, data) -> float:
 
 
 def test_three_view_cotraining_learns_from_three_slices_and_resumes(sparse_pair, tmp_path):
-    from medtextseg.training.trainer import train
+    from medtextseg.training.engine import train
 
     _, sparse, _ = sparse_pair
     common = [f"data.root={sparse}", *TINY, "model.region_dim=0", "train.val_every=5", "train.lr=0.05",
@@ -236,7 +237,7 @@ def test_three_view_cotraining_learns_from_three_slices_and_resumes(sparse_pair,
 
 def test_region_prototypes_come_from_the_annotated_slices(sparse_pair, tmp_path):
     from medtextseg.training.checkpoint import load_checkpoint
-    from medtextseg.training.trainer import train
+    from medtextseg.training.engine import train
 
     _, sparse, _ = sparse_pair
     run = tmp_path / "rada"

@@ -11,7 +11,7 @@ from medtextseg import MedTextSegError
 from medtextseg.config import Config
 from medtextseg.data.attribute_prompts import PROMPT_STYLES
 from medtextseg.evaluation.robustness import prompt_robustness
-from medtextseg.training.trainer import train
+from medtextseg.training.engine import train
 
 TINY_2D = ["model.channels=[4,8,16]", "model.strides=[[1,1],[2,2],[2,2]]", "data.patch_size=[48,48]",
            "train.batch_images=2", "data.prompts_per_image=2", "train.val_every=2", "train.val_cases=1",

@@ -8,7 +8,7 @@ from medtextseg.models.conditioning.text_whitening import FeatureMoments, TextWh
 from medtextseg.models.factory import create_model
 from medtextseg.text.batch import PromptEmbedding, TextBatch
 from medtextseg.text.cache import TextEmbeddingCache
-from medtextseg.training.trainer import WHITENING_CHUNK, fit_text_whitening
+from medtextseg.training.inputs import WHITENING_CHUNK, fit_text_whitening
 
 
 def faint_direction_samples(pairs: int = 200, dim: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,9 +10,10 @@ import torch
 
 from medtextseg.config import Config
 from medtextseg.data.layout import load_dataset
-from medtextseg.training import trainer as trainer_module
+from medtextseg.training import inputs as inputs_module
 from medtextseg.training.checkpoint import load_checkpoint
-from medtextseg.training.trainer import Trainer, train
+from medtextseg.training.engine import Trainer, train
+from medtextseg.training.steps.standard import StandardStep
 
 TINY_2D = ["model.channels=[4,8,16]", "model.strides=[[1,1],[2,2],[2,2]]", "data.patch_size=[48,48]",
            "train.batch_images=2", "data.prompts_per_image=2", "train.val_every=2", "train.val_cases=1",
@@ -46,20 +47,20 @@ def test_killed_run_resumes_exactly(dataset_2d, tmp_path, monkeypatch):
     config = tiny_config(dataset_2d, "train.steps=4")
     reference = torch.load(train(config, tmp_path / "straight", progress=False) / "last.pt", weights_only=False)
 
-    original = Trainer._train_step
+    original = StandardStep.learn
 
-    def crash_at_step_4(self, batch):
-        if self.step == 3:
+    def crash_at_step_4(self, batch, step):
+        if step == 3:
             raise RuntimeError("simulated power cut")
-        return original(self, batch)
+        return original(self, batch, step)
 
-    monkeypatch.setattr(Trainer, "_train_step", crash_at_step_4)
+    monkeypatch.setattr(StandardStep, "learn", crash_at_step_4)
     with pytest.raises(RuntimeError, match="simulated power cut"):
         train(config, tmp_path / "crashed", progress=False)
     assert torch.load(tmp_path / "crashed" / "last.pt", weights_only=False)["step"] == 2
     with open(tmp_path / "crashed" / "log.jsonl", "a") as log:  # a kill in the middle of writing a line
         log.write('{"step": 3, "lo')
-    monkeypatch.setattr(Trainer, "_train_step", original)
+    monkeypatch.setattr(StandardStep, "learn", original)
     resumed = torch.load(train(config, tmp_path / "crashed", resume=True, progress=False) / "last.pt",
                          weights_only=False)
     assert resumed["step"] == reference["step"] == 4
@@ -127,7 +128,7 @@ def test_text_guided_model_beats_text_blind_on_held_out_referring_prompts(tmp_pa
             "data.kind_weights={single: 1.0, all: 0.0, absent: 0.0, anatomy: 0.0}"])
         trainer = Trainer(config, tmp_path / name, progress=False)
         trainer.run()
-        held_out = trainer_module.prepare_cases(layout, layout.splits["test"], config, False, "")
+        held_out = inputs_module.prepare_cases(layout, layout.splits["test"], config, False, "")
         for case in held_out:
             case.prompts = [p for p in case.prompts if p.kind == "single" and p.meta["n_lesions"] >= 2]
         held_out = [case for case in held_out if case.prompts]

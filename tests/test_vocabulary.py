@@ -20,8 +20,9 @@ from medtextseg.data.vocabulary import (
     synonyms_for,
 )
 from medtextseg.text.cache import TextEmbeddingCache
-from medtextseg.training import trainer as trainer_module
-from medtextseg.training.trainer import Trainer
+from medtextseg.training import inputs as inputs_module
+from medtextseg.training.engine import Trainer
+from medtextseg.training.steps.standard import StandardStep
 
 TEMPLATES = ["segment the {name}", "outline the {name}", "where is the {name}?", "your goal is to spot the {name}"]
 SYNONYMS = {"liver": ["liver", "hepatic parenchyma"], "kidney_left": ["left kidney", "left renal parenchyma"]}
@@ -255,16 +256,16 @@ def run_training(root, run_dir, monkeypatch, sampling: bool, text_dir=None,
         caches.append(TextEmbeddingCache("counting", lambda: encoder, text_dir, memory_limit))
         return caches[-1]
 
-    monkeypatch.setattr(trainer_module, "text_cache_for", text_cache_for)
+    monkeypatch.setattr(inputs_module, "text_cache_for", text_cache_for)
     encoded_before_step, batches = [], []
-    original = Trainer._train_step
+    original = StandardStep.learn
 
-    def recording_step(self, batch):
+    def recording_step(self, batch, step):
         encoded_before_step.append(len(encoder.calls))
         batches.append(list(batch["prompts"]))
-        return original(self, batch)
+        return original(self, batch, step)
 
-    monkeypatch.setattr(Trainer, "_train_step", recording_step)
+    monkeypatch.setattr(StandardStep, "learn", recording_step)
     config = Config.load("default_2d", [*TINY, f"data.root={root}", f"data.prompt_sampling={str(sampling).lower()}"])
     Trainer(config, run_dir, progress=False).run()
     encoder.caches = caches

@@ -208,7 +208,7 @@ def train(
     from medtextseg.config import Config
     from medtextseg.data.planning import describe, planned_config
     from medtextseg.training.distributed import decided_by_rank_0
-    from medtextseg.training.trainer import train as run_training
+    from medtextseg.training.engine import train as run_training
     from medtextseg.utils.errors import MedTextSegError
     from medtextseg.utils.folder_lock import lock_until_command_ends
 

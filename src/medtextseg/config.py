@@ -289,6 +289,9 @@ class LossConfig(_Section):
 
 
 class TrainConfig(_Section):
+    step_policy: Literal["standard", "cotraining"] = Field(
+        "standard", description="how a step trains (training/steps/): standard (one network, dense labels, "
+        "prompts by kind) or cotraining (RADA: several networks, sparse slice labels; the cotraining section)")
     steps: int = Field(1500, ge=1, description="optimizer steps")
     batch_images: int = Field(2, ge=1, description="images per step (x prompts_per_image samples)")
     lr: float = Field(2e-3, gt=0)
@@ -349,7 +352,8 @@ class InferenceConfig(_Section):
 
 
 class CoTrainingConfig(_Section):
-    """Barely-supervised co-training from sparse slice labels (RADA, METHODS.md section 2).
+    """Barely-supervised co-training from sparse slice labels (RADA, METHODS.md section 2), the step policy
+    ``train.step_policy=cotraining`` (``training/steps/cotraining.py``).
 
     Network k is supervised by the annotated planes ``views[k]`` of the labelled volumes (propagated through
     the volume and weighted ``alpha ** distance``) and by the other networks' confident predictions on the
@@ -358,7 +362,6 @@ class CoTrainingConfig(_Section):
     dense labels, the fully supervised baselines.
     """
 
-    enabled: bool = Field(False, description="train with the co-trainer (training/cotraining.py)")
     prompt: str | None = Field(None, description="the sentence naming the target, given to every network (RADA: "
                                "one prompt per dataset, e.g. 'segment the left atrium')")
     target_labels: list[str] | None = Field(None, description="dataset.json label names whose union is the target "
@@ -410,9 +413,23 @@ class Config(_Section):
     inference: InferenceConfig = InferenceConfig()
     cotraining: CoTrainingConfig = CoTrainingConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _rename_cotraining_switch(cls, data: Any) -> Any:
+        # configs saved with runs before the step policies (cotraining.enabled) still load
+        cotraining = data.get("cotraining") if isinstance(data, dict) else None
+        if isinstance(cotraining, dict) and "enabled" in cotraining:
+            data, cotraining = dict(data), dict(cotraining)
+            if cotraining.pop("enabled"):
+                data["train"] = {"step_policy": "cotraining", **(data.get("train") or {})}
+            data["cotraining"] = cotraining
+            warnings.warn("config field cotraining.enabled is renamed: write train.step_policy: "
+                          f"{data.get('train', {}).get('step_policy', 'standard')}", FutureWarning, stacklevel=2)
+        return data
+
     @model_validator(mode="after")
     def _check_networks(self) -> Config:
-        if self.cotraining.enabled and len(self.cotraining.views) != self.model.networks:
+        if self.train.step_policy == "cotraining" and len(self.cotraining.views) != self.model.networks:
             raise ValueError(f"cotraining.views has {len(self.cotraining.views)} entries for model.networks="
                              f"{self.model.networks}; give one view per network")
         if self.inference.network is not None and self.inference.network >= self.model.networks:

@@ -307,7 +307,7 @@ def planned_config(preset: str | Path, overrides: list[str], plan_file: str | Pa
     from medtextseg.data.layout import load_dataset, verify_dataset
 
     base = _unplanned_config(preset, overrides)
-    if base.cotraining.enabled or base.data.root is None:
+    if base.train.step_policy == "cotraining" or base.data.root is None:  # sparse labels keep their grid
         return base, None
     if plan_file is not None:
         plan = Plan.load(plan_file)

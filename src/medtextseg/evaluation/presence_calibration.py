@@ -105,7 +105,7 @@ def _score_run(run: Path, data: str | Path, split: str, grid: list[float], progr
     from medtextseg.inference.sliding import gated_probabilities
     from medtextseg.models.factory import create_model
     from medtextseg.training.checkpoint import load_checkpoint
-    from medtextseg.training.trainer import preprocessed, text_cache_for
+    from medtextseg.training.inputs import preprocessed, text_cache_for
 
     best = run / "best.pt"
     if not best.is_file():

@@ -39,7 +39,7 @@ def run_one(study: dict[str, Any], dataset: str, configuration: str, seed: int, 
             threads: int) -> dict[str, Any]:
     """Train (or resume) and evaluate one run; returns the run dict of ``write_study_report``."""
     from medtextseg.evaluation.runner import evaluate_run
-    from medtextseg.training.trainer import train
+    from medtextseg.training.engine import train
 
     spec = StudySpec.model_validate(study)
     run_dir = Path(run_dir)
@@ -76,7 +76,7 @@ def _run_config(spec: StudySpec, configuration: str, seed: int, dataset: str,
 def _warm_text_cache(spec: StudySpec) -> None:
     """Encode every prompt of every dataset once, here, so that no run loads the text encoder."""
     from medtextseg.data.layout import load_dataset
-    from medtextseg.training.trainer import text_cache_for, training_prompt_texts
+    from medtextseg.training.inputs import text_cache_for, training_prompt_texts
 
     for dataset, folder in spec.datasets.items():
         config = spec.run_config(next(iter(spec.configurations)), spec.seeds[0], dataset)

@@ -1,0 +1,214 @@
+"""Co-training samples (RADA): volumes with sparse slice labels, what each network's view of their annotated
+planes supervises, and the patches a step draws.
+
+A labelled volume gives network k (``cotraining.views[k]``) the targets of its view's annotated slices, each
+propagated through the volume (``label_propagation.py``, cached on disk) and weighted ``alpha ** distance``; a
+densely labelled volume (no ``ignore`` voxel) weighs 1 everywhere. An unlabelled volume gives images only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from medtextseg.config import CoTrainingConfig
+from medtextseg.data.dataset import PreparedCase
+from medtextseg.data.label_propagation import propagate_slice_label, slice_distance
+from medtextseg.data.layout import DatasetLayout
+from medtextseg.data.prompts import swap_left_right
+from medtextseg.data.sparse_labels import IGNORE_LABEL, annotated_slices, plane_axes
+from medtextseg.utils.errors import MedTextSegError
+
+
+@dataclass
+class SparseSupervision:
+    """What one view of one labelled volume supervises, before ``alpha`` is applied.
+
+    labels: [P, *spatial] bool, the target from each of the view's P annotated slices (propagated or not);
+    distance: [P, *spatial] float, slices from that annotated slice (inf where that slice says nothing);
+    dense: the volume has no ignored voxel (weight 1 everywhere, the true target).
+    """
+
+    labels: Tensor
+    distance: Tensor
+    dense: bool
+
+    @cached_property
+    def foreground_voxels(self) -> Tensor:
+        """[F, 3] long: the voxels some annotated slice labels as target (patches are centred on them)."""
+        return torch.nonzero((self.labels & torch.isfinite(self.distance)).any(0))
+
+    def crop(self, window: tuple[slice, ...]) -> SparseSupervision:
+        """The same supervision restricted to a patch ``window`` of the volume."""
+        return SparseSupervision(self.labels[(slice(None), *window)], self.distance[(slice(None), *window)],
+                                 self.dense)
+
+    def target_and_weight(self, alpha: float) -> tuple[Tensor, Tensor]:
+        """[*spatial] float target in {0, 1} and weight in [0, 1] at decay base ``alpha``."""
+        if self.dense:
+            return self.labels[0].float(), torch.ones(self.labels.shape[1:])
+        weights = torch.where(torch.isinf(self.distance), 0.0,
+                              torch.pow(torch.tensor(alpha), self.distance.clamp(max=1e4)))
+        best, plane = weights.max(0)
+        target = self.labels.gather(0, plane[None])[0]
+        return target.float(), best
+
+
+def cotraining_target(layout: DatasetLayout, config: CoTrainingConfig) -> tuple[str, tuple[int, ...]]:
+    """The prompt text and the label values it names (``cotraining.prompt``, ``cotraining.target_labels``)."""
+    if not config.prompt or not config.prompt.strip():
+        raise MedTextSegError("config field 'cotraining.prompt' is not set: give the sentence that names the "
+                              "target, e.g. --set \"cotraining.prompt=segment the left atrium\"")
+    names = config.target_labels or [n for n in layout.labels if n not in ("background", IGNORE_LABEL)]
+    unknown = [n for n in names if n not in layout.labels or n in ("background", IGNORE_LABEL)]
+    if unknown:
+        raise MedTextSegError(f"config field 'cotraining.target_labels': {unknown[0]!r} is not a foreground "
+                              f"label of {layout.root / 'dataset.json'} ({', '.join(layout.labels)})")
+    return config.prompt.strip(), tuple(sorted(layout.labels[n] for n in names))
+
+
+class SparseCases:
+    """The training volumes of a co-training run: the labelled ones with one :class:`SparseSupervision` per
+    view, the unlabelled ones, and the patches of a step.
+
+    Args:
+        layout: the dataset; cases: its training cases, prepared (RAS, not resampled); target: the prompt and
+        the label values it names (:func:`cotraining_target`); config: ``cotraining``; patch_size: the patch;
+        progress: show the propagation's progress bar.
+    """
+
+    def __init__(self, layout: DatasetLayout, cases: Sequence[PreparedCase], target: tuple[str, tuple[int, ...]],
+                 config: CoTrainingConfig, patch_size: Sequence[int], progress: bool = False) -> None:
+        self.layout, self.config, self.patch_size = layout, config, list(patch_size)
+        self.prompt, self.values = target
+        values = torch.tensor(self.values)
+        self.labelled: list[tuple[PreparedCase, list[SparseSupervision]]] = []
+        self.unlabelled: list[PreparedCase] = []
+        pending = []
+        for case in cases:
+            ignore = self.ignore_mask(case)
+            if case.label is None or ignore.all():
+                self.unlabelled.append(case)
+            else:
+                pending.append((case, torch.isin(case.label, values), ignore))
+        if not pending:
+            raise MedTextSegError(f"{layout.root}: no training volume has an annotated voxel")
+        if progress:
+            from rich.progress import track
+
+            pending = track(pending, description="propagating slice labels", transient=True)
+        for case, target, ignore in pending:
+            self.labelled.append((case, [self._supervision(case, target, ignore, view) for view in config.views]))
+
+    def ignore_mask(self, case: PreparedCase) -> Tensor:
+        """[*spatial] bool: the voxels nobody annotated (all of an unlabelled volume)."""
+        value = self.layout.labels.get(IGNORE_LABEL)
+        if case.label is None:
+            return torch.ones(case.image.shape[1:], dtype=torch.bool)
+        return case.label == value if value is not None else torch.zeros_like(case.label).bool()
+
+    def _propagated(self, case: PreparedCase, target: Tensor, axis: int, index: int) -> Tensor:
+        """The target propagated from slice ``index`` along ``axis`` through the volume, cached on disk."""
+        folder = Path(self.config.cache_dir) if self.config.cache_dir else \
+            self.layout.root / ".medtextseg_cache" / "propagation"
+        key = hashlib.sha1(json.dumps([case.case, axis, index, self.config.propagation_iterations,
+                                       int(target.sum()), list(target.shape)]).encode()).hexdigest()[:12]
+        path = folder / f"{case.case}_axis{axis}_{index}_{key}.npy"
+        if path.is_file():
+            return torch.from_numpy(np.load(path))
+        label_slice = target.select(axis, index).numpy()
+        dense = propagate_slice_label(case.image[0].numpy(), label_slice, axis, index,
+                                      iterations=self.config.propagation_iterations)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, dense)
+        tmp.replace(path)
+        return torch.from_numpy(dense)
+
+    def _supervision(self, case: PreparedCase, target: Tensor, ignore: Tensor, view: str) -> SparseSupervision:
+        if not ignore.any():
+            return SparseSupervision(target[None], torch.zeros((1, *target.shape)), dense=True)
+        slices = annotated_slices(ignore.numpy())
+        labels, distances = [], []
+        for axis in plane_axes(view, "cotraining.views"):
+            for index in slices.get(axis, []):
+                distance = torch.from_numpy(slice_distance(tuple(target.shape), axis, index)).float()
+                if self.config.propagation:
+                    labels.append(self._propagated(case, target, axis, index))
+                else:  # only the annotated slice itself speaks
+                    labels.append(target)
+                    distance = torch.where(distance == 0, 0.0, math.inf)
+                distances.append(distance)
+        if not labels:  # none of this view's planes is annotated in this volume
+            return SparseSupervision(torch.zeros((1, *target.shape), dtype=torch.bool),
+                                     torch.full((1, *target.shape), math.inf), dense=False)
+        return SparseSupervision(torch.stack(labels), torch.stack(distances), dense=False)
+
+    # ---------------------------------------------------------------- patches
+    def _window(self, shape: torch.Size, foreground: Tensor | None, rng: np.random.Generator) -> tuple[slice, ...]:
+        """A random patch of a ``shape`` volume (all of an axis shorter than the patch); 2 in 3 centred on one
+        of the ``foreground`` voxels [F, 3]."""
+        patch = self.patch_size
+        if foreground is not None and len(foreground) and rng.random() < 2 / 3:
+            centre = foreground[int(rng.integers(len(foreground)))].tolist()
+            start = [int(np.clip(c - p // 2, 0, max(s - p, 0))) for c, p, s in zip(centre, patch, shape, strict=True)]
+        else:
+            start = [int(rng.integers(0, max(s - p, 0) + 1)) for s, p in zip(shape, patch, strict=True)]
+        return tuple(slice(b, b + p) for b, p in zip(start, patch, strict=True))
+
+    def _pad(self, array: Tensor) -> Tensor:
+        """``array`` [..., *spatial] zero-padded (centred) to the patch size where it is smaller."""
+        pads = [max(p - s, 0) for p, s in zip(self.patch_size, array.shape[-3:], strict=True)]
+        if not any(pads):
+            return array
+        return F.pad(array, [x for pad in reversed(pads) for x in (pad // 2, pad - pad // 2)])
+
+    def _flip(self, image: Tensor, maps: list[Tensor], rng: np.random.Generator) -> tuple[Tensor, list[Tensor], str]:
+        """Random flips along axes 0 (left-right: the prompt's sides are swapped with it) and 1."""
+        prompt = self.prompt
+        for axis in (0, 1):
+            if rng.random() < 0.5:
+                image, maps = image.flip(axis + 1), [m.flip(axis + 1) for m in maps]
+                if axis == 0:
+                    prompt = swap_left_right(prompt)
+        return image, maps, prompt
+
+    def labelled_batch(self, view: int, alpha: float, rng: np.random.Generator
+                       ) -> tuple[Tensor, Tensor, Tensor, list[str]]:
+        """``cotraining.labelled_per_batch`` patches of labelled volumes as view ``view`` supervises them at decay
+        base ``alpha``: images [B, C, *patch], targets and weights [B, 1, *patch], B prompts."""
+        images, targets, weights, prompts = [], [], [], []
+        for _ in range(self.config.labelled_per_batch):
+            case, supervision = self.labelled[int(rng.integers(len(self.labelled)))]
+            seen = supervision[view]
+            # the patch is chosen first: targets and weights are computed for its voxels only, not the volume's
+            window = self._window(case.image.shape[1:], seen.foreground_voxels, rng)
+            target, weight = seen.crop(window).target_and_weight(alpha)
+            image, target, weight = (self._pad(a) for a in (case.image[(slice(None), *window)], target[None],
+                                                            weight[None]))
+            image, (target, weight), prompt = self._flip(image, [target, weight], rng)
+            images.append(image), targets.append(target), weights.append(weight), prompts.append(prompt)
+        return torch.stack(images), torch.stack(targets), torch.stack(weights), prompts
+
+    def unlabelled_batch(self, rng: np.random.Generator) -> tuple[Tensor, list[str]]:
+        """``cotraining.unlabelled_per_batch`` patches of unlabelled volumes: images [B, C, *patch], B prompts."""
+        images, prompts = [], []
+        for _ in range(self.config.unlabelled_per_batch):
+            case = self.unlabelled[int(rng.integers(len(self.unlabelled)))]
+            image = self._pad(case.image[(slice(None), *self._window(case.image.shape[1:], None, rng))])
+            image, _, prompt = self._flip(image, [], rng)
+            images.append(image), prompts.append(prompt)
+        return torch.stack(images), prompts
+
+
+__all__ = ["SparseCases", "SparseSupervision", "cotraining_target"]

@@ -1,0 +1,111 @@
+"""What a run reads before step 1, for any step policy: its cases (through the preprocessed cache) and its texts
+(encoded once, before training, never per step)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from medtextseg.config import Config
+from medtextseg.data.attribute_prompts import attribute_prompt_texts
+from medtextseg.data.dataset import PreparedCase
+from medtextseg.data.paraphrase import paraphrase_pool
+from medtextseg.data.preprocessed import PreprocessedCases, preprocess_cases
+from medtextseg.data.prompts import swap_left_right
+from medtextseg.data.vocabulary import PromptVocabulary
+from medtextseg.text.cache import TextEmbeddingCache, cached_text_encoder
+from medtextseg.training.distributed import DistributedContext
+
+WHITENING_CHUNK = 256  # texts encoded and stacked at a time to fit the text whitening (model.text_whitening)
+
+
+def text_cache_for(config: Config) -> TextEmbeddingCache:
+    cache_dir = config.text.cache_dir if config.text.cache_dir is not None else "default"
+    return cached_text_encoder(config.text.encoder, config.text.max_tokens, cache_dir, config.text.memory_prompts,
+                               config.text.encoder_kind)
+
+
+def preprocessed(layout, case_ids: list[str], config: Config, progress: bool, label: str = "") -> PreprocessedCases:
+    """References to ``case_ids`` in the preprocessed cache at ``config.data.spacing`` (``data.cache_dir``),
+    the missing ones prepared into it first; ``label`` names them in the progress bars."""
+    return preprocess_cases(layout, case_ids, config.data.spacing, config.data.cache_dir, progress, label,
+                            config.data.normalization)
+
+
+def prepare_cases(layout, case_ids: list[str], config: Config, progress: bool,
+                  description: str = "") -> list[PreparedCase]:
+    """``case_ids`` prepared (through the preprocessed cache) and loaded into memory: image [C, *spatial]
+    float32, label [*spatial] int64, masks [*spatial] bool. For a few cases (validation, tests); training reads
+    its cases lazily (:func:`preprocessed`). ``description`` names the cases in the progress bars."""
+    return [c.load() for c in preprocessed(layout, case_ids, config, progress, description).cases]
+
+
+def training_prompt_texts(layout, case_ids: list[str], vocabulary: PromptVocabulary | None,
+                          structured: Mapping[str, str] | None = None,
+                          paraphrases: Mapping[str, Sequence[str]] | None = None) -> list[str]:
+    """Every text training can feed the model, to encode once before step 1 (never per step): the prompts of
+    the cases, every wording of their classes when ``vocabulary`` (prompt sampling) is given, their structured
+    forms when ``structured`` is, the rewordings ``paraphrases`` holds for the cases' prompts, and all of these
+    with left and right swapped (the flip augmentation)."""
+    records = [p for case in case_ids for p in layout.cases[case].prompts]
+    prompts = {p.prompt for p in records}
+    if paraphrases:
+        prompts |= {text for p in prompts for text in paraphrases.get(p, ())}
+    if vocabulary is not None:
+        classes = {p.class_name for p in records if p.class_name}
+        prompts |= {text for name in classes for text in vocabulary.phrasings(name)}
+    if structured:
+        prompts |= set(structured.values())
+    prompts |= {swap_left_right(p) for p in prompts}
+    return sorted(prompts)
+
+
+@dataclass
+class TrainingText:
+    """What training knows of its text before step 1.
+
+    Attributes:
+        cache: the text cache, every training and validation text already encoded (in it or on its disk).
+        structured: prompt -> its structured form (``data.structured_prompts``), or None.
+        paraphrases: training prompt -> its rewordings (``data.paraphrases``), or None.
+        whitening_texts: the texts the text whitening is fitted on (those of the training split).
+    """
+
+    cache: TextEmbeddingCache
+    structured: dict[str, str] | None
+    paraphrases: dict[str, tuple[str, ...]] | None
+    whitening_texts: list[str]
+
+
+def prepare_training_text(config: Config, layout, train_ids: list[str], val_ids: list[str],
+                          vocabulary: PromptVocabulary | None, ctx: DistributedContext) -> TrainingText:
+    """Every text training and validation can feed the model, encoded once (rank 0 encodes, the others read
+    its disk cache), and the texts the whitening is fitted on."""
+    seed = config.train.seed
+    structured = (attribute_prompt_texts(p for case in train_ids for p in layout.cases[case].prompts)
+                  if config.data.structured_prompts > 0 else None)
+    # rewordings of the training prompts only: validation keeps the dataset's own words
+    paraphrases = (paraphrase_pool((p.prompt for case in train_ids for p in layout.cases[case].prompts),
+                                   config.data.paraphrases, seed) if config.data.paraphrases else None)
+    cache = text_cache_for(config)
+    prompts = training_prompt_texts(layout, train_ids + val_ids, vocabulary, structured, paraphrases)
+    if ctx.is_main:  # rank 0 encodes and fills the disk cache; the others then read it
+        cache.warm(prompts)
+    ctx.barrier()
+    cache.warm(prompts)
+    return TrainingText(cache, structured, paraphrases,
+                        training_prompt_texts(layout, train_ids, vocabulary, structured, paraphrases))
+
+
+def fit_text_whitening(model: nn.Module, text: TextEmbeddingCache, texts: list[str], device: torch.device) -> None:
+    """Fit the model's text whitening (``model.text_whitening``) on every one of ``texts``, streamed through
+    running moments in chunks of ``WHITENING_CHUNK`` (one padded [chunk, T, D] batch in memory at a time)."""
+    model.fit_text_statistics(text(texts[start:start + WHITENING_CHUNK]).to(device)
+                              for start in range(0, len(texts), WHITENING_CHUNK))
+
+
+__all__ = ["WHITENING_CHUNK", "TrainingText", "fit_text_whitening", "prepare_cases", "prepare_training_text",
+           "preprocessed", "text_cache_for", "training_prompt_texts"]

@@ -1,0 +1,184 @@
+"""The co-training step (RADA): each of ``model.networks`` networks in turn learns from its view's sparse
+supervision and the other networks' confident pseudo labels, with its own SGD optimiser
+(``training/cotraining.py`` says what a step does). One process only."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from medtextseg.config import Config, LossConfig
+from medtextseg.data.dataset import PreparedCase
+from medtextseg.data.layout import PromptRecord, load_dataset, verify_dataset
+from medtextseg.data.planning import Plan
+from medtextseg.data.prompts import swap_left_right
+from medtextseg.data.sparse_dataset import SparseCases, cotraining_target
+from medtextseg.losses.segmentation import build_loss
+from medtextseg.models.factory import create_model
+from medtextseg.models.output import ModelOutput
+from medtextseg.training.cotraining import (
+    alpha_at,
+    beta_at,
+    certain_pseudo_labels,
+    entropy_threshold,
+    region_prototypes,
+)
+from medtextseg.training.distributed import DistributedContext
+from medtextseg.training.inputs import prepare_cases, text_cache_for
+from medtextseg.utils.errors import MedTextSegError
+
+
+class CoTrainingStep:
+    """Trains ``config.model.networks`` networks on a sparsely (or densely) labelled dataset."""
+
+    label: ClassVar[str] = "co-train"
+
+    @classmethod
+    def check(cls, config: Config, plan: Plan | None) -> None:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise MedTextSegError("co-training (train.step_policy=cotraining) runs in one process; start it "
+                                  "without torchrun")
+        if plan is not None:
+            raise MedTextSegError("co-training runs unplanned (sparse slice labels keep their grid); pass no plan")
+        if config.data.spacing is not None:
+            raise MedTextSegError("config field 'data.spacing' must be null for co-training: resampling would move "
+                                  "the annotated slices off the grid")
+        if config.model.coordinates:
+            raise MedTextSegError("config field 'model.coordinates' must be false for co-training (the patches "
+                                  "carry no coordinate channels)")
+
+    def __init__(self, config: Config, ctx: DistributedContext, progress: bool) -> None:
+        self.config, self.ctx, self.progress, self.device = config, ctx, progress, ctx.device
+
+    def prepare(self, run_dir: Path, state: dict[str, Any] | None) -> None:
+        config = self.config
+        if config.data.fold is not None:  # a fold's val cases would be sparse training volumes
+            raise MedTextSegError("config field 'data.fold': co-training takes no folds (its training volumes carry "
+                                  "sparse or no labels, and validation needs dense ones); leave data.fold unset")
+        self.layout = layout = load_dataset(config.data.root)
+        if layout.spatial_dims != 3 or config.model.spatial_dims != 3:
+            raise MedTextSegError(f"{layout.root}: co-training from orthogonal slices needs a 3D dataset and a 3D "
+                                  "model (model.spatial_dims=3)")
+        if len(layout.channel_names) != config.model.in_channels:
+            raise MedTextSegError(f"config field 'model.in_channels' is {config.model.in_channels} but "
+                                  f"{layout.root / 'dataset.json'} declares {len(layout.channel_names)} channels")
+        train_ids, val_ids = layout.splits.get("train", []), layout.splits.get("val", [])[: config.train.val_cases]
+        if not train_ids:
+            raise MedTextSegError(f"{layout.root}: the train split is empty")
+        verify_dataset(layout, layout.cases_in_splits(), progress=self.progress)  # test cases too
+        target = cotraining_target(layout, config.cotraining)  # before any case is prepared
+        self.cases = cases = SparseCases(layout, prepare_cases(layout, train_ids, config, self.progress, "training"),
+                                         target, config.cotraining, config.data.patch_size, self.progress)
+        if config.cotraining.unlabelled_per_batch and not cases.unlabelled and config.model.networks > 1:
+            raise MedTextSegError(f"{layout.root}: no unlabelled training volume for cross pseudo supervision; set "
+                                  "cotraining.unlabelled_per_batch=0")
+        # validation asks the one question this model is trained to answer
+        self.val_cases = [PreparedCase(c.case, c.image, c.label, c.masks,
+                                       [PromptRecord(c.case, cases.prompt, cases.values, "anatomy")])
+                          for c in prepare_cases(layout, val_ids, config, self.progress, "validation")
+                          if c.label is not None]
+        self.text = text_cache_for(config)
+        self.text.warm(sorted({cases.prompt, swap_left_right(cases.prompt)}))
+        self.model = create_model(config.model, self.text.dim).to(self.device)
+        self.members = list(self.model.members) if config.model.networks > 1 else [self.model]
+        self.optimizers = [torch.optim.SGD(m.parameters(), lr=config.train.lr, momentum=config.cotraining.momentum,
+                                           weight_decay=config.train.weight_decay) for m in self.members]
+        supervised = LossConfig(terms={"dice": 0.5, "bce": 0.5}, presence_weight=config.loss.presence_weight,
+                                deep_supervision_weights=None)
+        self.supervised_loss = build_loss(supervised)
+        self.pseudo_loss = build_loss(LossConfig(terms={"bce": 1.0}, presence_weight=0.0,
+                                                 deep_supervision_weights=None))
+        self.rng = np.random.default_rng(config.train.seed)
+        self.region_slices: list[int] = []
+        if state is not None:
+            self.model.load_state_dict(state["model"])
+            for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
+                optimizer.load_state_dict(saved)
+            self.rng.bit_generator.state = state["rng"]["generator"]
+        elif config.model.region_dim:
+            for member, (prototype, slices) in zip(self.members, region_prototypes(config, cases), strict=True):
+                member.region_fusion.set_prototype(prototype.to(self.device))
+                self.region_slices.append(slices)
+
+    def start_record(self) -> dict[str, Any]:
+        record = {"labelled_volumes": len(self.cases.labelled), "unlabelled_volumes": len(self.cases.unlabelled),
+                  "prompt": self.cases.prompt, "target": list(self.cases.values)}
+        return record | ({"region_slices": self.region_slices} if self.region_slices else {})
+
+    def train_step(self, step: int) -> dict[str, float]:
+        config = self.config
+        lr = config.train.lr * config.cotraining.lr_gamma ** (step // config.cotraining.lr_step)
+        for optimizer in self.optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+        alpha, beta = alpha_at(step, config), beta_at(step, config)
+        threshold = entropy_threshold(step, config)
+        record: dict[str, float] = {}
+        for k in range(len(self.members)):  # f1, then f2, then f3: each sees the others' latest weights
+            record |= self._network_step(k, alpha, beta, threshold)
+        return record | {"alpha": alpha, "beta": beta}
+
+    def _network_step(self, k: int, alpha: float, beta: float, threshold: float) -> dict[str, float]:
+        config, device = self.config.cotraining, self.device
+        member, optimizer = self.members[k], self.optimizers[k]
+        image, target, weight, prompts = self.cases.labelled_batch(k, alpha, self.rng)
+        others = [j for j in range(len(self.members)) if j != k]
+        unlabelled = others and config.unlabelled_per_batch > 0
+        if unlabelled:
+            image_u, prompts_u = self.cases.unlabelled_batch(self.rng)
+            image = torch.cat([image, image_u])
+            prompts = prompts + prompts_u
+        image, target, weight = image.to(device), target.to(device), weight.to(device)
+        text = self.text(prompts).to(device)
+        output = member(image, text)
+        labelled = target.shape[0]
+        head = ModelOutput(logits=output.logits[:labelled],
+                            presence=None if output.presence is None else output.presence[:labelled])
+        supervised, _ = self.supervised_loss(head, target, weight)
+        record = {f"net{k}.supervised": float(supervised.detach())}
+        loss = supervised
+        if unlabelled:
+            rows = torch.arange(labelled, image.shape[0], device=device)
+            tail = ModelOutput(logits=output.logits[labelled:])
+            pseudo_total, kept = 0.0, []
+            for j in others:
+                pseudo, mask = certain_pseudo_labels(
+                    self.members[j], image[rows], text.index(rows.cpu()).to(device), config.uncertainty_passes,
+                    config.noise_std, config.noise_clip, threshold)
+                value, _ = self.pseudo_loss(tail, pseudo, mask)
+                pseudo_total = pseudo_total + value
+                kept.append(float(mask.mean()))
+            loss = (1 - 2 * beta) * supervised + beta * pseudo_total
+            record |= {f"net{k}.pseudo": float(pseudo_total.detach()), f"net{k}.certain": float(np.mean(kept))}
+        optimizer.zero_grad(set_to_none=True)
+        if torch.isfinite(loss):  # skip the update rather than poison the weights
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(member.parameters(), self.config.train.grad_clip)
+            optimizer.step()
+        return record
+
+    def learning_rate(self) -> float:
+        return self.optimizers[0].param_groups[0]["lr"]
+
+    def observe_validation(self, val_dice: float) -> None:
+        """Nothing waits for the validation Dice here."""
+
+    def share_decisions(self) -> None:
+        """One process: nothing to share."""
+
+    def stop_reason(self) -> dict[str, Any] | None:
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizers": [o.state_dict() for o in self.optimizers],
+                "rng": {"generator": self.rng.bit_generator.state}}
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+__all__ = ["CoTrainingStep"]

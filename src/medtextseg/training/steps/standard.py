@@ -1,0 +1,189 @@
+"""The standard step: a batch of images with K prompts each from the MONAI sample pipeline
+(``data/dataset.py``), the loss of ``config.loss``, one AdamW (``train.optimizer``) step with warm-up and
+``train.schedule``; DistributedDataParallel under torchrun, each rank on its share of the images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
+
+from medtextseg.config import Config
+from medtextseg.data.dataset import PromptSampleDataset, collate_prompt_samples
+from medtextseg.data.folds import apply_fold
+from medtextseg.data.layout import load_dataset, verify_dataset
+from medtextseg.data.planning import Plan, check_config_fits_dataset
+from medtextseg.data.sparse_labels import IGNORE_LABEL
+from medtextseg.data.vocabulary import PromptVocabulary
+from medtextseg.losses.segmentation import build_loss
+from medtextseg.models.factory import create_model
+from medtextseg.training.distributed import DistributedContext
+from medtextseg.training.inputs import fit_text_whitening, prepare_training_text, preprocessed
+from medtextseg.training.optimization import LearningRateFactor, build_optimizer
+from medtextseg.training.schedule import LossWeightSchedule
+from medtextseg.training.transfer import transfer_weights
+from medtextseg.utils.atomic import write_text_atomic
+from medtextseg.utils.errors import MedTextSegError
+
+
+class StandardStep:
+    """One network, dense labels, prompts sampled by kind (``training/steps/base.py`` says what the engine asks)."""
+
+    label: ClassVar[str] = "train"
+
+    @classmethod
+    def check(cls, config: Config, plan: Plan | None) -> None:
+        """Everything is checked once the dataset is read (:meth:`prepare`)."""
+
+    def __init__(self, config: Config, ctx: DistributedContext, progress: bool) -> None:
+        self.config, self.ctx, self.progress = config, ctx, progress
+        self.stream = None
+
+    def prepare(self, run_dir: Path, state: dict[str, Any] | None) -> None:
+        config, ctx = self.config, self.ctx
+        self.layout = apply_fold(load_dataset(config.data.root), config.data)  # data.fold: its train/val
+        vocabulary = self._sampling_vocabulary()
+        check_config_fits_dataset(config, self.layout)
+        if IGNORE_LABEL in self.layout.labels:
+            raise MedTextSegError(f"{self.layout.root}: has sparse labels (dataset.json declares {IGNORE_LABEL!r}); "
+                                  "train it with a co-training preset: rada, rada_text or rada_single")
+        if config.model.networks > 1:
+            raise MedTextSegError("config field 'model.networks' > 1 needs train.step_policy=cotraining")
+        train_ids, val_ids = self.layout.splits.get("train", []), self.layout.splits.get("val", [])
+        if not train_ids:
+            raise MedTextSegError(f"{self.layout.root}: the train split is empty")
+        val_ids = val_ids[: config.train.val_cases]
+        # every case a split names, test cases too: evaluation must not meet a bad file after hours of training
+        verify_dataset(self.layout, self.layout.cases_in_splits(), progress=self.progress and ctx.is_main)
+        # rank 0 prepares what the cache misses; the others then read it. Training cases stay on disk, referenced
+        # (loaded when drawn: memory does not grow with their number); the few validation cases are loaded.
+        cases = preprocessed(self.layout, train_ids + val_ids, config, self.progress) if ctx.is_main else None
+        ctx.barrier()
+        if cases is None:
+            cases = preprocessed(self.layout, train_ids + val_ids, config, False)
+        self.preprocessed = cases
+        self.train_cases = cases.cases[: len(train_ids)]
+        self.val_cases = [c.load() for c in cases.cases[len(train_ids):]]
+
+        text = prepare_training_text(config, self.layout, train_ids, val_ids, vocabulary, ctx)
+        self.text = text.cache
+        self.model = create_model(config.model, self.text.dim).to(ctx.device)
+        if config.model.text_whitening and state is None:  # a resumed run has them in its checkpoint
+            fit_text_whitening(self.model, self.text, text.whitening_texts, ctx.device)
+        self.optimizer = build_optimizer(self.model.parameters(), config.train)
+        self.lr_factor = LearningRateFactor(config.train)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
+        self.loss = build_loss(config.loss)
+        self.schedule = LossWeightSchedule(config.loss.schedules)
+        seed, data = config.train.seed, config.data
+        self.dataset = PromptSampleDataset(self.train_cases, data.patch_size, data.prompts_per_image,
+                                           data.kind_weights, data.flip_left_right, data.intensity_augmentation,
+                                           seed, config.model.coordinates, vocabulary, text.structured,
+                                           data.structured_prompts, paraphrases=text.paraphrases,
+                                           paraphrase_probability=data.paraphrase_probability)
+        self.sampler = DistributedSampler(self.dataset, num_replicas=ctx.world_size, rank=ctx.rank,
+                                          shuffle=True, seed=seed, drop_last=True)
+        per_rank = len(self.sampler)
+        if per_rank < config.train.batch_images:
+            raise MedTextSegError(f"config field 'train.batch_images' is {config.train.batch_images} but each "
+                                  f"of {ctx.world_size} process(es) has only {per_rank} training images")
+        self.steps_per_epoch = per_rank // config.train.batch_images
+        if state is not None:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.schedule.load_state_dict(state.get("schedule", {}))
+        elif config.train.init_from:
+            report = transfer_weights(self.model, config.train.init_from, config.train.init_exclude)
+            if ctx.is_main:
+                write_text_atomic(run_dir / "init_transfer.json", json.dumps(report, indent=1))
+        self.network = (DistributedDataParallel(self.model, device_ids=[ctx.device] if ctx.device.type == "cuda"
+                                                else None) if ctx.enabled else self.model)
+        self.use_amp = config.train.amp and ctx.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+
+    def _sampling_vocabulary(self) -> PromptVocabulary | None:
+        """The dataset's prompt vocabulary when ``data.prompt_sampling`` is on, else None."""
+        if not self.config.data.prompt_sampling:
+            return None
+        if self.layout.vocabulary is None:
+            raise MedTextSegError(f"config field 'data.prompt_sampling' is on but {self.layout.root} has no "
+                                  "prompt_vocabulary.json; add one (docs/dataset_format.md) or turn it off")
+        return self.layout.vocabulary
+
+    def start_record(self) -> dict[str, Any]:
+        return {"cases_prepared": self.preprocessed.prepared,
+                "cases_read": len(self.preprocessed.cases) - self.preprocessed.prepared}
+
+    def batches(self, step: int):
+        """Batches from ``step`` on; the epoch and the position in it follow from the step."""
+        epoch, skip = divmod(step, self.steps_per_epoch)
+        while True:
+            self.sampler.set_epoch(epoch)
+            self.dataset.epoch = epoch
+            batches = list(BatchSampler(self.sampler, self.config.train.batch_images, drop_last=True))
+            # items are seeded by (seed, epoch, index): workers load and augment them, but cannot change them
+            yield from DataLoader(self.dataset, batch_sampler=batches[skip:], collate_fn=collate_prompt_samples,
+                                  num_workers=self.config.train.num_workers)
+            epoch, skip = epoch + 1, 0
+
+    def train_step(self, step: int) -> dict[str, float]:
+        if self.stream is None:
+            self.stream = self.batches(step)
+        return self.learn(next(self.stream), step)
+
+    def learn(self, batch: dict, step: int) -> dict[str, float]:
+        """One update of the network from ``batch``; ``step`` sets the loss terms' schedule factors."""
+        device = self.ctx.device
+        image = batch["image"].to(device, non_blocking=True)
+        targets = batch["targets"].to(device, non_blocking=True)
+        text = self.text(batch["prompts"]).to(device)
+        with torch.autocast(device.type, dtype=torch.float16, enabled=self.use_amp):
+            output = self.network(image, text, batch["image_index"].to(device))
+        factors = self.schedule.factors(step)
+        loss, parts = self.loss(output, targets, factors=factors)
+        parts |= {f"factor.{name}": value for name, value in factors.items()}
+        self.optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):  # skip the update rather than poison the weights
+            self.scheduler.step()
+            return {"loss": float("nan"), **parts}
+        value = float(loss.detach())
+        self.schedule.observe_loss(value)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return {"loss": value, **parts}
+
+    def learning_rate(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    def observe_validation(self, val_dice: float) -> None:
+        self.schedule.observe_validation(val_dice)
+        self.lr_factor.observe_validation(val_dice)
+
+    def share_decisions(self) -> None:
+        self.lr_factor.set_shared_state(self.ctx.from_main(self.lr_factor.shared_state()))
+
+    def stop_reason(self) -> dict[str, Any] | None:
+        return {"validations_without_improvement": self.lr_factor.stale} if self.lr_factor.stop else None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "schedule": self.schedule.state_dict()}
+
+    def close(self) -> None:
+        # Drop the DDP wrapper while the process group is still registered: if its reducer held the
+        # group's last reference, the gloo destructor would join worker threads that wait for the GIL
+        # this thread holds, and the process would hang at exit (seen in CI, torch 2.13).
+        self.network = None
+        self.stream = None
+
+
+__all__ = ["StandardStep"]
