@@ -135,6 +135,45 @@ def test_sparse_supervision_weights_follow_alpha_and_the_closest_plane():
     assert supervision.foreground_voxels.tolist() == [[i, j, 1] for i in range(4) for j in range(4)]
 
 
+def test_cotraining_patches_cut_and_flip_targets_and_weights_with_the_image(tmp_path):
+    """The co-training patches come from the standard samples' pipeline: padded where the volume is smaller,
+    cut around the labelled foreground, mirrored left-right with the prompt's sides; each patch voxel's target and
+    weight are those of the image voxel it shows, and a padded voxel weighs 0."""
+    from types import SimpleNamespace
+
+    from medtextseg.config import CoTrainingConfig, DataConfig
+    from medtextseg.data.dataset import PreparedCase
+    from medtextseg.data.sparse_dataset import SparseCases
+
+    shape = (12, 10, 6)
+    source = torch.arange(1, math.prod(shape) + 1, dtype=torch.float32).reshape(shape)  # each voxel its own value
+    label = torch.full(shape, 2)  # 2 = ignore
+    label[4], label[:, 5] = 0, 0  # one sagittal and one coronal slice annotated
+    label[4, 3:7, 1:4], label[2:9, 5, 2:5] = 1, 1
+    layout = SimpleNamespace(labels={"background": 0, "lesion": 1, "ignore": 2}, root=tmp_path)
+    config = CoTrainingConfig(prompt="segment the left lesion", views=["SC"], propagation=False,
+                              labelled_per_batch=24)
+    data = DataConfig(patch_size=[8, 8, 8], flip_left_right=0.5, intensity_augmentation=False)  # axis 2 padded
+    cases = SparseCases(layout, [PreparedCase("c", source[None], label, {}, [])], ("segment the left lesion", (1,)),
+                        config, data)
+    whole_target, whole_weight = cases.labelled[0][1][0].target_and_weight(0.5)
+    images, targets, weights, prompts = cases.labelled_batch(0, 0.5, np.random.default_rng(0))
+    assert images.shape == targets.shape == weights.shape == (24, 1, 8, 8, 8)
+    mirrored = []
+    for image, target, weight, prompt in zip(images[:, 0], targets[:, 0], weights[:, 0], prompts, strict=True):
+        shown = image.long() - 1  # the volume voxel each patch voxel shows; -1 where padded
+        inside = shown >= 0
+        assert bool((weight[~inside] == 0).all()) and bool((target[~inside] == 0).all())
+        assert torch.equal(target[inside], whole_target.flatten()[shown[inside]])
+        assert torch.equal(weight[inside], whole_weight.flatten()[shown[inside]])
+        column = shown[:, 0, 2]  # along axis 0 (left-right): increasing, or decreasing when mirrored
+        mirrored.append(bool(column[1] < column[0]))
+        assert prompt == ("segment the right lesion" if mirrored[-1] else "segment the left lesion")
+        assert bool((weight[inside] > 0).any())  # every patch meets an annotated slice here
+    assert 0 < sum(mirrored) < len(mirrored)
+    assert int((targets.flatten(1) > 0).any(1).sum()) >= 8  # most patches are cut around the labelled lesion
+
+
 def test_schedules():
     config = Config.load("rada", ["train.steps=6000"])
     assert alpha_at(0, config) == pytest.approx(0.97)

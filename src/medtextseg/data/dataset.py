@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from monai.transforms import (
-    RandCropByPosNegLabel,
+    RandCropByPosNegLabeld,
     RandGaussianNoise,
     RandScaleIntensity,
     RandShiftIntensity,
-    RandSpatialCrop,
+    RandSpatialCropd,
     SpatialPad,
 )
 from torch import Tensor
@@ -80,6 +80,39 @@ def prepare_case(case: CaseRecord, spacing: list[float] | None, spatial_dims: in
     label = spatial(out["label"][0]).round().long() if case.label_path else None
     masks = {p: spatial(out[f"mask{i}"][0]) > 0.5 for i, p in enumerate(mask_paths)}
     return PreparedCase(case.case, image, label, masks, case.prompts)
+
+
+def random_patch(arrays: Mapping[str, Tensor], patch_size: Sequence[int], seed: int,
+                 foreground: Tensor | None = None, pad_values: Mapping[str, float] | None = None) -> dict[str, Tensor]:
+    """The same training patch of each of ``arrays`` (channel-first, one spatial shape), cut by MONAI: each is
+    padded (centred, with zeros or ``pad_values[key]``) to ``patch_size`` where it is smaller, then the patch is
+    centred 2 times in 3 on a voxel of ``foreground`` [1, *spatial] and 1 in 3 on a voxel outside it
+    (``RandCropByPosNegLabeld``: nnU-Net's foreground oversampling), or placed anywhere (``RandSpatialCropd``)
+    without a foreground voxel. ``seed`` decides the patch: the same seed cuts the same window."""
+    values = pad_values or {}
+    data = {key: SpatialPad(patch_size, value=values.get(key, 0))(array) for key, array in arrays.items()}
+    if foreground is not None and foreground.any():
+        data["foreground"] = SpatialPad(patch_size)(foreground)
+        cut = RandCropByPosNegLabeld(list(arrays), "foreground", patch_size, pos=2, neg=1, num_samples=1,
+                                     allow_smaller=False).set_random_state(seed)(data)[0]
+    else:
+        cut = RandSpatialCropd(list(arrays), patch_size, random_size=False).set_random_state(seed)(data)
+    return {key: cut[key].as_tensor() if hasattr(cut[key], "as_tensor") else cut[key] for key in arrays}
+
+
+def mirror_left_right(arrays: Sequence[Tensor], texts: Sequence[str]) -> tuple[list[Tensor], list[str]]:
+    """The flip augmentation: ``arrays`` (channel-first) mirrored along spatial axis 0, which is the patient's
+    left-right in RAS, and ``texts`` with left and right swapped, so that the words follow the anatomy."""
+    return [array.flip(1) for array in arrays], [swap_left_right(text) for text in texts]
+
+
+def augment_intensity(image: Tensor, rng: np.random.Generator) -> Tensor:
+    """MONAI's intensity augmentation (scale, shift, Gaussian noise), each seeded from ``rng``."""
+    for transform in (RandScaleIntensity(0.1, prob=0.5), RandShiftIntensity(0.1, prob=0.5),
+                      RandGaussianNoise(prob=0.3, std=0.05)):
+        transform.set_random_state(int(rng.integers(2**31)))
+        image = transform(image)
+    return image.as_tensor() if hasattr(image, "as_tensor") else image
 
 
 class PromptSampleDataset(torch.utils.data.Dataset):
@@ -152,22 +185,17 @@ class PromptSampleDataset(torch.utils.data.Dataset):
         channels = case.image.shape[0]
         coordinates = coordinate_channels(case.image.shape[1:]) if self.coordinates else case.image[:0]
         stacked = torch.cat([case.image, coordinates, targets])  # cropped together: coordinates stay whole-image
-        stacked = SpatialPad(self.patch_size)(stacked)
         first_target = channels + coordinates.shape[0]
         seed = int(rng.integers(2**31))
-        present = [i for i in range(len(prompts)) if stacked[first_target + i].any()]
+        present = [i for i in range(len(prompts)) if targets[i].any()]
+        foreground = None
         if present:
             # Two crops in three are centred on a voxel of ONE prompt's target, drawn in turn, as nnU-Net
             # oversamples foreground: centred on the union, a patch smaller than the image would keep showing
             # the largest target and rarely the small one another prompt names. (The draw uses the crop's own
             # seed, so the item's other random choices are those of the union-centred sampler before it.)
-            chosen = present[int(np.random.default_rng(seed).integers(len(present)))]
-            foreground = stacked[first_target + chosen][None].float()
-            cropper = RandCropByPosNegLabel(self.patch_size, pos=2, neg=1, num_samples=1, allow_smaller=False)
-            stacked = cropper.set_random_state(seed)(stacked, label=foreground)[0]
-        else:
-            stacked = RandSpatialCrop(self.patch_size, random_size=False).set_random_state(seed)(stacked)
-        stacked = stacked.as_tensor() if hasattr(stacked, "as_tensor") else stacked
+            foreground = targets[present[int(np.random.default_rng(seed).integers(len(present)))]][None]
+        stacked = random_patch({"stacked": stacked}, self.patch_size, seed, foreground)["stacked"]
         image, coordinates = stacked[:channels], stacked[channels:first_target]
         targets = stacked[first_target:]
         texts = [p.prompt for p in prompts]
@@ -180,16 +208,10 @@ class PromptSampleDataset(torch.utils.data.Dataset):
         if self.paraphrases is not None:  # also drawn only when on
             texts = [self._reworded(t, rng) for t in texts]
         if rng.random() < self.flip_left_right:
-            # axis 0 of the spatial dims is patient left-right in RAS, so the words must follow; the
-            # coordinates are not mirrored: they say where patient right is, whatever the anatomy
-            image, targets = image.flip(1), targets.flip(1)
-            texts = [swap_left_right(t) for t in texts]
+            # the coordinates are not mirrored: they say where patient right is, whatever the anatomy
+            (image, targets), texts = mirror_left_right([image, targets], texts)
         if self.intensity_augmentation:
-            for transform in (RandScaleIntensity(0.1, prob=0.5), RandShiftIntensity(0.1, prob=0.5),
-                              RandGaussianNoise(prob=0.3, std=0.05)):
-                transform.set_random_state(int(rng.integers(2**31)))
-                image = transform(image)
-            image = image.as_tensor() if hasattr(image, "as_tensor") else image
+            image = augment_intensity(image, rng)
         image = torch.cat([image, coordinates]) if self.coordinates else image
         return {"image": image.float().contiguous(), "targets": targets[:, None].contiguous(),
                 "prompts": texts, "kinds": [p.kind for p in prompts]}

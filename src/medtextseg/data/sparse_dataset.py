@@ -18,14 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from medtextseg.config import CoTrainingConfig
-from medtextseg.data.dataset import PreparedCase
+from medtextseg.config import CoTrainingConfig, DataConfig
+from medtextseg.data.dataset import PreparedCase, augment_intensity, mirror_left_right, random_patch
 from medtextseg.data.label_propagation import propagate_slice_label, slice_distance
 from medtextseg.data.layout import DatasetLayout
-from medtextseg.data.prompts import swap_left_right
 from medtextseg.data.sparse_labels import IGNORE_LABEL, annotated_slices, plane_axes
 from medtextseg.utils.errors import MedTextSegError
 
@@ -36,7 +34,8 @@ class SparseSupervision:
 
     labels: [P, *spatial] bool, the target from each of the view's P annotated slices (propagated or not);
     distance: [P, *spatial] float, slices from that annotated slice (inf where that slice says nothing);
-    dense: the volume has no ignored voxel (weight 1 everywhere, the true target).
+    dense: the volume has no ignored voxel (weight 1 everywhere, the true target; distance 0, inf where a patch
+    was padded).
     """
 
     labels: Tensor
@@ -44,9 +43,14 @@ class SparseSupervision:
     dense: bool
 
     @cached_property
+    def foreground(self) -> Tensor:
+        """[*spatial] bool: the voxels some annotated slice labels as target (patches are centred on them)."""
+        return (self.labels & torch.isfinite(self.distance)).any(0)
+
+    @property
     def foreground_voxels(self) -> Tensor:
-        """[F, 3] long: the voxels some annotated slice labels as target (patches are centred on them)."""
-        return torch.nonzero((self.labels & torch.isfinite(self.distance)).any(0))
+        """[F, 3] long: the coordinates of :attr:`foreground`."""
+        return torch.nonzero(self.foreground)
 
     def crop(self, window: tuple[slice, ...]) -> SparseSupervision:
         """The same supervision restricted to a patch ``window`` of the volume."""
@@ -55,8 +59,8 @@ class SparseSupervision:
 
     def target_and_weight(self, alpha: float) -> tuple[Tensor, Tensor]:
         """[*spatial] float target in {0, 1} and weight in [0, 1] at decay base ``alpha``."""
-        if self.dense:
-            return self.labels[0].float(), torch.ones(self.labels.shape[1:])
+        if self.dense:  # weight 1 but where the patch was padded
+            return self.labels[0].float(), torch.isfinite(self.distance[0]).float()
         weights = torch.where(torch.isinf(self.distance), 0.0,
                               torch.pow(torch.tensor(alpha), self.distance.clamp(max=1e4)))
         best, plane = weights.max(0)
@@ -81,15 +85,18 @@ class SparseCases:
     """The training volumes of a co-training run: the labelled ones with one :class:`SparseSupervision` per
     view, the unlabelled ones, and the patches of a step.
 
+    Patches come from the standard samples' MONAI pipeline (``data/dataset.py``): padded, cut 2 times in 3
+    around the view's labelled foreground, flipped left-right with the prompt's sides swapped.
+
     Args:
         layout: the dataset; cases: its training cases, prepared (RAS, not resampled); target: the prompt and
-        the label values it names (:func:`cotraining_target`); config: ``cotraining``; patch_size: the patch;
-        progress: show the propagation's progress bar.
+        the label values it names (:func:`cotraining_target`); config: ``cotraining``; data: ``data`` (the patch
+        size and augmentation); progress: show the propagation's progress bar.
     """
 
     def __init__(self, layout: DatasetLayout, cases: Sequence[PreparedCase], target: tuple[str, tuple[int, ...]],
-                 config: CoTrainingConfig, patch_size: Sequence[int], progress: bool = False) -> None:
-        self.layout, self.config, self.patch_size = layout, config, list(patch_size)
+                 config: CoTrainingConfig, data: DataConfig, progress: bool = False) -> None:
+        self.layout, self.config, self.data = layout, config, data
         self.prompt, self.values = target
         values = torch.tensor(self.values)
         self.labelled: list[tuple[PreparedCase, list[SparseSupervision]]] = []
@@ -155,34 +162,6 @@ class SparseCases:
         return SparseSupervision(torch.stack(labels), torch.stack(distances), dense=False)
 
     # ---------------------------------------------------------------- patches
-    def _window(self, shape: torch.Size, foreground: Tensor | None, rng: np.random.Generator) -> tuple[slice, ...]:
-        """A random patch of a ``shape`` volume (all of an axis shorter than the patch); 2 in 3 centred on one
-        of the ``foreground`` voxels [F, 3]."""
-        patch = self.patch_size
-        if foreground is not None and len(foreground) and rng.random() < 2 / 3:
-            centre = foreground[int(rng.integers(len(foreground)))].tolist()
-            start = [int(np.clip(c - p // 2, 0, max(s - p, 0))) for c, p, s in zip(centre, patch, shape, strict=True)]
-        else:
-            start = [int(rng.integers(0, max(s - p, 0) + 1)) for s, p in zip(shape, patch, strict=True)]
-        return tuple(slice(b, b + p) for b, p in zip(start, patch, strict=True))
-
-    def _pad(self, array: Tensor) -> Tensor:
-        """``array`` [..., *spatial] zero-padded (centred) to the patch size where it is smaller."""
-        pads = [max(p - s, 0) for p, s in zip(self.patch_size, array.shape[-3:], strict=True)]
-        if not any(pads):
-            return array
-        return F.pad(array, [x for pad in reversed(pads) for x in (pad // 2, pad - pad // 2)])
-
-    def _flip(self, image: Tensor, maps: list[Tensor], rng: np.random.Generator) -> tuple[Tensor, list[Tensor], str]:
-        """Random flips along axes 0 (left-right: the prompt's sides are swapped with it) and 1."""
-        prompt = self.prompt
-        for axis in (0, 1):
-            if rng.random() < 0.5:
-                image, maps = image.flip(axis + 1), [m.flip(axis + 1) for m in maps]
-                if axis == 0:
-                    prompt = swap_left_right(prompt)
-        return image, maps, prompt
-
     def labelled_batch(self, view: int, alpha: float, rng: np.random.Generator
                        ) -> tuple[Tensor, Tensor, Tensor, list[str]]:
         """``cotraining.labelled_per_batch`` patches of labelled volumes as view ``view`` supervises them at decay
@@ -191,12 +170,13 @@ class SparseCases:
         for _ in range(self.config.labelled_per_batch):
             case, supervision = self.labelled[int(rng.integers(len(self.labelled)))]
             seen = supervision[view]
-            # the patch is chosen first: targets and weights are computed for its voxels only, not the volume's
-            window = self._window(case.image.shape[1:], seen.foreground_voxels, rng)
-            target, weight = seen.crop(window).target_and_weight(alpha)
-            image, target, weight = (self._pad(a) for a in (case.image[(slice(None), *window)], target[None],
-                                                            weight[None]))
-            image, (target, weight), prompt = self._flip(image, [target, weight], rng)
+            # the labels and distances are cut with the image (a padded voxel is one no slice speaks for):
+            # targets and weights are computed for the patch's voxels only, not the volume's
+            patch = random_patch({"image": case.image, "labels": seen.labels, "distance": seen.distance},
+                                 self.data.patch_size, int(rng.integers(2**31)), seen.foreground[None],
+                                 pad_values={"distance": math.inf})
+            target, weight = SparseSupervision(patch["labels"], patch["distance"], seen.dense).target_and_weight(alpha)
+            image, (target, weight), prompt = self._augmented(patch["image"], [target[None], weight[None]], rng)
             images.append(image), targets.append(target), weights.append(weight), prompts.append(prompt)
         return torch.stack(images), torch.stack(targets), torch.stack(weights), prompts
 
@@ -205,10 +185,21 @@ class SparseCases:
         images, prompts = [], []
         for _ in range(self.config.unlabelled_per_batch):
             case = self.unlabelled[int(rng.integers(len(self.unlabelled)))]
-            image = self._pad(case.image[(slice(None), *self._window(case.image.shape[1:], None, rng))])
-            image, _, prompt = self._flip(image, [], rng)
+            patch = random_patch({"image": case.image}, self.data.patch_size, int(rng.integers(2**31)))
+            image, _, prompt = self._augmented(patch["image"], [], rng)
             images.append(image), prompts.append(prompt)
         return torch.stack(images), prompts
+
+    def _augmented(self, image: Tensor, maps: list[Tensor], rng: np.random.Generator
+                   ) -> tuple[Tensor, list[Tensor], str]:
+        """The standard samples' augmentation (``data/dataset.py``): a left-right flip with probability
+        ``data.flip_left_right`` that swaps the prompt's sides, then ``data.intensity_augmentation``."""
+        prompt = [self.prompt]
+        if rng.random() < self.data.flip_left_right:
+            (image, *maps), prompt = mirror_left_right([image, *maps], prompt)
+        if self.data.intensity_augmentation:
+            image = augment_intensity(image, rng)
+        return image, maps, prompt[0]
 
 
 __all__ = ["SparseCases", "SparseSupervision", "cotraining_target"]

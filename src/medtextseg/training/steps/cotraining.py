@@ -72,7 +72,7 @@ class CoTrainingStep:
         verify_dataset(layout, layout.cases_in_splits(), progress=self.progress)  # test cases too
         target = cotraining_target(layout, config.cotraining)  # before any case is prepared
         self.cases = cases = SparseCases(layout, prepare_cases(layout, train_ids, config, self.progress, "training"),
-                                         target, config.cotraining, config.data.patch_size, self.progress)
+                                         target, config.cotraining, config.data, self.progress)
         if config.cotraining.unlabelled_per_batch and not cases.unlabelled and config.model.networks > 1:
             raise MedTextSegError(f"{layout.root}: no unlabelled training volume for cross pseudo supervision; set "
                                   "cotraining.unlabelled_per_batch=0")
