@@ -274,6 +274,29 @@ def test_three_view_cotraining_learns_from_three_slices_and_resumes(sparse_pair,
     assert trained > 0.5 and trained > baseline + 0.3, (trained, baseline)
 
 
+def test_rada_presets_train_on_the_loss_terms_of_their_config(sparse_pair, tmp_path):
+    """The co-training step's supervised loss is ``loss`` (RADA states (Dice + BCE) / 2 in YAML) and its
+    pseudo-label loss ``cotraining.pseudo_loss``: changing a term changes the loss a step trains on."""
+    from medtextseg.training.engine import train
+
+    for preset in ("rada", "rada_text", "rada_single"):
+        config = Config.load(preset)
+        assert config.loss.terms == {"dice": 0.5, "bce": 0.5} and config.cotraining.pseudo_loss.terms == {"bce": 1.0}
+    _, sparse, _ = sparse_pair
+    common = [f"data.root={sparse}", *TINY, "train.steps=1", "train.val_every=1"]
+    first = {}
+    for name, terms in (("preset", []), ("dice", ["loss.terms.dice=1.0"]), ("tversky", ["loss.terms.tversky=1.0"])):
+        run = train(Config.load("rada_single", common + terms), tmp_path / name, progress=False)
+        log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+        first[name] = next(r for r in log if "net0.supervised" in r)
+    preset, dice, tversky = first["preset"], first["dice"], first["tversky"]
+    assert preset["net0.supervised"] == pytest.approx(0.5 * preset["net0.dice"] + 0.5 * preset["net0.bce"])
+    assert dice["net0.dice"] == pytest.approx(preset["net0.dice"])  # the same first batch and network
+    assert dice["net0.supervised"] == pytest.approx(preset["net0.supervised"] + 0.5 * preset["net0.dice"])
+    assert "net0.tversky" not in preset and tversky["net0.tversky"] > 0
+    assert tversky["net0.supervised"] == pytest.approx(preset["net0.supervised"] + tversky["net0.tversky"])
+
+
 def test_region_prototypes_come_from_the_annotated_slices(sparse_pair, tmp_path):
     from medtextseg.training.checkpoint import load_checkpoint
     from medtextseg.training.engine import train

@@ -382,6 +382,10 @@ class CoTrainingConfig(_Section):
     labelled_per_batch: int = Field(2, ge=1, description="labelled patches per network per step")
     unlabelled_per_batch: int = Field(2, ge=0, description="unlabelled patches per network per step (0: no "
                                       "cross pseudo supervision)")
+    pseudo_loss: LossConfig = Field(
+        default_factory=lambda: LossConfig(terms={"bce": 1.0}, presence_weight=0.0, deep_supervision_weights=None),
+        description="the loss of each other network's certain pseudo labels on the unlabelled patches, a loss "
+        "section like loss (which is the supervised loss on the labelled patches)")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (one optimiser per network)")
     lr_step: int = Field(2500, ge=1, description="the learning rate is multiplied by lr_gamma every lr_step steps")
     lr_gamma: float = Field(0.1, gt=0, le=1)

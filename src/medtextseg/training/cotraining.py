@@ -6,14 +6,15 @@ What one step does, for network k = 1..N in turn:
 1. draw its own batch (``data/sparse_dataset.py``): ``labelled_per_batch`` patches of labelled volumes with the
    targets and voxel weights of its view (``cotraining.views[k]``: the annotated planes it learns from), and
    ``unlabelled_per_batch`` patches of unlabelled volumes;
-2. supervised loss ``L_sup = (weighted Dice + weighted BCE) / 2`` on the labelled patches. A voxel's target and
+2. supervised loss ``L_sup``, the terms of ``loss`` (RADA: ``(weighted Dice + weighted BCE) / 2``) on the
+   labelled patches, voxel-weighted. A voxel's target and
    weight come from the annotated slice of one of its view's planes, propagated through the volume
    (``data/label_propagation.py``) and weighted ``alpha(t) ** distance``; the plane with the larger weight wins,
    and the annotated slices themselves weigh 1. ``alpha(t)`` falls to 0 along a cosine, moving supervision
    from the propagated labels to the true slices;
 3. cross pseudo supervision: each other network j labels the unlabelled patches (no gradient); voxels whose
    entropy, averaged over ``uncertainty_passes`` noisy copies of the input, is below ``h(t)`` train network k
-   by BCE;
+   by ``cotraining.pseudo_loss`` (RADA: BCE);
 4. ``L_k = (1 - 2 beta(t)) L_sup + beta(t) sum_j L_u^j``, one SGD step of network k's own optimiser.
 
 A densely labelled volume (no ``ignore`` voxel) weighs 1 everywhere: the same step with one network and

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from medtextseg.config import Config, LossConfig
+from medtextseg.config import Config
 from medtextseg.data.dataset import PreparedCase
 from medtextseg.data.layout import PromptRecord, load_dataset, verify_dataset
 from medtextseg.data.planning import Plan
@@ -29,6 +29,7 @@ from medtextseg.training.cotraining import (
 )
 from medtextseg.training.distributed import DistributedContext
 from medtextseg.training.inputs import prepare_cases, text_cache_for
+from medtextseg.training.schedule import LossWeightSchedule
 from medtextseg.utils.errors import MedTextSegError
 
 
@@ -87,17 +88,16 @@ class CoTrainingStep:
         self.members = list(self.model.members) if config.model.networks > 1 else [self.model]
         self.optimizers = [torch.optim.SGD(m.parameters(), lr=config.train.lr, momentum=config.cotraining.momentum,
                                            weight_decay=config.train.weight_decay) for m in self.members]
-        supervised = LossConfig(terms={"dice": 0.5, "bce": 0.5}, presence_weight=config.loss.presence_weight,
-                                deep_supervision_weights=None)
-        self.supervised_loss = build_loss(supervised)
-        self.pseudo_loss = build_loss(LossConfig(terms={"bce": 1.0}, presence_weight=0.0,
-                                                 deep_supervision_weights=None))
+        self.supervised_loss = build_loss(config.loss)
+        self.pseudo_loss = build_loss(config.cotraining.pseudo_loss)
+        self.schedule = LossWeightSchedule(config.loss.schedules)
         self.rng = np.random.default_rng(config.train.seed)
         self.region_slices: list[int] = []
         if state is not None:
             self.model.load_state_dict(state["model"])
             for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
                 optimizer.load_state_dict(saved)
+            self.schedule.load_state_dict(state.get("schedule", {}))
             self.rng.bit_generator.state = state["rng"]["generator"]
         elif config.model.region_dim:
             for member, (prototype, slices) in zip(self.members, region_prototypes(config, cases), strict=True):
@@ -117,12 +117,15 @@ class CoTrainingStep:
                 group["lr"] = lr
         alpha, beta = alpha_at(step, config), beta_at(step, config)
         threshold = entropy_threshold(step, config)
+        factors = self.schedule.factors(step)
         record: dict[str, float] = {}
         for k in range(len(self.members)):  # f1, then f2, then f3: each sees the others' latest weights
-            record |= self._network_step(k, alpha, beta, threshold)
-        return record | {"alpha": alpha, "beta": beta}
+            record |= self._network_step(k, alpha, beta, threshold, factors)
+        self.schedule.observe_loss(float(np.mean([record[f"net{k}.loss"] for k in range(len(self.members))])))
+        return record | {f"factor.{name}": value for name, value in factors.items()} | {"alpha": alpha, "beta": beta}
 
-    def _network_step(self, k: int, alpha: float, beta: float, threshold: float) -> dict[str, float]:
+    def _network_step(self, k: int, alpha: float, beta: float, threshold: float,
+                      factors: dict[str, float]) -> dict[str, float]:
         config, device = self.config.cotraining, self.device
         member, optimizer = self.members[k], self.optimizers[k]
         image, target, weight, prompts = self.cases.labelled_batch(k, alpha, self.rng)
@@ -138,8 +141,8 @@ class CoTrainingStep:
         labelled = target.shape[0]
         head = ModelOutput(logits=output.logits[:labelled],
                             presence=None if output.presence is None else output.presence[:labelled])
-        supervised, _ = self.supervised_loss(head, target, weight)
-        record = {f"net{k}.supervised": float(supervised.detach())}
+        supervised, parts = self.supervised_loss(head, target, weight, factors=factors)  # config.loss
+        record = {f"net{k}.supervised": float(supervised.detach()), **{f"net{k}.{n}": v for n, v in parts.items()}}
         loss = supervised
         if unlabelled:
             rows = torch.arange(labelled, image.shape[0], device=device)
@@ -154,6 +157,7 @@ class CoTrainingStep:
                 kept.append(float(mask.mean()))
             loss = (1 - 2 * beta) * supervised + beta * pseudo_total
             record |= {f"net{k}.pseudo": float(pseudo_total.detach()), f"net{k}.certain": float(np.mean(kept))}
+        record[f"net{k}.loss"] = float(loss.detach())
         optimizer.zero_grad(set_to_none=True)
         if torch.isfinite(loss):  # skip the update rather than poison the weights
             loss.backward()
@@ -165,7 +169,7 @@ class CoTrainingStep:
         return self.optimizers[0].param_groups[0]["lr"]
 
     def observe_validation(self, val_dice: float) -> None:
-        """Nothing waits for the validation Dice here."""
+        self.schedule.observe_validation(val_dice)
 
     def share_decisions(self) -> None:
         """One process: nothing to share."""
@@ -174,7 +178,7 @@ class CoTrainingStep:
         return None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"optimizers": [o.state_dict() for o in self.optimizers],
+        return {"optimizers": [o.state_dict() for o in self.optimizers], "schedule": self.schedule.state_dict(),
                 "rng": {"generator": self.rng.bit_generator.state}}
 
     def close(self) -> None:
