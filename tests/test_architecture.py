@@ -23,8 +23,12 @@ KNOWN_EXCEPTIONS = {
 KNOWN_CYCLES = {
     frozenset({"text.clip", "text.encoders", "text.sentence_encoder"}):
         "encoders.py imports the encoder kinds lazily; they take its shared helpers",
-    frozenset({"__init__", "api", "inference.predictor", "training.checkpoint", "training.model_package"}):
+    frozenset({"__init__", "api", "inference.ensemble", "inference.predictor", "training.checkpoint",
+               "training.model_package"}):
         "model_package.py reads the package's __version__; checkpoint.py opens packages through it",
+    frozenset({"models.conditioning.catalogue", "models.conditioning.registry"}):
+        "the registry imports the catalogue of built-in blocks lazily, at the first lookup; the catalogue registers "
+        "them",
 }
 
 

@@ -122,8 +122,8 @@ def test_a_fold_run_trains_on_the_other_folds_and_validates_on_its_own(dataset, 
     trainer = Trainer(config, tmp_path / "run", progress=False)
     trainer.run()
     folds = json.loads((dataset / FOLDS_FILE).read_text())
-    assert [c.case for c in trainer.train_cases] == folds[2]["train"]
-    assert [c.case for c in trainer.val_cases] == folds[2]["val"]
+    assert [c.case for c in trainer.policy.train_cases] == folds[2]["train"]
+    assert [c.case for c in trainer.policy.val_cases] == folds[2]["val"]
     saved = Config.load(tmp_path / "run" / "config.yaml")  # the resolved config records the fold
     assert (saved.data.fold, saved.data.folds, saved.data.fold_seed) == (2, 5, 12345)
     # evaluation and calibration of the run read its held-out fold as "val"; the test split stays as it is

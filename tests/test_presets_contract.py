@@ -89,7 +89,8 @@ def test_every_preset_builds_trains_predicts_saves_and_loads(preset, request, tm
     from medtextseg.training.engine import train
 
     own = Config.load(preset)
-    data = request.getfixturevalue("sparse_3d" if own.train.step_policy == "cotraining" else f"dataset_{own.model.spatial_dims}d")
+    cotraining = own.train.step_policy == "cotraining"
+    data = request.getfixturevalue("sparse_3d" if cotraining else f"dataset_{own.model.spatial_dims}d")
     config = contract_config(preset, data)
     run = train(config, tmp_path / "run", progress=False)
 
@@ -104,7 +105,7 @@ def test_every_preset_builds_trains_predicts_saves_and_loads(preset, request, tm
         assert torch.equal(tensor.cpu(), state["model"][name]), name
     layout = load_dataset(data)
     case = layout.cases[layout.splits["test"][0]]
-    prompt = PROMPT if own.train.step_policy == "cotraining" else "the prostate"
+    prompt = PROMPT if cotraining else "the prostate"
     (segmentation,) = predictor.predict(case.image_paths, prompt, uncertainty=False)
     assert segmentation.mask.shape == nib.load(str(case.image_paths[0])).shape
     assert np.isfinite(segmentation.probability).all()
