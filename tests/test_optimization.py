@@ -67,3 +67,41 @@ def test_a_run_stops_early_when_validation_stops_improving(dataset_2d, tmp_path)
     assert log[-1]["event"] == "end" and log[-1]["step"] == 6
     state = torch.load(run / "last.pt", weights_only=False)
     assert state["scheduler"]["lr_lambdas"][0]["stop"] is True and not math.isinf(state["best"])
+
+
+def test_the_validation_interval_grows_to_keep_validation_within_its_budget():
+    from medtextseg.training.engine import MIN_VALIDATION_SECONDS, spaced_val_every
+
+    # 200 steps took 100 s, a validation 30 s: 23% of the time. At 10 %, 30 <= 0.1 (t + 30) needs t >= 270 s of
+    # training, 540 steps at 0.5 s a step: the next multiple of 200 is 600
+    assert spaced_val_every(200, 200, 0.1, 100.0, 30.0) == 600
+    assert spaced_val_every(200, 200, 0.1, 100.0, 10.0) == 200  # 9 %: within the budget
+    assert spaced_val_every(600, 200, 0.1, 300.0, 10.0) == 600  # never shrinks
+    assert spaced_val_every(200, 200, None, 100.0, 30.0) == 200  # no budget
+    assert spaced_val_every(2, 2, 0.1, 0.1, MIN_VALIDATION_SECONDS * 0.9) == 2  # a short pass is left alone
+
+
+def test_a_slow_validation_is_spaced_out_and_the_interval_resumes(dataset_2d, tmp_path, monkeypatch):
+    import time
+
+    from medtextseg.training import engine
+
+    real = engine.validation_dice
+
+    def slow_validation(*args, **kwargs):
+        time.sleep(0.6)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "validation_dice", slow_validation)
+    monkeypatch.setattr(engine, "MIN_VALIDATION_SECONDS", 0.0)
+    config = Config.load("default_2d", [*TINY_2D, f"data.root={dataset_2d}", "train.steps=16"])
+    run = train(config, tmp_path / "run", progress=False)
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    (event,) = [line for line in log if line.get("event") == "val_every"]
+    assert event["step"] == 2 and event["val_every"] > 2 and event["val_every"] % 2 == 0
+    assert event["val_seconds"] > config.train.val_budget * (event["train_seconds"] + event["val_seconds"])
+    validations = [line["step"] for line in log if "val_dice" in line]
+    every = event["val_every"]
+    assert validations == [2, *range(every, 16, every), 16]  # spaced, and the last step as always
+    assert torch.load(run / "last.pt", weights_only=False)["val_every"] == every
+

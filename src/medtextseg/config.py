@@ -313,6 +313,10 @@ class TrainConfig(_Section):
                                        "better validation Dice (None: run every step)")
     warmup_steps: int = Field(50, ge=0)
     val_every: int = Field(250, ge=1)
+    val_budget: float | None = Field(
+        0.1, gt=0, lt=1, description="validation may take at most this share of the training time: a validation "
+        "pass longer than val_budget x the training since the previous one spaces the next ones out (val_every "
+        "times 2, 3, ..., logged as a val_every event); null: every val_every steps regardless")
     val_cases: int = Field(12, ge=1, description="validation cases scored at each validation")
     seed: int = 0
     amp: bool = Field(True, description="mixed precision when on a GPU (ignored on the CPU)")

@@ -10,6 +10,7 @@ distributed refuses it).
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from contextlib import ExitStack
@@ -37,6 +38,28 @@ from medtextseg.utils.errors import MedTextSegError
 from medtextseg.utils.folder_lock import folder_lock
 
 LOG_EVERY = 10  # steps between log lines
+
+
+#: A validation pass shorter than this never spaces the next ones out: a few seconds are not worth coarser
+#: checkpoints, and a short run (a test, a smoke run) keeps the cadence it asked for.
+MIN_VALIDATION_SECONDS = 5.0
+
+
+def spaced_val_every(every: int, configured: int, budget: float | None, train_seconds: float,
+                     val_seconds: float) -> int:
+    """The validation interval that keeps validation within ``budget`` of the training time.
+
+    ``train_seconds`` were spent on the ``every`` steps since the last validation, which then took ``val_seconds``.
+    Over budget (``val_seconds > budget * (train_seconds + val_seconds)``, and at least
+    :data:`MIN_VALIDATION_SECONDS`), the smallest multiple of ``configured`` (``train.val_every``) with
+    ``val_seconds <= budget * (steps * seconds_per_step + val_seconds)``; else ``every``. It never shrinks.
+    """
+    if budget is None or train_seconds <= 0 or val_seconds < MIN_VALIDATION_SECONDS:
+        return every
+    if val_seconds <= budget * (train_seconds + val_seconds):
+        return every
+    steps = val_seconds * (1 - budget) / budget / (train_seconds / every)
+    return max(every, configured * math.ceil(steps / configured))
 
 
 def truncate_log(log_path: Path, last_step: int) -> None:
@@ -107,11 +130,13 @@ class Trainer:
         state = load_checkpoint(self.run_dir / "last.pt") if self.resume else None
         self.policy.prepare(self.run_dir, state)
         self.step, self.best = 0, -1.0
+        self.val_every = self.config.train.val_every  # grows when validation outgrows train.val_budget
         if state is not None:
             self._restore(state)
 
     def _restore(self, state: dict) -> None:
         self.step, self.best = int(state["step"]), float(state["best"])
+        self.val_every = int(state.get("val_every", self.val_every))
         random.setstate(state["rng"]["python"])
         np.random.set_state(state["rng"]["numpy"])
         torch.set_rng_state(state["rng"]["torch"])
@@ -123,8 +148,8 @@ class Trainer:
         layout = self.policy.layout
         state = {"model": self.model.state_dict(), "config": self.config.model_dump(mode="json"),
                  "text_encoder": self.text.encoder_name, "text_dim": self.text.dim, "step": self.step,
-                 "best": self.best, "channel_names": layout.channel_names, "spatial_dims": layout.spatial_dims,
-                 "plan": self.plan.to_dict() if self.plan else None}
+                 "best": self.best, "val_every": self.val_every, "channel_names": layout.channel_names,
+                 "spatial_dims": layout.spatial_dims, "plan": self.plan.to_dict() if self.plan else None}
         if full:
             own = self.policy.state_dict()
             state |= own | {"rng": {"python": random.getstate(), "numpy": np.random.get_state(),
@@ -154,6 +179,18 @@ class Trainer:
         self.policy.share_decisions()  # rank 0 validated; every rank must take its decisions
         return scores
 
+    def _keep_validation_within_budget(self, train_seconds: float, val_seconds: float) -> None:
+        """Space validations out (:func:`spaced_val_every`) when the last one outgrew ``train.val_budget``. Rank 0
+        measured; every rank takes its decision."""
+        every = spaced_val_every(self.val_every, self.config.train.val_every, self.config.train.val_budget,
+                                 train_seconds, val_seconds)
+        every = int(self.ctx.from_main([float(every)])[0])
+        if every != self.val_every and self.ctx.is_main:
+            self._log({"step": self.step, "event": "val_every", "val_every": every,
+                       "val_seconds": round(val_seconds, 2), "train_seconds": round(train_seconds, 2),
+                       "val_budget": self.config.train.val_budget})
+        self.val_every = every
+
     # ---------------------------------------------------------------- loop
     def run(self) -> Path:
         """Train to ``config.train.steps`` and return the run folder."""
@@ -180,6 +217,7 @@ class Trainer:
         total = config.train.steps
         progress = StepProgress(self.policy.label, total, self.step, self.progress and ctx.is_main)
         started, window = time.perf_counter(), []
+        since_validation = started
         try:
             while self.step < total and self.policy.stop_reason() is None:
                 parts = self.policy.train_step(self.step)
@@ -194,8 +232,14 @@ class Trainer:
                                    "lr": self.policy.learning_rate(),
                                    "seconds": round(time.perf_counter() - started, 2)})
                     window = []
-                scores = self._validate_and_save() if self.step % config.train.val_every == 0 or \
-                    self.step == total else None
+                scores = None
+                if self.step % self.val_every == 0 or self.step == total:
+                    validation_started = time.perf_counter()
+                    scores = self._validate_and_save()
+                    if self.step < total:
+                        self._keep_validation_within_budget(validation_started - since_validation,
+                                                            time.perf_counter() - validation_started)
+                    since_validation = time.perf_counter()
                 progress.update(self.step, scores)
         except KeyboardInterrupt:
             if ctx.is_main:  # keep what was learnt: resume continues from here
