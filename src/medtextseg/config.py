@@ -75,6 +75,10 @@ class DataConfig(_Section):
     normalization: list[ChannelNormalization] | None = Field(
         None, description="per image channel, 'zscore' (each image by itself) or 'ct' (clip + the dataset's mean "
         "and std); null z-scores every channel; the plan sets it from the channel names")
+    slice_context: int = Field(0, ge=0, le=8, description="a 2D model (model.spatial_dims=2) on volumes: this many "
+                               "neighbouring axial slices on either side are input channels (2.5D, as "
+                               "BiomedParse): model.in_channels = image channels x (2k+1), which the plan sets; "
+                               "0 = the slice alone")
     cache_dir: str | None = Field(None, description="where prepared cases are cached (preprocessed/{key}/; default: "
                                   "{data.root}/.medtextseg_cache, or $MEDTEXTSEG_CACHE / ~/.cache/medtextseg when "
                                   "the dataset folder is read-only)")
@@ -468,6 +472,26 @@ class Config(_Section):
                              f"axis (model.strides {self.model.strides}); the decoder could not join its skip "
                              f"connections: use e.g. --set data.patch_size=[{fitting}]")
         return self
+
+    @model_validator(mode="after")
+    def _check_slice_context(self) -> Config:
+        """2.5D input is for 2D models, and its channels come in whole stacks: model.in_channels is the image's
+        channels x (2k+1), channel-major (each channel's slices z-k..z+k, then the next channel's)."""
+        context = self.data.slice_context
+        if context and self.model.spatial_dims != 2:
+            raise ValueError(f"data.slice_context={context} stacks neighbouring slices as the channels of a 2D "
+                             f"model, but model.spatial_dims={self.model.spatial_dims}; use 0 for a 3D model")
+        if self.model.in_channels % (2 * context + 1):
+            raise ValueError(f"model.in_channels={self.model.in_channels} is not a multiple of {2 * context + 1}: "
+                             f"data.slice_context={context} gives each image channel {2 * context + 1} slices "
+                             "(model.in_channels = image channels x (2k+1))")
+        return self
+
+    @property
+    def image_channels(self) -> int:
+        """Image channels a case has (one file each): ``model.in_channels``, or with ``data.slice_context`` k
+        that divided by the 2k+1 slices each one gives the network."""
+        return self.model.in_channels // (2 * self.data.slice_context + 1)
 
     @model_validator(mode="after")
     def _check_inference_spacing(self) -> Config:

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from medtextseg.data.layout import CaseRecord, PromptRecord
 from medtextseg.data.prompts import swap_left_right
+from medtextseg.data.slices import axial_slice, draw_slice
 from medtextseg.data.transforms import coordinate_channels, preparation
 from medtextseg.data.vocabulary import PromptVocabulary
 
@@ -131,6 +132,12 @@ class PromptSampleDataset(torch.utils.data.Dataset):
 
     ``cases`` may be in memory (``PreparedCase``) or references to the preprocessed cache (``CachedCase``, loaded
     when an item is drawn): the items are the same tensors either way.
+
+    Volumes [C, X, Y, Z] with a 2D ``patch_size`` (a 2D model on a 3D dataset): each item is one axial slice of
+    its case (:func:`medtextseg.data.slices.draw_slice`: two in three through a chosen prompt's target), with
+    ``slice_context`` neighbouring slices on either side as channels, so ``image`` is
+    [C * (2 * slice_context + 1) (+ 2 coordinate channels), *patch]; the targets are the slice's, empty for a
+    prompt whose target the slice misses.
     """
 
     def __init__(self, cases: Sequence[PreparedCase | CachedCase], patch_size: list[int], prompts_per_image: int,
@@ -139,7 +146,7 @@ class PromptSampleDataset(torch.utils.data.Dataset):
                  vocabulary: PromptVocabulary | None = None, structured: Mapping[str, str] | None = None,
                  structured_probability: float = 0.0, *,
                  paraphrases: Mapping[str, Sequence[str]] | None = None,
-                 paraphrase_probability: float = 0.0) -> None:
+                 paraphrase_probability: float = 0.0, slice_context: int = 0) -> None:
         self.cases = [c for c in cases if c.prompts]
         self.patch_size = list(patch_size)
         self.k = prompts_per_image
@@ -153,6 +160,7 @@ class PromptSampleDataset(torch.utils.data.Dataset):
         self.structured_probability = structured_probability
         self.paraphrases = paraphrases if paraphrases and paraphrase_probability > 0 else None
         self.paraphrase_probability = paraphrase_probability
+        self.slice_context = slice_context
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -182,9 +190,13 @@ class PromptSampleDataset(torch.utils.data.Dataset):
         case = self.cases[index].load()  # a reference reads its arrays now, in the worker that draws the item
         prompts = self._choose_prompts(case, rng)
         targets = torch.stack([case.target(p) for p in prompts]).float()  # [K, *spatial]
-        channels = case.image.shape[0]
-        coordinates = coordinate_channels(case.image.shape[1:]) if self.coordinates else case.image[:0]
-        stacked = torch.cat([case.image, coordinates, targets])  # cropped together: coordinates stay whole-image
+        image = case.image
+        if image.ndim - 1 == len(self.patch_size) + 1:  # a volume for a 2D model: one axial slice of it
+            index = draw_slice(targets, rng)
+            image, targets = axial_slice(image, index, self.slice_context), targets[..., index]
+        channels = image.shape[0]
+        coordinates = coordinate_channels(image.shape[1:]) if self.coordinates else image[:0]
+        stacked = torch.cat([image, coordinates, targets])  # cropped together: coordinates stay whole-image
         first_target = channels + coordinates.shape[0]
         seed = int(rng.integers(2**31))
         present = [i for i in range(len(prompts)) if targets[i].any()]

@@ -101,12 +101,17 @@ def _case_measurements(case: CaseRecord, spatial_dims: int, rng: np.random.Gener
         samples[channel].append(values[take])
 
 
-def fingerprint_dataset(layout: DatasetLayout, case_ids: list[str], progress: bool = False) -> Fingerprint:
+def fingerprint_dataset(layout: DatasetLayout, case_ids: list[str], progress: bool = False,
+                        spatial_dims: int | None = None) -> Fingerprint:
     """Measure ``case_ids`` of ``layout`` (headers, label maps, a sample of image voxels per case).
+
+    ``spatial_dims``: the axes measured, R, A (and S); default the dataset's. 2 on a 3D dataset measures the
+    axial plane a 2D model segments it in (boxes are those of the whole volume's targets, seen along S).
 
     Deterministic: the voxel samples are drawn with a fixed seed.
     """
-    fingerprint = Fingerprint(layout.spatial_dims, list(layout.channel_names))
+    dims = layout.spatial_dims if spatial_dims is None else spatial_dims
+    fingerprint = Fingerprint(dims, list(layout.channel_names))
     rng = np.random.default_rng(0)
     samples: list[list[np.ndarray]] = [[] for _ in layout.channel_names]
     kinds: Counter[str] = Counter()
@@ -114,7 +119,7 @@ def fingerprint_dataset(layout: DatasetLayout, case_ids: list[str], progress: bo
         for case_id in iterator:
             case = layout.cases[case_id]
             kinds.update(p.kind for p in case.prompts)
-            _case_measurements(case, layout.spatial_dims, rng, fingerprint, samples)
+            _case_measurements(case, dims, rng, fingerprint, samples)
     fingerprint.kinds = dict(sorted(kinds.items()))
     for channel_samples in samples:
         values = np.concatenate(channel_samples) if channel_samples else np.zeros(1)

@@ -317,26 +317,42 @@ def planned_config(preset: str | Path, overrides: list[str], plan_file: str | Pa
         # the whole dataset first (every split's cases): a bad file is named before any plan is printed
         verify_dataset(layout, layout.cases_in_splits(), progress)
         case_ids = layout.splits.get("train") or list(layout.cases)
-        plan = make_plan(fingerprint_dataset(layout, case_ids, progress), math.prod(base.data.patch_size),
-                         len(base.model.channels), base.data.kind_weights)
-    config = Config.load(preset, overrides, plan.overrides())
+        plan = make_plan(fingerprint_dataset(layout, case_ids, progress, base.model.spatial_dims),
+                         math.prod(base.data.patch_size), len(base.model.channels), base.data.kind_weights)
+    planned = plan.overrides()
+    # a 2.5D model reads 2k+1 slices of every image channel: the network's input channels follow
+    planned["model.in_channels"] = plan.in_channels * (2 * base.data.slice_context + 1)
+    if base.data.slice_context and plan_file is None:
+        plan.notes.append(f"data.slice_context={base.data.slice_context}: the model reads "
+                          f"{2 * base.data.slice_context + 1} slices of each channel, model.in_channels "
+                          f"{planned['model.in_channels']}")
+    config = Config.load(preset, overrides, planned)
     if plan_file is None:  # --set may have changed what the plan fitted to the dataset: say so before training
         check_config_fits_dataset(config, layout)
     return config, plan
 
 
 def check_config_fits_dataset(config: Config, layout: DatasetLayout, channels: bool = True) -> None:
-    """Refuse a model of other dimensions than the dataset, or (with ``channels``) with another number of
-    input channels than ``dataset.json`` declares: the first convolution would fail on the first batch.
+    """Refuse a model the dataset cannot train: a 3D model on 2D slices, a 2.5D one (``data.slice_context``) on
+    single slices, or (with ``channels``) another number of input channels than ``dataset.json`` declares (x the
+    2k+1 slices of a 2.5D model): the first convolution would fail on the first batch. A 2D model on a 3D
+    dataset trains on its axial slices (``data.slices``).
 
     Raises:
         MedTextSegError: naming the config field, its value and the dataset's.
     """
-    if layout.spatial_dims != config.model.spatial_dims:
+    if layout.spatial_dims < config.model.spatial_dims:
         raise MedTextSegError(f"config field 'model.spatial_dims' is {config.model.spatial_dims} but the "
                               f"dataset {layout.root} is {layout.spatial_dims}D; use a "
                               f"{layout.spatial_dims}D preset (e.g. default_2d)")
-    if channels and len(layout.channel_names) != config.model.in_channels:
+    context = config.data.slice_context
+    if context and layout.spatial_dims == 2:
+        raise MedTextSegError(f"config field 'data.slice_context' is {context} but the dataset {layout.root} is 2D "
+                              "(single slices, no neighbours to read); use 0, or a 3D dataset")
+    stack = 2 * context + 1
+    if channels and len(layout.channel_names) * stack != config.model.in_channels:
+        slices = f" x {stack} slices (data.slice_context={context}) = {len(layout.channel_names) * stack}" \
+            if context else ""
         raise MedTextSegError(f"config field 'model.in_channels' is {config.model.in_channels} but "
                               f"{layout.root / 'dataset.json'} declares {len(layout.channel_names)} "
-                              f"channels ({', '.join(layout.channel_names)})")
+                              f"channels ({', '.join(layout.channel_names)}){slices}")
