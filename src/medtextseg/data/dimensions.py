@@ -8,7 +8,8 @@ in one file, or a vector pixel) is neither: medtextseg takes one file per channe
 volume given to a 2D model failed in a reshape after prediction, a 4D file reached the first convolution with
 too many channels, and a slice given to a 3D model was segmented without a word. A slice that is not axial
 (48 x 1 x 48 with an axial affine, or a sagittal 48 x 48 x 1) would have been squeezed along the wrong axis:
-it is refused.
+it is refused. A 2D model also takes a volume (``slices_of_volumes``): it segments it slice by slice along
+superior-inferior (``data.slices``), the masks coming back on the volume's grid.
 """
 
 from __future__ import annotations
@@ -95,7 +96,8 @@ def _check_axial(name: str, shape: tuple[int, ...], affines: dict[str, np.ndarra
                               "superior-inferior): reslice it, or correct its affine if the slice is axial")
 
 
-def check_image_dims(path: str | Path, spatial_dims: int, subject: str, other_dims_fix: str) -> None:
+def check_image_dims(path: str | Path, spatial_dims: int, subject: str, other_dims_fix: str, *,
+                     slices_of_volumes: bool = False) -> None:
     """Raise unless ``path`` holds one image of ``spatial_dims`` spatial axes (see :func:`check_shape_dims`).
 
     Args:
@@ -105,21 +107,25 @@ def check_image_dims(path: str | Path, spatial_dims: int, subject: str, other_di
         subject: what expects them, for the message, e.g. "the model" or "the dataset".
         other_dims_fix: how to work with an image of the other kind, ``{dims}`` standing for its number of
             axes, e.g. "or use a {dims}D model".
+        slices_of_volumes: a 2D subject that also takes a volume, slice by slice (a 2D model predicting).
 
     Raises:
         MedTextSegError: naming the file, its shape and the fix.
     """
     check_shape_dims(file_shape(path), str(path), spatial_dims, subject, other_dims_fix,
-                     affines=declared_affines(path) if spatial_dims == 2 else None)
+                     affines=declared_affines(path) if spatial_dims == 2 else None,
+                     slices_of_volumes=slices_of_volumes)
 
 
 def check_shape_dims(shape: tuple[int, ...], name: str, spatial_dims: int, subject: str, other_dims_fix: str,
-                     unit: str = "file", affines: dict[str, np.ndarray] | None = None) -> None:
+                     unit: str = "file", affines: dict[str, np.ndarray] | None = None, *,
+                     slices_of_volumes: bool = False) -> None:
     """Raise unless ``shape`` (of the image called ``name``; one channel) has ``spatial_dims`` spatial axes.
 
     ``unit`` is what holds one channel, for the message: "file", or "array" for an image in memory.
     ``affines`` (source -> 4x4 voxel-to-world, e.g. a NIfTI's sform and qform) lets a 2D image be checked to be an
-    axial slice in any voxel order.
+    axial slice in any voxel order. ``slices_of_volumes``: a 2D subject also takes a volume (three axes longer
+    than one voxel), which it segments slice by slice.
 
     Raises:
         MedTextSegError: naming the image, its shape and the fix.
@@ -130,6 +136,8 @@ def check_shape_dims(shape: tuple[int, ...], name: str, spatial_dims: int, subje
                               f"{spatial_dims}D image per {unit}: save each channel (or time point) as a {unit} of "
                               "its own, in the channel order")
     long_axes = sum(s > 1 for s in shape[:3])
+    if spatial_dims == 2 and long_axes == 3 and slices_of_volumes:
+        return
     if spatial_dims == 2 and long_axes == 3:
         raise MedTextSegError(f"{name}: a 3D image (shape {_fmt(shape)}) but {subject} is 2D (one slice per {unit}, "
                               f"X x Y x 1): give a single slice, {other_dims_fix.format(dims=3)}")

@@ -129,7 +129,8 @@ def _score_run(run: Path, data: str | Path, split: str, grid: list[float], progr
     for case_id, reference in zip(case_ids, cases, strict=True):
         case = reference.load()
         probabilities = gated_probabilities(model, case.image, text([p.prompt for p in case.prompts]),
-                                            config.data.patch_size, grid, inference.overlap)  # [T, P, *spatial]
+                                            config.data.patch_size, grid, inference.overlap,
+                                            slice_context=config.data.slice_context)  # [T, P, *spatial]
         masks = torch.stack([torch.stack([torch.from_numpy(remove_small_components(
             m.numpy(), inference.min_component_voxels)) for m in row > inference.threshold])
             for row in probabilities])  # [T, P, *spatial] bool

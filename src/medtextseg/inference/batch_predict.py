@@ -279,7 +279,7 @@ def predict_cases(model: Predictor | ModelArgument, cases: Sequence[CaseInput], 
         predictor.progress = window_progress
     for case in cases:
         try:
-            check_channels(case, predictor.config.model.in_channels, predictor.channel_names)
+            check_channels(case, predictor.config.image_channels, predictor.channel_names)
             predictor.check_inputs(list(case.images))
         except MedTextSegError as error:
             message = str(error)

@@ -138,7 +138,9 @@ class MemoryPlan:
         if fix is None:
             for factor in (1.25, 1.5, 2.0, 3.0, 4.0):
                 spacing = tuple(s * factor for s in self.spacing)
-                shape = tuple(max(1, int(round(n / factor))) for n in self.model_shape)
+                # a 2D model's slices keep their spacing (a 2D inference.spacing): only the plane coarsens
+                shape = tuple(max(1, int(round(n / factor))) if axis < len(self.spacing) else n
+                              for axis, n in enumerate(self.model_shape))
                 coarser = replace(lean, hold_all=False, spacing=spacing, model_shape=shape)
                 if coarser.total <= bound:
                     values = ",".join(f"{s:.3g}" for s in spacing)

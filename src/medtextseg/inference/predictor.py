@@ -3,6 +3,11 @@
 Files (or in-memory images, :mod:`medtextseg.data.image_input`) -> ``preparation`` (RAS, spacing, z-score) ->
 sliding window for all prompts at once -> ``Invertd`` back to the input's grid -> threshold (+ optional
 small-component removal) -> ``Segmentation``, which carries that grid and saves without the input.
+
+A 2D model takes single slices and volumes alike: the prepared image [C, X, Y, Z] (Z = 1 for a slice) is segmented
+slice by slice along its last axis, RAS superior (:mod:`medtextseg.data.slices`; a 2.5D model reads
+``data.slice_context`` neighbours of each slice as channels and is given volumes only), and the stacked maps
+[P, X, Y, Z] go back to the input's grid like a 3D model's.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from monai.data import MetaTensor
 from monai.transforms import Invertd
 
 from medtextseg.config import Config
-from medtextseg.data.dimensions import check_image_dims, check_shape_dims
+from medtextseg.data.dimensions import check_image_dims, check_shape_dims, file_shape
 from medtextseg.data.image_input import InMemoryImage, in_memory_image, is_path
 from medtextseg.data.io import Geometry, read_geometry, write_on_grid
 from medtextseg.data.prompts import swap_left_right, validate_prompt
@@ -210,12 +215,24 @@ class Predictor:
         (:class:`~medtextseg.inference.ensemble.EnsemblePredictor`)."""
         return [(self.checkpoint, self.config)]
 
+    def _check_context(self, shape: tuple[int, ...], name: str) -> None:
+        """Refuse a single slice to a 2.5D model (``data.slice_context`` > 0): it reads neighbouring slices."""
+        context = self.config.data.slice_context
+        if context and sum(s > 1 for s in shape[:3]) < 3:
+            raise MedTextSegError(f"{name}: a single slice (shape {' x '.join(map(str, shape))}) but the model "
+                                  f"reads {2 * context + 1} neighbouring slices of each channel "
+                                  f"(data.slice_context={context}); give the whole volume")
+
     def check_inputs(self, image_paths: list[Path]) -> None:
-        """Refuse, before any voxel is read, files the model cannot take: a volume for a 2D model, a slice for
-        a 3D one, a 4D file, another number of files than channels, channels on different grids (headers only)."""
+        """Refuse, before any voxel is read, files the model cannot take: a slice for a 3D or 2.5D model, a 4D
+        file, another number of files than channels, channels on different grids (headers only). A 2D model
+        takes slices and volumes (slice by slice)."""
         for path in image_paths:  # first: one 4D file of three channels is better told so than "got 1 file"
-            check_image_dims(path, self.config.model.spatial_dims, "the model", "or use a {dims}D model")
-        expected = self.config.model.in_channels
+            check_image_dims(path, self.config.model.spatial_dims, "the model", "or use a {dims}D model",
+                             slices_of_volumes=True)
+            if self.config.data.slice_context:
+                self._check_context(file_shape(path), str(path))
+        expected = self.config.image_channels
         if len(image_paths) != expected:
             names = f" ({', '.join(self.channel_names)})" if self.channel_names else ""
             raise MedTextSegError(f"the model takes {expected} image file(s){names}, one per channel, in that "
@@ -227,11 +244,13 @@ class Predictor:
                                       "image must be co-registered on one grid")
 
     def check_in_memory(self, given: InMemoryImage) -> None:
-        """Refuse an in-memory image the model cannot take: a volume for a 2D model, a slice for a 3D one, another
-        number of channels than the model's."""
+        """Refuse an in-memory image the model cannot take: a slice for a 3D or 2.5D model, another number of
+        channels than the model's."""
         check_shape_dims(given.geometry.shape, given.name, self.config.model.spatial_dims, "the model",
-                         "or use a {dims}D model", unit="array", affines={"affine": given.geometry.affine})
-        expected = self.config.model.in_channels
+                         "or use a {dims}D model", unit="array", affines={"affine": given.geometry.affine},
+                         slices_of_volumes=True)
+        self._check_context(tuple(given.geometry.shape), given.name)
+        expected = self.config.image_channels
         if given.image.shape[0] != expected:
             names = f" ({', '.join(self.channel_names)})" if self.channel_names else ""
             raise MedTextSegError(f"the model takes {expected} channel(s){names}, one image per channel (a "
@@ -335,7 +354,7 @@ class Predictor:
         if not torch.isfinite(image.as_tensor()).all():
             raise MedTextSegError(f"{name}: the image has NaN or infinite voxels")
         text, mirrored = self._text(prompts)
-        model_input = image.as_tensor()[..., 0] if self.config.model.spatial_dims == 2 else image.as_tensor()
+        model_input = image.as_tensor()  # [C, X, Y, Z]: a 2D model's windows are its slices (Z = 1 for a slice)
         # what Invertd reads of the prepared image: its recorded operations and meta, not its voxels
         trace = MetaTensor(torch.zeros(1), meta=image.meta)
         trace.applied_operations = image.applied_operations
@@ -353,11 +372,14 @@ class Predictor:
             shape = resampled_shape(geometry.shape, geometry.affine, grid)
         except (ValueError, IndexError):  # an affine nibabel cannot read an orientation from: the file's grid
             shape = tuple(geometry.shape)
-        shape = shape[: model.spatial_dims]
+        # a 2D model's windows are slices: its maps hold every slice, a window one of them
+        patch = (*self.config.data.patch_size, *[1] * (len(shape) - model.spatial_dims))
         spacing = tuple(grid) if grid is not None else geometry.spacing[: model.spatial_dims]
-        plan = MemoryPlan(tuple(geometry.shape), channels, shape, spacing, tuple(self.config.data.patch_size), prompts,
+        plan = MemoryPlan(tuple(geometry.shape), channels, shape, spacing, patch, prompts,
                           inference.prompt_chunk, inference.sw_batch_size,
-                          model.spatial_dims if model.coordinates else 0,
+                          # input channels besides the image's: coordinates, and a 2.5D model's neighbouring slices
+                          (model.spatial_dims if model.coordinates else 0) + model.in_channels
+                          - self.config.image_channels,
                           network_bytes_per_voxel(model.channels, model.strides), uncertainty,
                           model.head == "evidential", hold_all)
         if inference.memory_limit_gb is not None:
@@ -411,7 +433,7 @@ class Predictor:
         maps = iter_prompt_maps(self.model, model_input, text, self.config.data.patch_size, inference.overlap,
                                 inference.presence_threshold, inference.prompt_chunk, inference.mirror_axes,
                                 mirrored, inference.sw_batch_size, uncertainty, inference.autocast,
-                                bar.update if bar is not None else None)
+                                bar.update if bar is not None else None, self.config.data.slice_context)
         del model_input
         grids: dict[Any, torch.Tensor] = {}  # the input grid's sampling grid, computed once for every group
         try:
@@ -440,10 +462,8 @@ class Predictor:
 
     def _invert(self, stacked: torch.Tensor, trace: MetaTensor, transform: Any,
                 grids: dict[Any, torch.Tensor]) -> np.ndarray:
-        """Maps [K, *model_grid] -> [K, *input_grid] on the input's grid, as MONAI resampled them (float64);
-        ``grids``: the sampling grids of earlier groups of the same image (:func:`reused_sampling_grids`)."""
-        if self.config.model.spatial_dims == 2:
-            stacked = stacked[..., None]
+        """Maps [K, X, Y, Z] on the model's grid -> [K, *input_grid] on the input's grid, as MONAI resampled them
+        (float64); ``grids``: the sampling grids of earlier groups of the same image (:func:`reused_sampling_grids`)."""
         prediction = MetaTensor(stacked, meta=trace.meta)
         prediction.applied_operations = trace.applied_operations
         with reused_sampling_grids(grids):

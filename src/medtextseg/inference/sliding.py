@@ -3,6 +3,11 @@
 The prompts ride along as channels: the predictor returns [1, P, *window] for a window (2P with the uncertainty
 of an evidential head), so MONAI's Gaussian blending stitches all prompts at once and the image encoder runs
 once per window.
+
+A 2D model given a volume (an image with one more spatial axis than the window) segments it slice by slice: every
+axial slice (with ``slice_context`` neighbours on either side as channels, :mod:`medtextseg.data.slices`) is one
+image of the batch MONAI's inferer runs over, ``sw_batch_size`` windows of any slices per network call, and the
+slices' maps are stacked back into the volume: [P, X, Y, Z].
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import torch
 from monai.inferers import sliding_window_inference
 from torch import Tensor, nn
 
+from medtextseg.data.slices import slice_stack
 from medtextseg.data.transforms import coordinate_channels
 from medtextseg.models.evidential import dirichlet_uncertainty
 from medtextseg.text.batch import TextBatch
@@ -73,11 +79,59 @@ def autocast_context(device: torch.device, kind: str = "none"):
     return torch.autocast(device.type, dtype=AUTOCAST[kind])
 
 
+def is_slicewise(spatial_shape: Sequence[int], patch_size: Sequence[int]) -> bool:
+    """Whether an image of ``spatial_shape`` is a volume for a 2D window: one spatial axis more than the window,
+    segmented slice by slice along its last axis (RAS: inferior -> superior)."""
+    return len(spatial_shape) == len(patch_size) + 1
+
+
+def window_batch(image: Tensor, patch_size: Sequence[int], slice_context: int = 0,
+                 coordinates: bool = False) -> tuple[Tensor, int]:
+    """The batch MONAI's sliding window runs over, and how many of its channels are the image's.
+
+    Args:
+        image: [C, *spatial]; a volume [C, X, Y, Z] with a 2D ``patch_size`` is taken slice by slice.
+        patch_size: the window size.
+        slice_context: a slice-by-slice model's neighbouring slices on either side (``data.slice_context``).
+        coordinates: append whole-image (whole-slice) coordinate channels, as the model was trained with.
+
+    Returns:
+        ([1, C (+ S), *spatial], C) for an image of the window's dimensions; for a volume
+        ([Z, C * (2k + 1) (+ 2), X, Y], C * (2k + 1)), row z being slice z.
+
+    Raises:
+        ValueError: a slice context for an image that is not a volume (it has no neighbouring slices).
+    """
+    if is_slicewise(image.shape[1:], patch_size):
+        batch = slice_stack(image, slice_context)
+    elif slice_context:
+        raise ValueError(f"slice_context={slice_context} reads neighbouring slices, but the image [C, "
+                         f"{', '.join(map(str, image.shape[1:]))}] is not a volume for a {len(patch_size)}D window")
+    else:
+        batch = image[None]
+    channels = batch.shape[1]
+    if coordinates:
+        grid = coordinate_channels(batch.shape[2:]).to(batch.dtype)
+        batch = torch.cat([batch, grid[None].expand(len(batch), *grid.shape)], dim=1)
+    return batch, channels
+
+
+def from_batch(blended: Tensor, spatial_shape: Sequence[int], patch_size: Sequence[int]) -> Tensor:
+    """The sliding window's output [N, M, *window dims] as maps [M, *spatial] of the image
+    :func:`window_batch` took: row 0 of an image's batch, or the slices stacked back into the volume."""
+    if is_slicewise(spatial_shape, patch_size):
+        return blended.movedim(0, -1).contiguous()
+    return blended[0]
+
+
 def window_count(spatial_shape: Sequence[int], patch_size: Sequence[int], overlap: float) -> int:
     """The number of windows MONAI's sliding window visits on an image of ``spatial_shape`` (padded to the patch
-    where smaller), with its own scan interval."""
+    where smaller), with its own scan interval; on a volume with a 2D patch, those of one slice x the slices."""
     from monai.data.utils import dense_patch_slices
     from monai.inferers.utils import _get_scan_interval
+
+    if is_slicewise(spatial_shape, patch_size):
+        return window_count(spatial_shape[:-1], patch_size, overlap) * int(spatial_shape[-1])
 
     size = [max(int(s), int(p)) for s, p in zip(spatial_shape, patch_size, strict=True)]
     interval = _get_scan_interval(size, list(patch_size), len(size), [overlap] * len(size))
@@ -87,10 +141,10 @@ def window_count(spatial_shape: Sequence[int], patch_size: Sequence[int], overla
 @torch.no_grad()
 def prompt_probabilities(model: nn.Module, image: Tensor, text: TextBatch, patch_size: Sequence[int],
                          overlap: float = 0.25, presence_threshold: float = 0.5, prompt_chunk: int = 16,
-                         sw_batch_size: int = 1) -> Tensor:
+                         sw_batch_size: int = 1, slice_context: int = 0) -> Tensor:
     """``prompt_maps(...).probability``: [P, *spatial]; see :func:`prompt_maps`."""
     return prompt_maps(model, image, text, patch_size, overlap, presence_threshold, prompt_chunk,
-                       sw_batch_size=sw_batch_size, uncertainty=False).probability
+                       sw_batch_size=sw_batch_size, uncertainty=False, slice_context=slice_context).probability
 
 
 @torch.no_grad()
@@ -98,7 +152,7 @@ def prompt_maps(model: nn.Module, image: Tensor, text: TextBatch, patch_size: Se
                 overlap: float = 0.25, presence_threshold: float = 0.5, prompt_chunk: int = 16,
                 mirror_axes: Sequence[int] = (), mirrored_text: TextBatch | None = None,
                 sw_batch_size: int = 1, uncertainty: bool = True, autocast: str = "none",
-                progress: Callable[[int], None] | None = None) -> PromptMaps:
+                progress: Callable[[int], None] | None = None, slice_context: int = 0) -> PromptMaps:
     """Probability that each voxel belongs to what each prompt names, and how uncertain that is.
 
     All P prompts' maps at once: [P, *spatial] each (memory grows with P); :func:`iter_prompt_maps` gives them
@@ -110,7 +164,7 @@ def prompt_maps(model: nn.Module, image: Tensor, text: TextBatch, patch_size: Se
     """
     chunks = [maps for _, maps in iter_prompt_maps(model, image, text, patch_size, overlap, presence_threshold,
                                                    prompt_chunk, mirror_axes, mirrored_text, sw_batch_size,
-                                                   uncertainty, autocast, progress)]
+                                                   uncertainty, autocast, progress, slice_context)]
     return PromptMaps(torch.cat([c.probability for c in chunks]),
                       torch.cat([c.uncertainty for c in chunks]) if uncertainty else None,
                       chunks[0].uncertainty_kind)
@@ -121,7 +175,8 @@ def iter_prompt_maps(model: nn.Module, image: Tensor, text: TextBatch, patch_siz
                      overlap: float = 0.25, presence_threshold: float = 0.5, prompt_chunk: int = 16,
                      mirror_axes: Sequence[int] = (), mirrored_text: TextBatch | None = None,
                      sw_batch_size: int = 1, uncertainty: bool = True, autocast: str = "none",
-                     progress: Callable[[int], None] | None = None) -> Iterator[tuple[list[int], PromptMaps]]:
+                     progress: Callable[[int], None] | None = None,
+                     slice_context: int = 0) -> Iterator[tuple[list[int], PromptMaps]]:
     """Probability that each voxel belongs to what each prompt names, and how uncertain that is, ``prompt_chunk``
     prompts at a time: one sliding-window pass per chunk (the image encoder runs once per window and chunk),
     whose maps are yielded before the next pass starts, so memory holds one chunk's maps, not P.
@@ -140,7 +195,8 @@ def iter_prompt_maps(model: nn.Module, image: Tensor, text: TextBatch, patch_siz
     Args:
         model: a segmenter (``forward(image, text, image_index) -> ModelOutput``), in eval mode.
         image: [C, *spatial] z-scored, model space (RAS); coordinate channels are appended here when the
-            model's config asks for them, so windows see whole-image positions.
+            model's config asks for them, so windows see whole-image positions. A volume [C, X, Y, Z] for a 2D
+            ``patch_size`` is segmented slice by slice (:func:`window_batch`; the maps are [P, X, Y, Z]).
         text: P encoded prompts (on the model's device).
         patch_size: the window size; images smaller than it are padded by MONAI.
         overlap: window overlap fraction.
@@ -153,6 +209,7 @@ def iter_prompt_maps(model: nn.Module, image: Tensor, text: TextBatch, patch_siz
         uncertainty: False leaves the uncertainty maps out (None): an evidential head's is then not blended.
         autocast: the network's precision, ``"none"``, ``"bf16"`` or ``"fp16"`` (:func:`autocast_context`).
         progress: called with the number of windows of each network call (a progress bar's ``update``).
+        slice_context: slice by slice, the neighbouring slices on either side read as channels (2.5D).
 
     Yields:
         (the chunk's prompt indices, ``PromptMaps`` with [chunk, *spatial] float32 probability and uncertainty
@@ -163,14 +220,13 @@ def iter_prompt_maps(model: nn.Module, image: Tensor, text: TextBatch, patch_siz
     blend_uncertainty = evidential and uncertainty
     device = next(model.parameters()).device
     precision = autocast_context(device, autocast)  # refuses an unknown kind before any window
-    image_channels = image.shape[0]
-    if getattr(config, "coordinates", False):
-        image = torch.cat([image, coordinate_channels(image.shape[1:]).to(image.dtype)])
-    if any(not 0 <= axis < image.ndim - 1 for axis in mirror_axes):
-        raise ValueError(f"mirror_axes {list(mirror_axes)} must be spatial axes 0..{image.ndim - 2}")
+    spatial_shape = tuple(image.shape[1:])
+    if any(not 0 <= axis < len(patch_size) for axis in mirror_axes):
+        raise ValueError(f"mirror_axes {list(mirror_axes)} must be spatial axes 0..{len(patch_size) - 1}")
     if 0 in mirror_axes and mirrored_text is None:
         raise ValueError("mirroring along axis 0 (left-right) needs mirrored_text, the prompts with the sides swapped")
-    inputs = image[None].to(device)
+    inputs, image_channels = window_batch(image, patch_size, slice_context, getattr(config, "coordinates", False))
+    inputs = inputs.to(device)
     del image
     for start in range(0, len(text), prompt_chunk):
         rows = list(range(start, min(start + prompt_chunk, len(text))))
@@ -201,7 +257,7 @@ def iter_prompt_maps(model: nn.Module, image: Tensor, text: TextBatch, patch_siz
 
         blended = sliding_window_inference(inputs, roi_size=list(patch_size), sw_batch_size=sw_batch_size,
                                            predictor=predict, overlap=overlap, mode="gaussian")
-        blended = blended[0].float().cpu()
+        blended = from_batch(blended.float().cpu(), spatial_shape, patch_size)
         blended = blended.as_tensor() if hasattr(blended, "as_tensor") else blended
         if blend_uncertainty:
             yield rows, PromptMaps(blended[: len(rows)], blended[len(rows):], "dirichlet")
@@ -215,7 +271,7 @@ def iter_prompt_maps(model: nn.Module, image: Tensor, text: TextBatch, patch_siz
 @torch.no_grad()
 def gated_probabilities(model: nn.Module, image: Tensor, text: TextBatch, patch_size: Sequence[int],
                         presence_thresholds: Sequence[float], overlap: float = 0.25,
-                        sw_batch_size: int = 1) -> Tensor:
+                        sw_batch_size: int = 1, slice_context: int = 0) -> Tensor:
     """The probability maps :func:`prompt_maps` gives at each of several presence thresholds, in one pass.
 
     The gate closes per window, so the maps of two thresholds differ in which windows are blended as zeros; the
@@ -224,19 +280,21 @@ def gated_probabilities(model: nn.Module, image: Tensor, text: TextBatch, patch_
 
     Args:
         model: a segmenter with a presence logit, in eval mode.
-        image: [C, *spatial] z-scored, model space.
+        image: [C, *spatial] z-scored, model space (a volume for a 2D window: slice by slice).
         text: P encoded prompts (on the model's device).
         patch_size: the window size.
         presence_thresholds: T thresholds in [0, 1).
         overlap: window overlap fraction.
         sw_batch_size: windows per network call.
+        slice_context: slice by slice, the neighbouring slices read as channels (2.5D).
 
     Returns:
         [T, P, *spatial] float32 probabilities, row t gated at ``presence_thresholds[t]``.
     """
     device = next(model.parameters()).device
-    if getattr(getattr(model, "config", None), "coordinates", False):
-        image = torch.cat([image, coordinate_channels(image.shape[1:]).to(image.dtype)])
+    spatial_shape = tuple(image.shape[1:])
+    inputs, _ = window_batch(image, patch_size, slice_context,
+                             getattr(getattr(model, "config", None), "coordinates", False))
     thresholds = torch.tensor(list(presence_thresholds), dtype=torch.float32, device=device)  # [T]
     prompts = text.to(device)
 
@@ -250,8 +308,8 @@ def gated_probabilities(model: nn.Module, image: Tensor, text: TextBatch, patch_
         gated = probability * open_gate.view(*open_gate.shape, *[1] * len(spatial))  # [W, T, P, *window]
         return gated.flatten(1, 2)  # [W, T * P, *window]
 
-    blended = sliding_window_inference(image[None].to(device), roi_size=list(patch_size),
-                                       sw_batch_size=sw_batch_size, predictor=predict, overlap=overlap,
-                                       mode="gaussian")[0].float().cpu()
+    blended = sliding_window_inference(inputs.to(device), roi_size=list(patch_size), sw_batch_size=sw_batch_size,
+                                       predictor=predict, overlap=overlap, mode="gaussian")
+    blended = from_batch(blended.float().cpu(), spatial_shape, patch_size)
     blended = blended.as_tensor() if hasattr(blended, "as_tensor") else blended
     return blended.unflatten(0, (len(thresholds), len(prompts)))

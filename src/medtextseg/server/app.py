@@ -371,7 +371,7 @@ def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, settings
     sock = listening_socket(host, port)
     predictor = Predictor(model, device, threshold=threshold)
     app = create_app(predictor, settings)
-    channels = ", ".join(predictor.channel_names) or f"{predictor.config.model.in_channels} channel(s)"
+    channels = ", ".join(predictor.channel_names) or f"{predictor.config.image_channels} channel(s)"
     shown = f"[{host}]" if ":" in host else host
     print(f"medtextseg serve: {model} ({channels}) on http://{shown}:{sock.getsockname()[1]} "
           f"({'bearer token required' if settings.token else 'no token'}); Ctrl-C stops", flush=True)

@@ -392,7 +392,7 @@ def _metadata(run: Path, checkpoint: str, state: dict[str, Any], config: Config,
     from medtextseg import __version__
 
     channels = [str(c) for c in state.get("channel_names") or []] or \
-        [f"channel {i}" for i in range(config.model.in_channels)]
+        [f"channel {i}" for i in range(config.image_channels)]
     dims = config.model.spatial_dims
     kinds = sorted(kind for kind, weight in config.data.kind_weights.items() if weight > 0)
     data = _training_data(config)

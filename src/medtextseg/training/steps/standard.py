@@ -84,7 +84,8 @@ class StandardStep:
                                            data.kind_weights, data.flip_left_right, data.intensity_augmentation,
                                            seed, config.model.coordinates, vocabulary, text.structured,
                                            data.structured_prompts, paraphrases=text.paraphrases,
-                                           paraphrase_probability=data.paraphrase_probability)
+                                           paraphrase_probability=data.paraphrase_probability,
+                                           slice_context=data.slice_context)
         self.sampler = DistributedSampler(self.dataset, num_replicas=ctx.world_size, rank=ctx.rank,
                                           shuffle=True, seed=seed, drop_last=True)
         per_rank = len(self.sampler)
