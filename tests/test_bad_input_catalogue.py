@@ -43,6 +43,18 @@ def model_run_3d(dataset_3d, tmp_path_factory) -> Path:
     return train(config, tmp_path_factory.mktemp("catalogue") / "run_3d", progress=False)
 
 
+@pytest.fixture(scope="module")
+def model_25d(tmp_path_factory) -> Path:
+    """An untrained 2.5D model (data.slice_context=1: 3 slices of each of 3 channels), as a checkpoint file."""
+    from medtextseg.models.factory import create_model
+    from medtextseg.training.checkpoint import save_checkpoint
+
+    config = Config.load("default_2d", [*TINY_2D, "model.in_channels=9", "data.slice_context=1"])
+    return save_checkpoint(tmp_path_factory.mktemp("catalogue") / "model_25d.pt",
+                           {"model": create_model(config.model, 384).state_dict(), "config": config.model_dump(),
+                            "text_dim": 384, "channel_names": ["T2W", "ADC", "HBV"]})
+
+
 def snapshot(folder: Path) -> dict[str, str]:
     """Every file below ``folder`` -> the digest of its bytes (what a test compares before and after)."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -531,11 +543,6 @@ def predicting(model_fixture: str, how):
     return how
 
 
-def images_3d(ds: Path, tmp: Path, request) -> dict:
-    images = sorted((request.getfixturevalue("dataset_3d") / "imagesTr").glob("synth_000_*.nii.gz"))
-    return {"images": images, "image": images[0]}
-
-
 def images_2d(ds: Path, tmp: Path, request) -> dict:
     images = sorted((ds / "imagesTr").glob("synth_000_*.nii.gz"))
     return {"images": images, "image": images[0]}
@@ -732,9 +739,10 @@ CASES = {
                                            '{{"train": [...], "val": [...], "test": [...]}}, got a list'),
     # images of other dimensions or channels than the model's, and patches the strides do not divide: refused
     # before the model sees a tensor
-    "3D image to a 2D model": (predicting("model_run", images_3d), "{image}: a 3D image (shape 48 x 48 x 16) but "
-                                                                   "the model is 2D (one slice per file, X x Y x 1): "
-                                                                   "give a single slice, or use a 3D model"),
+    # (a 3D image given to a 2D model is segmented slice by slice: tests/test_slices.py)
+    "2D image to a 2.5D model": (predicting("model_25d", lambda ds, tmp, request: images_2d(ds, tmp, request)),
+                                 "{image}: a single slice (shape 48 x 48 x 1) but the model reads 3 neighbouring "
+                                 "slices of each channel (data.slice_context=1); give the whole volume"),
     "2D image to a 3D model": (predicting("model_run_3d", images_2d), "{image}: a 2D image (shape 48 x 48 x 1) but "
                                                                       "the model is 3D (a volume per file): give the "
                                                                       "whole volume, or use a 2D model"),

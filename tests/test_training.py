@@ -89,8 +89,11 @@ def test_resume_without_checkpoint_is_refused(dataset_2d, tmp_path):
 
 
 def test_config_must_match_dataset(dataset_2d, dataset_3d, tmp_path):
-    with pytest.raises(ValueError, match=r"'model.spatial_dims' is 2 but the dataset .* is 3D"):
-        train(tiny_config(dataset_3d), tmp_path / "run", progress=False)
+    # a 2D model trains on a 3D dataset's slices (tests/test_slices.py); a 3D model cannot train on slices
+    config = Config.load("default", ["model.channels=[4,8]", "model.strides=[[1,1,1],[2,2,2]]",
+                                     "data.patch_size=[16,16,8]", f"data.root={dataset_2d}"])
+    with pytest.raises(ValueError, match=r"'model.spatial_dims' is 3 but the dataset .* is 2D"):
+        train(config, tmp_path / "run", progress=False)
     with pytest.raises(ValueError, match=r"'model.in_channels' is 2 but .*declares 3 channels"):
         train(tiny_config(dataset_2d, "model.in_channels=2"), tmp_path / "run2", progress=False)
 
