@@ -211,6 +211,23 @@ def test_plan_of_a_2d_model_on_a_3d_dataset(dataset_3d):
     assert any("data.slice_context=1" in note for note in plan.notes)
 
 
+def test_25d_model_trains_on_volumes_and_predicts_one(dataset_3d, tmp_path):
+    """2.5D end to end: planned (9 input channels), trained and validated on volumes, a volume predicted."""
+    from medtextseg.data.planning import planned_config
+
+    config, _ = planned_config("default_2d", ["model.channels=[4,8,16]", "data.patch_size=[48,48]",
+                                              f"data.root={dataset_3d}", "data.slice_context=1", "train.steps=2",
+                                              "train.val_every=2", "train.val_cases=1", "train.warmup_steps=1"])
+    run = train(config, tmp_path / "run", progress=False)
+    log = (run / "log.jsonl").read_text()
+    assert '"val_dice"' in log
+    images = sorted((dataset_3d / "imagesTr").glob("synth_000_*.nii.gz"))
+    results = Predictor(run).predict(images, ["the prostate gland", "all lesions"])
+    source = nib.load(str(images[0]))
+    assert [r.mask.shape for r in results] == [source.shape] * 2
+    np.testing.assert_array_equal(results[0].affine, source.affine)
+
+
 def test_2d_model_trained_on_volumes_segments_held_out_volumes(tmp_path):
     """A hundred steps (seconds) of a tiny 2D model on the axial slices of a small 3D synthetic set, anatomy
     prompts only; scored as volumes on held-out cases through the predictor, the gland is found far better than
