@@ -166,6 +166,21 @@ def test_2d_model_volume_answer_is_its_slices_answers(tmp_path, dataset_3d):
         np.testing.assert_allclose(to_ras(result.probability, geometry.affine), own.numpy(), atol=1e-5)
 
 
+@pytest.mark.parametrize("preset", ["filmcbn", "textbcs"])
+def test_the_2d_method_presets_predict_volumes(tmp_path, oblique_volume, preset):
+    """FiLM/CBN (batch norm, fusion at the bottleneck) and TextBCS (encoder cross-attention, evidential head: its
+    uncertainty is blended slice by slice too) give every map on the volume's grid."""
+    config = Config.load(preset, ["model.channels=[4,8,16,16]", "data.patch_size=[16,16]", "model.in_channels=1"])
+    torch.manual_seed(0)
+    model = create_model(config.model, 384)
+    checkpoint = save_checkpoint(tmp_path / "model.pt", {"model": model.state_dict(), "config": config.model_dump(),
+                                                         "text_dim": 384})
+    results = Predictor(checkpoint).predict([oblique_volume], ["the prostate gland", "the left lesion"])
+    for result in results:
+        assert result.mask.shape == result.probability.shape == result.uncertainty.shape == (20, 24, 12)
+    assert results[0].uncertainty_kind == ("dirichlet" if preset == "textbcs" else "entropy")
+
+
 def test_a_2d_file_still_works_and_a_25d_model_refuses_it(tmp_path, dataset_2d):
     images = sorted((dataset_2d / "imagesTr").glob("synth_000_*.nii.gz"))
     [result] = Predictor(checkpoint_2d(tmp_path)).predict(images, ["the prostate gland"])
