@@ -18,7 +18,7 @@ from medtextseg.inference.predictor import Predictor
 from medtextseg.models.factory import create_model
 from medtextseg.models.output import ModelOutput
 from medtextseg.training.checkpoint import save_checkpoint
-from medtextseg.training.trainer import train
+from medtextseg.training.engine import train
 from medtextseg.utils.errors import MedTextSegError
 
 TINY_2D = ["model.channels=[4,8,16]", "model.strides=[[1,1],[2,2],[2,2]]", "data.patch_size=[48,48]",
