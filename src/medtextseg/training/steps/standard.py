@@ -128,8 +128,10 @@ class StandardStep:
             self.dataset.epoch = epoch
             batches = list(BatchSampler(self.sampler, self.config.train.batch_images, drop_last=True))
             # items are seeded by (seed, epoch, index): workers load and augment them, but cannot change them
+            # pinned pages make the host-to-GPU copy asynchronous; on the CPU they would only cost
             yield from DataLoader(self.dataset, batch_sampler=batches[skip:], collate_fn=collate_prompt_samples,
-                                  num_workers=self.config.train.num_workers)
+                                  num_workers=self.config.train.num_workers,
+                                  pin_memory=self.ctx.device.type == "cuda")
             epoch, skip = epoch + 1, 0
 
     def train_step(self, step: int) -> dict[str, float]:
