@@ -148,11 +148,12 @@ class Trainer:
         layout = self.policy.layout
         state = {"model": self.model.state_dict(), "config": self.config.model_dump(mode="json"),
                  "text_encoder": self.text.encoder_name, "text_dim": self.text.dim, "step": self.step,
-                 "best": self.best, "val_every": self.val_every, "channel_names": layout.channel_names,
-                 "spatial_dims": layout.spatial_dims, "plan": self.plan.to_dict() if self.plan else None}
-        if full:
+                 "best": self.best, "channel_names": layout.channel_names, "spatial_dims": layout.spatial_dims,
+                 "plan": self.plan.to_dict() if self.plan else None}
+        if full:  # what resuming needs besides the weights
             own = self.policy.state_dict()
-            state |= own | {"rng": {"python": random.getstate(), "numpy": np.random.get_state(),
+            state |= own | {"val_every": self.val_every,
+                            "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
                                     "torch": torch.get_rng_state(), **own.get("rng", {})}}
         return state
 
