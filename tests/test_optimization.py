@@ -74,11 +74,14 @@ def test_the_validation_interval_grows_to_keep_validation_within_its_budget():
 
     # 200 steps took 100 s, a validation 30 s: 23% of the time. At 10 %, 30 <= 0.1 (t + 30) needs t >= 270 s of
     # training, 540 steps at 0.5 s a step: the next multiple of 200 is 600
-    assert spaced_val_every(200, 200, 0.1, 100.0, 30.0) == 600
-    assert spaced_val_every(200, 200, 0.1, 100.0, 10.0) == 200  # 9 %: within the budget
-    assert spaced_val_every(600, 200, 0.1, 300.0, 10.0) == 600  # never shrinks
-    assert spaced_val_every(200, 200, None, 100.0, 30.0) == 200  # no budget
-    assert spaced_val_every(2, 2, 0.1, 0.1, MIN_VALIDATION_SECONDS * 0.9) == 2  # a short pass is left alone
+    assert spaced_val_every(200, 200, 0.1, 200, 100.0, 30.0) == 600
+    assert spaced_val_every(200, 200, 0.1, 200, 100.0, 10.0) == 200  # 9 %: within the budget
+    assert spaced_val_every(600, 200, 0.1, 600, 300.0, 10.0) == 600  # never shrinks
+    # the first validation after a change came after fewer steps than the new interval: the pace, not the share
+    # of that short stretch, decides (16 s at 0.5 s a step needs 288 steps: 400 holds)
+    assert spaced_val_every(400, 200, 0.1, 200, 101.1, 16.0) == 400
+    assert spaced_val_every(200, 200, None, 200, 100.0, 30.0) == 200  # no budget
+    assert spaced_val_every(2, 2, 0.1, 2, 0.1, MIN_VALIDATION_SECONDS * 0.9) == 2  # a short pass is left alone
 
 
 def test_a_slow_validation_is_spaced_out_and_the_interval_resumes(dataset_2d, tmp_path, monkeypatch):

@@ -45,21 +45,20 @@ LOG_EVERY = 10  # steps between log lines
 MIN_VALIDATION_SECONDS = 5.0
 
 
-def spaced_val_every(every: int, configured: int, budget: float | None, train_seconds: float,
+def spaced_val_every(every: int, configured: int, budget: float | None, steps: int, train_seconds: float,
                      val_seconds: float) -> int:
     """The validation interval that keeps validation within ``budget`` of the training time.
 
-    ``train_seconds`` were spent on the ``every`` steps since the last validation, which then took ``val_seconds``.
-    Over budget (``val_seconds > budget * (train_seconds + val_seconds)``, and at least
-    :data:`MIN_VALIDATION_SECONDS`), the smallest multiple of ``configured`` (``train.val_every``) with
-    ``val_seconds <= budget * (steps * seconds_per_step + val_seconds)``; else ``every``. It never shrinks.
+    ``train_seconds`` were spent on the ``steps`` steps trained since the previous validation, which then took
+    ``val_seconds``. The interval becomes the smallest multiple of ``configured`` (``train.val_every``) whose
+    training time, at that pace, makes ``val_seconds`` at most ``budget`` of training plus validation; it never
+    shrinks, and a pass shorter than :data:`MIN_VALIDATION_SECONDS` leaves it as it is.
     """
-    if budget is None or train_seconds <= 0 or val_seconds < MIN_VALIDATION_SECONDS:
+    if budget is None or steps <= 0 or train_seconds <= 0 or val_seconds < MIN_VALIDATION_SECONDS:
         return every
-    if val_seconds <= budget * (train_seconds + val_seconds):
-        return every
-    steps = val_seconds * (1 - budget) / budget / (train_seconds / every)
-    return max(every, configured * math.ceil(steps / configured))
+    # val <= budget (n * step_seconds + val)  <=>  n >= val (1 - budget) / (budget * step_seconds)
+    needed = val_seconds * (1 - budget) / (budget * train_seconds / steps)
+    return max(every, configured * math.ceil(needed / configured))
 
 
 def truncate_log(log_path: Path, last_step: int) -> None:
@@ -180,10 +179,10 @@ class Trainer:
         self.policy.share_decisions()  # rank 0 validated; every rank must take its decisions
         return scores
 
-    def _keep_validation_within_budget(self, train_seconds: float, val_seconds: float) -> None:
+    def _keep_validation_within_budget(self, steps: int, train_seconds: float, val_seconds: float) -> None:
         """Space validations out (:func:`spaced_val_every`) when the last one outgrew ``train.val_budget``. Rank 0
         measured; every rank takes its decision."""
-        every = spaced_val_every(self.val_every, self.config.train.val_every, self.config.train.val_budget,
+        every = spaced_val_every(self.val_every, self.config.train.val_every, self.config.train.val_budget, steps,
                                  train_seconds, val_seconds)
         every = int(self.ctx.from_main([float(every)])[0])
         if every != self.val_every and self.ctx.is_main:
@@ -218,7 +217,7 @@ class Trainer:
         total = config.train.steps
         progress = StepProgress(self.policy.label, total, self.step, self.progress and ctx.is_main)
         started, window = time.perf_counter(), []
-        since_validation = started
+        since_validation, validated_at = started, self.step
         try:
             while self.step < total and self.policy.stop_reason() is None:
                 parts = self.policy.train_step(self.step)
@@ -238,9 +237,10 @@ class Trainer:
                     validation_started = time.perf_counter()
                     scores = self._validate_and_save()
                     if self.step < total:
-                        self._keep_validation_within_budget(validation_started - since_validation,
+                        self._keep_validation_within_budget(self.step - validated_at,
+                                                            validation_started - since_validation,
                                                             time.perf_counter() - validation_started)
-                    since_validation = time.perf_counter()
+                    since_validation, validated_at = time.perf_counter(), self.step
                 progress.update(self.step, scores)
         except KeyboardInterrupt:
             if ctx.is_main:  # keep what was learnt: resume continues from here
