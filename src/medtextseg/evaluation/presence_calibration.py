@@ -195,8 +195,9 @@ def calibrate_presence(run: str | Path | Sequence[str | Path], data: str | Path,
     scored = [_score_run(path, data, split, grid, progress) for path in runs]
     scores = _pooled([s for _, _, s in scored], runs)
     dice, empty_answer, present_mask = scores.dice, scores.empty_answer, scores.present
-    case_ids = list(dict.fromkeys(scores.cases))
-    case_of = np.array([case_ids.index(c) for c in scores.cases])
+    number = {case: n for n, case in enumerate(dict.fromkeys(scores.cases))}  # case id -> 0..cases-1
+    case_ids = list(number)
+    case_of = np.array([number[c] for c in scores.cases])
 
     chosen = choose_threshold(grid, dice, empty_answer, present_mask, max_present_loss)
     rng = np.random.default_rng(0)
