@@ -35,8 +35,8 @@ from results_table import write_results
 from medtextseg.config import Config
 from medtextseg.data.io import read_array
 from medtextseg.data.synthetic import make_synthetic_dataset
+from medtextseg.models.checkpoint import save_checkpoint
 from medtextseg.models.factory import create_model
-from medtextseg.training.checkpoint import save_checkpoint
 
 PROMPTS = ["the prostate gland", "the peripheral zone", "the transition zone", "the lesion in the left PZ",
            "all lesions"]

@@ -96,9 +96,9 @@ def monai_unet(run: Path, images: list[Path], repeats: int, out: Path):
     from monai.transforms import Compose, Invertd, LoadImaged, NormalizeIntensityd, Orientationd, SaveImage, Spacingd
 
     from medtextseg.config import Config
-    from medtextseg.training.checkpoint import checkpoint_file, load_checkpoint
+    from medtextseg.models.trained import load_checkpoint
 
-    config = Config.from_dict(load_checkpoint(checkpoint_file(run))["config"])
+    config = Config.from_dict(load_checkpoint(run)["config"])
     patch = [-(-size // 8) * 8 for size in config.data.patch_size]
     torch.manual_seed(0)
     net = UNet(spatial_dims=3, in_channels=len(images), out_channels=1, channels=(16, 32, 64, 128),

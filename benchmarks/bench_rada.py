@@ -34,7 +34,7 @@ from medtextseg.data.sparse_labels import sparsify_dataset
 from medtextseg.data.synthetic import make_synthetic_dataset
 from medtextseg.evaluation.metrics import segmentation_metrics
 from medtextseg.inference.sliding import prompt_probabilities
-from medtextseg.training.checkpoint import load_checkpoint
+from medtextseg.models.trained import load_trained_model
 from medtextseg.training.engine import train
 from medtextseg.training.inputs import prepare_cases, text_cache_for
 
@@ -59,13 +59,8 @@ def schedule_overrides(steps: int) -> list[str]:
 
 def evaluate(run: Path, data: Path) -> dict:
     """Dice, Jaccard, HD95, ASSD (mean, std over the test cases) of the run's best.pt, per network and averaged."""
-    from medtextseg.models.factory import create_model
-
-    state = load_checkpoint(run / "best.pt")
-    config = Config.from_dict(state["config"])
-    model = create_model(config.model, int(state["text_dim"]))
-    model.load_state_dict(state["model"])
-    model.eval()
+    trained = load_trained_model(run / "best.pt")
+    config, model = trained.config, trained.network
     layout = load_dataset(data)
     test = prepare_cases(layout, layout.splits["test"], config, False, "")
     text = text_cache_for(config)
@@ -74,11 +69,10 @@ def evaluate(run: Path, data: Path) -> dict:
     members = [None] + (list(range(config.model.networks)) if config.model.networks > 1 else [])
     results = {}
     for member in members:
-        if config.model.networks > 1:
-            model.active = member
         records = []
         for case in test:
-            probability = prompt_probabilities(model, case.image, text([PROMPT]), config.data.patch_size)[0]
+            probability = prompt_probabilities(model, case.image, text([PROMPT]), config.data.patch_size,
+                                               network=member)[0]
             prediction = (probability > 0.5).numpy()
             target = torch.isin(case.label, values).numpy()
             records.append(segmentation_metrics(prediction, target, spacing))

@@ -43,8 +43,8 @@ def text_checkpoint(folder, in_channels: int = 2, overrides: tuple[str, ...] = (
     from pathlib import Path
 
     from medtextseg.config import Config
+    from medtextseg.models.checkpoint import save_checkpoint
     from medtextseg.models.factory import create_model
-    from medtextseg.training.checkpoint import save_checkpoint
 
     config = Config.load("default", ["model.channels=[4,8]", "model.strides=[[1,1,1],[2,2,2]]",
                                      "data.patch_size=[16,16,8]", f"model.in_channels={in_channels}", *overrides])

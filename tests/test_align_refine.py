@@ -11,8 +11,8 @@ import torch
 from medtextseg.config import Config, TermSchedule
 from medtextseg.models.factory import create_model
 from medtextseg.models.refiner import ConfidenceGatedRefiner
+from medtextseg.models.trained import load_checkpoint
 from medtextseg.text.batch import TextBatch
-from medtextseg.training.checkpoint import load_checkpoint
 from medtextseg.training.engine import train
 from medtextseg.training.schedule import LossWeightSchedule
 from medtextseg.utils.errors import MedTextSegError
@@ -119,8 +119,7 @@ def test_refiner_model_switches_off_at_inference_and_needs_a_sigmoid_head():
     model = create_model(config.model, 6).eval()
     image = torch.randn(1, 5, 16, 16)
     with_refiner = model(image, text(1)).logits
-    model.use_refiner = False
-    without = model(image, text(1)).logits
+    without = model(image, text(1), refine=False).logits
     assert with_refiner.shape == without.shape and not torch.equal(with_refiner, without)
     with pytest.raises(MedTextSegError, match="model.refiner needs model.head=sigmoid"):
         Config.load("default_2d", ["model.refiner=true", "model.head=evidential", "model.spatial_film=false"])
@@ -158,8 +157,8 @@ def test_second_stage_transfers_exactly_the_weights_it_should(dataset_2d, tmp_pa
         torch.testing.assert_close(model.state_dict()[key], source[key])
     from medtextseg.inference.predictor import Predictor
 
-    assert Predictor(tmp_path / "stage2").model.use_refiner  # inference.refiner defaults to on
-    assert not Predictor(tmp_path / "stage2", refiner=False).model.use_refiner
+    assert Predictor(tmp_path / "stage2").config.inference.refiner  # inference.refiner defaults to on
+    assert not Predictor(tmp_path / "stage2", refiner=False).config.inference.refiner
 
 
 def test_transfer_from_a_missing_run_is_named(tmp_path):

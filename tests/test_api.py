@@ -8,8 +8,8 @@ import torch
 from helpers import as_if_trained
 from medtextseg import MedTextSegError, load_model, segment
 from medtextseg.config import Config
+from medtextseg.models.checkpoint import save_checkpoint
 from medtextseg.models.factory import create_model
-from medtextseg.training.checkpoint import save_checkpoint
 
 
 def test_segment_from_a_checkpoint_file(tmp_path, dataset_3d):

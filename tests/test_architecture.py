@@ -9,23 +9,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "medtextseg"
 
-# (importing file, imported layer) -> why it still runs up; issue 15 (typed checkpoint, typed config sections)
-# removes them. A new entry needs a reason as good.
+# (importing file, imported layer) -> why it still runs up; typed config sections would remove them. A new entry
+# needs a reason as good.
 KNOWN_EXCEPTIONS = {
-    ("inference/predictor.py", "training"): "checkpoints are loaded by training/checkpoint.py",
     ("config.py", "losses"): "the loss section checks term names against the registry",
     ("config.py", "data"): "the co-training section checks sparse-label planes",
 }
 
 
 # groups of modules that import each other (at module level or inside functions), as module names -> why; issue 15
-# removes them. The training engine and its step policies are in none (training/cotraining.py and trainer.py were).
+# removes them. The training engine and its step policies are in none (training/cotraining.py and trainer.py were),
+# nor is loading a model (training/checkpoint.py and model_package.py were, with the package's __init__).
 KNOWN_CYCLES = {
     frozenset({"text.clip", "text.encoders", "text.sentence_encoder"}):
         "encoders.py imports the encoder kinds lazily; they take its shared helpers",
-    frozenset({"__init__", "api", "inference.ensemble", "inference.predictor", "training.checkpoint",
-               "training.model_package"}):
-        "model_package.py reads the package's __version__; checkpoint.py opens packages through it",
     frozenset({"models.conditioning.catalogue", "models.conditioning.registry"}):
         "the registry imports the catalogue of built-in blocks lazily, at the first lookup; the catalogue registers "
         "them",

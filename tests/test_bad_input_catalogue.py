@@ -46,8 +46,8 @@ def model_run_3d(dataset_3d, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def model_25d(tmp_path_factory) -> Path:
     """An untrained 2.5D model (data.slice_context=1: 3 slices of each of 3 channels), as a checkpoint file."""
+    from medtextseg.models.checkpoint import save_checkpoint
     from medtextseg.models.factory import create_model
-    from medtextseg.training.checkpoint import save_checkpoint
 
     config = Config.load("default_2d", [*TINY_2D, "model.in_channels=9", "data.slice_context=1"])
     return save_checkpoint(tmp_path_factory.mktemp("catalogue") / "model_25d.pt",
@@ -127,7 +127,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_unrun(model_run, dataset_2d
 
 def test_own_checkpoints_load_weights_only_and_resume(model_run, tmp_path):
     """last.pt carries numpy's RNG state: allow-listed by name, so resuming still works weights-only."""
-    from medtextseg.training.checkpoint import load_checkpoint
+    from medtextseg.models.trained import load_checkpoint
 
     state = load_checkpoint(model_run / "last.pt")
     assert state["rng"]["numpy"][0] == "MT19937" and state["rng"]["numpy"][1].shape == (624,)

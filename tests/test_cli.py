@@ -188,7 +188,7 @@ def test_bad_input_ends_with_one_line_and_status_2(cli_run, tmp_path, args, mess
 def test_calibrate_presence_chooses_on_a_held_out_split_and_keeps_it(cli_run, tmp_path):
     import shutil
 
-    from medtextseg.training.checkpoint import load_checkpoint
+    from medtextseg.models.trained import load_checkpoint
 
     run = tmp_path / "run"
     shutil.copytree(cli_run / "run", run)  # the command rewrites the run's best.pt and config.yaml
@@ -216,7 +216,7 @@ def test_calibrate_presence_cross_fits_over_fold_runs(cli_run, tmp_path):
     (each train + val case once) and kept in every run; the same fold twice is refused."""
     import shutil
 
-    from medtextseg.training.checkpoint import load_checkpoint
+    from medtextseg.models.trained import load_checkpoint
 
     data = tmp_path / "data"
     shutil.copytree(cli_run / "data", data)

@@ -73,7 +73,7 @@ def test_the_gate_compares_the_mean_presence_with_the_mean_threshold(tmp_path):
     index = torch.tensor([0, 0, 1, 1])
     with torch.no_grad():
         outputs = [member(window, text, index) for member in members]
-        joint = SegmenterEnsemble(members, ensemble.config.model)(window, text, index)
+        joint = SegmenterEnsemble(members)(window, text, index)
     mean = torch.stack([torch.sigmoid(o.logits) for o in outputs]).mean(0)
     torch.testing.assert_close(torch.sigmoid(joint.logits), mean, rtol=0, atol=1e-6)
     presence = torch.stack([torch.sigmoid(o.presence) for o in outputs]).mean(0)

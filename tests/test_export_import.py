@@ -22,9 +22,9 @@ from medtextseg.api import load_model
 from medtextseg.cli import app
 from medtextseg.config import Config
 from medtextseg.data.planning import planned_config
-from medtextseg.training import model_package
+from medtextseg.models import package_format
+from medtextseg.models.package_format import read_package
 from medtextseg.training.engine import train
-from medtextseg.training.model_package import read_package
 from medtextseg.utils.errors import MedTextSegError
 
 runner = CliRunner()
@@ -234,13 +234,13 @@ def test_tampered_weights_fail_their_checksum(package, tmp_path):
 
 
 def test_an_oversize_member_is_refused_by_its_bound(package, tmp_path, monkeypatch):
-    monkeypatch.setattr(model_package, "MAX_WEIGHTS_BYTES", 1000)
+    monkeypatch.setattr(package_format, "MAX_WEIGHTS_BYTES", 1000)
     with pytest.raises(MedTextSegError, match=r"member 'best.pt' is \d+ bytes, over the bound of 1000; refused"):
         read_package(package)
     # the bytes themselves are read with the bound, whatever size the header states
-    monkeypatch.setattr(model_package, "MAX_TEXT_BYTES", 100)
+    monkeypatch.setattr(package_format, "MAX_TEXT_BYTES", 100)
     with zipfile.ZipFile(package) as archive, pytest.raises(MedTextSegError, match="inflates to over 100 bytes"):
-        model_package._read_bounded(package, archive, archive.getinfo("README.md"))
+        package_format._read_bounded(package, archive, archive.getinfo("README.md"))
 
 
 def test_a_file_that_is_not_a_package_is_one_line(tmp_path):

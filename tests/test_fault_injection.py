@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from medtextseg.config import Config
-from medtextseg.training.checkpoint import load_checkpoint
+from medtextseg.models.trained import load_checkpoint
 from medtextseg.training.engine import train
 from medtextseg.utils.atomic import PARTIAL_PREFIX
 

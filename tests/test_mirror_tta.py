@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 from torch import nn
 
 from medtextseg.inference.sliding import prompt_maps
+from medtextseg.models.input_spec import InputSpec
 from medtextseg.models.output import ModelOutput
 from medtextseg.text.batch import TextBatch
 
@@ -18,14 +17,15 @@ class SideModel(nn.Module):
     side is read from the whole-image coordinate channel (i grows toward the patient's right in RAS), which the
     flip augmentation never mirrors. It answers with the named half, whatever the image shows."""
 
-    config = SimpleNamespace(coordinates=True, head="sigmoid")
+    input_spec = InputSpec(spatial_dims=2, in_channels=1, coordinates=True)
 
     def __init__(self) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(()))
         self.seen: list[float] = []
 
-    def forward(self, window: torch.Tensor, text: TextBatch, index: torch.Tensor) -> ModelOutput:
+    def forward(self, window: torch.Tensor, text: TextBatch, index: torch.Tensor, *, refine: bool = True,
+                network: int | None = None) -> ModelOutput:
         side = text.pooled[:, 0]  # [P]
         self.seen += side.tolist()
         position = window[index, 1:2]  # [P, 1, *w]: the i coordinate channel, -1 (left) .. 1 (right)

@@ -158,7 +158,8 @@ def test_a_model_trained_at_one_resolution_segments_another_on_the_right_scale(t
 
     from medtextseg.api import load_model
     from medtextseg.data.synthetic import make_synthetic_dataset
-    from medtextseg.training.checkpoint import load_checkpoint, save_checkpoint
+    from medtextseg.models.checkpoint import save_checkpoint
+    from medtextseg.models.trained import load_checkpoint
 
     data = make_synthetic_dataset(tmp_path / "data", num_cases=12, spatial_dims=2, seed=1)
     result = runner.invoke(app, ["train", "-d", str(data), "-o", str(tmp_path / "run"), "-p", "default_2d",

@@ -25,8 +25,8 @@ from medtextseg.inference import ensemble
 from medtextseg.inference.batch_predict import INDEX_FILE, predict_cases, prompt_slug, unique_slugs
 from medtextseg.inference.case_inputs import requested_cases
 from medtextseg.inference.predictor import Predictor
+from medtextseg.models.checkpoint import save_checkpoint
 from medtextseg.models.factory import create_model
-from medtextseg.training.checkpoint import save_checkpoint
 from medtextseg.utils.errors import MedTextSegError
 
 runner = CliRunner()

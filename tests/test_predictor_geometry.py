@@ -11,9 +11,10 @@ from torch import nn
 
 from medtextseg.config import Config
 from medtextseg.inference.predictor import Predictor
+from medtextseg.models.checkpoint import save_checkpoint
 from medtextseg.models.factory import create_model
+from medtextseg.models.input_spec import InputSpec
 from medtextseg.models.output import ModelOutput
-from medtextseg.training.checkpoint import save_checkpoint
 from medtextseg.utils.errors import MedTextSegError
 
 
@@ -44,11 +45,13 @@ def make_checkpoint(tmp_path: Path, overrides: list[str]) -> Path:
 class ThresholdModel(nn.Module):
     """A stand-in with a known answer: logit = 20 x (z-scored channel 0), so mask = raw > mean(raw)."""
 
+    input_spec = InputSpec(spatial_dims=3, in_channels=1)
+
     def __init__(self) -> None:
         super().__init__()
         self.unused = nn.Parameter(torch.zeros(1))
 
-    def forward(self, image, text, image_index=None):
+    def forward(self, image, text, image_index=None, *, refine=True, network=None):
         logits = 20 * image[:, :1]
         if image_index is not None:
             logits = logits[image_index]

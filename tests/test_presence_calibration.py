@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import torch
 from torch import nn
 
 from medtextseg.evaluation.presence_calibration import choose_threshold
 from medtextseg.inference.sliding import gated_probabilities, prompt_maps
+from medtextseg.models.input_spec import InputSpec
 from medtextseg.models.output import ModelOutput
 from medtextseg.text.batch import TextBatch
 
@@ -18,14 +17,15 @@ class WindowPresenceModel(nn.Module):
     """A stand-in segmenter whose presence differs from window to window (it grows with the window's mean
     intensity, scaled per prompt), so thresholds close the gate on different windows."""
 
-    config = SimpleNamespace(coordinates=False, head="sigmoid")
+    input_spec = InputSpec(spatial_dims=2, in_channels=1)
 
     def __init__(self) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(()))  # where the inferer looks for the device
         self.calls = 0
 
-    def forward(self, window: torch.Tensor, text: TextBatch, index: torch.Tensor) -> ModelOutput:
+    def forward(self, window: torch.Tensor, text: TextBatch, index: torch.Tensor, *, refine: bool = True,
+                network: int | None = None) -> ModelOutput:
         self.calls += 1
         scale = text.pooled[:, :1]  # [P, 1]
         logits = (window[index] * 3).expand(len(index), 1, *window.shape[2:]) + self.weight

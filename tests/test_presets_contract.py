@@ -98,7 +98,7 @@ def test_every_preset_builds_trains_predicts_saves_and_loads(preset, request, tm
     from medtextseg.data.layout import load_dataset
     from medtextseg.inference.predictor import Predictor
     from medtextseg.models.factory import create_model
-    from medtextseg.training.checkpoint import load_checkpoint
+    from medtextseg.models.trained import load_checkpoint
     from medtextseg.training.engine import Trainer
 
     own = Config.load(preset)

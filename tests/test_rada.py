@@ -213,8 +213,9 @@ def test_dynamic_head_reads_the_prompt_and_the_region_prototype():
     with torch.no_grad():
         mean = torch.stack([torch.sigmoid(m(image, texts[0]).logits) for m in model.members]).mean(0)
         assert torch.allclose(torch.sigmoid(model(image, texts[0]).logits), mean, atol=1e-5)
-        model.active = 1
-        assert torch.allclose(model(image, texts[0]).logits, model.members[1](image, texts[0]).logits)
+        assert torch.allclose(model(image, texts[0], network=1).logits, model.members[1](image, texts[0]).logits)
+        with pytest.raises(ValueError, match="networks 0..2"):
+            model(image, texts[0], network=3)
 
 
 def test_config_checks():
@@ -233,7 +234,7 @@ def _held_out_dice(run, data) -> float:
     from medtextseg.data.layout import load_dataset
     from medtextseg.inference.sliding import prompt_probabilities
     from medtextseg.models.factory import create_model
-    from medtextseg.training.checkpoint import load_checkpoint
+    from medtextseg.models.trained import load_checkpoint
     from medtextseg.training.inputs import prepare_cases, text_cache_for
 
     state = load_checkpoint(run)
@@ -298,7 +299,7 @@ def test_rada_presets_train_on_the_loss_terms_of_their_config(sparse_pair, tmp_p
 
 
 def test_region_prototypes_come_from_the_annotated_slices(sparse_pair, tmp_path):
-    from medtextseg.training.checkpoint import load_checkpoint
+    from medtextseg.models.trained import load_checkpoint
     from medtextseg.training.engine import train
 
     _, sparse, _ = sparse_pair

@@ -15,9 +15,10 @@ from medtextseg.data.dataset import PreparedCase, PromptSampleDataset
 from medtextseg.data.layout import PromptRecord, load_dataset
 from medtextseg.data.slices import FOREGROUND_SLICES, axial_slice, draw_slice, slice_stack
 from medtextseg.inference.predictor import Predictor
+from medtextseg.models.checkpoint import save_checkpoint
 from medtextseg.models.factory import create_model
+from medtextseg.models.input_spec import InputSpec
 from medtextseg.models.output import ModelOutput
-from medtextseg.training.checkpoint import save_checkpoint
 from medtextseg.training.engine import train
 from medtextseg.utils.errors import MedTextSegError
 
@@ -92,8 +93,9 @@ class CentreChannelModel(nn.Module):
         super().__init__()
         self.channel = channel
         self.unused = nn.Parameter(torch.zeros(1))
+        self.input_spec = InputSpec(spatial_dims=2, in_channels=channel + 1)
 
-    def forward(self, image, text, image_index=None):
+    def forward(self, image, text, image_index=None, *, refine=True, network=None):
         logits = 20 * image[:, self.channel:self.channel + 1]
         return ModelOutput(logits=logits[image_index] if image_index is not None else logits)
 

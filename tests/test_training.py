@@ -10,8 +10,8 @@ import torch
 
 from medtextseg.config import Config
 from medtextseg.data.layout import load_dataset
+from medtextseg.models.trained import load_checkpoint
 from medtextseg.training import inputs as inputs_module
-from medtextseg.training.checkpoint import load_checkpoint
 from medtextseg.training.engine import Trainer, train
 from medtextseg.training.steps.standard import StandardStep
 

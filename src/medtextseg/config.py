@@ -335,6 +335,11 @@ class TrainConfig(_Section):
 
 
 class InferenceConfig(_Section):
+    """How a trained model is asked: a frozen value (``Predictor.set_inference`` or ``--set inference.*`` give a new
+    one), passed to the sliding window, never set on the model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     threshold: float = Field(0.5, gt=0, lt=1)
     refiner: bool = Field(True, description="use the model's refiner (model.refiner) when predicting")
     mirror_axes: list[Annotated[int, Field(ge=0, le=2)]] = Field(

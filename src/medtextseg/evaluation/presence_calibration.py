@@ -92,35 +92,31 @@ class _ThresholdScores:
 
 
 def _score_run(run: Path, data: str | Path, split: str, grid: list[float], progress: bool
-               ) -> tuple[dict[str, Any], Any, _ThresholdScores]:
+               ) -> tuple[Any, _ThresholdScores]:
     """Load ``run``'s best weights and score every threshold of ``grid`` on its ``split`` (a fold run's ``val``:
-    its held-out fold). Returns the checkpoint state, its config and the scores."""
+    its held-out fold), the model asked as it predicts (``inference``). Returns its config and the scores."""
     import torch
     from monai.metrics import compute_dice
 
-    from medtextseg.config import Config
     from medtextseg.data.folds import held_out_layout
     from medtextseg.data.layout import load_dataset
     from medtextseg.inference.postprocessing import remove_small_components
     from medtextseg.inference.sliding import gated_probabilities
-    from medtextseg.models.factory import create_model
-    from medtextseg.training.checkpoint import load_checkpoint
+    from medtextseg.models.trained import load_trained_model
     from medtextseg.training.inputs import preprocessed, text_cache_for
 
     best = run / "best.pt"
     if not best.is_file():
         raise MedTextSegError(f"{run}: no best.pt (pass the run folder of a finished training)")
-    state = load_checkpoint(best)
-    config = Config.from_dict(state["config"])
+    trained = load_trained_model(best, "cuda" if torch.cuda.is_available() else "cpu")
+    config = trained.config
     if not config.model.presence:
         raise MedTextSegError(f"{run}: the model has no presence logit (model.presence=false): nothing to calibrate")
     layout = held_out_layout(load_dataset(data), [config.data], split)  # a fold run: val = its held-out fold
     case_ids = layout.splits.get(split, [])
     if not case_ids:
         raise MedTextSegError(f"{data}: the {split!r} split is empty")
-    model = create_model(config.model, int(state["text_dim"]))
-    model.load_state_dict(state["model"])
-    model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+    model = trained.network
     cases = preprocessed(layout, case_ids, config, progress, split).cases  # loaded one at a time when scored
     text = text_cache_for(config)
     inference = config.inference
@@ -130,7 +126,8 @@ def _score_run(run: Path, data: str | Path, split: str, grid: list[float], progr
         case = reference.load()
         probabilities = gated_probabilities(model, case.image, text([p.prompt for p in case.prompts]),
                                             config.data.patch_size, grid, inference.overlap,
-                                            slice_context=config.data.slice_context)  # [T, P, *spatial]
+                                            slice_context=config.data.slice_context, refine=inference.refiner,
+                                            network=inference.network)  # [T, P, *spatial]
         masks = torch.stack([torch.stack([torch.from_numpy(remove_small_components(
             m.numpy(), inference.min_component_voxels)) for m in row > inference.threshold])
             for row in probabilities])  # [T, P, *spatial] bool
@@ -143,7 +140,7 @@ def _score_run(run: Path, data: str | Path, split: str, grid: list[float], progr
         present += [bool(t.any()) for t in target]
         kinds += [p.kind for p in case.prompts]
         case_of += [case_id] * len(case.prompts)
-    return state, config, _ThresholdScores(np.concatenate(dice_rows, 1), np.concatenate(empty_rows, 1),
+    return config, _ThresholdScores(np.concatenate(dice_rows, 1), np.concatenate(empty_rows, 1),
                                            np.array(present), kinds, case_of)
 
 
@@ -182,7 +179,8 @@ def calibrate_presence(run: str | Path | Sequence[str | Path], data: str | Path,
             (0, 1), an empty split, or two runs holding out the same case.
     """
     from medtextseg.config import Config
-    from medtextseg.training.checkpoint import save_checkpoint
+    from medtextseg.models.checkpoint import save_checkpoint
+    from medtextseg.models.trained import load_checkpoint
 
     runs = [Path(run)] if isinstance(run, (str, Path)) else [Path(r) for r in run]
     if not runs:
@@ -193,7 +191,7 @@ def calibrate_presence(run: str | Path | Sequence[str | Path], data: str | Path,
         raise MedTextSegError(f"--max-present-loss must be in [0, 1), got {max_present_loss}")
     grid = [0.0, *sorted(set(float(t) for t in thresholds))]
     scored = [_score_run(path, data, split, grid, progress) for path in runs]
-    scores = _pooled([s for _, _, s in scored], runs)
+    scores = _pooled([s for _, s in scored], runs)
     dice, empty_answer, present_mask = scores.dice, scores.empty_answer, scores.present
     number = {case: n for n, case in enumerate(dict.fromkeys(scores.cases))}  # case id -> 0..cases-1
     case_ids = list(number)
@@ -216,7 +214,7 @@ def calibrate_presence(run: str | Path | Sequence[str | Path], data: str | Path,
                    f"choice (the same threshold in {stability:.0%} of bootstrap resamples); a larger split helps"
                    + ("" if len(runs) > 1 else ", or cross-fitting over fold runs (-m once per fold)"))
 
-    previous = scored[0][1].inference.presence_threshold
+    previous = scored[0][0].inference.presence_threshold
     result = {"split": split, "runs": [str(path) for path in runs], "cases": len(case_ids), "data": str(data),
               "chosen": chosen, "previous": previous,
               "rule": f"most absent targets answered empty with present Dice at most {max_present_loss} below the "
@@ -224,7 +222,8 @@ def calibrate_presence(run: str | Path | Sequence[str | Path], data: str | Path,
               "stability": stability, "absent_prompts": n_absent, "present_prompts": n_present, "warning": warning,
               "scores": {str(t): _summary(dice[i], empty_answer[i], present_mask, scores.kinds)
                          for i, t in enumerate(grid)}}
-    for path, (state, _, _) in zip(runs, scored, strict=True):
+    for path in runs:
+        state = load_checkpoint(path / "best.pt")  # weights only, as scored
         state["config"]["inference"]["presence_threshold"] = chosen
         save_checkpoint(path / "best.pt", state)
         if (path / "config.yaml").is_file():

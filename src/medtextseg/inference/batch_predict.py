@@ -290,7 +290,7 @@ def predict_cases(model: Predictor | ModelArgument, cases: Sequence[CaseInput], 
                 "checkpoint_sha256": file_sha256(predictor.checkpoint),
                 "threshold": predictor.config.inference.threshold,
                 "mirror_axes": list(predictor.config.inference.mirror_axes),
-                "refiner": bool(getattr(predictor.model, "use_refiner", False)),
+                "refiner": predictor.config.inference.refiner,
                 "medtextseg_version": __version__}
     if len(predictor.sources) > 1:  # an ensemble: a change in any member's weights is a change of model
         expected["members"] = [{"checkpoint": str(path.resolve()), "checkpoint_sha256": file_sha256(path)}

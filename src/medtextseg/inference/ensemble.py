@@ -131,10 +131,7 @@ class EnsemblePredictor(Predictor):
         self.config = Config.from_dict({**first.config.model_dump(), "inference": inference})
         self.device, self.checkpoint, self.channel_names = first.device, first.checkpoint, first.channel_names
         self.text, self.text_dim, self.trained_encoder = first.text, first.text_dim, first.trained_encoder
-        self.model = SegmenterEnsemble([member.model for member in members], first.config.model)
-        self.model.use_refiner = self.config.inference.refiner if refiner is None else refiner
-        if self.config.model.networks > 1:
-            self.model.active = self.config.inference.network
+        self.model = SegmenterEnsemble([member.model for member in members])
 
     @property
     def sources(self) -> list[tuple[Path, Config]]:

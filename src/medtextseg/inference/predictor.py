@@ -41,9 +41,8 @@ from medtextseg.inference.memory import (
 )
 from medtextseg.inference.postprocessing import remove_small_components
 from medtextseg.inference.sliding import iter_prompt_maps, window_count
-from medtextseg.models.factory import create_model
+from medtextseg.models.trained import load_trained_model
 from medtextseg.text.cache import TextEmbeddingCache, cached_text_encoder
-from medtextseg.training.checkpoint import checkpoint_file, load_checkpoint
 from medtextseg.utils.errors import MedTextSegError
 
 
@@ -106,23 +105,6 @@ class Segmentation:
                 f"voxels={self.voxels}, volume={self.volume_ml:.2f} ml)")
 
 
-def _check_weights(path: Path, weights: Any, expected: dict[str, torch.Tensor]) -> None:
-    """Refuse weights that ``load_state_dict`` would reject with a many-line RuntimeError, naming the first key."""
-    if not isinstance(weights, dict):
-        raise MedTextSegError(f"{path}: its 'model' entry is not a dict of weights; not a checkpoint medtextseg "
-                              "train wrote")
-    problems = [f"missing {key}" for key in expected if key not in weights]
-    problems += [f"unexpected {key}" for key in weights if key not in expected]
-    shapes = {key: (list(getattr(weights[key], "shape", [])), list(getattr(value, "shape", [])))
-              for key, value in expected.items() if key in weights}
-    problems += [f"{key} has shape {found}, the model {wanted}" for key, (found, wanted) in shapes.items()
-                 if found != wanted]
-    if problems:
-        more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
-        raise MedTextSegError(f"{path}: its weights do not fit the model its config describes ({problems[0]}{more}); "
-                              "use the file medtextseg train wrote, unchanged")
-
-
 def _device(device: str | torch.device | None) -> torch.device:
     """The device to run on: ``device``, else CUDA when available, else the CPU.
 
@@ -172,42 +154,30 @@ class Predictor:
         if threshold is not None and not 0 < threshold < 1:
             raise MedTextSegError(f"threshold must be between 0 and 1 (exclusive), got {threshold}")
         self.device = _device(device)
-        path = checkpoint_file(checkpoint)
-        self.checkpoint: Path = path
-        state = load_checkpoint(path)
-        if type(state.get("text_dim")) is not int:
-            raise MedTextSegError(f"{path}: no 'text_dim' (the prompt feature size the model was trained with); "
-                                  "not a checkpoint medtextseg train wrote")
-        try:
-            self.config = Config.from_dict(state.get("config"))
-        except MedTextSegError as error:  # name the file: the config came with it
-            raise MedTextSegError(f"{path}: its config: {error}") from None
-        inference = self.config.inference.model_dump()
+        trained = load_trained_model(checkpoint, self.device)
+        self.checkpoint: Path = trained.checkpoint
+        self.model = trained.network
+        inference = trained.config.inference.model_dump()
+        if refiner is not None:
+            inference["refiner"] = bool(refiner)
         if mirror_axes is not None:
-            inference["mirror_axes"] = (list(range(self.config.model.spatial_dims)) if mirror_axes == "all"
+            inference["mirror_axes"] = (list(range(trained.config.model.spatial_dims)) if mirror_axes == "all"
                                         else list(mirror_axes))
         if threshold is not None:
             inference["threshold"] = float(threshold)
-        if inference != self.config.inference.model_dump():
-            self.config = Config.from_dict({**self.config.model_dump(), "inference": inference})
-        self.channel_names: list[str] = list(state.get("channel_names", []))
+        self.config = (trained.config if inference == trained.config.inference.model_dump()
+                       else Config.from_dict({**trained.config.model_dump(), "inference": inference}))
+        self.channel_names: list[str] = list(trained.channel_names)
         cache_dir = self.config.text.cache_dir if self.config.text.cache_dir is not None else "default"
         self.text: TextEmbeddingCache = cached_text_encoder(self.config.text.encoder, self.config.text.max_tokens,
                                                             cache_dir, self.config.text.memory_prompts,
                                                             self.config.text.encoder_kind)
-        self.text_dim, self.trained_encoder = int(state["text_dim"]), state.get("text_encoder")
+        self.text_dim, self.trained_encoder = trained.text_dim, trained.text_encoder
         if self.trained_encoder not in (None, self.text.encoder_name):
             # a local folder's name carries a hash of its path: the same model moved elsewhere differs here too
             warnings.warn(f"{checkpoint}: trained with text encoder {self.trained_encoder!r}, predicting with "
                           f"{self.text.encoder_name!r}; the answers are only right if it is the same model",
                           stacklevel=2)
-        self.model = create_model(self.config.model, self.text_dim)
-        _check_weights(path, state["model"], self.model.state_dict())
-        self.model.load_state_dict(state["model"])
-        self.model.to(self.device).eval()
-        self.model.use_refiner = self.config.inference.refiner if refiner is None else refiner
-        if self.config.model.networks > 1:
-            self.model.active = self.config.inference.network
 
     @property
     def sources(self) -> list[tuple[Path, Config]]:
@@ -274,9 +244,6 @@ class Predictor:
                                       "inference.sw_batch_size=4); the model's other settings are its training's")
             apply_override(raw, override)
         self.config = Config.from_dict(raw)
-        self.model.use_refiner = self.config.inference.refiner
-        if self.config.model.networks > 1:
-            self.model.active = self.config.inference.network
 
     @torch.no_grad()
     def predict(self, images: Any, prompts: str | Sequence[str], uncertainty: bool = True, *,
@@ -433,7 +400,8 @@ class Predictor:
         maps = iter_prompt_maps(self.model, model_input, text, self.config.data.patch_size, inference.overlap,
                                 inference.presence_threshold, inference.prompt_chunk, inference.mirror_axes,
                                 mirrored, inference.sw_batch_size, uncertainty, inference.autocast,
-                                bar.update if bar is not None else None, self.config.data.slice_context)
+                                bar.update if bar is not None else None, self.config.data.slice_context,
+                                refine=inference.refiner, network=inference.network)
         del model_input
         grids: dict[Any, torch.Tensor] = {}  # the input grid's sampling grid, computed once for every group
         try:

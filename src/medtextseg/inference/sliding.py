@@ -46,16 +46,19 @@ def binary_entropy(probability: Tensor) -> Tensor:
     return -(p * torch.log(p) + (1 - p) * torch.log(1 - p)) / math.log(2)
 
 
-def windows_by_prompts(model: nn.Module, windows: Tensor, prompts: TextBatch):
+def windows_by_prompts(model: nn.Module, windows: Tensor, prompts: TextBatch, refine: bool = True,
+                       network: int | None = None):
     """One network call for W windows x P prompts: windows [W, C, *window]; returns the model's output with W * P
-    rows, window-major (row w * P + p: prompt p in window w).
+    rows, window-major (row w * P + p: prompt p in window w). ``refine`` and ``network`` are the model's
+    (``inference.refiner``, ``inference.network``).
 
     MONAI hands the predictor ``sw_batch_size`` windows at a time: several fill a GPU. On a 2-core CPU they
     did not pay (24 prompts of a brain volume: 2.0 s of CPU time with 1, 2 or 4 windows per call).
     """
     count = len(prompts)
     index = torch.arange(windows.shape[0], device=windows.device).repeat_interleave(count)
-    return model(windows, prompts.index(list(range(count)) * windows.shape[0]), index)
+    return model(windows, prompts.index(list(range(count)) * windows.shape[0]), index, refine=refine,
+                 network=network)
 
 
 AUTOCAST = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -141,10 +144,12 @@ def window_count(spatial_shape: Sequence[int], patch_size: Sequence[int], overla
 @torch.no_grad()
 def prompt_probabilities(model: nn.Module, image: Tensor, text: TextBatch, patch_size: Sequence[int],
                          overlap: float = 0.25, presence_threshold: float = 0.5, prompt_chunk: int = 16,
-                         sw_batch_size: int = 1, slice_context: int = 0) -> Tensor:
+                         sw_batch_size: int = 1, slice_context: int = 0, refine: bool = True,
+                         network: int | None = None) -> Tensor:
     """``prompt_maps(...).probability``: [P, *spatial]; see :func:`prompt_maps`."""
     return prompt_maps(model, image, text, patch_size, overlap, presence_threshold, prompt_chunk,
-                       sw_batch_size=sw_batch_size, uncertainty=False, slice_context=slice_context).probability
+                       sw_batch_size=sw_batch_size, uncertainty=False, slice_context=slice_context, refine=refine,
+                       network=network).probability
 
 
 @torch.no_grad()
@@ -152,7 +157,8 @@ def prompt_maps(model: nn.Module, image: Tensor, text: TextBatch, patch_size: Se
                 overlap: float = 0.25, presence_threshold: float = 0.5, prompt_chunk: int = 16,
                 mirror_axes: Sequence[int] = (), mirrored_text: TextBatch | None = None,
                 sw_batch_size: int = 1, uncertainty: bool = True, autocast: str = "none",
-                progress: Callable[[int], None] | None = None, slice_context: int = 0) -> PromptMaps:
+                progress: Callable[[int], None] | None = None, slice_context: int = 0, refine: bool = True,
+                network: int | None = None) -> PromptMaps:
     """Probability that each voxel belongs to what each prompt names, and how uncertain that is.
 
     All P prompts' maps at once: [P, *spatial] each (memory grows with P); :func:`iter_prompt_maps` gives them
@@ -164,7 +170,8 @@ def prompt_maps(model: nn.Module, image: Tensor, text: TextBatch, patch_size: Se
     """
     chunks = [maps for _, maps in iter_prompt_maps(model, image, text, patch_size, overlap, presence_threshold,
                                                    prompt_chunk, mirror_axes, mirrored_text, sw_batch_size,
-                                                   uncertainty, autocast, progress, slice_context)]
+                                                   uncertainty, autocast, progress, slice_context, refine,
+                                                   network)]
     return PromptMaps(torch.cat([c.probability for c in chunks]),
                       torch.cat([c.uncertainty for c in chunks]) if uncertainty else None,
                       chunks[0].uncertainty_kind)
@@ -175,8 +182,8 @@ def iter_prompt_maps(model: nn.Module, image: Tensor, text: TextBatch, patch_siz
                      overlap: float = 0.25, presence_threshold: float = 0.5, prompt_chunk: int = 16,
                      mirror_axes: Sequence[int] = (), mirrored_text: TextBatch | None = None,
                      sw_batch_size: int = 1, uncertainty: bool = True, autocast: str = "none",
-                     progress: Callable[[int], None] | None = None,
-                     slice_context: int = 0) -> Iterator[tuple[list[int], PromptMaps]]:
+                     progress: Callable[[int], None] | None = None, slice_context: int = 0,
+                     refine: bool = True, network: int | None = None) -> Iterator[tuple[list[int], PromptMaps]]:
     """Probability that each voxel belongs to what each prompt names, and how uncertain that is, ``prompt_chunk``
     prompts at a time: one sliding-window pass per chunk (the image encoder runs once per window and chunk),
     whose maps are yielded before the next pass starts, so memory holds one chunk's maps, not P.
@@ -193,9 +200,10 @@ def iter_prompt_maps(model: nn.Module, image: Tensor, text: TextBatch, patch_siz
     the model got right.
 
     Args:
-        model: a segmenter (``forward(image, text, image_index) -> ModelOutput``), in eval mode.
+        model: a segmenter (``forward(image, text, image_index, refine=, network=) -> ModelOutput``) declaring
+            its ``input_spec`` (:class:`~medtextseg.models.input_spec.InputSpec`), in eval mode.
         image: [C, *spatial] z-scored, model space (RAS); coordinate channels are appended here when the
-            model's config asks for them, so windows see whole-image positions. A volume [C, X, Y, Z] for a 2D
+            model's input spec asks for them, so windows see whole-image positions. A volume [C, X, Y, Z] for a 2D
             ``patch_size`` is segmented slice by slice (:func:`window_batch`; the maps are [P, X, Y, Z]).
         text: P encoded prompts (on the model's device).
         patch_size: the window size; images smaller than it are padded by MONAI.
@@ -210,13 +218,15 @@ def iter_prompt_maps(model: nn.Module, image: Tensor, text: TextBatch, patch_siz
         autocast: the network's precision, ``"none"``, ``"bf16"`` or ``"fp16"`` (:func:`autocast_context`).
         progress: called with the number of windows of each network call (a progress bar's ``update``).
         slice_context: slice by slice, the neighbouring slices on either side read as channels (2.5D).
+        refine: run the model's refiner, when it has one (``inference.refiner``).
+        network: a co-trained model's member to answer alone (``inference.network``); None: all of them.
 
     Yields:
         (the chunk's prompt indices, ``PromptMaps`` with [chunk, *spatial] float32 probability and uncertainty
         maps in [0, 1]), in prompt order.
     """
-    config = getattr(model, "config", None)
-    evidential = getattr(config, "head", "sigmoid") == "evidential"
+    spec = model.input_spec
+    evidential = spec.head == "evidential"
     blend_uncertainty = evidential and uncertainty
     device = next(model.parameters()).device
     precision = autocast_context(device, autocast)  # refuses an unknown kind before any window
@@ -225,7 +235,7 @@ def iter_prompt_maps(model: nn.Module, image: Tensor, text: TextBatch, patch_siz
         raise ValueError(f"mirror_axes {list(mirror_axes)} must be spatial axes 0..{len(patch_size) - 1}")
     if 0 in mirror_axes and mirrored_text is None:
         raise ValueError("mirroring along axis 0 (left-right) needs mirrored_text, the prompts with the sides swapped")
-    inputs, image_channels = window_batch(image, patch_size, slice_context, getattr(config, "coordinates", False))
+    inputs, image_channels = window_batch(image, patch_size, slice_context, spec.coordinates)
     inputs = inputs.to(device)
     del image
     for start in range(0, len(text), prompt_chunk):
@@ -235,7 +245,7 @@ def iter_prompt_maps(model: nn.Module, image: Tensor, text: TextBatch, patch_siz
 
         def answer(windows: Tensor, prompts: TextBatch) -> Tensor:
             with precision:
-                out = windows_by_prompts(model, windows, prompts)
+                out = windows_by_prompts(model, windows, prompts, refine, network)
             probability = torch.sigmoid(out.logits.float())  # [W * P, 1, *window]
             if out.presence is not None:
                 present = torch.sigmoid(out.presence.float()) >= presence_threshold  # [W * P]
@@ -271,7 +281,8 @@ def iter_prompt_maps(model: nn.Module, image: Tensor, text: TextBatch, patch_siz
 @torch.no_grad()
 def gated_probabilities(model: nn.Module, image: Tensor, text: TextBatch, patch_size: Sequence[int],
                         presence_thresholds: Sequence[float], overlap: float = 0.25,
-                        sw_batch_size: int = 1, slice_context: int = 0) -> Tensor:
+                        sw_batch_size: int = 1, slice_context: int = 0, refine: bool = True,
+                        network: int | None = None) -> Tensor:
     """The probability maps :func:`prompt_maps` gives at each of several presence thresholds, in one pass.
 
     The gate closes per window, so the maps of two thresholds differ in which windows are blended as zeros; the
@@ -287,19 +298,19 @@ def gated_probabilities(model: nn.Module, image: Tensor, text: TextBatch, patch_
         overlap: window overlap fraction.
         sw_batch_size: windows per network call.
         slice_context: slice by slice, the neighbouring slices read as channels (2.5D).
+        refine, network: as :func:`iter_prompt_maps`.
 
     Returns:
         [T, P, *spatial] float32 probabilities, row t gated at ``presence_thresholds[t]``.
     """
     device = next(model.parameters()).device
     spatial_shape = tuple(image.shape[1:])
-    inputs, _ = window_batch(image, patch_size, slice_context,
-                             getattr(getattr(model, "config", None), "coordinates", False))
+    inputs, _ = window_batch(image, patch_size, slice_context, model.input_spec.coordinates)
     thresholds = torch.tensor(list(presence_thresholds), dtype=torch.float32, device=device)  # [T]
     prompts = text.to(device)
 
     def predict(windows: Tensor) -> Tensor:
-        out = windows_by_prompts(model, windows, prompts)
+        out = windows_by_prompts(model, windows, prompts, refine, network)
         if out.presence is None:
             raise ValueError("gated_probabilities needs a model with a presence logit")
         spatial = out.logits.shape[2:]

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from medtextseg.config import ModelConfig
+from medtextseg.models.input_spec import InputSpec
 from medtextseg.models.output import ModelOutput
 from medtextseg.models.segmenter import TextGuidedUNet
 from medtextseg.text.batch import TextBatch
@@ -15,29 +16,24 @@ class CoTrainedSegmenters(nn.Module):
     """``config.networks`` independently initialised ``TextGuidedUNet``s.
 
     The co-trainer updates each member with its own optimiser; prediction averages their foreground
-    probabilities (RADA reports each network and the average, METHODS.md 2.9), or uses one member when ``active``
-    is set (``inference.network``).
+    probabilities (RADA reports each network and the average, METHODS.md 2.9), or asks one member
+    (``network``, from ``inference.network``).
     """
 
     def __init__(self, config: ModelConfig, text_dim: int) -> None:
         super().__init__()
         self.members = nn.ModuleList(TextGuidedUNet(config, text_dim) for _ in range(config.networks))
-        self.active: int | None = None
+        self.input_spec = InputSpec.of(config)
 
-    @property
-    def use_refiner(self) -> bool:
-        return all(member.use_refiner for member in self.members)
-
-    @use_refiner.setter
-    def use_refiner(self, value: bool) -> None:
-        for member in self.members:
-            member.use_refiner = value
-
-    def forward(self, image: Tensor, text: TextBatch, image_index: Tensor | None = None) -> ModelOutput:
-        """As ``TextGuidedUNet.forward``; logits [B, 1, *spatial] = logit of the members' mean probability."""
-        if self.active is not None:
-            return self.members[self.active](image, text, image_index)
-        outputs = [member(image, text, image_index) for member in self.members]
+    def forward(self, image: Tensor, text: TextBatch, image_index: Tensor | None = None, *, refine: bool = True,
+                network: int | None = None) -> ModelOutput:
+        """As ``TextGuidedUNet.forward``; logits [B, 1, *spatial] = logit of the members' mean probability, or
+        member ``network``'s own output."""
+        if network is not None:
+            if not 0 <= network < len(self.members):
+                raise ValueError(f"network {network}: the model has networks 0..{len(self.members) - 1}")
+            return self.members[network](image, text, image_index, refine=refine)
+        outputs = [member(image, text, image_index, refine=refine) for member in self.members]
         probability = torch.stack([torch.sigmoid(o.logits.float()) for o in outputs]).mean(0)
         presence = None
         if all(o.presence is not None for o in outputs):

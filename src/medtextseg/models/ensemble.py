@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from medtextseg.config import ModelConfig
+from medtextseg.models.input_spec import InputSpec
 from medtextseg.models.output import ModelOutput
 from medtextseg.text.batch import TextBatch
 
@@ -30,45 +30,33 @@ class SegmenterEnsemble(nn.Module):
     """Trained segmenters answering as one: ``forward`` as ``TextGuidedUNet.forward``.
 
     Args:
-        members: the segmenters, in eval mode, with equal inputs (``config``'s channels, coordinates, head).
-        config: the model config the sliding window reads (coordinates, head): the first member's.
+        members: the segmenters, in eval mode, each declaring the same ``input_spec`` (channels, coordinates,
+            head), which the ensemble declares in turn.
+
+    Raises:
+        ValueError: no members, or members that read or answer differently.
     """
 
-    def __init__(self, members: Sequence[nn.Module], config: ModelConfig) -> None:
+    def __init__(self, members: Sequence[nn.Module]) -> None:
         super().__init__()
         if not members:
             raise ValueError("an ensemble needs at least one model")
+        specs = {member.input_spec for member in members}
+        if len(specs) > 1:
+            raise ValueError(f"the members read different inputs ({sorted(map(str, specs))}); an ensemble's members "
+                             "take the same windows")
         self.members = nn.ModuleList(members)
-        self.config = config
+        self.input_spec: InputSpec = members[0].input_spec
 
-    @property
-    def use_refiner(self) -> bool:
-        return all(getattr(member, "use_refiner", False) for member in self.members)
-
-    @use_refiner.setter
-    def use_refiner(self, value: bool) -> None:
-        for member in self.members:
-            member.use_refiner = value
-
-    @property
-    def active(self) -> int | None:
-        """``inference.network`` of co-trained members (each picks that network), or None."""
-        return getattr(self.members[0], "active", None)
-
-    @active.setter
-    def active(self, value: int | None) -> None:
-        for member in self.members:
-            if hasattr(member, "active"):
-                member.active = value
-
-    def forward(self, image: Tensor, text: TextBatch, image_index: Tensor | None = None) -> ModelOutput:
+    def forward(self, image: Tensor, text: TextBatch, image_index: Tensor | None = None, *, refine: bool = True,
+                network: int | None = None) -> ModelOutput:
         """image [N, C, *window], text B prompts, image_index [B] -> ``ModelOutput``: logits [B, 1, *window] =
         the logit of the members' mean probability; presence [B] = the logit of their mean presence probability
         (None unless every member has one); evidence [B, 2, *window] = their mean evidence (evidential heads).
-        One member answers exactly as itself."""
+        One member answers exactly as itself; ``refine`` and ``network`` are passed to every member."""
         if len(self.members) == 1:
-            return self.members[0](image, text, image_index)
-        outputs = [member(image, text, image_index) for member in self.members]
+            return self.members[0](image, text, image_index, refine=refine, network=network)
+        outputs = [member(image, text, image_index, refine=refine, network=network) for member in self.members]
         presence = None
         if all(o.presence is not None for o in outputs):
             presence = _mean_logit([torch.sigmoid(o.presence.float()) for o in outputs])

@@ -10,6 +10,7 @@ from medtextseg.config import ModelConfig
 from medtextseg.models.backbone import MultiSequenceEncoder, UNetDecoder, UNetEncoder
 from medtextseg.models.conditioning.registry import ForwardState, Site, TextBlock, build_blocks, model_parts
 from medtextseg.models.heads import OUTPUT_HEADS
+from medtextseg.models.input_spec import InputSpec
 from medtextseg.models.output import ModelOutput
 from medtextseg.models.presence import topk_presence
 from medtextseg.text.batch import TextBatch
@@ -38,6 +39,7 @@ class TextGuidedUNet(nn.Module):
     def __init__(self, config: ModelConfig, text_dim: int) -> None:
         super().__init__()
         self.config = config
+        self.input_spec = InputSpec.of(config)
         coordinate_channels = config.spatial_dims if config.coordinates else 0
         stages = {"downsample": config.downsample, "attention": config.block_attention, "dropout": config.dropout,
                   "negative_slope": config.negative_slope}
@@ -63,7 +65,6 @@ class TextGuidedUNet(nn.Module):
             for site in block.sites:
                 self.sites.setdefault(site, []).append(block)
         self.encoder_levels = sorted(site.level for site in self.sites if site.where == "encoder")
-        self.use_refiner = True  # prediction may switch the refiner off (inference.refiner)
 
     def _at(self, where: str, level: int | None = None) -> list[TextBlock]:
         return self.sites.get(Site(where, level), [])
@@ -74,7 +75,8 @@ class TextGuidedUNet(nn.Module):
         for block in self.blocks:
             block.fit_text(text)
 
-    def forward(self, image: Tensor, text: TextBatch, image_index: Tensor | None = None) -> ModelOutput:
+    def forward(self, image: Tensor, text: TextBatch, image_index: Tensor | None = None, *, refine: bool = True,
+                network: int | None = None) -> ModelOutput:
         """Segment what each prompt names.
 
         Args:
@@ -83,11 +85,16 @@ class TextGuidedUNet(nn.Module):
             text: B encoded prompts.
             image_index: [B] long, the image row of each prompt (default: prompt b <-> image b). The
                 encoder runs once per image, however many prompts it has.
+            refine: run the refiner, when the model has one (``inference.refiner`` switches it off).
+            network: which member of a co-trained model answers; one network is its only member (None or 0).
 
         Returns:
             ModelOutput with logits [B, 1, *spatial], presence [B] (or None), similarity maps
             ``"encoder_{level}"`` [B, 1, *spatial_level] and evidence [B, 2, *spatial] (evidential head).
         """
+        if network not in (None, 0):
+            raise ValueError(f"network {network}: this model is one network (inference.network is for co-trained "
+                             "models)")
         rows = image.shape[0] if image_index is None else len(image_index)
         if rows != len(text):
             raise ValueError(f"{len(text)} prompts for {rows} images: pass image_index "
@@ -95,7 +102,7 @@ class TextGuidedUNet(nn.Module):
         text = text.to(image.device)
         # the encoder is shared by an image's prompts up to the first stage that reads the text
         state = ForwardState(image, text, image_index, min(self.encoder_levels, default=len(self.config.channels)),
-                             refine=self.use_refiner, words=text.tokens, head=self.decoder.head)
+                             refine=refine, words=text.tokens, head=self.decoder.head)
 
         def after_encoder_stage(level: int, features: Tensor) -> Tensor:
             if level == state.per_prompt_from and image_index is not None:

@@ -22,8 +22,9 @@ import torch
 
 from medtextseg.config import Config
 from medtextseg.data.planning import PLAN_FILE, Plan
+from medtextseg.models.checkpoint import save_checkpoint
 from medtextseg.models.factory import count_parameters
-from medtextseg.training.checkpoint import load_checkpoint, save_checkpoint
+from medtextseg.models.trained import load_checkpoint
 from medtextseg.training.distributed import (
     DistributedContext,
     decided_by_rank_0,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from torch import nn
 
-from medtextseg.training.checkpoint import load_checkpoint
+from medtextseg.models.trained import load_checkpoint
 
 
 def transfer_weights(model: nn.Module, source: str | Path, exclude: Sequence[str] = ()) -> dict[str, list[str]]:

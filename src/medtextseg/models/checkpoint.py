@@ -1,10 +1,11 @@
-"""Checkpoints: written atomically, carrying the config, so that a checkpoint alone can predict.
+"""Checkpoint files (``best.pt``, ``last.pt``): written atomically, carrying the config, so that one alone can predict.
 
 A checkpoint is read with ``torch.load(weights_only=True)``: tensors and plain data only, never code. A
 pickle can name any function to call while it is read, so a shared ``best.pt`` that needs more than that
 is refused rather than run. The only non-plain objects medtextseg itself stores are numpy's RNG state in
-``last.pt`` (an array and its dtype), which are allow-listed by name. A model package (``.zip``,
-:mod:`medtextseg.training.model_package`) is opened here too, so every command that takes a checkpoint takes one.
+``last.pt`` (an array and its dtype), which are allow-listed by name. The weights in a model package (``.zip``,
+:mod:`medtextseg.models.package_format`) are read by :func:`read_state` too;
+:func:`medtextseg.models.trained.load_checkpoint` opens either envelope.
 """
 
 from __future__ import annotations
@@ -47,26 +48,6 @@ def checkpoint_file(path: str | Path) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint file, or ``best.pt`` (else ``last.pt``) of a run folder, or the weights of a model
-    package (a ``.zip`` that ``medtextseg export`` wrote, checked member by member first), without running any code.
-
-    Raises:
-        MedTextSegError: no checkpoint there, an unreadable file, a file that would need code to load
-            (a pickled payload), a dict without model weights and config, or a model package refused
-            (:func:`medtextseg.training.model_package.read_package`).
-    """
-    path = checkpoint_file(path)
-    if not path.is_file():
-        raise MedTextSegError(f"{path}: checkpoint not found")
-    from medtextseg.training import model_package  # here: model_package reads its weights through this module
-
-    if model_package.is_model_package(path):
-        return model_package.read_package(path).state
-    with open(path, "rb") as handle:
-        return read_state(handle, str(path))
-
-
 def read_state(source: BinaryIO, name: str) -> dict[str, Any]:
     """A checkpoint's state from an open binary file, tensors and plain data only; ``name`` is what errors quote.
 
@@ -89,3 +70,6 @@ def read_state(source: BinaryIO, name: str) -> dict[str, Any]:
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise MedTextSegError(f"{name}: not a medtextseg checkpoint (no model weights and config)")
     return state
+
+
+__all__ = ["checkpoint_file", "read_state", "save_checkpoint"]
