@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from medtextseg.text.batch import PromptEmbedding
-from medtextseg.text.encoders import first_line, frozen, prompt_embeddings, quiet_loading, read_json
+from medtextseg.text.encoder_parts import first_line, frozen, prompt_embeddings, quiet_loading, read_json
 from medtextseg.utils.errors import MedTextSegError
 
 OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "open_clip_pytorch_model.pt")

