@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from medtextseg.utils.errors import MedTextSegError
 from medtextseg.utils.json_files import json_type
+from medtextseg.utils.planes import plane_axes
 
 
 class _Section(BaseModel):
@@ -411,8 +412,6 @@ class CoTrainingConfig(_Section):
     @field_validator("views")
     @classmethod
     def _check_views(cls, value: list[str]) -> list[str]:
-        from medtextseg.data.sparse_labels import plane_axes
-
         for view in value:  # MedTextSegError is a ValueError: pydantic reports it with the field's name
             plane_axes(view, "cotraining.views")
         return [view.upper() for view in value]

@@ -24,8 +24,9 @@ from medtextseg.config import CoTrainingConfig, DataConfig
 from medtextseg.data.dataset import PreparedCase, augment_intensity, mirror_left_right, random_patch
 from medtextseg.data.label_propagation import propagate_slice_label, slice_distance
 from medtextseg.data.layout import DatasetLayout
-from medtextseg.data.sparse_labels import IGNORE_LABEL, annotated_slices, plane_axes
+from medtextseg.data.sparse_labels import IGNORE_LABEL, annotated_slices
 from medtextseg.utils.errors import MedTextSegError
+from medtextseg.utils.planes import plane_axes
 
 
 @dataclass

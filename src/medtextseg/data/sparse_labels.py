@@ -22,20 +22,10 @@ import numpy as np
 
 from medtextseg.utils.atomic import write_text_atomic
 from medtextseg.utils.errors import MedTextSegError, refuse_same_folder
+from medtextseg.utils.planes import PLANE_AXES, PLANE_NAMES, plane_axes
 
 IGNORE_LABEL = "ignore"
-PLANE_AXES: dict[str, int] = {"S": 0, "C": 1, "A": 2}
-PLANE_NAMES: dict[str, str] = {"S": "sagittal", "C": "coronal", "A": "axial"}
 SUMMARY_FILE = "sparse_annotations.json"
-
-
-def plane_axes(planes: str, where: str) -> list[int]:
-    """``"AS"`` -> ``[2, 0]``; raises naming ``where`` for letters other than S, C, A or repeats."""
-    letters = planes.upper()
-    if not letters or any(p not in PLANE_AXES for p in letters) or len(set(letters)) != len(letters):
-        raise MedTextSegError(f"{where}: planes {planes!r} must be distinct letters among S (sagittal), "
-                              "C (coronal), A (axial), e.g. 'SC'")
-    return [PLANE_AXES[p] for p in letters]
 
 
 def annotated_slices(ignore_mask: np.ndarray) -> dict[int, list[int]]:

@@ -33,9 +33,10 @@ from torch import Tensor, nn
 
 from medtextseg.config import Config
 from medtextseg.data.sparse_dataset import SparseCases
-from medtextseg.data.sparse_labels import annotated_slices, plane_axes
+from medtextseg.data.sparse_labels import annotated_slices
 from medtextseg.text.batch import TextBatch
 from medtextseg.utils.errors import MedTextSegError
+from medtextseg.utils.planes import plane_axes
 
 
 def sigmoid_rampup(step: float, length: float) -> float:
