@@ -54,7 +54,7 @@ def folder_name(name: str) -> str:
 def schedule_overrides(steps: int) -> list[str]:
     """The presets' schedules are for 6000 steps (SGTC/RADA); scale them to ``steps`` in the same proportions."""
     return [f"cotraining.beta_ramp_steps={steps}", f"cotraining.beta_ramp_every={max(steps // 40, 1)}",
-            f"cotraining.lr_step={max(steps * 5 // 12, 1)}", f"cotraining.alpha_every={max(steps // 6, 1)}"]
+            f"train.step_every={max(steps * 5 // 12, 1)}", f"cotraining.alpha_every={max(steps // 6, 1)}"]
 
 
 def evaluate(run: Path, data: Path) -> dict:

@@ -329,3 +329,36 @@ def test_pseudo_labels_keep_only_certain_voxels():
     pseudo, mask = certain_pseudo_labels(Sure(), image, text, passes=3, std=0.1, clip=0.2, threshold=0.6)
     assert bool((pseudo[:, :, :2] == 1).all()) and bool((pseudo[:, :, 2:] == 0).all())
     assert bool((mask[:, :, :2] == 1).all()) and bool((mask[:, :, 2:] == 0).all())  # entropy ln 2 > 0.6 there
+
+
+def test_cotraining_trains_with_the_optimiser_and_schedule_of_train(sparse_pair, tmp_path):
+    """The co-trainer builds each network's optimiser from train.optimizer and sets the rate train.schedule gives
+    (RADA's presets state SGD and the x0.1 step decay); configs saved with the former cotraining.momentum / lr_step /
+    lr_gamma load as that SGD and step decay."""
+    import warnings
+
+    from medtextseg.training.engine import Trainer
+
+    _, sparse, _ = sparse_pair
+    common = [f"data.root={sparse}", *TINY, "model.region_dim=0", "train.steps=4", "train.val_every=4"]
+    trainer = Trainer(Config.load("rada", [*common, "train.optimizer=adam", "train.schedule=step",
+                                           "train.step_every=2", "train.step_gamma=0.5"]), tmp_path / "adam",
+                      progress=False)
+    trainer.run()
+    assert {type(o).__name__ for o in trainer.policy.optimizers} == {"Adam"}
+    assert trainer.policy.learning_rate() == pytest.approx(0.01 * 0.5)  # step 3: one halving after step 2
+
+    saved = Config.load("rada", common).model_dump()
+    saved["train"] |= {"optimizer": "adamw", "schedule": "cosine", "warmup_steps": 50, "nesterov": True}
+    saved["cotraining"] |= {"momentum": 0.8, "lr_step": 7, "lr_gamma": 0.5}
+    with pytest.warns(FutureWarning, match="train.optimizer: sgd"):
+        migrated = Config.from_dict(saved)
+    train = migrated.train
+    assert (train.optimizer, train.momentum, train.nesterov, train.schedule, train.step_every, train.step_gamma,
+            train.warmup_steps) == ("sgd", 0.8, False, "step", 7, 0.5, 0)
+    standard = Config.load("default").model_dump()
+    standard["cotraining"] |= {"momentum": 0.9, "lr_step": 2500, "lr_gamma": 0.1}  # every saved config held them
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert Config.from_dict(standard).train == Config.load("default").train
+

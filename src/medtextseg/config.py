@@ -400,9 +400,6 @@ class CoTrainingConfig(_Section):
         default_factory=lambda: LossConfig(terms={"bce": 1.0}, presence_weight=0.0, deep_supervision_weights=None),
         description="the loss of each other network's certain pseudo labels on the unlabelled patches, a loss "
         "section like loss (which is the supervised loss on the labelled patches)")
-    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (one optimiser per network)")
-    lr_step: int = Field(2500, ge=1, description="the learning rate is multiplied by lr_gamma every lr_step steps")
-    lr_gamma: float = Field(0.1, gt=0, le=1)
     region_encoder: str = Field("efficientnet_lite0", description="frozen encoder of the annotated slices + masks "
                                 "(model.region_dim > 0): 'efficientnet_lite0', or 'package.module:factory' "
                                 "returning a callable (slice [3, H, W], mask [H, W]) -> [region_dim]")
@@ -415,6 +412,41 @@ class CoTrainingConfig(_Section):
         for view in value:  # MedTextSegError is a ValueError: pydantic reports it with the field's name
             plane_axes(view, "cotraining.views")
         return [view.upper() for view in value]
+
+
+def _rename_cotraining_switch(data: dict[str, Any]) -> dict[str, Any]:
+    """``cotraining.enabled`` (before the step policies) -> ``train.step_policy``."""
+    cotraining = data["cotraining"]
+    if "enabled" not in cotraining:
+        return data
+    data, cotraining = dict(data), dict(cotraining)
+    if cotraining.pop("enabled"):
+        data["train"] = {"step_policy": "cotraining", **(data.get("train") or {})}
+    data["cotraining"] = cotraining
+    warnings.warn("config field cotraining.enabled is renamed: write train.step_policy: "
+                  f"{data.get('train', {}).get('step_policy', 'standard')}", FutureWarning, stacklevel=4)
+    return data
+
+
+def _move_cotraining_optimiser(data: dict[str, Any]) -> dict[str, Any]:
+    """``cotraining.momentum``, ``lr_step``, ``lr_gamma`` (the co-trainer's own SGD with a step decay, whatever
+    ``train.optimizer`` said) -> ``train.optimizer: sgd`` with that momentum, ``train.schedule: step``. Every
+    config saved before holds them (they were defaults); they change the training only of a co-training one."""
+    old = {"momentum", "lr_step", "lr_gamma"} & set(data["cotraining"])
+    if not old:
+        return data
+    data, cotraining = dict(data), dict(data["cotraining"])
+    moved = {key: cotraining.pop(key) for key in sorted(old)}
+    data["cotraining"] = cotraining
+    train = dict(data.get("train") or {})
+    if train.get("step_policy") == "cotraining":
+        data["train"] = train | {"optimizer": "sgd", "nesterov": False, "schedule": "step", "warmup_steps": 0,
+                                 "momentum": moved.get("momentum", 0.9), "step_every": moved.get("lr_step", 2500),
+                                 "step_gamma": moved.get("lr_gamma", 0.1)}
+        warnings.warn(f"config fields cotraining.{', cotraining.'.join(moved)} are replaced by train.optimizer: sgd, "
+                      "train.momentum, train.schedule: step, train.step_every and train.step_gamma",
+                      FutureWarning, stacklevel=4)
+    return data
 
 
 class Config(_Section):
@@ -431,16 +463,10 @@ class Config(_Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _rename_cotraining_switch(cls, data: Any) -> Any:
-        # configs saved with runs before the step policies (cotraining.enabled) still load
-        cotraining = data.get("cotraining") if isinstance(data, dict) else None
-        if isinstance(cotraining, dict) and "enabled" in cotraining:
-            data, cotraining = dict(data), dict(cotraining)
-            if cotraining.pop("enabled"):
-                data["train"] = {"step_policy": "cotraining", **(data.get("train") or {})}
-            data["cotraining"] = cotraining
-            warnings.warn("config field cotraining.enabled is renamed: write train.step_policy: "
-                          f"{data.get('train', {}).get('step_policy', 'standard')}", FutureWarning, stacklevel=2)
+    def _migrate(cls, data: Any) -> Any:
+        # configs saved with runs before the step policies still load, and train as they did
+        if isinstance(data, dict) and isinstance(data.get("cotraining"), dict):
+            data = _move_cotraining_optimiser(_rename_cotraining_switch(data))
         return data
 
     @model_validator(mode="after")

@@ -1,5 +1,6 @@
 """The co-training step (RADA): each of ``model.networks`` networks in turn learns from its view's sparse
-supervision and the other networks' confident pseudo labels, with its own SGD optimiser
+supervision and the other networks' confident pseudo labels, with its own optimiser (``train.optimizer``; RADA's
+SGD, x0.1 every 2500 steps, as its presets state) at the rate ``train.schedule`` gives every network alike
 (``training/cotraining.py`` says what a step does). One process only."""
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from medtextseg.training.cotraining import (
 )
 from medtextseg.training.distributed import DistributedContext
 from medtextseg.training.inputs import prepare_cases, text_cache_for
+from medtextseg.training.optimization import LearningRateFactor, build_optimizer
 from medtextseg.training.schedule import LossWeightSchedule
 from medtextseg.utils.errors import MedTextSegError
 
@@ -86,8 +88,8 @@ class CoTrainingStep:
         self.text.warm(sorted({cases.prompt, swap_left_right(cases.prompt)}))
         self.model = create_model(config.model, self.text.dim).to(self.device)
         self.members = list(self.model.members) if config.model.networks > 1 else [self.model]
-        self.optimizers = [torch.optim.SGD(m.parameters(), lr=config.train.lr, momentum=config.cotraining.momentum,
-                                           weight_decay=config.train.weight_decay) for m in self.members]
+        self.optimizers = [build_optimizer(m.parameters(), config.train) for m in self.members]
+        self.lr_factor = LearningRateFactor(config.train)
         self.supervised_loss = build_loss(config.loss)
         self.pseudo_loss = build_loss(config.cotraining.pseudo_loss)
         self.schedule = LossWeightSchedule(config.loss.schedules)
@@ -98,6 +100,8 @@ class CoTrainingStep:
             for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
                 optimizer.load_state_dict(saved)
             self.schedule.load_state_dict(state.get("schedule", {}))
+            if "lr_factor" in state:  # the plateau schedule's and early stopping's bookkeeping
+                self.lr_factor.set_shared_state(state["lr_factor"])
             self.rng.bit_generator.state = state["rng"]["generator"]
         elif config.model.region_dim:
             for member, (prototype, slices) in zip(self.members, region_prototypes(config, cases), strict=True):
@@ -111,7 +115,7 @@ class CoTrainingStep:
 
     def train_step(self, step: int) -> dict[str, float]:
         config = self.config
-        lr = config.train.lr * config.cotraining.lr_gamma ** (step // config.cotraining.lr_step)
+        lr = config.train.lr * self.lr_factor(step)
         for optimizer in self.optimizers:
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -170,16 +174,17 @@ class CoTrainingStep:
 
     def observe_validation(self, val_dice: float) -> None:
         self.schedule.observe_validation(val_dice)
+        self.lr_factor.observe_validation(val_dice)
 
     def share_decisions(self) -> None:
         """One process: nothing to share."""
 
     def stop_reason(self) -> dict[str, Any] | None:
-        return None
+        return {"validations_without_improvement": self.lr_factor.stale} if self.lr_factor.stop else None
 
     def state_dict(self) -> dict[str, Any]:
         return {"optimizers": [o.state_dict() for o in self.optimizers], "schedule": self.schedule.state_dict(),
-                "rng": {"generator": self.rng.bit_generator.state}}
+                "lr_factor": self.lr_factor.shared_state(), "rng": {"generator": self.rng.bit_generator.state}}
 
     def close(self) -> None:
         """Nothing to release."""
