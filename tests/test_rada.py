@@ -223,6 +223,10 @@ def test_config_checks():
         Config.load("rada", ["cotraining.views=[SC, AS]"])
     with pytest.raises(MedTextSegError, match="cotraining.views"):
         Config.load("rada", ["cotraining.views=[SX, AS, AC]"])
+    with pytest.raises(MedTextSegError, match="cotraining.prompt_views: planes 'AX'"):
+        Config.load("rada", ["cotraining.prompt_views=[A, AX, S]"])
+    with pytest.raises(MedTextSegError, match="prompt_views has 2 entries for 3 views"):
+        Config.load("rada", ["cotraining.prompt_views=[A, S]"])
     with pytest.raises(MedTextSegError, match="dynamic_head"):
         Config.load("default", ["model.region_dim=8"])
     with pytest.raises(MedTextSegError, match="inference.network"):
@@ -312,6 +316,30 @@ def test_region_prototypes_come_from_the_annotated_slices(sparse_pair, tmp_path)
     assert not torch.allclose(prototypes[0], prototypes[1])  # each network's own planes
     start = json.loads((run / "log.jsonl").read_text().splitlines()[0])
     assert start["region_slices"] == [2 * start["labelled_volumes"]] * 3
+    # RADA's Fig. 5: the visual prompt's planes set apart from the supervision's (here one plane, then all three)
+    apart = tmp_path / "apart"
+    train(Config.load("rada", [f"data.root={sparse}", *TINY, "train.steps=1", "train.val_every=1",
+                               "cotraining.prompt_views=[A, AS, SCA]"]), apart, progress=False)
+    start = json.loads((apart / "log.jsonl").read_text().splitlines()[0])
+    assert start["region_slices"] == [n * start["labelled_volumes"] for n in (1, 2, 3)]
+    assert torch.allclose(load_checkpoint(apart / "last.pt")["model"]["members.1.region_fusion.prototype"],
+                          prototypes[1])  # AS: network 1's own view, the same slices as before
+    # SGTC scores one network of the last iteration: evaluate takes the checkpoint file and inference.network
+    from typer.testing import CliRunner
+
+    from medtextseg.cli import app
+
+    scores = {}
+    for name, settings in (("mean", []), ("network 1", ["--set", "inference.network=1"])):
+        out = tmp_path / name.replace(" ", "_")
+        result = CliRunner().invoke(app, ["evaluate", "-m", str(run / "last.pt"), "-d", str(sparse), "-o", str(out),
+                                          "--no-save-masks", *settings])
+        assert result.exit_code == 0, result.output
+        scores[name] = [r["dice"] for r in json.loads((out / "metrics_per_prompt.json").read_text())]
+    assert len(scores["mean"]) == len(scores["network 1"]) > 0 and scores["mean"] != scores["network 1"]
+    refused = CliRunner().invoke(app, ["evaluate", "-m", str(run), "-d", str(sparse), "-o", str(tmp_path / "no"),
+                                       "--set", "model.networks=1"])
+    assert refused.exit_code == 2 and "prediction takes inference.* settings only" in refused.output
 
 
 def test_pseudo_labels_keep_only_certain_voxels():

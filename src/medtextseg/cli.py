@@ -499,6 +499,8 @@ def evaluate(
     tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="mirror test-time augmentation along every "
                                              "axis, 'left'/'right' swapped in the mirrored prompt; default: as the "
                                              "run's inference.mirror_axes")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="an inference setting: inference.KEY=VALUE, e.g. "
+                                                   "--set inference.network=1 (repeatable)")] = None,
 ) -> None:
     """Predict every prompt of a split and score it: Dice, IoU, HD95, ASSD, NSD, precision, recall.
 
@@ -522,7 +524,8 @@ def evaluate(
                 raise MedTextSegError(f"--component-sweep {component_sweep!r}: expected voxel counts like 0,10,20")
             sweep.append(int(item))
     result = evaluate_run(model, data, out, split=split, save_masks=save_masks, overlay_channel=overlay_channel,
-                          component_sweep=sweep, refiner=refiner, mirror_axes=_mirror_axes(tta))
+                          component_sweep=sweep, refiner=refiner, mirror_axes=_mirror_axes(tta),
+                          inference=set_ or [])
     # a log file or pipe is not 80 columns wide: do not fold the table to fit one
     Console(width=None if sys.stdout.isatty() else 160).print(render_table(result.summary))
     if (overall := result.overall) is not None:

@@ -382,6 +382,10 @@ class CoTrainingConfig(_Section):
                                             "(default: every label but background and ignore)")
     views: list[str] = Field(["SC", "AS", "AC"], description="per network, the annotated planes that supervise it "
                              "(S sagittal, C coronal, A axial); one entry per model.networks")
+    prompt_views: list[str] | None = Field(
+        None, description="per network, the annotated planes whose slices make its region prototype (the visual "
+        "prompt, model.region_dim > 0); null: its views entry, RADA's pairing. Set apart for RADA's Fig. 5 pairs "
+        "(e.g. views [A, S] with prompt_views [S, A])")
     propagation: bool = Field(True, description="densify each annotated slice by slice-to-slice registration")
     propagation_iterations: int = Field(40, ge=1, description="demons iterations per slice pair")
     alpha: float = Field(0.97, gt=0, le=1, description="propagated voxels weigh alpha ** distance to their slice")
@@ -406,12 +410,12 @@ class CoTrainingConfig(_Section):
     cache_dir: str | None = Field(None, description="where propagated labels are cached (default: "
                                   "{data.root}/.medtextseg_cache)")
 
-    @field_validator("views")
+    @field_validator("views", "prompt_views")
     @classmethod
-    def _check_views(cls, value: list[str]) -> list[str]:
-        for view in value:  # MedTextSegError is a ValueError: pydantic reports it with the field's name
-            plane_axes(view, "cotraining.views")
-        return [view.upper() for view in value]
+    def _check_views(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        for view in value or []:  # MedTextSegError is a ValueError: pydantic reports it with the field's name
+            plane_axes(view, f"cotraining.{info.field_name}")
+        return None if value is None else [view.upper() for view in value]
 
 
 def _rename_cotraining_switch(data: dict[str, Any]) -> dict[str, Any]:
@@ -474,6 +478,10 @@ class Config(_Section):
         if self.train.step_policy == "cotraining" and len(self.cotraining.views) != self.model.networks:
             raise ValueError(f"cotraining.views has {len(self.cotraining.views)} entries for model.networks="
                              f"{self.model.networks}; give one view per network")
+        prompt_views = self.cotraining.prompt_views
+        if prompt_views is not None and len(prompt_views) != len(self.cotraining.views):
+            raise ValueError(f"cotraining.prompt_views has {len(prompt_views)} entries for "
+                             f"{len(self.cotraining.views)} views; give one per network, or null")
         if self.inference.network is not None and self.inference.network >= self.model.networks:
             raise ValueError(f"inference.network={self.inference.network} but the model has "
                              f"{self.model.networks} network(s)")

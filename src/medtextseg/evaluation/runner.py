@@ -182,7 +182,7 @@ def evaluate_run(run: ModelArgument, data_root: str | Path, out_dir: str | Path,
                  save_masks: bool = True, overlays_per_group: int = 2, overlay_channel: int = 0,
                  nsd_tolerance_mm: float = 1.0, progress: bool = True,
                  component_sweep: Sequence[int] = (), refiner: bool | None = None,
-                 mirror_axes: list[int] | str | None = None) -> EvaluationResult:
+                 mirror_axes: list[int] | str | None = None, inference: Sequence[str] = ()) -> EvaluationResult:
     """Evaluate a run on a dataset split; write per-prompt metrics, a summary per group, overlays, the
     calibration and uncertainty figures (``uncertainty.json``, ``reliability.png``) and, when the split has
     prompts of kind ``all`` (every lesion), PI-CAI lesion detection metrics from their probability maps
@@ -190,10 +190,11 @@ def evaluate_run(run: ModelArgument, data_root: str | Path, out_dir: str | Path,
     (minimum sizes m in voxels), every prompt is also scored with its mask post-processed to the largest connected
     component plus those of at least m voxels (``component_sweep.json``/``.csv``: one row per m and group).
     ``refiner`` switches a refiner model's refiner on or off and ``mirror_axes`` sets the mirror test-time
-    augmentation (None: as the run's config says). ``run`` may name several models, or a folder of runs: their
-    ensemble is evaluated (:mod:`medtextseg.inference.ensemble`; ``ensemble.json`` lists its members and
-    thresholds), on a split none of them trained on (:func:`~medtextseg.data.folds.held_out_layout`). A fold run's
-    ``val`` split is its held-out fold.
+    augmentation (None: as the run's config says); ``inference`` holds ``inference.KEY=VALUE`` settings
+    (:meth:`~medtextseg.inference.predictor.Predictor.set_inference`, e.g. one co-trained network). ``run`` may
+    name several models, or a folder of runs: their ensemble is evaluated (:mod:`medtextseg.inference.ensemble`;
+    ``ensemble.json`` lists its members and thresholds), on a split none of them trained on
+    (:func:`~medtextseg.data.folds.held_out_layout`). A fold run's ``val`` split is its held-out fold.
 
     Stages: predict and score each case (:class:`_SplitScorer`), summarise, write (:func:`write_evaluation`).
 
@@ -205,6 +206,7 @@ def evaluate_run(run: ModelArgument, data_root: str | Path, out_dir: str | Path,
     """
     out_dir = Path(out_dir)
     predictor = load_predictor(run, refiner=refiner, mirror_axes=mirror_axes)
+    predictor.set_inference(inference)
     layout = held_out_layout(load_dataset(data_root), [config.data for _, config in predictor.sources], split)
     cases = layout.split(split)
     verify_dataset(layout, [c.case for c in cases], progress=progress)

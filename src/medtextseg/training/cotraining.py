@@ -84,8 +84,8 @@ def certain_pseudo_labels(network: nn.Module, image: Tensor, text: TextBatch, pa
 
 
 def region_prototypes(config: Config, cases: SparseCases) -> list[tuple[Tensor, int]]:
-    """Per network, its region prototype (the mean normalised region embedding of its view's annotated slices)
-    and how many slices it averages."""
+    """Per network, its region prototype (the mean normalised region embedding of the annotated slices of its
+    ``cotraining.prompt_views`` entry, by default its supervision view) and how many slices it averages."""
     from medtextseg.models.region_encoder import create_region_encoder
 
     encoder, dim = create_region_encoder(config.cotraining.region_encoder)
@@ -94,13 +94,14 @@ def region_prototypes(config: Config, cases: SparseCases) -> list[tuple[Tensor, 
                               f"cotraining.region_encoder gives {dim}-wide embeddings")
     values = torch.tensor(cases.values)
     prototypes = []
-    for view in config.cotraining.views:
+    field = "prompt_views" if config.cotraining.prompt_views is not None else "views"
+    for view in getattr(config.cotraining, field):
         vectors = []
         for case, _ in cases.labelled:
             target = torch.isin(case.label, values).float()
             ignore = cases.ignore_mask(case)
             slices = annotated_slices(ignore.numpy())
-            for axis in plane_axes(view, "cotraining.views"):
+            for axis in plane_axes(view, f"cotraining.{field}"):
                 # a dense volume: its largest cross-section stands in for an annotated slice
                 indices = slices.get(axis, []) if ignore.any() else \
                     [int(target.sum(tuple(a for a in range(3) if a != axis)).argmax())]
@@ -109,7 +110,7 @@ def region_prototypes(config: Config, cases: SparseCases) -> list[tuple[Tensor, 
                     vectors.append(F.normalize(encoder(image[None].expand(3, -1, -1), target.select(axis, index)),
                                                dim=0))
         if not vectors:
-            raise MedTextSegError(f"cotraining.views entry {view!r}: no labelled volume is annotated on these "
+            raise MedTextSegError(f"cotraining.{field} entry {view!r}: no labelled volume is annotated on these "
                                   "planes, so there is no region to describe")
         prototypes.append((torch.stack(vectors).mean(0), len(vectors)))
     return prototypes
