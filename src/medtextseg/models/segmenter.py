@@ -40,11 +40,11 @@ class TextGuidedUNet(nn.Module):
         super().__init__()
         self.config = config
         self.input_spec = InputSpec.of(config)
-        coordinate_channels = config.spatial_dims if config.coordinates else 0
+        coordinate_channels = self.input_spec.channels - config.in_channels  # the spec says what it reads
         stages = {"downsample": config.downsample, "attention": config.block_attention, "dropout": config.dropout,
                   "negative_slope": config.negative_slope}
         if config.encoders == 1:
-            self.encoder = UNetEncoder(config.spatial_dims, config.in_channels + coordinate_channels, config.channels,
+            self.encoder = UNetEncoder(config.spatial_dims, self.input_spec.channels, config.channels,
                                        config.strides, config.norm, **stages)
         else:
             self.encoder = MultiSequenceEncoder(config.spatial_dims, [config.in_channels // config.encoders]
