@@ -18,13 +18,15 @@ whole ``ModelOutput`` and the full-resolution target, once per step (not per dee
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
-from medtextseg.models.output import ModelOutput
 from medtextseg.utils.errors import MedTextSegError
+
+if TYPE_CHECKING:  # type hints only: the loss terms sit below the config and the models (docs/architecture.md)
+    from medtextseg.models.output import ModelOutput
 
 Scope = Literal["region", "pixel", "compound"]
 

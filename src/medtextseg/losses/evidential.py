@@ -13,13 +13,16 @@ Both are per-voxel, averaged (with the voxel weights) per sample: pixel-wise ter
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from medtextseg.losses.base import OutputLossTerm, check_inputs, weighted_voxel_mean
-from medtextseg.models.output import ModelOutput
 from medtextseg.utils.errors import MedTextSegError
+
+if TYPE_CHECKING:  # type hints only: the loss terms sit below the config and the models (docs/architecture.md)
+    from medtextseg.models.output import ModelOutput
 
 
 def evidence_and_onehot(output: ModelOutput, target: Tensor, weight: Tensor | None,

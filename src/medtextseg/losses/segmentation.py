@@ -7,16 +7,19 @@ The default (``loss.terms: {dice: 1, bce: 1}``, ``presence_weight: 0.5``) is Dic
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from medtextseg.config import LossConfig
 from medtextseg.losses.base import LossTerm, OutputLossTerm
 from medtextseg.losses.deep_supervision import downsample_target, downsample_weight, level_weights
 from medtextseg.losses.registry import create_loss_term
-from medtextseg.models.output import ModelOutput
+
+if TYPE_CHECKING:  # type hints only: the loss terms sit below the config and the models (docs/architecture.md)
+    from medtextseg.config import LossConfig
+    from medtextseg.models.output import ModelOutput
 
 
 class PromptSegmentationLoss(nn.Module):

@@ -14,7 +14,7 @@ loss averages them over samples (all for the BCE terms, those with a target for 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
@@ -22,8 +22,10 @@ from torch import Tensor
 
 from medtextseg.losses.base import OutputLossTerm, check_inputs, spatial_sum, weighted_voxel_mean
 from medtextseg.losses.deep_supervision import downsample_weight
-from medtextseg.models.output import ModelOutput
 from medtextseg.utils.errors import MedTextSegError
+
+if TYPE_CHECKING:  # type hints only: the loss terms sit below the config and the models (docs/architecture.md)
+    from medtextseg.models.output import ModelOutput
 
 Resize = Literal["target", "map"]
 
