@@ -16,6 +16,7 @@ from medtextseg.data.fingerprint import Fingerprint, fingerprint_dataset
 from medtextseg.data.layout import load_dataset
 from medtextseg.data.planning import Plan, make_plan, planned_config, planned_kind_weights, planned_strides
 from medtextseg.data.synthetic import make_case
+from medtextseg.utils.errors import MedTextSegError
 
 runner = CliRunner()
 BUDGET = 48 * 48 * 16  # the default preset's patch
@@ -135,6 +136,23 @@ def test_a_plan_file_is_replayed_and_a_bad_one_is_named(dataset_2d, tmp_path):
     (tmp_path / "bad.json").write_text('{"spacing": [1, 1]}')
     with pytest.raises(ValueError, match=r"bad.json: not a medtextseg plan \(.*missing"):
         planned_config("default_2d", [f"data.root={dataset_2d}"], tmp_path / "bad.json")
+
+
+def test_a_config_that_does_not_plan_keeps_its_presets_strides(dataset_3d, tmp_path):
+    """Co-training presets (data.plan: false) and --no-plan get the preset's own network, not the all-ones
+    placeholder strides the plan starts from (RADA trained from the command line once had no downsampling)."""
+    for preset, overrides in (("rada", []), ("default", ["data.plan=false"])):
+        config, plan = planned_config(preset, [f"data.root={dataset_3d}", *overrides])
+        assert plan is None
+        assert config.model_dump() == Config.load(preset, [f"data.root={dataset_3d}", *overrides]).model_dump()
+        assert config.model.strides[1:] == [[2, 2, 1], [2, 2, 2], [2, 2, 2]]
+    with pytest.raises(MedTextSegError, match=r"edited.json: a plan file is replayed only with data.plan true"):
+        planned_config("rada", [f"data.root={dataset_3d}"], tmp_path / "edited.json")
+    result = runner.invoke(app, ["train", "-d", str(dataset_3d), "-o", str(tmp_path / "run"), "--no-plan",
+                                 "--set", "train.steps=1", "--set", "train.val_cases=1"])
+    assert result.exit_code == 0, result.output
+    assert Config.load(tmp_path / "run" / "config.yaml").data.plan is False
+    assert not (tmp_path / "run" / "plans.json").exists()
 
 
 def _resampled(path, in_plane: float, nearest: bool, out):

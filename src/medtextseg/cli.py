@@ -188,9 +188,10 @@ def train(
                                                     "e.g. --set train.steps=200 (repeatable)")] = None,
     resume: Annotated[bool, typer.Option(help="continue a stopped run from its last.pt (uses its saved "
                                                "config plus any --set)")] = False,
-    plan_: Annotated[bool, typer.Option("--plan/--no-plan", help="plan spacing, patch, strides, channels and "
-                                        "kind weights from the dataset (`medtextseg plan`); --no-plan keeps the "
-                                        "preset's values")] = True,
+    plan_: Annotated[bool | None, typer.Option("--plan/--no-plan", help="plan spacing, patch, strides, channels "
+                                               "and kind weights from the dataset (`medtextseg plan`); --no-plan "
+                                               "keeps the preset's values (sets data.plan; default: the preset's "
+                                               "data.plan, true but for co-training)")] = None,
     plan_file: Annotated[Path | None, typer.Option("--plan-file", help="replay this plans.json instead of "
                                                    "measuring the dataset")] = None,
     fold: Annotated[int | None, typer.Option("--fold", help="cross-validation: train on the other folds of the "
@@ -200,8 +201,9 @@ def train(
 ) -> None:
     """Train a text-guided segmentation model. Also runs under `torchrun --nproc_per_node N` (DDP).
 
-    Unless --no-plan, the dataset is measured first and its plan (printed, saved as RUN/plans.json and in
-    every checkpoint) sets the spacing, patch, strides, channels and kind weights; --set wins over the plan.
+    Unless --no-plan (or a preset with data.plan: false, as co-training's), the dataset is measured first and
+    its plan (printed, saved as RUN/plans.json and in every checkpoint) sets the spacing, patch, strides,
+    channels and kind weights; --set wins over the plan.
     With --fold K the plan is measured on the dataset's train split, as without folds: the same plan for every
     fold, so that their models can be ensembled (predict -m FOLD_0 -m FOLD_1 ...).
     """
@@ -219,6 +221,8 @@ def train(
         overrides.append(f"data.root={data}")
     if fold is not None:
         overrides.append(f"data.fold={fold}")
+    if plan_ is not None:
+        overrides.append(f"data.plan={str(plan_).lower()}")
     saved = out / "config.yaml"
     made = None
     if resume and saved.is_file():  # the saved config already holds the plan's values
@@ -227,7 +231,7 @@ def train(
         if config.data.fold != started:
             raise MedTextSegError(f"{saved}: the run trains fold {started}; resume it with that fold, not "
                                   f"{config.data.fold}")
-    elif plan_ or plan_file is not None:
+    else:
         config, made = planned_config(preset, overrides, plan_file, progress=True)
         if made is not None:
             typer.echo(describe(made))
@@ -235,8 +239,6 @@ def train(
                                                                     for o in overrides))
             if overridden:
                 typer.echo(f"  --set overrides the plan's {', '.join(overridden)}")
-    else:
-        config = Config.load(preset, overrides)
     if config.data.fold is not None and config.data.root is not None:
         from medtextseg.data.folds import describe_fold
         from medtextseg.data.layout import load_dataset

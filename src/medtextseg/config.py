@@ -54,6 +54,10 @@ class DataConfig(_Section):
     """Where the dataset is and how images are prepared (in RAS, at ``spacing``, z-scored per channel)."""
 
     root: str | None = Field(None, description="dataset folder (nnU-Net raw layout + prompts.jsonl)")
+    plan: bool = Field(True, description="measure the dataset before training and let its plan set spacing, "
+                       "patch, strides, channels and kind weights (medtextseg plan; --set wins); false: the "
+                       "config's own values (train --no-plan; the co-training presets, whose annotated slices "
+                       "must keep the dataset's grid)")
     spacing: list[float] | None = Field(None, description="resample to this voxel spacing (mm); None keeps it")
     patch_size: list[int] = Field([48, 48, 16], description="training patch / sliding-window size (voxels)")
     prompts_per_image: int = Field(4, ge=1, description="prompts trained per image per step (encoder shared)")

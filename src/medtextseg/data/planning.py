@@ -297,8 +297,9 @@ def planned_config(preset: str | Path, overrides: list[str], plan_file: str | Pa
     """The run config of ``preset`` + the dataset's plan + ``overrides`` (which win), and the plan.
 
     The preset (after ``overrides``) gives the patch budget, the number of stages and the kind weights the
-    plan starts from; ``plan_file`` replays a saved plan instead of measuring the dataset. Co-training presets
-    and configs without ``data.root`` are returned unplanned (sparse slice labels must keep their grid).
+    plan starts from; ``plan_file`` replays a saved plan instead of measuring the dataset. A config with
+    ``data.plan`` false (the co-training presets: their annotated slices keep the dataset's grid) or without
+    ``data.root`` is returned as the preset and ``overrides`` give it, with no plan.
 
     Raises:
         MedTextSegError: the preset's dimensionality is not the dataset's, or any config error.
@@ -307,8 +308,11 @@ def planned_config(preset: str | Path, overrides: list[str], plan_file: str | Pa
     from medtextseg.data.layout import load_dataset, verify_dataset
 
     base = _unplanned_config(preset, overrides)
-    if base.train.step_policy == "cotraining" or base.data.root is None:  # sparse labels keep their grid
-        return base, None
+    if plan_file is not None and not base.data.plan:
+        raise MedTextSegError(f"{plan_file}: a plan file is replayed only with data.plan true; here it is false "
+                              "(--no-plan, or a co-training preset)")
+    if not base.data.plan or base.data.root is None:  # the preset's own strides, not the placeholder
+        return Config.load(preset, overrides), None
     if plan_file is not None:
         plan = Plan.load(plan_file)
     else:
