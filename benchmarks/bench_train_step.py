@@ -1,6 +1,6 @@
 """One training step of our backbone against MONAI's networks at the same width and depth (issue 18, item 4).
 
-    .venv/bin/python benchmarks/bench_train_step.py [--rounds 5] [--steps 5] [--threads 2]
+    .venv/bin/python benchmarks/bench_train_step.py [--rounds 5] [--steps 5] [--threads 2] [--precision bf16]
 
 Every network gets the same batch (8 samples of 3 channels + 3 coordinate channels, 48 x 48 x 16, the default's
 patch), the same loss (MONAI DiceCE) and optimiser (AdamW); a step is forward + loss + backward + update. The
@@ -14,6 +14,9 @@ table gives the median step and its ratio to MONAI's DynUNet with residual block
 * MONAI DynUNet, residual blocks (``res_block=True``) and plain blocks, same filters, kernels and strides;
 * MONAI UNet, same channels and strides after the first stage, one residual unit: it downsamples in its first
   layer, so it does far less work at full resolution (not the same depth: shown for scale only).
+
+``--precision bf16`` runs every forward under bfloat16 autocast (what ``train.amp`` does on a CPU with bfloat16
+units, ``utils/precision.py``) and adds each network's float32 step and the ratio, measured in the same turns.
 """
 
 from __future__ import annotations
@@ -67,6 +70,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="bf16: also time every step under bfloat16 autocast")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -84,29 +89,37 @@ def main() -> None:
     loss_function = DiceCELoss(sigmoid=True)
     optimisers = {name: torch.optim.AdamW(net.parameters(), lr=1e-3) for name, (net, _) in networks.items()}
 
-    def step(name: str) -> None:
+    def step(name: str, half: bool) -> None:
         net, forward = networks[name]
         optimisers[name].zero_grad(set_to_none=True)
-        loss_function(forward(net, image), target).backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=half):
+            logits = forward(net, image)
+        loss_function(logits.float(), target).backward()
         optimisers[name].step()
 
-    times: dict[str, list[float]] = {name: [] for name in networks}
-    for name in networks:  # warm-up: oneDNN picks its kernels on the first call
-        step(name)
+    kinds = [False, True] if args.precision == "bf16" else [False]
+    times: dict[tuple[str, bool], list[float]] = {(name, half): [] for name in networks for half in kinds}
+    for name, half in times:  # warm-up: oneDNN picks its kernels on the first call
+        step(name, half)
     for _ in range(args.rounds):
-        for name in networks:
+        for name, half in times:
             for _ in range(args.steps):
                 start = time.perf_counter()
-                step(name)
-                times[name].append(time.perf_counter() - start)
-    reference = statistics.median(times["MONAI DynUNet, residual blocks"])
+                step(name, half)
+                times[name, half].append(time.perf_counter() - start)
+    median = {key: statistics.median(values) for key, values in times.items()}
+    reference = median["MONAI DynUNet, residual blocks", False]
     print(f"One training step, batch {SAMPLES} x 6 x {' x '.join(map(str, PATCH))}, {args.threads} threads, "
           f"median of {args.rounds * args.steps}:\n")
-    print("| network | parameters | step (ms) | vs DynUNet, residual |")
-    print("|---|---|---|---|")
+    bf16 = " bf16 step (ms) | float32 / bf16 |" if len(kinds) == 2 else ""
+    print(f"| network | parameters | step (ms) | vs DynUNet, residual |{bf16}")
+    print("|---|---|---|---|" + "---|---|" * bool(bf16))
     for name, (net, _) in networks.items():
-        median = statistics.median(times[name])
-        print(f"| {name} | {count_parameters(net):,} | {1000 * median:.0f} | {median / reference:.2f} |")
+        row = f"| {name} | {count_parameters(net):,} | {1000 * median[name, False]:.0f} | " \
+              f"{median[name, False] / reference:.2f} |"
+        if bf16:
+            row += f" {1000 * median[name, True]:.0f} | {median[name, False] / median[name, True]:.2f} |"
+        print(row)
 
 
 if __name__ == "__main__":

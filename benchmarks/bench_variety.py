@@ -10,7 +10,8 @@ structures (``aal``: real anatomy; needs ``scripts/setup_atlas.sh``), then, as a
 1. ``medtextseg train`` with the default preset and nothing set but the steps (the plan adapts it),
    ``medtextseg calibrate-presence`` and ``medtextseg evaluate`` on the test split;
 2. a text-blind MONAI ``UNet`` (residual units, DiceCE, positive/negative crops 2:1, MONAI transforms at the
-   same planned spacing and patch) trained for the same wall time as step 1's training, then scored on the same
+   same planned spacing and patch) trained for the same wall time as step 1's training, in the same precision
+   (``train.amp``: bfloat16 autocast on a CPU with bfloat16 units, as ours), then scored on the same
    prompts with the same metrics. On lesion data it learns "all lesions" and answers every lesion prompt with
    them (it cannot answer anatomy prompts); on data without lesion prompts (``aal``) it learns every label of
    ``dataset.json`` at once (softmax) and answers each prompt with the union of the labels the prompt names,
@@ -50,6 +51,7 @@ from medtextseg.data.layout import load_dataset
 from medtextseg.data.transforms import preparation
 from medtextseg.evaluation.metrics import segmentation_metrics
 from medtextseg.evaluation.runner import prompt_target, result_group
+from medtextseg.utils.precision import mixed_precision_dtype
 
 sys.path.insert(0, str(Path(__file__).parent))
 from results_table import write_results  # noqa: E402
@@ -130,13 +132,16 @@ def train_unet(data: Path, config: Config, seconds: float, out: Path) -> tuple[U
     loss_function = DiceCELoss(sigmoid=True) if lesions else DiceCELoss(softmax=True, to_onehot_y=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-5)
     rng = np.random.default_rng(0)
+    half = mixed_precision_dtype(config.train.amp, torch.device("cpu"))  # the precision ours trained in
     started, steps = time.perf_counter(), 0
     model.train()
     while time.perf_counter() - started < seconds:
         batch = [flip(crop(samples[i])[0]) for i in rng.choice(len(samples), size=2, replace=False)]
         image = torch.stack([torch.as_tensor(b["image"]) for b in batch])
         label = torch.stack([torch.as_tensor(b["label"]) for b in batch])
-        loss = loss_function(model(image), label)
+        with torch.autocast("cpu", dtype=half or torch.float32, enabled=half is not None):
+            logits = model(image)
+        loss = loss_function(logits.float(), label)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -328,7 +328,9 @@ class TrainConfig(_Section):
         "times 2, 3, ..., logged as a val_every event); null: every val_every steps regardless")
     val_cases: int = Field(12, ge=1, description="validation cases scored at each validation")
     seed: int = 0
-    amp: bool = Field(True, description="mixed precision when on a GPU (ignored on the CPU)")
+    amp: bool = Field(True, description="mixed precision of the standard step (co-training runs float32): "
+                      "float16 on a GPU, bfloat16 on a CPU with bfloat16 instructions (AVX512-BF16, AMX; "
+                      "utils/precision.py), float32 elsewhere; the log's first line says which (precision)")
     grad_clip: float = Field(12.0, gt=0)
     num_threads: int | None = Field(None, description="torch CPU threads (None: PyTorch's default)")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes that load and augment the training "

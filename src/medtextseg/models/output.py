@@ -24,3 +24,12 @@ class ModelOutput:
     deep_supervision: list[Tensor] = field(default_factory=list)
     similarity: dict[str, Tensor] = field(default_factory=dict)
     evidence: Tensor | None = None
+
+    def float(self) -> ModelOutput:
+        """The same output in float32 (after a mixed-precision forward: losses sum over every voxel, which
+        bfloat16's 8-bit mantissa cannot do)."""
+        return ModelOutput(logits=self.logits.float(),
+                           presence=None if self.presence is None else self.presence.float(),
+                           deep_supervision=[level.float() for level in self.deep_supervision],
+                           similarity={name: value.float() for name, value in self.similarity.items()},
+                           evidence=None if self.evidence is None else self.evidence.float())

@@ -28,6 +28,7 @@ from medtextseg.training.schedule import LossWeightSchedule
 from medtextseg.training.transfer import transfer_weights
 from medtextseg.utils.atomic import write_text_atomic
 from medtextseg.utils.errors import MedTextSegError
+from medtextseg.utils.precision import mixed_precision_dtype, precision_name
 
 
 class StandardStep:
@@ -104,8 +105,9 @@ class StandardStep:
                 write_text_atomic(run_dir / "init_transfer.json", json.dumps(report, indent=1))
         self.network = (DistributedDataParallel(self.model, device_ids=[ctx.device] if ctx.device.type == "cuda"
                                                 else None) if ctx.enabled else self.model)
-        self.use_amp = config.train.amp and ctx.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.precision = mixed_precision_dtype(config.train.amp, ctx.device)
+        # loss scaling keeps float16 gradients from underflowing; bfloat16 has float32's range and needs none
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == torch.float16)
 
     def _sampling_vocabulary(self) -> PromptVocabulary | None:
         """The dataset's prompt vocabulary when ``data.prompt_sampling`` is on, else None."""
@@ -117,7 +119,7 @@ class StandardStep:
         return self.layout.vocabulary
 
     def start_record(self) -> dict[str, Any]:
-        return {"cases_prepared": self.preprocessed.prepared,
+        return {"precision": precision_name(self.precision), "cases_prepared": self.preprocessed.prepared,
                 "cases_read": len(self.preprocessed.cases) - self.preprocessed.prepared}
 
     def batches(self, step: int):
@@ -145,8 +147,11 @@ class StandardStep:
         image = batch["image"].to(device, non_blocking=True)
         targets = batch["targets"].to(device, non_blocking=True)
         text = self.text(batch["prompts"]).to(device)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=self.use_amp):
+        mixed = self.precision is not None
+        with torch.autocast(device.type, dtype=self.precision or torch.float32, enabled=mixed):
             output = self.network(image, text, batch["image_index"].to(device))
+        if mixed:
+            output = output.float()
         factors = self.schedule.factors(step)
         loss, parts = self.loss(output, targets, factors=factors)
         parts |= {f"factor.{name}": value for name, value in factors.items()}
