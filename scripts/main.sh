@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs medtextseg into .venv and runs the main job on the embedded default, about 25 minutes on 2 CPU cores:
+# Installs medtextseg into .venv and runs the main job on the embedded default, about 30 minutes on 2 CPU cores
+# with bfloat16 units (about three times as long on a CPU without them, which trains in float32):
 # synthetic bp-MRI benchmark -> text-guided 3D model and image-only baseline (same steps) -> the text model's
 # presence threshold chosen on the validation split -> predictions and metrics on the test split -> report
 # (tables, overlays, loss curves) in work/report.
