@@ -51,7 +51,7 @@ from medtextseg.data.layout import load_dataset
 from medtextseg.data.transforms import preparation
 from medtextseg.evaluation.metrics import segmentation_metrics
 from medtextseg.evaluation.runner import prompt_target, result_group
-from medtextseg.utils.precision import mixed_precision_dtype
+from medtextseg.utils.precision import autocast, mixed_precision_dtype
 
 sys.path.insert(0, str(Path(__file__).parent))
 from results_table import write_results  # noqa: E402
@@ -139,7 +139,7 @@ def train_unet(data: Path, config: Config, seconds: float, out: Path) -> tuple[U
         batch = [flip(crop(samples[i])[0]) for i in rng.choice(len(samples), size=2, replace=False)]
         image = torch.stack([torch.as_tensor(b["image"]) for b in batch])
         label = torch.stack([torch.as_tensor(b["label"]) for b in batch])
-        with torch.autocast("cpu", dtype=half or torch.float32, enabled=half is not None):
+        with autocast(torch.device("cpu"), half):
             logits = model(image)
         loss = loss_function(logits.float(), label)
         optimizer.zero_grad()

@@ -12,7 +12,6 @@ slices' maps are stacked back into the volume: [P, X, Y, Z].
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
@@ -25,6 +24,7 @@ from medtextseg.data.slices import slice_stack
 from medtextseg.data.transforms import coordinate_channels
 from medtextseg.models.evidential import dirichlet_uncertainty
 from medtextseg.text.batch import TextBatch
+from medtextseg.utils.precision import autocast
 
 
 class PromptMaps(NamedTuple):
@@ -75,11 +75,9 @@ def autocast_context(device: torch.device, kind: str = "none"):
     """
     if kind not in AUTOCAST:
         raise ValueError(f"autocast {kind!r}: use one of {', '.join(AUTOCAST)}")
-    if AUTOCAST[kind] is None:
-        return contextlib.nullcontext()
     if kind == "fp16" and device.type == "cpu":
         raise ValueError("autocast fp16 runs on a GPU; on the CPU use bf16 or none")
-    return torch.autocast(device.type, dtype=AUTOCAST[kind])
+    return autocast(device, AUTOCAST[kind])
 
 
 def is_slicewise(spatial_shape: Sequence[int], patch_size: Sequence[int]) -> bool:

@@ -1,13 +1,14 @@
 """Which precision a training step runs in: mixed precision where the hardware computes half types natively.
 
 On a GPU, float16 with loss scaling (``torch.amp``). On a CPU, bfloat16 when it has bfloat16 instructions
-(AVX512-BF16 or AMX, Intel Xeon since Cooper Lake and Sapphire Rapids): there oneDNN's convolutions run about
-2.8x faster than in float32 (``benchmarks/bench_train_step.py --precision``). A CPU without them would emulate
+(AVX512-BF16 or AMX: Intel Xeon since Cooper Lake, AMD Zen 4): on an Intel Xeon with AMX a training step ran
+2.8x faster than in float32 (``benchmarks/bench_train_step.py --precision bf16``). A CPU without them would emulate
 bfloat16, more slowly than float32, so it stays in float32. Weights, optimiser state and losses stay float32.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import platform
 from pathlib import Path
@@ -52,3 +53,9 @@ def mixed_precision_dtype(amp: bool, device: torch.device) -> torch.dtype | None
 def precision_name(dtype: torch.dtype | None) -> str:
     """'float32', 'bfloat16' or 'float16': how a run's log names the precision it trained in."""
     return "float32" if dtype is None else str(dtype).removeprefix("torch.")
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` to ``dtype`` on ``device``, or nothing (float32) for None: the one place training and
+    prediction enter a lower precision."""
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)

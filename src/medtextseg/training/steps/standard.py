@@ -28,7 +28,7 @@ from medtextseg.training.schedule import LossWeightSchedule
 from medtextseg.training.transfer import transfer_weights
 from medtextseg.utils.atomic import write_text_atomic
 from medtextseg.utils.errors import MedTextSegError
-from medtextseg.utils.precision import mixed_precision_dtype, precision_name
+from medtextseg.utils.precision import autocast, mixed_precision_dtype, precision_name
 
 
 class StandardStep:
@@ -147,10 +147,9 @@ class StandardStep:
         image = batch["image"].to(device, non_blocking=True)
         targets = batch["targets"].to(device, non_blocking=True)
         text = self.text(batch["prompts"]).to(device)
-        mixed = self.precision is not None
-        with torch.autocast(device.type, dtype=self.precision or torch.float32, enabled=mixed):
+        with autocast(device, self.precision):
             output = self.network(image, text, batch["image_index"].to(device))
-        if mixed:
+        if self.precision is not None:
             output = output.float()
         factors = self.schedule.factors(step)
         loss, parts = self.loss(output, targets, factors=factors)
