@@ -1,7 +1,7 @@
 """Prediction from files to masks written: ours (1 / 8 / 32 prompts) against a text-blind MONAI UNet (issue 18).
 
     .venv/bin/python benchmarks/bench_prediction.py [--volumes fine brain] [--prompts 1 8 32] [--repeats 3]
-                                                     [--autocast none bf16] [--threads 1] [--out work/bench_prediction]
+        [--autocast none bf16 auto] [--threads 1] [--out work/bench_prediction]
 
 Every row runs in a fresh process (its peak RSS is its own): the model is loaded and one untimed prediction
 warms it up (imports, the prompt-embedding cache), then ``--repeats`` timed predictions, each from the channel
@@ -15,13 +15,15 @@ files to every mask written, give the median wall and CPU seconds; peak RSS is t
   ``Spacingd`` to the same spacing, ``NormalizeIntensityd``, ``sliding_window_inference`` (Gaussian, overlap
   0.25, sw_batch_size 1) of a ``UNet`` (channels 16-128, strides 2, 2 residual units; untrained: weights do not
   change its time) with the patch rounded up to a multiple of 8, sigmoid > 0.5, ``Invertd`` (nearest) and
-  ``SaveImage``. One mask: it cannot be told what to segment.
+  ``SaveImage``. One mask: it cannot be told what to segment. It runs in each row's precision as ours does
+  (``--autocast``: bf16 or auto put its network under the same ``torch.autocast``), so each ratio compares like
+  with like.
 
 Volumes: ``fine``, a 96 x 96 x 24 three-channel synthetic case (0.5 x 0.5 x 3 mm) with the ``fine`` run of
 ``benchmarks/bench_variety.py``; ``brain``, the 1 mm Colin27 head (181 x 217 x 181) with the AAL run of the
 README. ``--run-fine``/``--run-brain`` and ``--fine``/``--brain`` (files) point elsewhere. Prompts are the
 first distinct prompts of the run's dataset (``prompts.jsonl``). The table (``results.md``/``results.json`` in
-``--out``) gives each row's ratio to the UNet and to one prompt of the same precision.
+``--out``) gives each row's ratio to the UNet of the same precision and to one prompt of the same precision.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ def ours(run: Path, images: list[Path], prompts: list[str], autocast: str, repea
     return timed(once, repeats, out)
 
 
-def monai_unet(run: Path, images: list[Path], repeats: int, out: Path):
+def monai_unet(run: Path, images: list[Path], autocast: str, repeats: int, out: Path):
     import torch
     from monai.inferers import sliding_window_inference
     from monai.networks.nets import UNet
@@ -97,6 +99,8 @@ def monai_unet(run: Path, images: list[Path], repeats: int, out: Path):
 
     from medtextseg.config import Config
     from medtextseg.models.trained import load_checkpoint
+    from medtextseg.utils.precision import autocast as autocast_to
+    from medtextseg.utils.precision import inference_dtype
 
     config = Config.from_dict(load_checkpoint(run)["config"])
     patch = [-(-size // 8) * 8 for size in config.data.patch_size]
@@ -109,9 +113,9 @@ def monai_unet(run: Path, images: list[Path], repeats: int, out: Path):
 
     def once(folder: Path) -> None:
         image = transform({"image": [str(p) for p in images]})["image"]
-        with torch.no_grad():
+        with torch.no_grad(), autocast_to(torch.device("cpu"), inference_dtype(autocast, torch.device("cpu"))):
             logits = sliding_window_inference(image[None], patch, 1, net, overlap=0.25, mode="gaussian")
-        mask = (torch.sigmoid(logits[0]) > 0.5).float()
+        mask = (torch.sigmoid(logits[0].float()) > 0.5).float()
         mask.applied_operations = image.applied_operations
         mask = Invertd("mask", transform, orig_keys="image", nearest_interp=True)({"mask": mask, "image": image})
         SaveImage(output_dir=str(folder), output_postfix="mask", separate_folder=False, print_log=False,
@@ -135,7 +139,7 @@ def worker(args: argparse.Namespace) -> None:
         wall, cpu = ours(run, images, prompts, args.autocast, args.repeats, out)
     else:
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        (wall, cpu), extra["unet_parameters"] = monai_unet(run, images, args.repeats, out)
+        (wall, cpu), extra["unet_parameters"] = monai_unet(run, images, args.autocast, args.repeats, out)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"wall_s": wall, "cpu_s": cpu, "peak_rss_mb": peak / 1024, "grown_mb": (peak - before) / 1024,
                       **extra}))
@@ -145,7 +149,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--volumes", nargs="+", default=["fine", "brain"], choices=["fine", "brain"])
     parser.add_argument("--prompts", nargs="+", type=int, default=[1, 8, 32])
-    parser.add_argument("--autocast", nargs="+", default=["none", "bf16"], choices=["none", "bf16"])
+    parser.add_argument("--autocast", nargs="+", default=["none", "bf16"], choices=["none", "bf16", "auto"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("work/bench_prediction"))
@@ -167,8 +171,8 @@ def main() -> None:
 
     rows = []
     for volume in args.volumes:
-        jobs = [("unet", "none", 1)] + [("ours", autocast, count) for autocast in args.autocast
-                                        for count in args.prompts]
+        jobs = [job for autocast in args.autocast
+                for job in [("unet", autocast, 1)] + [("ours", autocast, count) for count in args.prompts]]
         for method, autocast, count in jobs:
             command = [sys.executable, __file__, "--worker", "--volume", volume, "--method", method, "--autocast",
                        autocast, "--count", str(count), "--repeats", str(args.repeats), "--threads",
@@ -185,9 +189,10 @@ def main() -> None:
                    **json.loads(done.stdout.strip().splitlines()[-1])}
             print(json.dumps(row), flush=True)
             rows.append(row)
-        unet = next(r for r in rows if r["volume"] == volume and r["method"] == "MONAI UNet")
         for row in rows:
             if row["volume"] == volume and row["method"] == "medtextseg":
+                unet = next(r for r in rows if r["volume"] == volume and r["method"] == "MONAI UNet"
+                            and r["autocast"] == row["autocast"])
                 one = next(r for r in rows if r["volume"] == volume and r["method"] == "medtextseg"
                            and r["autocast"] == row["autocast"] and r["prompts"] == min(args.prompts))
                 row |= {"over_unet": row["wall_s"] / unet["wall_s"], "over_1_prompt": row["wall_s"] / one["wall_s"],

@@ -7,6 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from medtextseg.cli import app
+from medtextseg.utils.precision import cpu_has_native_bf16
 
 runner = CliRunner()
 TINY = ["--set", "model.channels=[4,8,16]", "--set", "model.strides=[[1,1],[2,2],[2,2]]",
@@ -93,6 +94,9 @@ def test_evaluate_reports_calibration_uncertainty_and_lesion_detection(cli_run, 
     assert (out / "reliability.png").is_file()
     detection = json.loads((out / "lesion_detection.json").read_text())
     assert detection["cases"] > 0 and {"auroc", "ap", "picai_score"} <= set(detection)
+    asked = json.loads((out / "inference.json").read_text())  # how it was asked, "auto" resolved
+    assert asked["autocast"] == "auto" and asked["device"] == "cpu"
+    assert asked["precision"] == ("bfloat16" if cpu_has_native_bf16() else "float32")
 
 
 def test_robustness_scores_each_style(cli_run):

@@ -12,7 +12,7 @@ from medtextseg.models.output import ModelOutput
 from medtextseg.models.trained import load_checkpoint
 from medtextseg.training.engine import train
 from medtextseg.utils import precision
-from medtextseg.utils.precision import cpuinfo_has_bf16, mixed_precision_dtype
+from medtextseg.utils.precision import cpuinfo_has_bf16, inference_dtype, mixed_precision_dtype
 
 TINY_2D = ["model.channels=[4,8,16]", "model.strides=[[1,1],[2,2],[2,2]]", "data.patch_size=[48,48]",
            "train.batch_images=2", "data.prompts_per_image=2", "train.val_every=3", "train.val_cases=1",
@@ -32,6 +32,20 @@ def test_cpu_flags_decide_bf16():
 def test_the_precision_follows_amp_and_the_hardware(monkeypatch, amp, device, native, expected):
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
     assert mixed_precision_dtype(amp, torch.device(device)) is expected
+
+
+@pytest.mark.parametrize(("kind", "device", "native", "expected"), [
+    ("auto", "cpu", True, torch.bfloat16), ("auto", "cpu", False, None), ("auto", "cuda", False, torch.float16),
+    ("none", "cpu", True, None), ("bf16", "cpu", False, torch.bfloat16), ("fp16", "cuda", False, torch.float16)])
+def test_prediction_precision_auto_chooses_as_training_does(monkeypatch, kind, device, native, expected):
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
+    assert inference_dtype(kind, torch.device(device)) is expected
+
+
+@pytest.mark.parametrize(("kind", "message"), [("fp16", "runs on a GPU"), ("half", "use one of auto, none")])
+def test_prediction_precision_refuses_fp16_on_the_cpu_and_unknown_kinds(kind, message):
+    with pytest.raises(ValueError, match=message):
+        inference_dtype(kind, torch.device("cpu"))
 
 
 def test_model_output_float_casts_every_map():

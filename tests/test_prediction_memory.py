@@ -31,6 +31,7 @@ from medtextseg.inference.memory import GB, resampled_shape
 from medtextseg.inference.postprocessing import remove_small_components
 from medtextseg.inference.predictor import Predictor
 from medtextseg.inference.sliding import prompt_maps
+from medtextseg.utils import precision
 from test_api_arrays import oblique_channels
 
 PROMPTS = ["the prostate gland", "the lesion in the left PZ", "all lesions", "the peripheral zone",
@@ -182,12 +183,29 @@ def test_a_coarser_grid_still_answers_on_the_files_grid(checkpoint, case):
 
 def test_bf16_autocast_answers_close_to_float32(checkpoint, case):
     predictor = load_model(checkpoint, "cpu")
+    predictor.set_inference(["inference.autocast=none"])
     full = predictor.predict(case, PROMPTS[:2])
     predictor.set_inference(["inference.autocast=bf16"])
     half = predictor.predict(case, PROMPTS[:2])
     for a, b in zip(full, half, strict=True):
         assert np.abs(a.probability - b.probability).max() < 0.05
         assert (a.mask != b.mask).mean() < 0.01
+
+
+@pytest.mark.parametrize(("native", "same_as"), [(True, "bf16"), (False, "none")])
+def test_auto_precision_is_bf16_only_on_a_cpu_with_bf16_units(checkpoint, case, monkeypatch, native, same_as):
+    """The default, ``auto``: a CPU with bfloat16 units predicts in bf16, any other in float32 (where bf16
+    would be emulated, more slowly)."""
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
+    predictor = load_model(checkpoint, "cpu")
+    assert predictor.config.inference.autocast == "auto"
+    answers = {}
+    for kind in ("auto", same_as, "bf16" if same_as == "none" else "none"):
+        predictor.set_inference([f"inference.autocast={kind}"])
+        answers[kind] = [a.probability for a in predictor.predict(case, PROMPTS[:2])]
+    other = next(kind for kind in answers if kind not in ("auto", same_as))
+    assert all(np.array_equal(a, b) for a, b in zip(answers["auto"], answers[same_as], strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(answers["auto"], answers[other], strict=True))
 
 
 def test_the_progress_bar_shows_only_on_a_terminal_or_when_asked(checkpoint, case, capsys):

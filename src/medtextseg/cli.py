@@ -286,8 +286,9 @@ def predict(
                                                       "default: the run's inference.sw_batch_size")] = None,
     overlap: Annotated[float | None, typer.Option(help="overlap of neighbouring windows, 0 to <1; default: the "
                                                   "run's inference.overlap")] = None,
-    autocast: Annotated[str | None, typer.Option(help="the network's precision: none, bf16 (CPU or GPU) or fp16 "
-                                                 "(GPU); default: the run's inference.autocast")] = None,
+    autocast: Annotated[str | None, typer.Option(help="the network's precision: auto (fp16 on a GPU, bf16 on a CPU "
+                                                 "with bfloat16 units), none (float32), bf16 or fp16 (GPU); "
+                                                 "default: the run's inference.autocast")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="an inference setting: inference.KEY=VALUE, e.g. "
                                                    "--set inference.prompt_chunk=4 (repeatable)")] = None,
     progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="a bar over windows and "

@@ -359,8 +359,9 @@ class InferenceConfig(_Section):
                                "of a pass; more fill a GPU (memory grows with windows x prompt_chunk)")
     prompt_chunk: int = Field(16, ge=1, description="prompts decoded together in one sliding-window pass (the "
                               "encoder runs once per window and pass); fewer need less memory, more passes")
-    autocast: Literal["none", "bf16", "fp16"] = Field("none", description="the network's precision when "
-                                                      "predicting: none (float32), bf16 (CPU or GPU) or fp16 (GPU)")
+    autocast: Literal["auto", "none", "bf16", "fp16"] = Field(
+        "auto", description="the network's precision when predicting: auto (fp16 on a GPU, bf16 on a CPU with "
+        "bfloat16 units, else float32), none (float32), bf16 (CPU or GPU) or fp16 (GPU)")
     spacing: list[Annotated[float, Field(gt=0)]] | None = Field(
         None, min_length=2, max_length=3, description="predict on this grid (mm) instead of data.spacing, e.g. a "
         "coarser one for a volume too large for memory; masks still come back on the input's grid")

@@ -127,7 +127,8 @@ def _score_run(run: Path, data: str | Path, split: str, grid: list[float], progr
         probabilities = gated_probabilities(model, case.image, text([p.prompt for p in case.prompts]),
                                             config.data.patch_size, grid, inference.overlap,
                                             slice_context=config.data.slice_context, refine=inference.refiner,
-                                            network=inference.network)  # [T, P, *spatial]
+                                            network=inference.network,
+                                            autocast=inference.autocast)  # [T, P, *spatial]
         masks = torch.stack([torch.stack([torch.from_numpy(remove_small_components(
             m.numpy(), inference.min_component_voxels)) for m in row > inference.threshold])
             for row in probabilities])  # [T, P, *spatial] bool

@@ -26,6 +26,7 @@ from medtextseg.inference.postprocessing import remove_small_components
 from medtextseg.inference.predictor import Predictor
 from medtextseg.inference.sliding import binary_entropy
 from medtextseg.utils.atomic import write_text_atomic
+from medtextseg.utils.precision import inference_dtype, precision_name
 from medtextseg.utils.progress import progress_bar
 
 #: Prompt meta keys whose values get their own summary: a held-out phrasing set ("seen" / "unseen", ...) and the MR
@@ -245,6 +246,10 @@ def evaluate_run(run: ModelArgument, data_root: str | Path, out_dir: str | Path,
     write_evaluation(result, scorer, f"{title} on {layout.root.name} ({split})")
     write_text_atomic(out_dir / "model_cost.json",
                       json.dumps(model_cost(predictor.model, predictor.config, predictor.text_dim), indent=1))
+    inference = predictor.config.inference
+    write_text_atomic(out_dir / "inference.json", json.dumps(  # how the model was asked, "auto" resolved
+        {**inference.model_dump(), "device": str(predictor.device),
+         "precision": precision_name(inference_dtype(inference.autocast, predictor.device))}, indent=1))
     if len(predictor.sources) > 1:
         write_text_atomic(out_dir / "ensemble.json", json.dumps(
             {"members": [str(path) for path, _ in predictor.sources],

@@ -297,7 +297,7 @@ class Predictor:
         if not prompts:
             raise MedTextSegError("no prompt given: pass at least one, e.g. -p 'the prostate gland'")
         if self.config.inference.autocast == "fp16" and self.device.type == "cpu":
-            raise MedTextSegError("inference.autocast fp16 runs on a GPU; on the CPU use bf16 or none")
+            raise MedTextSegError("inference.autocast fp16 runs on a GPU; on the CPU use bf16, auto or none")
         normalization = self.config.data.normalization
         grid = self.config.inference.spacing or self.config.data.spacing
         if items and all(is_path(item) for item in items):

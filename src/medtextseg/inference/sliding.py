@@ -24,7 +24,7 @@ from medtextseg.data.slices import slice_stack
 from medtextseg.data.transforms import coordinate_channels
 from medtextseg.models.evidential import dirichlet_uncertainty
 from medtextseg.text.batch import TextBatch
-from medtextseg.utils.precision import autocast
+from medtextseg.utils.precision import autocast, inference_dtype
 
 
 class PromptMaps(NamedTuple):
@@ -61,23 +61,17 @@ def windows_by_prompts(model: nn.Module, windows: Tensor, prompts: TextBatch, re
                  network=network)
 
 
-AUTOCAST = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def autocast_context(device: torch.device, kind: str = "none"):
-    """The network's precision while predicting: ``"none"`` (float32), ``"bf16"`` or ``"fp16"`` autocast.
+def autocast_context(device: torch.device, kind: str = "auto"):
+    """The network's precision while predicting: ``"auto"`` (:func:`~medtextseg.utils.precision.inference_dtype`),
+    ``"none"`` (float32), ``"bf16"`` or ``"fp16"`` autocast.
 
     Probabilities are still blended, averaged and returned in float32: only the network's convolutions and matrix
     products run in the lower precision.
 
     Raises:
-        ValueError: an unknown kind, or fp16 on a CPU (slower than float32 there; bf16 is the CPU's half type).
+        ValueError: an unknown kind, or fp16 on a CPU.
     """
-    if kind not in AUTOCAST:
-        raise ValueError(f"autocast {kind!r}: use one of {', '.join(AUTOCAST)}")
-    if kind == "fp16" and device.type == "cpu":
-        raise ValueError("autocast fp16 runs on a GPU; on the CPU use bf16 or none")
-    return autocast(device, AUTOCAST[kind])
+    return autocast(device, inference_dtype(kind, device))
 
 
 def is_slicewise(spatial_shape: Sequence[int], patch_size: Sequence[int]) -> bool:
@@ -143,18 +137,18 @@ def window_count(spatial_shape: Sequence[int], patch_size: Sequence[int], overla
 def prompt_probabilities(model: nn.Module, image: Tensor, text: TextBatch, patch_size: Sequence[int],
                          overlap: float = 0.25, presence_threshold: float = 0.5, prompt_chunk: int = 16,
                          sw_batch_size: int = 1, slice_context: int = 0, refine: bool = True,
-                         network: int | None = None) -> Tensor:
+                         network: int | None = None, autocast: str = "auto") -> Tensor:
     """``prompt_maps(...).probability``: [P, *spatial]; see :func:`prompt_maps`."""
     return prompt_maps(model, image, text, patch_size, overlap, presence_threshold, prompt_chunk,
-                       sw_batch_size=sw_batch_size, uncertainty=False, slice_context=slice_context, refine=refine,
-                       network=network).probability
+                       sw_batch_size=sw_batch_size, uncertainty=False, autocast=autocast,
+                       slice_context=slice_context, refine=refine, network=network).probability
 
 
 @torch.no_grad()
 def prompt_maps(model: nn.Module, image: Tensor, text: TextBatch, patch_size: Sequence[int],
                 overlap: float = 0.25, presence_threshold: float = 0.5, prompt_chunk: int = 16,
                 mirror_axes: Sequence[int] = (), mirrored_text: TextBatch | None = None,
-                sw_batch_size: int = 1, uncertainty: bool = True, autocast: str = "none",
+                sw_batch_size: int = 1, uncertainty: bool = True, autocast: str = "auto",
                 progress: Callable[[int], None] | None = None, slice_context: int = 0, refine: bool = True,
                 network: int | None = None) -> PromptMaps:
     """Probability that each voxel belongs to what each prompt names, and how uncertain that is.
@@ -179,7 +173,7 @@ def prompt_maps(model: nn.Module, image: Tensor, text: TextBatch, patch_size: Se
 def iter_prompt_maps(model: nn.Module, image: Tensor, text: TextBatch, patch_size: Sequence[int],
                      overlap: float = 0.25, presence_threshold: float = 0.5, prompt_chunk: int = 16,
                      mirror_axes: Sequence[int] = (), mirrored_text: TextBatch | None = None,
-                     sw_batch_size: int = 1, uncertainty: bool = True, autocast: str = "none",
+                     sw_batch_size: int = 1, uncertainty: bool = True, autocast: str = "auto",
                      progress: Callable[[int], None] | None = None, slice_context: int = 0,
                      refine: bool = True, network: int | None = None) -> Iterator[tuple[list[int], PromptMaps]]:
     """Probability that each voxel belongs to what each prompt names, and how uncertain that is, ``prompt_chunk``
@@ -213,7 +207,8 @@ def iter_prompt_maps(model: nn.Module, image: Tensor, text: TextBatch, patch_siz
         sw_batch_size: windows per network call (MONAI's ``sw_batch_size``); memory grows with
             ``sw_batch_size x prompt_chunk``.
         uncertainty: False leaves the uncertainty maps out (None): an evidential head's is then not blended.
-        autocast: the network's precision, ``"none"``, ``"bf16"`` or ``"fp16"`` (:func:`autocast_context`).
+        autocast: the network's precision, ``"auto"``, ``"none"``, ``"bf16"`` or ``"fp16"``
+            (:func:`autocast_context`).
         progress: called with the number of windows of each network call (a progress bar's ``update``).
         slice_context: slice by slice, the neighbouring slices on either side read as channels (2.5D).
         refine: run the model's refiner, when it has one (``inference.refiner``).
@@ -280,7 +275,7 @@ def iter_prompt_maps(model: nn.Module, image: Tensor, text: TextBatch, patch_siz
 def gated_probabilities(model: nn.Module, image: Tensor, text: TextBatch, patch_size: Sequence[int],
                         presence_thresholds: Sequence[float], overlap: float = 0.25,
                         sw_batch_size: int = 1, slice_context: int = 0, refine: bool = True,
-                        network: int | None = None) -> Tensor:
+                        network: int | None = None, autocast: str = "auto") -> Tensor:
     """The probability maps :func:`prompt_maps` gives at each of several presence thresholds, in one pass.
 
     The gate closes per window, so the maps of two thresholds differ in which windows are blended as zeros; the
@@ -296,19 +291,21 @@ def gated_probabilities(model: nn.Module, image: Tensor, text: TextBatch, patch_
         overlap: window overlap fraction.
         sw_batch_size: windows per network call.
         slice_context: slice by slice, the neighbouring slices read as channels (2.5D).
-        refine, network: as :func:`iter_prompt_maps`.
+        refine, network, autocast: as :func:`iter_prompt_maps`.
 
     Returns:
         [T, P, *spatial] float32 probabilities, row t gated at ``presence_thresholds[t]``.
     """
     device = next(model.parameters()).device
+    precision = autocast_context(device, autocast)
     spatial_shape = tuple(image.shape[1:])
     inputs, _ = window_batch(image, patch_size, slice_context, model.input_spec.coordinates)
     thresholds = torch.tensor(list(presence_thresholds), dtype=torch.float32, device=device)  # [T]
     prompts = text.to(device)
 
     def predict(windows: Tensor) -> Tensor:
-        out = windows_by_prompts(model, windows, prompts, refine, network)
+        with precision:
+            out = windows_by_prompts(model, windows, prompts, refine, network)
         if out.presence is None:
             raise ValueError("gated_probabilities needs a model with a presence logit")
         spatial = out.logits.shape[2:]

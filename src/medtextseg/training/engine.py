@@ -168,7 +168,8 @@ class Trainer:
                 inference = self.config.inference
                 scores = validation_dice(self.model, self.policy.val_cases, self.text, self.config.data.patch_size,
                                          inference.threshold, inference.presence_threshold,
-                                         inference.min_component_voxels, self.config.data.slice_context)
+                                         inference.min_component_voxels, self.config.data.slice_context,
+                                         inference.autocast)
                 self._log({"step": self.step, **scores})
                 self.policy.observe_validation(scores["val_dice"])
             # without validation cases the latest weights count as the best

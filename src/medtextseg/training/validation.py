@@ -17,14 +17,16 @@ from medtextseg.text.cache import TextEmbeddingCache
 
 def validation_dice(model: nn.Module, cases: list[PreparedCase | CachedCase], text: TextEmbeddingCache,
                     patch_size: list[int], threshold: float = 0.5, presence_threshold: float = 0.5,
-                    min_component_voxels: int = 0, slice_context: int = 0) -> dict[str, float]:
+                    min_component_voxels: int = 0, slice_context: int = 0, autocast: str = "auto"
+                    ) -> dict[str, float]:
     """Mean Dice per prompt kind and over all prompts (``val_dice``), on whole images, with the same
     post-processing as prediction (presence gate, small-component removal), so ``best.pt`` is chosen on
     the masks users get.
 
     ``cases`` may be references to the preprocessed cache: each is loaded in turn, one in memory at a time.
     Volumes scored by a 2D model (a 2D ``patch_size``) are predicted slice by slice, with ``slice_context``
-    neighbouring slices as channels, and scored as volumes.
+    neighbouring slices as channels, and scored as volumes. The network runs in the precision prediction uses
+    (``autocast``, the run's ``inference.autocast``).
 
     Convention: an absent target answered with an empty mask scores 1, with anything else 0
     (MONAI's ``ignore_empty=False``).
@@ -37,7 +39,8 @@ def validation_dice(model: nn.Module, cases: list[PreparedCase | CachedCase], te
         case = reference.load()
         prompts = [p.prompt for p in case.prompts]
         probabilities = prompt_probabilities(model, case.image, text(prompts), patch_size,
-                                             presence_threshold=presence_threshold, slice_context=slice_context)
+                                             presence_threshold=presence_threshold, slice_context=slice_context,
+                                             autocast=autocast)
         prediction = torch.stack([torch.from_numpy(remove_small_components(p.numpy(), min_component_voxels))
                                   for p in probabilities > threshold])[:, None]
         target = torch.stack([case.target(p) for p in case.prompts])[:, None]

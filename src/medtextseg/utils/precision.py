@@ -1,9 +1,12 @@
-"""Which precision a training step runs in: mixed precision where the hardware computes half types natively.
+"""Which precision the network runs in: mixed precision where the hardware computes half types natively.
 
-On a GPU, float16 with loss scaling (``torch.amp``). On a CPU, bfloat16 when it has bfloat16 instructions
-(AVX512-BF16 or AMX: Intel Xeon since Cooper Lake, AMD Zen 4): on an Intel Xeon with AMX a training step ran
-2.8x faster than in float32 (``benchmarks/bench_train_step.py --precision bf16``). A CPU without them would emulate
-bfloat16, more slowly than float32, so it stays in float32. Weights, optimiser state and losses stay float32.
+Training: on a GPU, float16 with loss scaling (``torch.amp``). On a CPU, bfloat16 when it has bfloat16
+instructions (AVX512-BF16 or AMX: Intel Xeon since Cooper Lake, AMD Zen 4): on an Intel Xeon with AMX a training
+step ran 2.8x faster than in float32 (``benchmarks/bench_train_step.py --precision bf16``). A CPU without them would
+emulate bfloat16, more slowly than float32, so it stays in float32. Weights, optimiser state and losses stay
+float32.
+
+Prediction (``inference.autocast``): ``auto`` chooses as training does, ``none``, ``bf16`` or ``fp16`` force one.
 """
 
 from __future__ import annotations
@@ -48,6 +51,28 @@ def mixed_precision_dtype(amp: bool, device: torch.device) -> torch.dtype | None
     if device.type == "cpu" and cpu_has_native_bf16():
         return torch.bfloat16
     return None
+
+
+# inference.autocast: the network's precision when predicting; "auto" resolves per device
+INFERENCE_PRECISIONS = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def inference_dtype(kind: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of prediction with ``inference.autocast=kind`` on ``device``, or None for float32.
+
+    ``auto`` is what training with ``train.amp`` uses (:func:`mixed_precision_dtype`): float16 on CUDA, bfloat16
+    on a CPU with native bfloat16, float32 elsewhere.
+
+    Raises:
+        ValueError: an unknown kind, or fp16 on a CPU (slower than float32 there; bf16 is the CPU's half type).
+    """
+    if kind == "auto":
+        return mixed_precision_dtype(True, device)
+    if kind not in INFERENCE_PRECISIONS:
+        raise ValueError(f"autocast {kind!r}: use one of auto, {', '.join(INFERENCE_PRECISIONS)}")
+    if kind == "fp16" and device.type == "cpu":
+        raise ValueError("autocast fp16 runs on a GPU; on the CPU use bf16, auto or none")
+    return INFERENCE_PRECISIONS[kind]
 
 
 def precision_name(dtype: torch.dtype | None) -> str:
