@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from helpers import text_checkpoint
 from medtextseg import MedTextSegError, load_model
 from medtextseg.cli import app
+from medtextseg.data.layout import load_dataset
 from medtextseg.inference.ensemble import EnsemblePredictor, model_members
 from medtextseg.inference.predictor import Predictor
 from medtextseg.models.ensemble import SegmenterEnsemble
@@ -128,3 +129,64 @@ def test_predict_and_evaluate_take_several_models(folds, images, dataset_3d, tmp
     assert described["members"] == [str(folds / f"fold_{k}" / "best.pt") for k in range(2)]
     assert described["presence_threshold"] == 0.0
     assert "ensemble of 2 (fold_0 + fold_1)" in (tmp_path / "eval" / "summary.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def three_folds(tmp_path_factory):
+    """The runs of three folds (data.folds=3) of one draw, tiny models with other weights."""
+    root = tmp_path_factory.mktemp("oof")
+    for k in range(3):
+        text_checkpoint(root / f"fold_{k}", 3, (*OPEN_GATE, f"data.fold={k}", "data.folds=3"), seed=k)
+    return root
+
+
+def test_out_of_fold_scores_each_fold_on_its_own_held_out_cases(three_folds, dataset_3d, tmp_path):
+    """nnU-Net's cross-validation score: every train/val case once, answered by the one run that held it out."""
+    import shutil
+
+    data = shutil.copytree(dataset_3d, tmp_path / "data", ignore=shutil.ignore_patterns(".medtextseg_cache"))
+    runner = CliRunner()
+    result = runner.invoke(app, ["evaluate", "--out-of-fold", "-m", str(three_folds), "-d", str(data), "-o",
+                                 str(tmp_path / "oof"), "--no-save-masks"])
+    assert result.exit_code == 0, result.output
+    splits = json.loads((data / "splits_final.json").read_text())
+    fold_of = {case: k for k, fold in enumerate(splits) for case in fold["val"]}
+    records = json.loads((tmp_path / "oof" / "metrics_per_prompt.json").read_text())
+    test_cases = set(load_dataset(data).splits["test"])
+    assert {r["case"] for r in records} == set(fold_of) and test_cases and not test_cases & set(fold_of)
+    assert all(r["fold"] == fold_of[r["case"]] for r in records)
+    by_fold = {row["group"]: row for row in json.loads((tmp_path / "oof" / "summary_by_fold.json").read_text())}
+    assert set(by_fold) == {"0", "1", "2", "overall"} and by_fold["overall"]["n"] == len(records)
+    described = json.loads((tmp_path / "oof" / "out_of_fold.json").read_text())
+    assert described["folds"] == {str(k): str(three_folds / f"fold_{k}" / "best.pt") for k in range(3)}
+    # fold 1's records are what evaluating that run alone on its val split gives
+    alone = runner.invoke(app, ["evaluate", "-m", str(three_folds / "fold_1"), "-d", str(data), "--split", "val",
+                                "-o", str(tmp_path / "fold_1"), "--no-save-masks"])
+    assert alone.exit_code == 0, alone.output
+    expected = json.loads((tmp_path / "fold_1" / "metrics_per_prompt.json").read_text())
+    assert [(r["case"], r["prompt"], r["dice"]) for r in expected] == \
+        [(r["case"], r["prompt"], r["dice"]) for r in records if r["fold"] == 1]
+
+
+@pytest.mark.parametrize(("members", "extra", "message"), [
+    (["fold_0", "fold_1"], [], "no run for fold(s) 2 of 3: the out-of-fold score needs every fold"),
+    (["fold_0", "fold_1", "fold_2", "plain"], [], "plain: not a fold run (data.fold is null)"),
+    (["fold_0", "fold_1", "fold_2", "again_1"], [], "both held out fold 1"),
+    (["fold_0", "fold_1", "fold_2"], ["--split", "test"], "--out-of-fold scores each fold run's held-out fold")])
+def test_out_of_fold_refuses_what_is_not_one_cross_validation(three_folds, dataset_3d, tmp_path, members, extra,
+                                                               message):
+    import shutil
+
+    runs = tmp_path / "runs"
+    for name in members:
+        if name == "plain":
+            text_checkpoint(runs / name, 3, OPEN_GATE)
+        elif name == "again_1":
+            text_checkpoint(runs / name, 3, (*OPEN_GATE, "data.fold=1", "data.folds=3"), seed=7)
+        else:
+            shutil.copytree(three_folds / name, runs / name)
+    result = CliRunner().invoke(app, ["evaluate", "--out-of-fold", "-m", str(runs), "-d", str(dataset_3d), "-o",
+                                      str(tmp_path / "oof"), *extra])
+    assert result.exit_code == 2, result.output
+    assert result.output.count("\n") == 1 and message in result.output, result.output
+    assert not (tmp_path / "oof").exists()

@@ -77,3 +77,37 @@ def test_shipped_studies_resolve():
         study = load_study(name)
         assert len(study.seeds) == 3 and study.preset == "filmcbn"
     assert set(load_study("filmcbn_losses").configurations) == {"dice", "jaccard", "tversky", "dice_bce"}
+
+
+def test_a_study_over_folds_scores_each_seed_out_of_fold(dataset_2d, tmp_path):
+    """``folds: 2``: each (configuration, seed) is two fold runs, scored together on every train and val case,
+    each case by the run that held it out; one plan for every fold and seed."""
+    import shutil
+
+    data = shutil.copytree(dataset_2d, tmp_path / "data", ignore=shutil.ignore_patterns(".medtextseg_cache"))
+    spec = yaml.safe_load(open(write_spec(tmp_path, data, {"dice": ["loss.terms={dice: 1.0}"],
+                                                           "dice_bce": ["loss.terms={dice_bce: 1.0}"]})))
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(spec | {"folds": 2, "seeds": [0]}))
+    result = CliRunner().invoke(app, ["study", str(tmp_path / "study.yaml"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    splits = json.loads((data / "splits_final.json").read_text())
+    pool = sorted(case for fold in splits for case in fold["val"])
+    plan = json.loads((tmp_path / "out" / "runs" / "synth" / "dice" / "plans.json").read_text())
+    for configuration in ("dice", "dice_bce"):
+        seed = tmp_path / "out" / "runs" / "synth" / configuration / "seed0"
+        for k in (0, 1):
+            config = yaml.safe_load((seed / f"fold_{k}" / "config.yaml").read_text())
+            assert (config["data"]["fold"], config["data"]["folds"]) == (k, 2)
+            assert json.loads((seed / f"fold_{k}" / "plans.json").read_text()) == plan
+        records = json.loads((seed / "eval" / "metrics_per_prompt.json").read_text())
+        assert sorted({r["case"] for r in records}) == pool  # every train and val case once, no test case
+        assert all(r["case"] in splits[r["fold"]]["val"] for r in records)
+    runs = [line.split(",")[:2] for line in (tmp_path / "out" / "synth" / "runs.csv").read_text().splitlines()[1:]]
+    assert sorted({tuple(r) for r in runs}) == [("dice", "0"), ("dice_bce", "0")]
+
+
+def test_a_study_over_folds_refuses_another_split(dataset_2d, tmp_path):
+    spec = yaml.safe_load(open(write_spec(tmp_path, dataset_2d, {"dice": []})))
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(spec | {"folds": 3, "split": "val"}))
+    with pytest.raises(MedTextSegError, match=r"study 'tiny': split 'val' with folds: .* leave split out"):
+        load_study(tmp_path / "study.yaml")

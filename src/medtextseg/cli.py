@@ -491,7 +491,10 @@ def evaluate(
                                               "ensemble")],
     data: Annotated[Path, typer.Option("--data", "-d", help="dataset folder")],
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for metrics, masks and overlays")],
-    split: Annotated[str, typer.Option(help="split to evaluate")] = "test",
+    split: Annotated[str | None, typer.Option(help="split to evaluate (default: test)")] = None,
+    out_of_fold: Annotated[bool, typer.Option("--out-of-fold", help="the cross-validation score: each fold run "
+                                              "(-m the K runs of train --fold, or their folder) predicts its own "
+                                              "held-out fold, all scored as one set")] = False,
     overlay_channel: Annotated[int, typer.Option(help="image channel shown in overlay PNGs")] = 0,
     save_masks: Annotated[bool, typer.Option(help="write every predicted mask")] = True,
     component_sweep: Annotated[str | None, typer.Option(help="also score masks post-processed to the largest "
@@ -512,11 +515,13 @@ def evaluate(
     uncertainty means: uncertainty.json (expected calibration error; AUROC of the voxel uncertainty for the
     voxels the mask gets wrong) with reliability.png. Several -m: their ensemble, through the same prediction
     path (ensemble.json lists its members and thresholds); a fold run's val split is its held-out fold.
+    --out-of-fold scores K fold runs as nnU-Net's cross-validation does: each on its held-out fold, pooled
+    (summary_by_fold.* per fold), the test split untouched.
     """
 
     from rich.console import Console
 
-    from medtextseg.evaluation.runner import evaluate_run
+    from medtextseg.evaluation.runner import evaluate_out_of_fold, evaluate_run
     from medtextseg.evaluation.tables import render_table
     from medtextseg.utils.errors import MedTextSegError
 
@@ -526,9 +531,15 @@ def evaluate(
             if not item.strip().isdigit():
                 raise MedTextSegError(f"--component-sweep {component_sweep!r}: expected voxel counts like 0,10,20")
             sweep.append(int(item))
-    result = evaluate_run(model, data, out, split=split, save_masks=save_masks, overlay_channel=overlay_channel,
-                          component_sweep=sweep, refiner=refiner, mirror_axes=_mirror_axes(tta),
-                          inference=set_ or [])
+    options = dict(save_masks=save_masks, overlay_channel=overlay_channel, component_sweep=sweep, refiner=refiner,
+                   mirror_axes=_mirror_axes(tta), inference=set_ or [])
+    if out_of_fold:
+        if split not in (None, "val"):
+            raise MedTextSegError(f"--out-of-fold scores each fold run's held-out fold (the val split), not --split "
+                                  f"{split}")
+        result = evaluate_out_of_fold(model, data, out, **options)
+    else:
+        result = evaluate_run(model, data, out, split=split or "test", **options)
     # a log file or pipe is not 80 columns wide: do not fold the table to fit one
     Console(width=None if sys.stdout.isatty() else 160).print(render_table(result.summary))
     if (overall := result.overall) is not None:

@@ -216,7 +216,7 @@ def held_out_layout(layout: DatasetLayout, trained: Sequence[DataConfig], split:
         listed = ", ".join(sorted(str(f[0]) if f else "none" for f in folds))
         raise MedTextSegError(f"the models trained on different folds ({listed}) of the train and val splits, so "
                               f"no case of the {split!r} split is held out from all of them; evaluate the ensemble "
-                              "on the test split")
+                              "on the test split, or each run on its own fold with --out-of-fold")
     return apply_fold(layout, trained[0])
 
 

@@ -11,21 +11,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medtextseg.config import DataConfig
 from medtextseg.data.dimensions import metric_grid
 from medtextseg.data.folds import held_out_layout
 from medtextseg.data.io import read_array, read_geometry
-from medtextseg.data.layout import CaseRecord, PromptRecord, load_dataset, verify_dataset
+from medtextseg.data.layout import CaseRecord, DatasetLayout, PromptRecord, load_dataset, verify_dataset
 from medtextseg.evaluation.figures import save_loss_curve, save_overlay
 from medtextseg.evaluation.lesion_detection import lesion_detection_metrics
 from medtextseg.evaluation.metrics import OVERALL_GROUP, average_precision, segmentation_metrics, summarize
 from medtextseg.evaluation.model_cost import model_cost
 from medtextseg.evaluation.tables import write_records, write_summary, write_table
 from medtextseg.evaluation.uncertainty import UncertaintyAccumulator, save_reliability_diagram
-from medtextseg.inference.ensemble import CHECKPOINT_NAMES, ModelArgument, load_predictor
+from medtextseg.inference.ensemble import CHECKPOINT_NAMES, ModelArgument, load_predictor, model_members
 from medtextseg.inference.postprocessing import remove_small_components
 from medtextseg.inference.predictor import Predictor
 from medtextseg.inference.sliding import binary_entropy
 from medtextseg.utils.atomic import write_text_atomic
+from medtextseg.utils.errors import MedTextSegError
 from medtextseg.utils.precision import inference_dtype, precision_name
 from medtextseg.utils.progress import progress_bar
 
@@ -108,6 +110,8 @@ class _SplitScorer:
         self.uncertainty_kind = "entropy"
         self.lesion_maps: list[tuple[np.ndarray, np.ndarray]] = []  # "all lesions" prompts: (probability, target)
         self.sweep_records: list[dict] = []
+        self.overlay_count: dict[str, int] = defaultdict(int)  # overlays drawn per group
+        self.fold: int | None = None  # out of fold: the fold whose run answers the prompts added now
 
     def add(self, case: CaseRecord, prompt: PromptRecord, result, target: np.ndarray,
             spatial: tuple[int, ...], spacing: tuple[float, ...]) -> dict:
@@ -134,6 +138,8 @@ class _SplitScorer:
                                            swept, target.reshape(spatial), spacing, self.nsd_tolerance_mm)})
         record = {"case": case.case, "prompt": prompt.prompt, "kind": prompt.kind, "group": group,
                   "n_lesions": prompt.meta.get("n_lesions"), "class": prompt.class_name, **metrics}
+        if self.fold is not None:
+            record["fold"] = self.fold
         for key in BREAKDOWN_KEYS:
             if isinstance(prompt.meta.get(key), str):
                 record |= {key: prompt.meta[key], f"group_{key}": f"{group}/{prompt.meta[key]}"}
@@ -209,22 +215,118 @@ def evaluate_run(run: ModelArgument, data_root: str | Path, out_dir: str | Path,
     predictor = load_predictor(run, refiner=refiner, mirror_axes=mirror_axes)
     predictor.set_inference(inference)
     layout = held_out_layout(load_dataset(data_root), [config.data for _, config in predictor.sources], split)
-    cases = layout.split(split)
-    verify_dataset(layout, [c.case for c in cases], progress=progress)
     title = model_name(predictor)
     scorer = _SplitScorer(predictor.config.inference.threshold, nsd_tolerance_mm, component_sweep)
-    overlay_count: dict[str, int] = defaultdict(int)
-    with progress_bar(cases, f"evaluating {split}", progress) as iterator:
+    _predict_and_score(predictor, layout, split, scorer, out_dir, save_masks, overlays_per_group, overlay_channel,
+                       progress)
+    result = scorer.result(out_dir)
+    write_evaluation(result, scorer, f"{title} on {layout.root.name} ({split})")
+    _write_model_facts(predictor, out_dir)
+    if len(predictor.sources) > 1:
+        write_text_atomic(out_dir / "ensemble.json", json.dumps(
+            {"members": [str(path) for path, _ in predictor.sources],
+             "threshold": predictor.config.inference.threshold,
+             "presence_threshold": predictor.config.inference.presence_threshold,
+             "member_presence_thresholds": [config.inference.presence_threshold for _, config in predictor.sources]},
+            indent=1))
+    log = predictor.checkpoint.parent / "log.jsonl"  # a run's loss curve (an ensemble has several: none drawn)
+    if len(predictor.sources) == 1 and log.is_file():
+        save_loss_curve(log, out_dir / "loss_curve.png")
+    return result
+
+
+def evaluate_out_of_fold(runs: ModelArgument, data_root: str | Path, out_dir: str | Path, save_masks: bool = True,
+                         overlays_per_group: int = 2, overlay_channel: int = 0, nsd_tolerance_mm: float = 1.0,
+                         progress: bool = True, component_sweep: Sequence[int] = (), refiner: bool | None = None,
+                         mirror_axes: list[int] | str | None = None, inference: Sequence[str] = ()
+                         ) -> EvaluationResult:
+    """The cross-validation score, as nnU-Net reports it: every fold run predicts its own held-out fold (its
+    ``val`` split), and the predictions of all K folds, which together cover every train and val case once, are
+    scored as one set. The test split is not touched: configurations are compared on the train and val cases
+    before the test split is opened.
+
+    ``runs``: the K fold runs (``train --fold k``, k = 0..K-1, one split), or a folder holding them. Each record
+    carries its ``fold``; ``summary_by_fold.{json,csv}`` gives each fold's summary (nnU-Net's per-fold table)
+    beside the pooled one. Other arguments and outputs as :func:`evaluate_run`; masks are written per case as
+    there (each case is in exactly one fold); ``out_of_fold.json`` lists the runs and the fold each held out.
+
+    Raises:
+        MedTextSegError: a run that is not a fold run, runs of different fold draws, a fold given twice, or a
+            fold missing (the pooled score would leave its cases out).
+    """
+    out_dir = Path(out_dir)
+    members = model_members(runs)
+    predictors = [load_predictor(member, refiner=refiner, mirror_axes=mirror_axes) for member in members]
+    by_fold = _one_run_per_fold(members, [p.config.data for p in predictors])
+    for member, predictor in zip(members, predictors, strict=True):
+        predictor.set_inference(inference)
+        if predictor.config.inference.threshold != predictors[0].config.inference.threshold:
+            raise MedTextSegError(f"{member}: its inference.threshold {predictor.config.inference.threshold} "
+                                  f"differs from {members[0]}'s {predictors[0].config.inference.threshold}; set "
+                                  "one for all (--set inference.threshold=T) to score the folds alike")
+    dataset = load_dataset(data_root)
+    scorer = _SplitScorer(predictors[0].config.inference.threshold, nsd_tolerance_mm, component_sweep)
+    for fold, index in sorted(by_fold.items()):
+        predictor = predictors[index]
+        layout = held_out_layout(dataset, [predictor.config.data], "val")
+        scorer.fold = fold
+        _predict_and_score(predictor, layout, "val", scorer, out_dir, save_masks, overlays_per_group,
+                           overlay_channel, progress, label=f"fold {fold} of {len(by_fold)}")
+    result = scorer.result(out_dir)
+    write_evaluation(result, scorer, f"{len(by_fold)} folds out of fold on {dataset.root.name}")
+    if result.records:
+        write_table(summarize(result.records, group_by="fold"), out_dir, "summary_by_fold",
+                    ("group", "group_by", "n", "dice_mean", "empty_correct"))
+    write_text_atomic(out_dir / "out_of_fold.json", json.dumps(
+        {"folds": {str(fold): str(predictors[index].checkpoint) for fold, index in sorted(by_fold.items())},
+         "threshold": scorer.threshold,
+         "presence_thresholds": {str(fold): predictors[index].config.inference.presence_threshold
+                                 for fold, index in sorted(by_fold.items())}}, indent=1))
+    _write_model_facts(predictors[0], out_dir)
+    return result
+
+
+def _one_run_per_fold(members: Sequence[Path], data: Sequence[DataConfig]) -> dict[int, int]:
+    """fold -> index of its run, checked: fold runs of one draw, every fold once."""
+    draws = {(d.folds, d.fold_seed) for d in data}
+    for member, d in zip(members, data, strict=True):
+        if d.fold is None:
+            raise MedTextSegError(f"{member}: not a fold run (data.fold is null); an out-of-fold evaluation needs "
+                                  "the runs of medtextseg train --fold 0 .. --fold K-1")
+    if len(draws) > 1:
+        listed = ", ".join(f"{folds} folds with seed {seed}" for folds, seed in sorted(draws))
+        raise MedTextSegError(f"the runs come from different fold draws ({listed}); give the runs of one")
+    by_fold: dict[int, int] = {}
+    for index, d in enumerate(data):
+        if d.fold in by_fold:
+            raise MedTextSegError(f"{members[index]} and {members[by_fold[d.fold]]} both held out fold {d.fold}; "
+                                  "give one run per fold")
+        by_fold[d.fold] = index
+    missing = sorted(set(range(data[0].folds)) - set(by_fold))
+    if missing:
+        raise MedTextSegError(f"no run for fold(s) {', '.join(map(str, missing))} of {data[0].folds}: the "
+                              "out-of-fold score needs every fold, or it leaves those cases out")
+    return by_fold
+
+
+def _predict_and_score(predictor: Predictor, layout: DatasetLayout, split: str, scorer: _SplitScorer, out_dir: Path,
+                       save_masks: bool, overlays_per_group: int, overlay_channel: int, progress: bool,
+                       label: str | None = None) -> None:
+    """Predict every prompt of ``layout``'s ``split`` and add it to ``scorer``; write its masks and overlays."""
+    cases = layout.split(split)
+    verify_dataset(layout, [c.case for c in cases], progress=progress)
+    overlay_count = scorer.overlay_count
+    with progress_bar(cases, f"evaluating {label or split}", progress) as iterator:
         for case in iterator:
             if not case.prompts:
                 continue
             geometry = read_geometry(case.image_paths[0])
-            label = read_array(case.label_path) if case.label_path else None
+            label_map = read_array(case.label_path) if case.label_path else None
             results = predictor.predict(case.image_paths, [p.prompt for p in case.prompts])
             spatial, spacing = metric_grid(geometry, layout.spatial_dims)
             index = []
             for number, (prompt, result) in enumerate(zip(case.prompts, results, strict=True)):
-                target = prompt_target(case, prompt, label)
+                target = prompt_target(case, prompt, label_map)
                 record = scorer.add(case, prompt, result, target, spatial, spacing)
                 group = record["group"]
                 if save_masks:
@@ -242,25 +344,16 @@ def evaluate_run(run: ModelArgument, data_root: str | Path, out_dir: str | Path,
                                  uncertainty=ras_view(result.uncertainty, geometry.affine))
             if save_masks:
                 write_text_atomic(out_dir / "masks" / case.case / "prompts.json", json.dumps(index, indent=1))
-    result = scorer.result(out_dir)
-    write_evaluation(result, scorer, f"{title} on {layout.root.name} ({split})")
+
+
+def _write_model_facts(predictor: Predictor, out_dir: Path) -> None:
+    """``model_cost.json`` (parameters, FLOPs) and ``inference.json`` (how the model was asked, ``auto`` resolved)."""
     write_text_atomic(out_dir / "model_cost.json",
                       json.dumps(model_cost(predictor.model, predictor.config, predictor.text_dim), indent=1))
     inference = predictor.config.inference
-    write_text_atomic(out_dir / "inference.json", json.dumps(  # how the model was asked, "auto" resolved
+    write_text_atomic(out_dir / "inference.json", json.dumps(
         {**inference.model_dump(), "device": str(predictor.device),
          "precision": precision_name(inference_dtype(inference.autocast, predictor.device))}, indent=1))
-    if len(predictor.sources) > 1:
-        write_text_atomic(out_dir / "ensemble.json", json.dumps(
-            {"members": [str(path) for path, _ in predictor.sources],
-             "threshold": predictor.config.inference.threshold,
-             "presence_threshold": predictor.config.inference.presence_threshold,
-             "member_presence_thresholds": [config.inference.presence_threshold for _, config in predictor.sources]},
-            indent=1))
-    log = predictor.checkpoint.parent / "log.jsonl"  # a run's loss curve (an ensemble has several: none drawn)
-    if len(predictor.sources) == 1 and log.is_file():
-        save_loss_curve(log, out_dir / "loss_curve.png")
-    return result
 
 
 def model_name(predictor: Predictor) -> str:

@@ -1,5 +1,9 @@
 """Run a study: train and evaluate every (dataset, configuration, seed), then write one report per dataset.
 
+With ``folds: K`` a seed is K fold runs (``out/runs/{dataset}/{configuration}/seed{n}/fold_{k}``) scored out of
+fold as one evaluation (:func:`~medtextseg.evaluation.runner.evaluate_out_of_fold`), so the report compares
+configurations on every train and val case, the test split untouched.
+
 Each (dataset, configuration) is planned from its dataset as ``medtextseg train`` plans (``plan: false`` in the
 study keeps the preset's values); its seeds replay one ``plans.json``. Runs are independent processes' work:
 ``workers`` of them run side by side, each with ``cpu_count // workers`` torch threads (on a 2-core machine, two
@@ -37,36 +41,53 @@ def _finished(log: Path) -> bool:
 
 def run_one(study: dict[str, Any], dataset: str, configuration: str, seed: int, run_dir: str,
             threads: int) -> dict[str, Any]:
-    """Train (or resume) and evaluate one run; returns the run dict of ``write_study_report``."""
-    from medtextseg.evaluation.runner import evaluate_run
-    from medtextseg.training.engine import train
+    """Train (or resume) and evaluate one run (with ``folds``: its K fold runs, out of fold); returns the run dict
+    of ``write_study_report``."""
+    from medtextseg.evaluation.runner import evaluate_out_of_fold, evaluate_run
 
     spec = StudySpec.model_validate(study)
     run_dir = Path(run_dir)
     result_path = run_dir / "result.json"
     if result_path.is_file():
         return json.loads(result_path.read_text(encoding="utf-8"))
-    model_dir = run_dir / "model"
-    if not _finished(model_dir / "log.jsonl"):
-        config, plan = _run_config(spec, configuration, seed, dataset, run_dir.parent / "plans.json")
-        config.train.num_threads = threads
-        train(config, model_dir, resume=(model_dir / "last.pt").is_file(), progress=False, plan=plan)
-    rows = evaluate_run(model_dir, spec.datasets[dataset], run_dir / "eval", split=spec.split, save_masks=False,
-                        overlays_per_group=1, progress=False).summary
-    end = json.loads((model_dir / "log.jsonl").read_text(encoding="utf-8").strip().splitlines()[-1])
+    plan_path = run_dir.parent / "plans.json"
+    options = dict(save_masks=False, overlays_per_group=1, progress=False)
+    if spec.folds:
+        model_dirs = [run_dir / f"fold_{fold}" for fold in range(spec.folds)]
+        for fold, model_dir in enumerate(model_dirs):
+            _train(spec, configuration, seed, dataset, plan_path, model_dir, threads, fold)
+        rows = evaluate_out_of_fold(model_dirs, spec.datasets[dataset], run_dir / "eval", **options).summary
+    else:
+        model_dirs = [run_dir / "model"]
+        _train(spec, configuration, seed, dataset, plan_path, model_dirs[0], threads)
+        rows = evaluate_run(model_dirs[0], spec.datasets[dataset], run_dir / "eval", split=spec.split,
+                            **options).summary
+    seconds = [json.loads((d / "log.jsonl").read_text(encoding="utf-8").strip().splitlines()[-1]).get("seconds")
+               for d in model_dirs]
     result = {"dataset": dataset, "configuration": configuration, "seed": seed, "summary": rows,
-              "train_seconds": end.get("seconds"), "run_dir": str(run_dir)}
+              "train_seconds": None if None in seconds else sum(seconds), "run_dir": str(run_dir)}
     write_text_atomic(result_path, json.dumps(result, indent=1) + "\n")
     return result
 
 
-def _run_config(spec: StudySpec, configuration: str, seed: int, dataset: str,
-                plan_path: Path) -> tuple[Config, Plan | None]:
+def _train(spec: StudySpec, configuration: str, seed: int, dataset: str, plan_path: Path, model_dir: Path,
+           threads: int, fold: int | None = None) -> None:
+    """Train one model into ``model_dir``, resuming a killed one; nothing when it finished."""
+    from medtextseg.training.engine import train
+
+    if not _finished(model_dir / "log.jsonl"):
+        config, plan = _run_config(spec, configuration, seed, dataset, plan_path, fold)
+        config.train.num_threads = threads
+        train(config, model_dir, resume=(model_dir / "last.pt").is_file(), progress=False, plan=plan)
+
+
+def _run_config(spec: StudySpec, configuration: str, seed: int, dataset: str, plan_path: Path,
+                fold: int | None = None) -> tuple[Config, Plan | None]:
     """One run's config and plan. With ``spec.plan`` the dataset is measured once per (dataset, configuration),
-    the plan saved at ``plan_path`` and replayed by its other seeds (the seed does not change a plan)."""
-    overrides = spec.run_overrides(configuration, seed, dataset)
+    the plan saved at ``plan_path`` and replayed by its other seeds and folds (neither changes a plan)."""
+    overrides = spec.run_overrides(configuration, seed, dataset, fold)
     if not spec.plan:
-        return spec.run_config(configuration, seed, dataset), None
+        return spec.run_config(configuration, seed, dataset, fold), None
     config, plan = planned_config(spec.preset, overrides, plan_path if plan_path.is_file() else None)
     if plan is not None and not plan_path.is_file():
         plan.save(plan_path)

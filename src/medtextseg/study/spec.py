@@ -1,4 +1,5 @@
-"""A study: N seeds x M configurations (x datasets) of one preset, as a validated YAML file.
+"""A study: N seeds x M configurations (x datasets) of one preset, as a validated YAML file; with ``folds: K``
+each seed is a K-fold cross-validation scored out of fold.
 
 Example (``studies/filmcbn_losses.yaml``)::
 
@@ -11,6 +12,7 @@ Example (``studies/filmcbn_losses.yaml``)::
       jaccard: ["loss.terms={jaccard: 1.0}"]
     datasets: {synthetic_2d: data/synth2d}  # name -> dataset folder (relative to the spec file)
     dataset_overrides: {synthetic_2d: []}   # optional: overrides for one dataset's runs
+    folds: 5                                # optional: each seed trains 5 fold runs, scored out of fold
 """
 
 from __future__ import annotations
@@ -37,21 +39,25 @@ class StudySpec(BaseModel):
     dataset_overrides: dict[str, list[str]] = Field(
         default_factory=dict, description="dataset name -> overrides for its runs (prompt kinds differ by dataset)")
     split: str = "test"
+    folds: int | None = Field(None, ge=2, description="each seed trains K fold runs (medtextseg train --fold k on "
+                              "the train + val cases) and is scored out of fold, every case by the run that held it "
+                              "out (evaluate --out-of-fold); the test split is not touched")
     plan: bool = Field(True, description="plan each (dataset, configuration) from the dataset as `medtextseg "
                        "train` does (spacing, patch, strides, channels, kind weights; the configuration's overrides "
                        "win); false keeps the preset's values, as the bundled studies were measured")
     metrics: list[str] = Field(["dice", "iou", "precision", "recall", "hd95"])
     primary_metric: str = "dice"
 
-    def run_overrides(self, configuration: str, seed: int, dataset: str) -> list[str]:
+    def run_overrides(self, configuration: str, seed: int, dataset: str, fold: int | None = None) -> list[str]:
         """The ``--set`` list of one run: shared overrides + the dataset's + the configuration's + seed + data
-        root."""
+        root (+ the fold, with ``folds``)."""
+        folds = [f"data.fold={fold}", f"data.folds={self.folds}"] if fold is not None else []
         return [*self.overrides, *self.dataset_overrides.get(dataset, []), *self.configurations[configuration],
-                f"train.seed={seed}", f"data.root={self.datasets[dataset]}"]
+                f"train.seed={seed}", f"data.root={self.datasets[dataset]}", *folds]
 
-    def run_config(self, configuration: str, seed: int, dataset: str) -> Config:
+    def run_config(self, configuration: str, seed: int, dataset: str, fold: int | None = None) -> Config:
         """The resolved config of one run, unplanned (the preset's values where no override says otherwise)."""
-        return Config.load(self.preset, self.run_overrides(configuration, seed, dataset))
+        return Config.load(self.preset, self.run_overrides(configuration, seed, dataset, fold))
 
     def check_run_names(self, where: str) -> None:
         """Refuse a dataset or configuration name that is not one plain folder name: each run is written to
@@ -65,6 +71,9 @@ class StudySpec(BaseModel):
 
     def check(self) -> None:
         """Resolve every run's config once, so a typo fails before hours of training, naming where it is."""
+        if self.folds is not None and self.split != "test":
+            raise MedTextSegError(f"study {self.name!r}: split {self.split!r} with folds: a study with folds scores "
+                                  "each fold run on its held-out fold; leave split out")
         unknown = set(self.dataset_overrides) - set(self.datasets)
         if unknown:
             raise MedTextSegError(f"study {self.name!r}: dataset_overrides names unknown datasets "
@@ -72,7 +81,7 @@ class StudySpec(BaseModel):
         for dataset in self.datasets:
             for name in self.configurations:
                 try:
-                    self.run_config(name, self.seeds[0], dataset)
+                    self.run_config(name, self.seeds[0], dataset, 0 if self.folds else None)
                 except MedTextSegError as error:
                     raise MedTextSegError(f"study {self.name!r}, dataset {dataset!r}, configuration {name!r}: "
                                           f"{error}") from None
