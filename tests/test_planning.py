@@ -70,6 +70,20 @@ def test_fine_in_plane_data_is_coarsened_until_the_target_region_fits():
     assert plan.strides[1] == [2, 2, 1] and "coarsened from 0.5 x 0.5 x 3" in plan.notes[0]
 
 
+def test_a_patch_narrower_than_the_image_from_right_to_left_is_named():
+    """1 mm isotropic, 72 x 72 x 48 voxels (the variety benchmark's iso1mm): the patch cannot span the width, and
+    side words were measured to suffer for it; the plan says so. A patch spanning the width says nothing."""
+    plan = make_plan(fingerprint((1.0, 1.0, 1.0), (72, 72, 48), (41, 32, 33), (4, 4, 4)), BUDGET, 4,
+                     DEFAULT_WEIGHTS)
+    width = round(72 / plan.spacing[0])
+    assert plan.patch_size[0] < width
+    assert any(f"spans {plan.patch_size[0]} of the image's {width} voxels from right to left" in note
+               for note in plan.notes)
+    wide = make_plan(fingerprint((1.0, 1.0, 1.0), (72, 72, 48), (41, 32, 33), (4, 4, 4)), 10**9, 4,
+                     DEFAULT_WEIGHTS)
+    assert not any("from right to left" in note for note in wide.notes)
+
+
 def test_coarsening_stops_before_the_smallest_targets_get_too_few_voxels():
     """A 1 mm region too large for the budget, 3 mm targets: at most 3 / 4 = 0.75 mm... so none at all;
     the patch then shows part of the region, and the plan says so."""
