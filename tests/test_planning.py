@@ -68,6 +68,7 @@ def test_fine_in_plane_data_is_coarsened_until_the_target_region_fits():
     assert np.all(patch * spacing >= np.array([46, 35, 36]) * 0.95)  # the region is in view
     assert np.all(patch % np.prod(np.array(plan.strides), axis=0) == 0)  # the strides divide the patch
     assert plan.strides[1] == [2, 2, 1] and "coarsened from 0.5 x 0.5 x 3" in plan.notes[0]
+    assert not any("from right to left" in note for note in plan.notes)  # 64 of 65 voxels: both sides in view
 
 
 def test_a_patch_narrower_than_the_image_from_right_to_left_is_named():
