@@ -16,6 +16,7 @@ from nibabel.orientations import io_orientation
 
 from medtextseg.data.io import read_array, read_geometry
 from medtextseg.data.layout import CaseRecord, DatasetLayout
+from medtextseg.data.prompts import is_lateralised
 from medtextseg.utils.progress import progress_bar
 
 INTENSITY_SAMPLES = 2000  # foreground voxels per case and channel for the intensity statistics (nnU-Net: 10k)
@@ -36,6 +37,8 @@ class Fingerprint:
             the plan may go.
         target_volumes_ml: per non-empty prompt target, its volume.
         kinds: prompt kind -> number of prompt lines.
+        lateralised_prompts: prompt lines that name a side ("the left lesion", "L PZ"; not "the left atrium",
+            a structure's name): side words are told apart only in a view that shows both sides.
         intensity: per channel, ``mean``, ``std``, ``p00_5``, ``p99_5`` of foreground voxels (all voxels where a
             case has no target), pooled over cases.
     """
@@ -48,6 +51,7 @@ class Fingerprint:
     target_extents: list[list[float]] = field(default_factory=list)
     target_volumes_ml: list[float] = field(default_factory=list)
     kinds: dict[str, int] = field(default_factory=dict)
+    lateralised_prompts: int = 0
     intensity: list[dict[str, float]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -119,6 +123,7 @@ def fingerprint_dataset(layout: DatasetLayout, case_ids: list[str], progress: bo
         for case_id in iterator:
             case = layout.cases[case_id]
             kinds.update(p.kind for p in case.prompts)
+            fingerprint.lateralised_prompts += sum(is_lateralised(p.prompt) for p in case.prompts)
             _case_measurements(case, dims, rng, fingerprint, samples)
     fingerprint.kinds = dict(sorted(kinds.items()))
     for channel_samples in samples:
