@@ -42,7 +42,7 @@ from monai.data import MetaTensor
 from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
-from monai.transforms import Invertd, RandCropByPosNegLabeld, RandFlipd
+from monai.transforms import Invertd, RandCropByPosNegLabeld, RandFlipd, SpatialPadd
 
 from medtextseg.config import Config
 from medtextseg.data.dataset import prepare_case
@@ -122,7 +122,9 @@ def train_unet(data: Path, config: Config, seconds: float, out: Path) -> tuple[U
     torch.manual_seed(0)
     cases = [prepare_case(layout.cases[c], config.data.spacing, 3, config.data.normalization)
              for c in layout.splits["train"]]
-    samples = [{"image": c.image, "label": unet_target(layout.cases[c.case], c, lesions)} for c in cases]
+    # padded to the patch where an image is narrower (a plan may span the whole width): the UNet needs whole patches
+    pad = SpatialPadd(["image", "label"], config.data.patch_size)
+    samples = [pad({"image": c.image, "label": unet_target(layout.cases[c.case], c, lesions)}) for c in cases]
     crop = RandCropByPosNegLabeld(["image", "label"], "label", config.data.patch_size, pos=2, neg=1, num_samples=1,
                                   allow_smaller=True)
     # a left-right flip would swap left and right structures' labels: only lesion data (one class) is flipped
