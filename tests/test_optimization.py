@@ -8,7 +8,7 @@ import torch
 
 from medtextseg.config import Config, TrainConfig
 from medtextseg.training.engine import train
-from medtextseg.training.optimization import LearningRateFactor, build_optimizer
+from medtextseg.training.optimization import LearningRateFactor, apply_update, build_optimizer
 
 TINY_2D = ["model.channels=[4,8,16]", "model.strides=[[1,1],[2,2],[2,2]]", "data.patch_size=[48,48]",
            "train.batch_images=2", "data.prompts_per_image=2", "train.val_every=2", "train.val_cases=1",
@@ -53,6 +53,21 @@ def test_the_configured_optimiser_is_built():
     assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["nesterov"] and sgd.defaults["momentum"] == 0.9
     assert type(build_optimizer(weights, TrainConfig(optimizer="adam"))) is torch.optim.Adam
     assert type(build_optimizer(weights, TrainConfig())) is torch.optim.AdamW
+
+
+def test_the_update_clips_the_gradient_and_skips_a_loss_that_is_not_finite():
+    """Every step policy's update: SGD at lr 1 moves the weight by the clipped gradient (norm 0.5, not the raw 20);
+    a NaN loss leaves the weights and the optimiser untouched, and says so."""
+    weight = torch.nn.Parameter(torch.zeros(4))
+    optimizer = torch.optim.SGD([weight], lr=1.0)
+    assert apply_update((weight * torch.tensor([10.0, 10.0, 10.0, 10.0])).sum(), optimizer, [weight], 0.5)
+    assert torch.allclose(weight.detach(), torch.full((4,), -0.25))  # gradient (10, 10, 10, 10) clipped to norm 0.5
+    before = weight.detach().clone()
+    assert not apply_update(weight.sum() * float("nan"), optimizer, [weight], 0.5)
+    assert torch.equal(weight.detach(), before) and weight.grad is None  # zeroed, not stepped
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)  # float16's scaling: the step it takes is unscaled
+    assert apply_update((weight * 10).sum(), optimizer, [weight], 0.5, scaler)
+    assert torch.allclose(weight.detach(), before - 0.25)
 
 
 def test_a_run_stops_early_when_validation_stops_improving(dataset_2d, tmp_path):

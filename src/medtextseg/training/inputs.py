@@ -12,12 +12,14 @@ from torch import nn
 from medtextseg.config import Config
 from medtextseg.data.attribute_prompts import attribute_prompt_texts
 from medtextseg.data.dataset import PreparedCase
+from medtextseg.data.layout import DatasetLayout, verify_dataset
 from medtextseg.data.paraphrase import paraphrase_pool
 from medtextseg.data.preprocessed import PreprocessedCases, preprocess_cases
 from medtextseg.data.prompts import swap_left_right
 from medtextseg.data.vocabulary import PromptVocabulary
 from medtextseg.text.cache import TextEmbeddingCache, cached_text_encoder
 from medtextseg.training.distributed import DistributedContext
+from medtextseg.utils.errors import MedTextSegError
 
 WHITENING_CHUNK = 256  # texts encoded and stacked at a time to fit the text whitening (model.text_whitening)
 
@@ -26,6 +28,31 @@ def text_cache_for(config: Config) -> TextEmbeddingCache:
     cache_dir = config.text.cache_dir if config.text.cache_dir is not None else "default"
     return cached_text_encoder(config.text.encoder, config.text.max_tokens, cache_dir, config.text.memory_prompts,
                                config.text.encoder_kind)
+
+
+def training_splits(layout: DatasetLayout, config: Config, progress: bool) -> tuple[list[str], list[str]]:
+    """The train split and the first ``train.val_cases`` of the val split, after every case a split names (the
+    test cases too: evaluation must not meet a bad file after hours of training) has been verified.
+
+    Raises:
+        MedTextSegError: the train split is empty, or a case's files are missing or unreadable.
+    """
+    train_ids = layout.splits.get("train", [])
+    if not train_ids:
+        raise MedTextSegError(f"{layout.root}: the train split is empty")
+    val_ids = layout.splits.get("val", [])[: config.train.val_cases]
+    verify_dataset(layout, layout.cases_in_splits(), progress=progress)
+    return train_ids, val_ids
+
+
+def sampling_vocabulary(config: Config, layout: DatasetLayout) -> PromptVocabulary | None:
+    """The dataset's prompt vocabulary when ``data.prompt_sampling`` is on, else None."""
+    if not config.data.prompt_sampling:
+        return None
+    if layout.vocabulary is None:
+        raise MedTextSegError(f"config field 'data.prompt_sampling' is on but {layout.root} has no "
+                              "prompt_vocabulary.json; add one (docs/dataset_format.md) or turn it off")
+    return layout.vocabulary
 
 
 def preprocessed(layout, case_ids: list[str], config: Config, progress: bool, label: str = "") -> PreprocessedCases:

@@ -8,6 +8,9 @@
   ``plateau_patience`` validations, as ReduceLROnPlateau; TextBCS).
 * ``train.early_stopping``: stop when the validation Dice has not improved for that many validations.
 
+:func:`apply_update` is the one optimiser step every step policy takes: skipped on a loss that is not finite,
+gradients clipped to ``train.grad_clip``, float16 loss scaling where the precision needs it.
+
 The factor is a callable object inside ``LambdaLR``, so its plateau state is saved with the scheduler's in
 ``last.pt`` and a resumed run continues exactly.
 """
@@ -29,6 +32,23 @@ def build_optimizer(parameters: Iterable[torch.nn.Parameter], train: TrainConfig
                                weight_decay=train.weight_decay)
     optimizer = torch.optim.Adam if train.optimizer == "adam" else torch.optim.AdamW
     return optimizer(parameters, lr=train.lr, weight_decay=train.weight_decay)
+
+
+def apply_update(loss: torch.Tensor, optimizer: torch.optim.Optimizer, parameters: Iterable[torch.nn.Parameter],
+                 grad_clip: float, scaler: torch.amp.GradScaler | None = None) -> bool:
+    """Back-propagate ``loss`` (a scalar) and step ``optimizer``, its gradients clipped to ``grad_clip`` (norm over
+    ``parameters``). A loss that is not finite skips the update rather than poison the weights: returns whether
+    the update was taken. ``scaler``: float16's loss scaling (a disabled one, or None, changes nothing)."""
+    optimizer.zero_grad(set_to_none=True)
+    if not torch.isfinite(loss):
+        return False
+    scaler = scaler or torch.amp.GradScaler("cpu", enabled=False)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return True
 
 
 class LearningRateFactor:

@@ -20,6 +20,8 @@ from medtextseg.data.layout import DatasetLayout
 from medtextseg.data.planning import Plan
 from medtextseg.text.cache import TextEmbeddingCache
 from medtextseg.training.distributed import DistributedContext
+from medtextseg.training.optimization import LearningRateFactor
+from medtextseg.training.schedule import LossWeightSchedule
 
 
 class StepPolicy(Protocol):
@@ -75,4 +77,20 @@ class StepPolicy(Protocol):
         """Release what must go before the process group does (the DDP wrapper)."""
 
 
-__all__ = ["StepPolicy"]
+class ValidationDecisions:
+    """What validation decides, alike in every policy, from rank 0's Dice: the loss terms' gates (``schedule``)
+    and the learning-rate factor's plateau and early stopping (``lr_factor``). A policy sets both in
+    :meth:`StepPolicy.prepare`."""
+
+    schedule: LossWeightSchedule
+    lr_factor: LearningRateFactor
+
+    def observe_validation(self, val_dice: float) -> None:
+        self.schedule.observe_validation(val_dice)
+        self.lr_factor.observe_validation(val_dice)
+
+    def stop_reason(self) -> dict[str, Any] | None:
+        return {"validations_without_improvement": self.lr_factor.stale} if self.lr_factor.stop else None
+
+
+__all__ = ["StepPolicy", "ValidationDecisions"]

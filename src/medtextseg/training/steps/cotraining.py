@@ -14,7 +14,7 @@ import torch
 
 from medtextseg.config import Config
 from medtextseg.data.dataset import PreparedCase
-from medtextseg.data.layout import PromptRecord, load_dataset, verify_dataset
+from medtextseg.data.layout import PromptRecord, load_dataset
 from medtextseg.data.planning import Plan
 from medtextseg.data.prompts import swap_left_right
 from medtextseg.data.sparse_dataset import SparseCases, cotraining_target
@@ -29,13 +29,14 @@ from medtextseg.training.cotraining import (
     region_prototypes,
 )
 from medtextseg.training.distributed import DistributedContext
-from medtextseg.training.inputs import prepare_cases, text_cache_for
-from medtextseg.training.optimization import LearningRateFactor, build_optimizer
+from medtextseg.training.inputs import prepare_cases, text_cache_for, training_splits
+from medtextseg.training.optimization import LearningRateFactor, apply_update, build_optimizer
 from medtextseg.training.schedule import LossWeightSchedule
+from medtextseg.training.steps.base import ValidationDecisions
 from medtextseg.utils.errors import MedTextSegError
 
 
-class CoTrainingStep:
+class CoTrainingStep(ValidationDecisions):
     """Trains ``config.model.networks`` networks on a sparsely (or densely) labelled dataset."""
 
     label: ClassVar[str] = "co-train"
@@ -69,10 +70,7 @@ class CoTrainingStep:
         if len(layout.channel_names) != config.model.in_channels:
             raise MedTextSegError(f"config field 'model.in_channels' is {config.model.in_channels} but "
                                   f"{layout.root / 'dataset.json'} declares {len(layout.channel_names)} channels")
-        train_ids, val_ids = layout.splits.get("train", []), layout.splits.get("val", [])[: config.train.val_cases]
-        if not train_ids:
-            raise MedTextSegError(f"{layout.root}: the train split is empty")
-        verify_dataset(layout, layout.cases_in_splits(), progress=self.progress)  # test cases too
+        train_ids, val_ids = training_splits(layout, config, self.progress)
         target = cotraining_target(layout, config.cotraining)  # before any case is prepared
         self.cases = cases = SparseCases(layout, prepare_cases(layout, train_ids, config, self.progress, "training"),
                                          target, config.cotraining, config.data, self.progress)
@@ -162,25 +160,14 @@ class CoTrainingStep:
             loss = (1 - 2 * beta) * supervised + beta * pseudo_total
             record |= {f"net{k}.pseudo": float(pseudo_total.detach()), f"net{k}.certain": float(np.mean(kept))}
         record[f"net{k}.loss"] = float(loss.detach())
-        optimizer.zero_grad(set_to_none=True)
-        if torch.isfinite(loss):  # skip the update rather than poison the weights
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(member.parameters(), self.config.train.grad_clip)
-            optimizer.step()
+        apply_update(loss, optimizer, member.parameters(), self.config.train.grad_clip)
         return record
 
     def learning_rate(self) -> float:
         return self.optimizers[0].param_groups[0]["lr"]
 
-    def observe_validation(self, val_dice: float) -> None:
-        self.schedule.observe_validation(val_dice)
-        self.lr_factor.observe_validation(val_dice)
-
     def share_decisions(self) -> None:
         """One process: nothing to share."""
-
-    def stop_reason(self) -> dict[str, Any] | None:
-        return {"validations_without_improvement": self.lr_factor.stale} if self.lr_factor.stop else None
 
     def state_dict(self) -> dict[str, Any]:
         return {"optimizers": [o.state_dict() for o in self.optimizers], "schedule": self.schedule.state_dict(),

@@ -15,23 +15,29 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 from medtextseg.config import Config
 from medtextseg.data.dataset import PromptSampleDataset, collate_prompt_samples
 from medtextseg.data.folds import apply_fold
-from medtextseg.data.layout import load_dataset, verify_dataset
+from medtextseg.data.layout import load_dataset
 from medtextseg.data.planning import Plan, check_config_fits_dataset
 from medtextseg.data.sparse_labels import IGNORE_LABEL
-from medtextseg.data.vocabulary import PromptVocabulary
 from medtextseg.losses.segmentation import build_loss
 from medtextseg.models.factory import create_model
 from medtextseg.training.distributed import DistributedContext
-from medtextseg.training.inputs import fit_text_whitening, prepare_training_text, preprocessed
-from medtextseg.training.optimization import LearningRateFactor, build_optimizer
+from medtextseg.training.inputs import (
+    fit_text_whitening,
+    prepare_training_text,
+    preprocessed,
+    sampling_vocabulary,
+    training_splits,
+)
+from medtextseg.training.optimization import LearningRateFactor, apply_update, build_optimizer
 from medtextseg.training.schedule import LossWeightSchedule
+from medtextseg.training.steps.base import ValidationDecisions
 from medtextseg.training.transfer import transfer_weights
 from medtextseg.utils.atomic import write_text_atomic
 from medtextseg.utils.errors import MedTextSegError
 from medtextseg.utils.precision import autocast, mixed_precision_dtype, precision_name
 
 
-class StandardStep:
+class StandardStep(ValidationDecisions):
     """One network, dense labels, prompts sampled by kind (``training/steps/base.py`` says what the engine asks)."""
 
     label: ClassVar[str] = "train"
@@ -47,19 +53,14 @@ class StandardStep:
     def prepare(self, run_dir: Path, state: dict[str, Any] | None) -> None:
         config, ctx = self.config, self.ctx
         self.layout = apply_fold(load_dataset(config.data.root), config.data)  # data.fold: its train/val
-        vocabulary = self._sampling_vocabulary()
+        vocabulary = sampling_vocabulary(config, self.layout)
         check_config_fits_dataset(config, self.layout)
         if IGNORE_LABEL in self.layout.labels:
             raise MedTextSegError(f"{self.layout.root}: has sparse labels (dataset.json declares {IGNORE_LABEL!r}); "
                                   "train it with a co-training preset: rada, rada_text or rada_single")
         if config.model.networks > 1:
             raise MedTextSegError("config field 'model.networks' > 1 needs train.step_policy=cotraining")
-        train_ids, val_ids = self.layout.splits.get("train", []), self.layout.splits.get("val", [])
-        if not train_ids:
-            raise MedTextSegError(f"{self.layout.root}: the train split is empty")
-        val_ids = val_ids[: config.train.val_cases]
-        # every case a split names, test cases too: evaluation must not meet a bad file after hours of training
-        verify_dataset(self.layout, self.layout.cases_in_splits(), progress=self.progress and ctx.is_main)
+        train_ids, val_ids = training_splits(self.layout, config, self.progress and ctx.is_main)
         # rank 0 prepares what the cache misses; the others then read it. Training cases stay on disk, referenced
         # (loaded when drawn: memory does not grow with their number); the few validation cases are loaded.
         cases = preprocessed(self.layout, train_ids + val_ids, config, self.progress) if ctx.is_main else None
@@ -109,15 +110,6 @@ class StandardStep:
         # loss scaling keeps float16 gradients from underflowing; bfloat16 has float32's range and needs none
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == torch.float16)
 
-    def _sampling_vocabulary(self) -> PromptVocabulary | None:
-        """The dataset's prompt vocabulary when ``data.prompt_sampling`` is on, else None."""
-        if not self.config.data.prompt_sampling:
-            return None
-        if self.layout.vocabulary is None:
-            raise MedTextSegError(f"config field 'data.prompt_sampling' is on but {self.layout.root} has no "
-                                  "prompt_vocabulary.json; add one (docs/dataset_format.md) or turn it off")
-        return self.layout.vocabulary
-
     def start_record(self) -> dict[str, Any]:
         return {"precision": precision_name(self.precision), "cases_prepared": self.preprocessed.prepared,
                 "cases_read": len(self.preprocessed.cases) - self.preprocessed.prepared}
@@ -154,32 +146,20 @@ class StandardStep:
         factors = self.schedule.factors(step)
         loss, parts = self.loss(output, targets, factors=factors)
         parts |= {f"factor.{name}": value for name, value in factors.items()}
-        self.optimizer.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):  # skip the update rather than poison the weights
-            self.scheduler.step()
+        updated = apply_update(loss, self.optimizer, self.model.parameters(), self.config.train.grad_clip,
+                               self.scaler)
+        self.scheduler.step()
+        if not updated:
             return {"loss": float("nan"), **parts}
         value = float(loss.detach())
         self.schedule.observe_loss(value)
-        self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
         return {"loss": value, **parts}
 
     def learning_rate(self) -> float:
         return self.scheduler.get_last_lr()[0]
 
-    def observe_validation(self, val_dice: float) -> None:
-        self.schedule.observe_validation(val_dice)
-        self.lr_factor.observe_validation(val_dice)
-
     def share_decisions(self) -> None:
         self.lr_factor.set_shared_state(self.ctx.from_main(self.lr_factor.shared_state()))
-
-    def stop_reason(self) -> dict[str, Any] | None:
-        return {"validations_without_improvement": self.lr_factor.stale} if self.lr_factor.stop else None
 
     def state_dict(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
