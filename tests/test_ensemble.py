@@ -190,3 +190,37 @@ def test_out_of_fold_refuses_what_is_not_one_cross_validation(three_folds, datas
     assert result.exit_code == 2, result.output
     assert result.output.count("\n") == 1 and message in result.output, result.output
     assert not (tmp_path / "oof").exists()
+
+
+def test_serve_answers_with_the_ensemble_and_names_its_members(folds, images, tmp_path):
+    """`serve -m FOLDS`: /health lists every member with its checkpoint's hash; /segment gives the ensemble's masks
+    and probabilities, bit for bit what `predict` with the same folder gives."""
+    import gzip
+    import io
+    import zipfile
+
+    import nibabel as nib
+    from fastapi.testclient import TestClient
+
+    from medtextseg.inference.batch_predict import file_sha256
+    from medtextseg.server.app import ServerSettings, create_app
+
+    predictor = load_model(folds, device="cpu")
+    expected = EnsemblePredictor(folds).predict(images, PROMPTS)
+    with TestClient(create_app(predictor, ServerSettings(temp_dir=tmp_path))) as client:
+        model = client.get("/health").json()["model"]
+        assert [m["run"] for m in model["members"]] == ["fold_0", "fold_1"]
+        assert [m["checkpoint_sha256"] for m in model["members"]] == [
+            file_sha256(folds / f"fold_{k}" / m["checkpoint"]) for k, m in enumerate(model["members"])]
+        files = [("image", (path.name, path.read_bytes(), "application/gzip")) for path in images]
+        response = client.post("/segment", files=files, data={"prompt": PROMPTS, "probabilities": "true"})
+    assert response.status_code == 200, response.text
+    with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
+        summary = json.loads(archive.read("summary.json"))
+        assert summary["model"] == "fold_0" and summary["members"] == model["members"]
+        for record, segmentation in zip(summary["results"], expected, strict=True):
+            mask = nib.Nifti1Image.from_bytes(gzip.decompress(archive.read(record["mask"])))
+            probability = nib.Nifti1Image.from_bytes(gzip.decompress(archive.read(record["probability"])))
+            assert np.array_equal(mask.get_fdata(), segmentation.mask)
+            assert np.array_equal(probability.get_fdata(dtype=np.float32), segmentation.probability)
+    assert any(s.mask.any() for s in expected) and len({s.voxels for s in expected}) > 1  # answers that differ

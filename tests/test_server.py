@@ -154,6 +154,7 @@ def test_health_tells_the_model_and_needs_the_token(served, client):
     model = health["model"]
     assert model["channels"] == ["t2w", "adc"] and model["in_channels"] == 2 and model["spatial_dims"] == 3
     assert model["spacing_mm"] == [1.0, 1.1, 2.0] and model["text_encoder"] and model["text_dim"] == 384
+    assert "members" not in model  # one model (an ensemble's members: tests/test_ensemble.py)
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
         response = httpx.get(f"{server.url}/health", headers=headers)
         one_line_detail(response, 401, "bearer token")

@@ -393,7 +393,9 @@ def _save_prediction_overlay(image_path: Path, result, out_path: Path) -> None:
 @app.command()
 @user_errors
 def serve(
-    model: Annotated[Path, typer.Option("--model", "-m", help="run folder or checkpoint file (loaded once)")],
+    model: Annotated[list[Path], typer.Option("--model", "-m", help="run folder, checkpoint or package (loaded "
+                                              "once); repeat -m, or give a folder of fold runs, to serve their "
+                                              "ensemble")],
     host: Annotated[str, typer.Option(help="address to listen on; 127.0.0.1 serves this machine only")]
     = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,

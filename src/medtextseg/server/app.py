@@ -42,6 +42,7 @@ from starlette.requests import ClientDisconnect
 
 from medtextseg import __version__
 from medtextseg.inference.batch_predict import file_sha256
+from medtextseg.inference.ensemble import ModelArgument, load_predictor
 from medtextseg.inference.predictor import Predictor
 from medtextseg.server.uploads import RequestProblem, UploadLimits, read_upload, remove_folder
 from medtextseg.server.work import (
@@ -83,10 +84,14 @@ class ServerSettings:
 
 
 def model_info(predictor: Predictor) -> dict[str, Any]:
-    """What ``GET /health`` tells of the model, and the summaries' model fields."""
+    """What ``GET /health`` tells of the model, and the summaries' model fields. An ensemble's also hold
+    ``members`` (each member's run, checkpoint and its SHA-256; ``run``, ``checkpoint`` and ``checkpoint_sha256``
+    are the first member's), as ``predict``'s index does."""
     config = predictor.config
-    return {"run": predictor.checkpoint.parent.name, "checkpoint": predictor.checkpoint.name,
-            "checkpoint_sha256": file_sha256(predictor.checkpoint), "spatial_dims": config.model.spatial_dims,
+    members = [{"run": checkpoint.parent.name, "checkpoint": checkpoint.name,
+                "checkpoint_sha256": file_sha256(checkpoint)} for checkpoint, _ in predictor.sources]
+    return {**members[0], **({"members": members} if len(members) > 1 else {}),
+            "spatial_dims": config.model.spatial_dims,
             "in_channels": config.model.in_channels, "channels": predictor.channel_names,
             "spacing_mm": None if config.data.spacing is None else list(config.data.spacing),  # None: native
             "patch_size": list(config.data.patch_size),
@@ -362,18 +367,21 @@ def read_token(token_file: Path | None) -> str | None:
     return token
 
 
-def serve(model: str | Path, host: str = "127.0.0.1", port: int = 8000, settings: ServerSettings | None = None,
+def serve(model: ModelArgument, host: str = "127.0.0.1", port: int = 8000, settings: ServerSettings | None = None,
           device: str | None = None, threshold: float | None = None, log_level: str = "info") -> None:
-    """Load ``model`` once and serve it on ``host:port`` until interrupted (Ctrl-C)."""
+    """Load ``model`` once (a run, a checkpoint, a package, or several of them / a folder of fold runs: their
+    ensemble) and serve it on ``host:port`` until interrupted (Ctrl-C)."""
     import uvicorn
 
     settings = settings or ServerSettings()
     sock = listening_socket(host, port)
-    predictor = Predictor(model, device, threshold=threshold)
+    predictor = load_predictor(model, device, threshold=threshold)
     app = create_app(predictor, settings)
     channels = ", ".join(predictor.channel_names) or f"{predictor.config.image_channels} channel(s)"
     shown = f"[{host}]" if ":" in host else host
-    print(f"medtextseg serve: {model} ({channels}) on http://{shown}:{sock.getsockname()[1]} "
+    sources = [str(checkpoint.parent) for checkpoint, _ in predictor.sources]
+    served = sources[0] if len(sources) == 1 else f"an ensemble of {len(sources)} ({', '.join(sources)})"
+    print(f"medtextseg serve: {served} ({channels}) on http://{shown}:{sock.getsockname()[1]} "
           f"({'bearer token required' if settings.token else 'no token'}); Ctrl-C stops", flush=True)
     if settings.token is None and host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {host} without a token: anyone who reaches this port can use the model "

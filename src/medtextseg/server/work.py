@@ -90,6 +90,8 @@ def run_segmentation(predictor: Predictor, request: SegmentRequest, folder: Path
                "affine": np.asarray(geometry.affine).round(6).tolist(),
                "inputs": [label for _, label in channels], "results": records,
                "seconds": round(time.perf_counter() - started, 3)}
+    if "members" in model:  # an ensemble: a change in any member's weights is a change of model
+        summary["members"] = model["members"]
     (out / SUMMARY_NAME).write_text(json.dumps(summary, indent=1), encoding="utf-8")
     if request.output == "zip":
         _archive(out, records, folder / RESULT_NAME)
