@@ -106,9 +106,10 @@ def unet_target(case, prepared, lesions: bool) -> torch.Tensor:
     return prepared.label[None].long()
 
 
-def train_unet(data: Path, config: Config, seconds: float, out: Path) -> tuple[UNet, float]:
+def train_unet(data: Path, config: Config, seconds: float, out: Path, seed: int = 0) -> tuple[UNet, float]:
     """A text-blind MONAI UNet trained for ``seconds`` of wall time (resumes from ``out``): all lesions
-    (sigmoid), or every label of the dataset (softmax) where it has no lesion prompts."""
+    (sigmoid), or every label of the dataset (softmax) where it has no lesion prompts; ``seed`` seeds its
+    weights, crops, flips and case draws."""
     layout = load_dataset(data)
     lesions = has_lesion_prompts(data)
     out_channels = 1 if lesions else max(layout.labels.values()) + 1
@@ -119,7 +120,7 @@ def train_unet(data: Path, config: Config, seconds: float, out: Path) -> tuple[U
         saved = torch.load(out, weights_only=True)
         model.load_state_dict(saved["model"])
         return model, saved["steps"]
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     cases = [prepare_case(layout.cases[c], config.data.spacing, 3, config.data.normalization)
              for c in layout.splits["train"]]
     # padded to the patch where an image is narrower (a plan may span the whole width): the UNet needs whole patches
@@ -129,11 +130,11 @@ def train_unet(data: Path, config: Config, seconds: float, out: Path) -> tuple[U
                                   allow_smaller=True)
     # a left-right flip would swap left and right structures' labels: only lesion data (one class) is flipped
     flip = RandFlipd(["image", "label"], prob=0.5 if lesions else 0.0, spatial_axis=0)
-    crop.set_random_state(0)
-    flip.set_random_state(0)
+    crop.set_random_state(seed)
+    flip.set_random_state(seed)
     loss_function = DiceCELoss(sigmoid=True) if lesions else DiceCELoss(softmax=True, to_onehot_y=True)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-5)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     half = mixed_precision_dtype(config.train.amp, torch.device("cpu"))  # the precision ours trained in
     started, steps = time.perf_counter(), 0
     model.train()
@@ -213,6 +214,7 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=120)
     parser.add_argument("--steps", type=int, default=1600, help="training steps of the default (its own default)")
     parser.add_argument("--unseen-wording", type=float, default=0.33)
+    parser.add_argument("--seed", type=int, default=0, help="train.seed of ours and the UNet's seed")
     parser.add_argument("--out", type=Path, default=Path("work/bench_variety"))
     parser.add_argument("--threads", type=int, default=None, help="CPU threads of every training and prediction "
                         "(both models alike; 1 leaves a core free on a shared 2-core machine)")
@@ -233,13 +235,13 @@ def main() -> None:
         if not any(json.loads(line).get("event") == "end" for line in log):
             resume = ["--resume"] if (run / "last.pt").is_file() else []
             run_medtextseg("train", "--data", str(data), "--out", str(run), *resume,
-                           "--set", f"train.steps={args.steps}")
+                           "--set", f"train.steps={args.steps}", "--set", f"train.seed={args.seed}")
             run_medtextseg("calibrate-presence", "-m", str(run), "-d", str(data))
         if not (evaluation / "metrics_per_prompt.json").is_file():
             run_medtextseg("evaluate", "-m", str(run), "-d", str(data), "-o", str(evaluation))
         seconds = training_seconds(run)
         config = Config.load(run / "config.yaml")
-        unet, unet_steps = train_unet(data, config, seconds, folder / "unet.pt")
+        unet, unet_steps = train_unet(data, config, seconds, folder / "unet.pt", args.seed)
         wording = {(line["case"], line["prompt"]): line.get("meta", {}).get("wording", "seen")
                    for line in map(json.loads, (data / "prompts.jsonl").read_text().splitlines())}
         ours = summary(json.loads((evaluation / "metrics_per_prompt.json").read_text()), wording)
