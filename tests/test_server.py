@@ -415,7 +415,7 @@ def test_the_serve_command_loads_the_model_once_and_serves_with_a_token_file(run
     finally:
         process.terminate()
         output = process.communicate(timeout=30)[0]
-    assert f"on http://127.0.0.1:{port} (bearer token required)" in output
+    assert f"medtextseg serve: {run} (t2w, adc) on http://127.0.0.1:{port} (bearer token required)" in output
     assert list(temp.iterdir()) == []  # the server's own folder went with it
 
 

@@ -379,8 +379,9 @@ def serve(model: ModelArgument, host: str = "127.0.0.1", port: int = 8000, setti
     app = create_app(predictor, settings)
     channels = ", ".join(predictor.channel_names) or f"{predictor.config.image_channels} channel(s)"
     shown = f"[{host}]" if ":" in host else host
-    sources = [str(checkpoint.parent) for checkpoint, _ in predictor.sources]
-    served = sources[0] if len(sources) == 1 else f"an ensemble of {len(sources)} ({', '.join(sources)})"
+    given = [model] if isinstance(model, str | Path) else list(model)
+    sources = [str(checkpoint.parent) for checkpoint, _ in predictor.sources]  # a folder of runs: each run
+    served = str(given[0]) if len(sources) == 1 else f"an ensemble of {len(sources)} ({', '.join(sources)})"
     print(f"medtextseg serve: {served} ({channels}) on http://{shown}:{sock.getsockname()[1]} "
           f"({'bearer token required' if settings.token else 'no token'}); Ctrl-C stops", flush=True)
     if settings.token is None and host not in ("127.0.0.1", "localhost", "::1"):
