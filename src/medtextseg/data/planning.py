@@ -265,7 +265,8 @@ def make_plan(fingerprint: Fingerprint, patch_budget: int, stages: int,
         coarsest = np.maximum(spacing, np.minimum(coarsest, smallest / MIN_TARGET_VOXELS))
     view = planned_view(fingerprint, region, image_mm)
     fitted, patch, need = _fit_view(view, spacing, coarsest, image_mm, patch_budget, stages)
-    region_fitted, region_patch, _ = _fit_view(region, spacing, coarsest, image_mm, patch_budget, stages)
+    region_fitted, region_patch, _ = (_fit_view(region, spacing, coarsest, image_mm, patch_budget, stages)
+                                      if view[0] > region[0] else (fitted, patch, need))  # what sides changed
     if not (np.allclose(fitted, region_fitted) and np.array_equal(patch, region_patch)):
         notes.append(f"{fingerprint.lateralised_prompts} of {sum(fingerprint.kinds.values())} prompts name a side, "
                      f"so the view spans {view[0]:.3g} mm from right to left (the target region's {region[0]:.3g} "

@@ -34,6 +34,9 @@ def build_optimizer(parameters: Iterable[torch.nn.Parameter], train: TrainConfig
     return optimizer(parameters, lr=train.lr, weight_decay=train.weight_decay)
 
 
+_NO_SCALING = torch.amp.GradScaler("cpu", enabled=False)  # passes the loss and the step through, keeps no state
+
+
 def apply_update(loss: torch.Tensor, optimizer: torch.optim.Optimizer, parameters: Iterable[torch.nn.Parameter],
                  grad_clip: float, scaler: torch.amp.GradScaler | None = None) -> bool:
     """Back-propagate ``loss`` (a scalar) and step ``optimizer``, its gradients clipped to ``grad_clip`` (norm over
@@ -42,7 +45,7 @@ def apply_update(loss: torch.Tensor, optimizer: torch.optim.Optimizer, parameter
     optimizer.zero_grad(set_to_none=True)
     if not torch.isfinite(loss):
         return False
-    scaler = scaler or torch.amp.GradScaler("cpu", enabled=False)
+    scaler = scaler or _NO_SCALING
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
     torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
