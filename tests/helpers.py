@@ -9,11 +9,13 @@ from medtextseg.text.batch import PromptEmbedding
 
 
 def as_if_trained(model: nn.Module, std: float = 0.5, seed: int = 0) -> nn.Module:
-    """Give the text conditioners' zero-initialised weight matrices random values, as after training, so that
-    the prompt changes the answer (an untrained FiLM / CBN is the identity by design)."""
+    """Give the text conditioners' (and the prompt head's) zero-initialised weight matrices random values, as
+    after training, so that the prompt changes the answer (an untrained FiLM / CBN is the identity by design, an
+    untrained prompt head the same head for every prompt)."""
     generator = torch.Generator().manual_seed(seed)
+    text_paths = [module for module in (model.conditioners, model.prompt_head) if module is not None]
     with torch.no_grad():
-        for parameter in model.conditioners.parameters():
+        for parameter in (p for module in text_paths for p in module.parameters()):
             if parameter.ndim > 1 and not parameter.any():  # weights only: random biases would shift every answer
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)
     return model

@@ -23,9 +23,10 @@ SMALL = ["model.channels=[4,8,16]", "model.strides=[[1,1,1],[2,2,1],[2,2,2]]", "
 
 
 def test_kinds_are_listed_with_wildcards_in_construction_order():
-    assert block_kinds() == ["film", "fusion", "concat", "svli", "refiner", "dynamic_head", "similarity"]
+    assert block_kinds() == ["film", "fusion", "concat", "svli", "refiner", "dynamic_head", "similarity",
+                             "prompt_head"]
     assert block_kinds("f*") == ["film", "fusion"]
-    assert block_kinds(["*head", "s*"]) == ["svli", "dynamic_head", "similarity"]
+    assert block_kinds(["*head", "s*"]) == ["svli", "dynamic_head", "similarity", "prompt_head"]
 
 
 @pytest.mark.parametrize(("preset", "overrides", "described"), [
@@ -36,6 +37,8 @@ def test_kinds_are_listed_with_wildcards_in_construction_order():
     ("filmcbn", ["model.conditioning=concat"], ["concat @ decoder 3 (text.tokens=False, text.whitening=False)"]),
     ("rada", [], ["dynamic_head @ head (region_dim=1280, region_rho=0.2)"]),
     ("atr_refine", [], ["refiner @ logits (tokens=False, gate=0.44, blend=0.12)"]),
+    ("prompt_head", [], ["prompt_head @ logits (hidden=16, coordinates=True, text.tokens=True, "
+                         "text.whitening=True)"]),
     ("textbcs", [], ["svli @ encoder 1,2,3", "similarity @ readout 1,2,3 (word_levels=(1, 2, 3), dim=64, "
                                               "temperature=0.07, learnable_temperature=True)"])])
 def test_the_flat_model_section_reads_as_typed_blocks_at_their_sites(preset, overrides, described):
@@ -49,6 +52,7 @@ PREFIXES = {"default": {"encoder", "decoder", "text_summary", "conditioners"},
             "textbcs": {"encoder", "decoder", "vision_language", "similarity"},
             "atr": {"encoder", "decoder", "similarity"},
             "atr_refine": {"encoder", "decoder", "refiner"},
+            "prompt_head": {"encoder", "decoder", "text_summary", "prompt_head"},
             "rada_text": {"members", "encoder", "decoder", "dynamic_bias"},
             "rada": {"members", "encoder", "decoder", "dynamic_bias", "region_fusion"}}
 

@@ -39,12 +39,15 @@ def side_answers(model, cases, text, labels: dict[str, int], patch_size) -> list
 
 @pytest.mark.skipif(not (DEFAULT_SRC / ATLAS_FILE).is_file(),
                     reason=f"{DEFAULT_SRC} has no AAL atlas: run bash scripts/setup_atlas.sh (installs mricron-data)")
-def test_left_and_right_prompts_are_answered_on_the_named_side(tmp_path):
+@pytest.mark.parametrize("conditioning", [
+    [],  # the default: FiLM with coordinate ramps at every decoder stage
+    ["model.conditioning=prompt_head", "model.spatial_film=false"]])  # the text only after a shared decoder
+def test_left_and_right_prompts_are_answered_on_the_named_side(tmp_path, conditioning):
     root = tmp_path / "aal2d"
     convert_aal(DEFAULT_SRC, root, spatial_dims=2, num_cases=120, structures="caudate,putamen,thalamus",
                 bilateral=False)
     config = Config.load("default_2d", [
-        f"data.root={root}", "model.in_channels=1", "data.prompt_sampling=true",
+        *conditioning, f"data.root={root}", "model.in_channels=1", "data.prompt_sampling=true",
         "data.kind_weights={anatomy: 0.7, absent: 0.3}", "data.prompts_per_image=4", "train.batch_images=8",
         "train.steps=500", "train.val_every=5000", "train.val_cases=1"])
     trainer = Trainer(config, tmp_path / "run", progress=False)

@@ -82,6 +82,7 @@ TRAINED_WITH = {
     "rada*": ("SGD", "step"),          # the paper's: momentum 0.9, x0.1 every 2500 steps
     "atr*": ("AdamW", "cosine"),       # not the paper's, see above
     "default*": ("AdamW", "cosine"), "image_only*": ("AdamW", "cosine"), "unet": ("AdamW", "cosine"),
+    "prompt_head": ("AdamW", "cosine"),  # the default's
 }
 
 

@@ -119,7 +119,8 @@ class ModelConfig(_Section):
     ``conditioning`` picks where the text enters the decoder: ``film`` at the bottleneck and every decoder stage
     (the default), ``fusion`` = the FiLM -> SE -> CBN -> residual -> L2 chain at the bottleneck (FiLM/CBN method;
     links switched by ``fusion_se``/``fusion_cbn``), ``concat`` = the tiled text vector concatenated at the
-    bottleneck, ``dynamic_head`` = a bias before the output convolution, ``none`` = none there.
+    bottleneck, ``dynamic_head`` = a bias before the output convolution, ``prompt_head`` = per-prompt 1x1
+    convolutions after a decoder the prompts share, ``none`` = none there.
 
     These flat keys are the front users write; the conditioning blocks read their typed options off them
     (``models/conditioning/registry.py``: ``block_options``; ``medtextseg presets --blocks`` shows them).
@@ -130,11 +131,14 @@ class ModelConfig(_Section):
     channels: list[int] = Field([16, 32, 64, 128], description="feature channels per resolution stage")
     strides: list[list[int]] = Field([[1, 1, 1], [2, 2, 1], [2, 2, 2], [2, 2, 2]],
                                      description="downsampling stride of each stage (first is the stem)")
-    conditioning: Literal["film", "fusion", "concat", "dynamic_head", "none"] = Field(
+    conditioning: Literal["film", "fusion", "concat", "dynamic_head", "prompt_head", "none"] = Field(
         "film", description="film: every decoder stage; fusion: FiLM->SE->CBN->residual->L2 at the bottleneck; "
         "concat: text tiled and concatenated at the bottleneck; dynamic_head: a per-sample bias from the text "
-        "and the bottleneck added before the output convolution (SGTC/RADA); none: no decoder conditioning (the "
-        "image-only baseline unless vision_language_levels is set)")
+        "and the bottleneck added before the output convolution (SGTC/RADA); prompt_head: 1x1 convolutions whose "
+        "weights the text sets, after a decoder that runs once per image for all its prompts (cheap prompts); "
+        "none: no decoder conditioning (the image-only baseline unless vision_language_levels is set)")
+    prompt_head_channels: int = Field(16, ge=1, description="conditioning=prompt_head: width of the per-prompt "
+                                      "head's two hidden layers")
     region_dim: int = Field(0, ge=0, description="conditioning=dynamic_head: width of a region-aware image "
                             "prototype fused with the text embedding (RADA; 1280 for EfficientNet-Lite0); 0 = text "
                             "only")
@@ -206,6 +210,9 @@ class ModelConfig(_Section):
         if self.encoders > 1 and self.vision_language_levels:
             raise ValueError("model.vision_language_levels needs model.encoders=1 (the attention's output feeds "
                              "the next stage of one encoder)")
+        if self.conditioning == "prompt_head" and (self.head != "sigmoid" or self.refiner):
+            raise ValueError("model.conditioning=prompt_head needs model.head=sigmoid and model.refiner=false "
+                             "(its logits are added to the one output channel, last)")
         if self.head == "evidential" and (self.deep_supervision or self.refiner):
             raise ValueError(f"model.{'refiner' if self.refiner else 'deep_supervision'} needs model.head=sigmoid")
         if len(self.channels) != len(self.strides):

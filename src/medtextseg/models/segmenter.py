@@ -65,6 +65,8 @@ class TextGuidedUNet(nn.Module):
             for site in block.sites:
                 self.sites.setdefault(site, []).append(block)
         self.encoder_levels = sorted(site.level for site in self.sites if site.where == "encoder")
+        # no text before the head (prompt_head, dynamic_head, none): the decoder runs once per image too
+        self.decodes_per_image = not any(site.where in ("encoder", "decoder") for site in self.sites)
 
     def _at(self, where: str, level: int | None = None) -> list[TextBlock]:
         return self.sites.get(Site(where, level), [])
@@ -84,7 +86,8 @@ class TextGuidedUNet(nn.Module):
                 z-scored images (RAS voxel order).
             text: B encoded prompts.
             image_index: [B] long, the image row of each prompt (default: prompt b <-> image b). The
-                encoder runs once per image, however many prompts it has.
+                encoder runs once per image, however many prompts it has, and so does the decoder where no text
+                block sits before the head (``decodes_per_image``).
             refine: run the refiner, when the model has one (``inference.refiner`` switches it off).
             network: which member of a co-trained model answers; one network is its only member (None or 0).
 
@@ -115,16 +118,27 @@ class TextGuidedUNet(nn.Module):
         for block in self.blocks:
             block.prepare(state)
 
+        per_image = self.decodes_per_image and image_index is not None
+        # one row per prompt from the head on where a block acts there, else from the logits on
+        rows_at_head = per_image and bool(self._at("head"))
+
         def after_decoder_stage(level: int, features: Tensor) -> Tensor:
             for block in self._at("decoder", level):
                 features = block.decoder(level, features, state)
             if level == 0:  # the last decoder features, before the output convolution
+                if rows_at_head:
+                    features = features.index_select(0, image_index)
                 for block in self._at("head"):
                     features = block.head(features, state)
             return features
 
-        raw, deep_supervision, features = self.decoder(state.skips, after_decoder_stage,
-                                                       state.per_prompt if image_index is not None else None)
+        gather = state.per_prompt if image_index is not None and not per_image else None
+        raw, deep_supervision, features = self.decoder(state.skips, after_decoder_stage, gather)
+        if per_image:
+            deep_supervision = [logits.index_select(0, image_index) for logits in deep_supervision]
+        if per_image and not rows_at_head:
+            raw = raw.index_select(0, image_index)
+            features = features.index_select(0, image_index) if self._at("logits") else features
         for block in self._at("logits"):
             raw = block.logits(raw, features, state)
         logits, evidence = self.output_head(raw)

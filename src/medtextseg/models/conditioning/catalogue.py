@@ -1,15 +1,17 @@
-"""The built-in conditioning blocks: FiLM, the fusion chain, concatenation, SVLI, the refiner, the dynamic head and
-the similarity maps, each registered with its options, its sites and its builder (``registry.py`` says how).
+"""The built-in conditioning blocks: FiLM, the fusion chain, concatenation, SVLI, the refiner, the dynamic head,
+the similarity maps and the prompt head, each registered with its options, its sites and its builder
+(``registry.py`` says how).
 
 They are registered in the order the segmenter has always created their modules, which fixes the weights a seed
 gives and the state-dict names (``text_summary``, ``conditioners``, ``vision_language``, ``refiner``,
-``dynamic_bias``, ``region_fusion``, ``similarity``) that saved checkpoints carry.
+``dynamic_bias``, ``region_fusion``, ``similarity``, ``prompt_head``) that saved checkpoints carry.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
@@ -19,6 +21,7 @@ from medtextseg.models.conditioning.bidirectional_attention import VisionLanguag
 from medtextseg.models.conditioning.dynamic_head import RegionAwareFusion, SemanticDynamicBias
 from medtextseg.models.conditioning.film import FiLM
 from medtextseg.models.conditioning.fusion import ConcatFusion, FusionChain, ResidualConditionalBatchNorm
+from medtextseg.models.conditioning.prompt_head import PromptHead
 from medtextseg.models.conditioning.registry import (
     BlockOptions,
     ForwardState,
@@ -390,5 +393,63 @@ def build_similarity(options: SimilarityOptions, shape: UNetShape) -> TextBlock:
         for level in options.levels}))
 
 
+# ------------------------------------------------------------------ prompt head (a decoder the prompts share)
+class PromptHeadOptions(BlockOptions):
+    """Per-prompt 1x1 convolutions (``hidden`` wide) on the last decoder features, their weights set by the
+    text summary, added to the shared output convolution's logits; ``coordinates``: they also read the
+    whole-image coordinate channels. No text enters before it, so the decoder runs once per image for all of
+    its prompts. ``model.conditioning=prompt_head``."""
+
+    kind = "prompt_head"
+    hidden: int = 16
+    coordinates: bool = True
+    text: TextReading = TextReading()
+
+    def sites(self) -> tuple[Site, ...]:
+        return (Site("logits"),)
+
+    @classmethod
+    def from_model_config(cls, config: ModelConfig) -> PromptHeadOptions | None:
+        if config.conditioning != "prompt_head":
+            return None
+        return cls(hidden=config.prompt_head_channels, coordinates=config.coordinates,
+                   text=TextReading.from_model_config(config))
+
+
+class PromptHeadBlock(TextBlock):
+    """Parts ``text_summary`` (the text reader) and ``prompt_head`` (``PromptHead``)."""
+
+    def __init__(self, options: PromptHeadOptions, summary: TextSummary, head: PromptHead,
+                 coordinate_axes: int) -> None:
+        super().__init__(options)
+        self.summary, self.prompt_head, self.coordinate_axes = summary, head, coordinate_axes
+
+    def parts(self) -> dict[str, nn.Module | None]:
+        return {"text_summary": self.summary, "prompt_head": self.prompt_head}
+
+    def fit_text(self, text: TextBatch | Iterable[TextBatch]) -> None:
+        self.summary.fit_whitening(text)
+
+    def prepare(self, state: ForwardState) -> None:
+        coordinates = state.image[:, state.image.shape[1] - self.coordinate_axes:]  # [N, A, *spatial]
+        if state.image_index is not None:
+            coordinates = coordinates.index_select(0, state.image_index)
+        state.scratch[self.kind] = (self.summary(state.text), coordinates)
+
+    def logits(self, logits: Tensor, features: Tensor, state: ForwardState) -> Tensor:
+        summary, coordinates = state.scratch[self.kind]
+        read = torch.cat([features, coordinates.to(features.dtype)], dim=1)  # [B, C_0 + A, *spatial]
+        return logits + self.prompt_head(read, summary).to(logits.dtype)
+
+
+@register_block(PromptHeadOptions, {"text_summary": None, "prompt_head": None})
+def build_prompt_head(options: PromptHeadOptions, shape: UNetShape) -> TextBlock:
+    """The prompt head on the last decoder features (and the coordinate channels)."""
+    summary = TextSummary(shape.text_dim, use_tokens=options.text.tokens, whiten=options.text.whitening)
+    axes = shape.spatial_dims if options.coordinates else 0
+    return PromptHeadBlock(options, summary, PromptHead(summary.out_dim, shape.channels[0] + axes, options.hidden),
+                           axes)
+
+
 __all__ = ["ConcatOptions", "DecoderConditioning", "DynamicHeadOptions", "FiLMOptions", "FusionOptions",
-           "RefinerOptions", "SVLIOptions", "SimilarityOptions", "TextReading", "masked_mean"]
+           "PromptHeadOptions", "RefinerOptions", "SVLIOptions", "SimilarityOptions", "TextReading", "masked_mean"]
