@@ -1,13 +1,13 @@
 """Data nobody tuned for: the default, planned from each dataset, against a text-blind MONAI UNet given the same time.
 
-    .venv/bin/python benchmarks/bench_variety.py [--variants fine iso1mm aal] [--cases 120] [--steps 1600] [--threads 1]
+    .venv/bin/python benchmarks/bench_variety.py [--variants fine iso1mm aal] [--cases 120] [--steps N] [--threads 1]
 
 For each variant, ``medtextseg synth`` writes a dataset made differently from the one the default was tuned on
 (spacing, field of view, stored voxel order, and a third of the test prompts in wordings training never uses),
 or ``medtextseg convert aal`` turns the Colin27 brain and its AAL atlas into 40 deformed heads with 16 named
 structures (``aal``: real anatomy; needs ``scripts/setup_atlas.sh``), then, as a user would from the README:
 
-1. ``medtextseg train`` with the default preset and nothing set but the steps (the plan adapts it),
+1. ``medtextseg train`` with the default preset and nothing set (the plan adapts it; ``--steps`` sets the steps),
    ``medtextseg calibrate-presence`` and ``medtextseg evaluate`` on the test split;
 2. a text-blind MONAI ``UNet`` (residual units, DiceCE, positive/negative crops 2:1, MONAI transforms at the
    same planned spacing and patch) trained for the same wall time as step 1's training, in the same precision
@@ -212,7 +212,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", nargs="+", default=["fine", "iso1mm"], choices=sorted(VARIANTS))
     parser.add_argument("--cases", type=int, default=120)
-    parser.add_argument("--steps", type=int, default=1600, help="training steps of the default (its own default)")
+    parser.add_argument("--steps", type=int, default=None, help="training steps of the default (default: the "
+                        "preset's own)")
     parser.add_argument("--unseen-wording", type=float, default=0.33)
     parser.add_argument("--seed", type=int, default=0, help="train.seed of ours and the UNet's seed")
     parser.add_argument("--out", type=Path, default=Path("work/bench_variety"))
@@ -234,8 +235,9 @@ def main() -> None:
         log = (run / "log.jsonl").read_text().splitlines() if (run / "log.jsonl").is_file() else []
         if not any(json.loads(line).get("event") == "end" for line in log):
             resume = ["--resume"] if (run / "last.pt").is_file() else []
-            run_medtextseg("train", "--data", str(data), "--out", str(run), *resume,
-                           "--set", f"train.steps={args.steps}", "--set", f"train.seed={args.seed}")
+            steps = ["--set", f"train.steps={args.steps}"] if args.steps else []
+            run_medtextseg("train", "--data", str(data), "--out", str(run), *resume, *steps,
+                           "--set", f"train.seed={args.seed}")
             run_medtextseg("calibrate-presence", "-m", str(run), "-d", str(data))
         if not (evaluation / "metrics_per_prompt.json").is_file():
             run_medtextseg("evaluate", "-m", str(run), "-d", str(data), "-o", str(evaluation))
@@ -251,7 +253,7 @@ def main() -> None:
         plan = json.loads((run / "plans.json").read_text())
         common = {"variant": variant, "spacing": "x".join(f"{s:g}" for s in plan["spacing"]),
                   "patch": "x".join(map(str, plan["patch_size"])), "minutes": round(seconds / 60, 1)}
-        rows.append(common | {"model": f"medtextseg default ({args.steps} steps)", **ours})
+        rows.append(common | {"model": f"medtextseg default ({config.train.steps} steps)", **ours})
         rows.append(common | {"model": f"MONAI UNet, text-blind ({unet_steps} steps)", **theirs})
     write_results(rows, ["variant", "spacing", "patch", "model", "minutes", "single", "single_2plus", "all",
                          "absent_empty", "anatomy", "bilateral", "seen", "unseen"], args.out,
