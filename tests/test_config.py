@@ -18,7 +18,7 @@ def test_every_preset_is_a_valid_config(preset):
     # a preset inherits from its base: a field added there must still make sense for every preset built on it
     config = Config.load(preset)
     if config.model.text_whitening:  # only the conditionings that read a TextSummary whiten
-        assert config.model.conditioning in ("film", "fusion", "concat")
+        assert config.model.conditioning in ("film", "fusion", "concat", "prompt_head")
 
 
 def test_preset_inherits_from_base():
