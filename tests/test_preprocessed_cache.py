@@ -230,8 +230,8 @@ def test_workers_give_the_same_batches(dataset_2d, tmp_path):
         policy = trainer.policy
         assert all(isinstance(c, CachedCase) for c in policy.train_cases)
         assert not any(isinstance(c, CachedCase) for c in policy.val_cases)
-        stream, batches[workers] = policy.batches(0), []
-        for _ in range(policy.steps_per_epoch + 2):
+        stream, batches[workers] = policy.batches.from_step(0), []
+        for _ in range(policy.batches.steps_per_epoch + 2):
             batches[workers].append(next(stream))
         stream.close()
     for zero, two in zip(batches[0], batches[2], strict=True):

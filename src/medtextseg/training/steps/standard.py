@@ -1,6 +1,6 @@
-"""The standard step: a batch of images with K prompts each from the MONAI sample pipeline
-(``data/dataset.py``), the loss of ``config.loss``, one AdamW (``train.optimizer``) step with warm-up and
-``train.schedule``; DistributedDataParallel under torchrun, each rank on its share of the images."""
+"""The standard step: a batch of images with K prompts each from the MONAI sample pipeline (``data/dataset.py``,
+batched by ``training/batches.py``), the loss of ``config.loss``, one AdamW (``train.optimizer``) step with warm-up
+and ``train.schedule``; DistributedDataParallel under torchrun, each rank on its share of the images."""
 
 from __future__ import annotations
 
@@ -10,16 +10,15 @@ from typing import Any, ClassVar
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 
 from medtextseg.config import Config
-from medtextseg.data.dataset import PromptSampleDataset, collate_prompt_samples
 from medtextseg.data.folds import apply_fold
 from medtextseg.data.layout import load_dataset
 from medtextseg.data.planning import Plan, check_config_fits_dataset
 from medtextseg.data.sparse_labels import IGNORE_LABEL
 from medtextseg.losses.segmentation import build_loss
 from medtextseg.models.factory import create_model
+from medtextseg.training.batches import PromptBatches
 from medtextseg.training.distributed import DistributedContext
 from medtextseg.training.inputs import (
     fit_text_whitening,
@@ -81,20 +80,7 @@ class StandardStep(ValidationDecisions):
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
         self.loss = build_loss(config.loss)
         self.schedule = LossWeightSchedule(config.loss.schedules)
-        seed, data = config.train.seed, config.data
-        self.dataset = PromptSampleDataset(self.train_cases, data.patch_size, data.prompts_per_image,
-                                           data.kind_weights, data.flip_left_right, data.intensity_augmentation,
-                                           seed, config.model.coordinates, vocabulary, text.structured,
-                                           data.structured_prompts, paraphrases=text.paraphrases,
-                                           paraphrase_probability=data.paraphrase_probability,
-                                           slice_context=data.slice_context)
-        self.sampler = DistributedSampler(self.dataset, num_replicas=ctx.world_size, rank=ctx.rank,
-                                          shuffle=True, seed=seed, drop_last=True)
-        per_rank = len(self.sampler)
-        if per_rank < config.train.batch_images:
-            raise MedTextSegError(f"config field 'train.batch_images' is {config.train.batch_images} but each "
-                                  f"of {ctx.world_size} process(es) has only {per_rank} training images")
-        self.steps_per_epoch = per_rank // config.train.batch_images
+        self.batches = PromptBatches(config, self.train_cases, ctx, vocabulary, text)
         if state is not None:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -114,23 +100,9 @@ class StandardStep(ValidationDecisions):
         return {"precision": precision_name(self.precision), "cases_prepared": self.preprocessed.prepared,
                 "cases_read": len(self.preprocessed.cases) - self.preprocessed.prepared}
 
-    def batches(self, step: int):
-        """Batches from ``step`` on; the epoch and the position in it follow from the step."""
-        epoch, skip = divmod(step, self.steps_per_epoch)
-        while True:
-            self.sampler.set_epoch(epoch)
-            self.dataset.epoch = epoch
-            batches = list(BatchSampler(self.sampler, self.config.train.batch_images, drop_last=True))
-            # items are seeded by (seed, epoch, index): workers load and augment them, but cannot change them
-            # pinned pages make the host-to-GPU copy asynchronous; on the CPU they would only cost
-            yield from DataLoader(self.dataset, batch_sampler=batches[skip:], collate_fn=collate_prompt_samples,
-                                  num_workers=self.config.train.num_workers,
-                                  pin_memory=self.ctx.device.type == "cuda")
-            epoch, skip = epoch + 1, 0
-
     def train_step(self, step: int) -> dict[str, float]:
         if self.stream is None:
-            self.stream = self.batches(step)
+            self.stream = self.batches.from_step(step)
         return self.learn(next(self.stream), step)
 
     def learn(self, batch: dict, step: int) -> dict[str, float]:
