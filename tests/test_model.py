@@ -8,6 +8,7 @@ from medtextseg.config import Config
 from medtextseg.data.transforms import coordinate_channels
 from medtextseg.models.factory import create_model
 from medtextseg.text.batch import TextBatch
+from medtextseg.utils.errors import MedTextSegError
 
 # coordinates off: these tests feed the network directly (the data pipeline appends coordinate channels)
 SMALL = ["model.channels=[4,8,16]", "model.strides=[[1,1,1],[2,2,1],[2,2,2]]", "model.coordinates=false",
@@ -102,7 +103,7 @@ def test_the_decoder_runs_once_per_image_where_no_text_enters_before_the_head(pr
 
 def test_the_prompt_head_refuses_what_it_cannot_add_to():
     for override in ("model.head=evidential", "model.refiner=true"):
-        with pytest.raises(Exception, match="model.conditioning=prompt_head needs model.head=sigmoid"):
+        with pytest.raises(MedTextSegError, match="model.conditioning=prompt_head needs model.head=sigmoid"):
             Config.load("prompt_head", [override])
 
 

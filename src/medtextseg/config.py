@@ -212,7 +212,7 @@ class ModelConfig(_Section):
                              "the next stage of one encoder)")
         if self.conditioning == "prompt_head" and (self.head != "sigmoid" or self.refiner):
             raise ValueError("model.conditioning=prompt_head needs model.head=sigmoid and model.refiner=false "
-                             "(its logits are added to the one output channel, last)")
+                             "(it adds its logits to the single sigmoid logit, after every other block)")
         if self.head == "evidential" and (self.deep_supervision or self.refiner):
             raise ValueError(f"model.{'refiner' if self.refiner else 'deep_supervision'} needs model.head=sigmoid")
         if len(self.channels) != len(self.strides):
