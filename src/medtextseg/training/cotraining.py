@@ -26,17 +26,53 @@ slices (``models/region_encoder.py``) before step 1. One process only (no torchr
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from medtextseg.config import Config
-from medtextseg.data.sparse_dataset import SparseCases
+from medtextseg.config import Config, CoTrainingConfig
+from medtextseg.data.dataset import PreparedCase
+from medtextseg.data.layout import DatasetLayout, PromptRecord, load_dataset
+from medtextseg.data.sparse_dataset import SparseCases, cotraining_target
 from medtextseg.data.sparse_labels import annotated_slices
+from medtextseg.models.output import ModelOutput
 from medtextseg.text.batch import TextBatch
+from medtextseg.training.inputs import prepare_cases, training_splits
 from medtextseg.utils.errors import MedTextSegError
 from medtextseg.utils.planes import plane_axes
+
+
+def sparse_training_cases(config: Config, progress: bool) -> tuple[DatasetLayout, SparseCases, list[PreparedCase]]:
+    """Read ``data.root`` for co-training: (the dataset, its training volumes with the supervision of each
+    view, the dense validation volumes loaded, each asked the one question this model is trained to answer).
+
+    Raises:
+        MedTextSegError: a fold is set, the dataset or model is not 3D, the channels differ from the dataset's,
+            or cross pseudo supervision has no unlabelled volume.
+    """
+    if config.data.fold is not None:  # a fold's val cases would be sparse training volumes
+        raise MedTextSegError("config field 'data.fold': co-training takes no folds (its training volumes carry "
+                              "sparse or no labels, and validation needs dense ones); leave data.fold unset")
+    layout = load_dataset(config.data.root)
+    if layout.spatial_dims != 3 or config.model.spatial_dims != 3:
+        raise MedTextSegError(f"{layout.root}: co-training from orthogonal slices needs a 3D dataset and a 3D "
+                              "model (model.spatial_dims=3)")
+    if len(layout.channel_names) != config.model.in_channels:
+        raise MedTextSegError(f"config field 'model.in_channels' is {config.model.in_channels} but "
+                              f"{layout.root / 'dataset.json'} declares {len(layout.channel_names)} channels")
+    train_ids, val_ids = training_splits(layout, config, progress)
+    target = cotraining_target(layout, config.cotraining)  # before any case is prepared
+    cases = SparseCases(layout, prepare_cases(layout, train_ids, config, progress, "training"), target,
+                        config.cotraining, config.data, progress)
+    if config.cotraining.unlabelled_per_batch and not cases.unlabelled and config.model.networks > 1:
+        raise MedTextSegError(f"{layout.root}: no unlabelled training volume for cross pseudo supervision; set "
+                              "cotraining.unlabelled_per_batch=0")
+    val_cases = [PreparedCase(c.case, c.image, c.label, c.masks,
+                              [PromptRecord(c.case, cases.prompt, cases.values, "anatomy")])
+                 for c in prepare_cases(layout, val_ids, config, progress, "validation") if c.label is not None]
+    return layout, cases, val_cases
 
 
 def sigmoid_rampup(step: float, length: float) -> float:
@@ -83,6 +119,22 @@ def certain_pseudo_labels(network: nn.Module, image: Tensor, text: TextBatch, pa
     return pseudo, (entropy < threshold).float()
 
 
+def cross_pseudo_loss(others: Sequence[nn.Module], image: Tensor, text: TextBatch, logits: Tensor,
+                      loss: Callable[..., tuple[Tensor, dict]], config: CoTrainingConfig,
+                      threshold: float) -> tuple[Tensor, float]:
+    """``sum_j L_u^j``: ``loss`` of network k's ``logits`` [U, 1, *p] on the unlabelled patches ``image``
+    [U, C, *p] against each other network's certain pseudo labels (:func:`certain_pseudo_labels`); and the mean
+    fraction of voxels certain enough to count."""
+    total, kept = torch.zeros((), device=logits.device), []
+    for network in others:
+        pseudo, mask = certain_pseudo_labels(network, image, text, config.uncertainty_passes, config.noise_std,
+                                             config.noise_clip, threshold)
+        value, _ = loss(ModelOutput(logits=logits), pseudo, mask)
+        total = total + value
+        kept.append(float(mask.mean()))
+    return total, sum(kept) / len(kept)
+
+
 def region_prototypes(config: Config, cases: SparseCases) -> list[tuple[Tensor, int]]:
     """Per network, its region prototype (the mean normalised region embedding of the annotated slices of its
     ``cotraining.prompt_views`` entry, by default its supervision view) and how many slices it averages."""
@@ -116,5 +168,5 @@ def region_prototypes(config: Config, cases: SparseCases) -> list[tuple[Tensor, 
     return prototypes
 
 
-__all__ = ["alpha_at", "beta_at", "certain_pseudo_labels", "entropy_threshold", "region_prototypes",
-           "sigmoid_rampup"]
+__all__ = ["alpha_at", "beta_at", "certain_pseudo_labels", "cross_pseudo_loss", "entropy_threshold",
+           "region_prototypes", "sigmoid_rampup", "sparse_training_cases"]

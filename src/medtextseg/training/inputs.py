@@ -12,10 +12,13 @@ from torch import nn
 from medtextseg.config import Config
 from medtextseg.data.attribute_prompts import attribute_prompt_texts
 from medtextseg.data.dataset import PreparedCase
-from medtextseg.data.layout import DatasetLayout, verify_dataset
+from medtextseg.data.folds import apply_fold
+from medtextseg.data.layout import DatasetLayout, load_dataset, verify_dataset
 from medtextseg.data.paraphrase import paraphrase_pool
-from medtextseg.data.preprocessed import PreprocessedCases, preprocess_cases
+from medtextseg.data.planning import check_config_fits_dataset
+from medtextseg.data.preprocessed import CachedCase, PreprocessedCases, preprocess_cases
 from medtextseg.data.prompts import swap_left_right
+from medtextseg.data.sparse_labels import IGNORE_LABEL
 from medtextseg.data.vocabulary import PromptVocabulary
 from medtextseg.text.cache import TextEmbeddingCache, cached_text_encoder
 from medtextseg.training.distributed import DistributedContext
@@ -68,6 +71,54 @@ def prepare_cases(layout, case_ids: list[str], config: Config, progress: bool,
     float32, label [*spatial] int64, masks [*spatial] bool. For a few cases (validation, tests); training reads
     its cases lazily (:func:`preprocessed`). ``description`` names the cases in the progress bars."""
     return [c.load() for c in preprocessed(layout, case_ids, config, progress, description).cases]
+
+
+@dataclass
+class DenseTrainingCases:
+    """A densely labelled dataset read for the standard step.
+
+    Attributes:
+        layout: the dataset (``data.fold`` applied: its train and val splits).
+        vocabulary: prompt sampling's vocabulary (``data.prompt_sampling``), or None.
+        train_ids, val_ids: the training cases and the validation cases scored.
+        preprocessed: the cache's account of them (how many were prepared, how many read).
+        train_cases: references to the training cases in the preprocessed cache (loaded when drawn: memory does
+            not grow with their number).
+        val_cases: the validation cases, loaded.
+    """
+
+    layout: DatasetLayout
+    vocabulary: PromptVocabulary | None
+    train_ids: list[str]
+    val_ids: list[str]
+    preprocessed: PreprocessedCases
+    train_cases: list[CachedCase]
+    val_cases: list[PreparedCase]
+
+
+def dense_training_cases(config: Config, ctx: DistributedContext, progress: bool) -> DenseTrainingCases:
+    """Read ``data.root`` for the standard step, check that the config fits it, and prepare its cases (rank 0
+    prepares what the cache misses; the others then read it).
+
+    Raises:
+        MedTextSegError: the dataset has sparse labels, the config asks for co-trained networks, or the config
+            does not fit the dataset (channels, dimensionality, prompts).
+    """
+    layout = apply_fold(load_dataset(config.data.root), config.data)
+    vocabulary = sampling_vocabulary(config, layout)
+    check_config_fits_dataset(config, layout)
+    if IGNORE_LABEL in layout.labels:
+        raise MedTextSegError(f"{layout.root}: has sparse labels (dataset.json declares {IGNORE_LABEL!r}); "
+                              "train it with a co-training preset: rada, rada_text or rada_single")
+    if config.model.networks > 1:
+        raise MedTextSegError("config field 'model.networks' > 1 needs train.step_policy=cotraining")
+    train_ids, val_ids = training_splits(layout, config, progress and ctx.is_main)
+    cases = preprocessed(layout, train_ids + val_ids, config, progress) if ctx.is_main else None
+    ctx.barrier()
+    if cases is None:
+        cases = preprocessed(layout, train_ids + val_ids, config, False)
+    return DenseTrainingCases(layout, vocabulary, train_ids, val_ids, cases, cases.cases[: len(train_ids)],
+                              [c.load() for c in cases.cases[len(train_ids):]])
 
 
 def training_prompt_texts(layout, case_ids: list[str], vocabulary: PromptVocabulary | None,
@@ -134,5 +185,5 @@ def fit_text_whitening(model: nn.Module, text: TextEmbeddingCache, texts: list[s
                               for start in range(0, len(texts), WHITENING_CHUNK))
 
 
-__all__ = ["WHITENING_CHUNK", "TrainingText", "fit_text_whitening", "prepare_cases", "prepare_training_text",
-           "preprocessed", "text_cache_for", "training_prompt_texts"]
+__all__ = ["WHITENING_CHUNK", "DenseTrainingCases", "TrainingText", "dense_training_cases", "fit_text_whitening",
+           "prepare_cases", "prepare_training_text", "preprocessed", "text_cache_for", "training_prompt_texts"]

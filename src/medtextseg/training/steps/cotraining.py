@@ -13,23 +13,21 @@ import numpy as np
 import torch
 
 from medtextseg.config import Config
-from medtextseg.data.dataset import PreparedCase
-from medtextseg.data.layout import PromptRecord, load_dataset
 from medtextseg.data.planning import Plan
 from medtextseg.data.prompts import swap_left_right
-from medtextseg.data.sparse_dataset import SparseCases, cotraining_target
 from medtextseg.losses.segmentation import build_loss
 from medtextseg.models.factory import create_model
 from medtextseg.models.output import ModelOutput
 from medtextseg.training.cotraining import (
     alpha_at,
     beta_at,
-    certain_pseudo_labels,
+    cross_pseudo_loss,
     entropy_threshold,
     region_prototypes,
+    sparse_training_cases,
 )
 from medtextseg.training.distributed import DistributedContext
-from medtextseg.training.inputs import prepare_cases, text_cache_for, training_splits
+from medtextseg.training.inputs import text_cache_for
 from medtextseg.training.optimization import LearningRateFactor, apply_update, build_optimizer
 from medtextseg.training.schedule import LossWeightSchedule
 from medtextseg.training.steps.base import ValidationDecisions
@@ -60,30 +58,9 @@ class CoTrainingStep(ValidationDecisions):
 
     def prepare(self, run_dir: Path, state: dict[str, Any] | None) -> None:
         config = self.config
-        if config.data.fold is not None:  # a fold's val cases would be sparse training volumes
-            raise MedTextSegError("config field 'data.fold': co-training takes no folds (its training volumes carry "
-                                  "sparse or no labels, and validation needs dense ones); leave data.fold unset")
-        self.layout = layout = load_dataset(config.data.root)
-        if layout.spatial_dims != 3 or config.model.spatial_dims != 3:
-            raise MedTextSegError(f"{layout.root}: co-training from orthogonal slices needs a 3D dataset and a 3D "
-                                  "model (model.spatial_dims=3)")
-        if len(layout.channel_names) != config.model.in_channels:
-            raise MedTextSegError(f"config field 'model.in_channels' is {config.model.in_channels} but "
-                                  f"{layout.root / 'dataset.json'} declares {len(layout.channel_names)} channels")
-        train_ids, val_ids = training_splits(layout, config, self.progress)
-        target = cotraining_target(layout, config.cotraining)  # before any case is prepared
-        self.cases = cases = SparseCases(layout, prepare_cases(layout, train_ids, config, self.progress, "training"),
-                                         target, config.cotraining, config.data, self.progress)
-        if config.cotraining.unlabelled_per_batch and not cases.unlabelled and config.model.networks > 1:
-            raise MedTextSegError(f"{layout.root}: no unlabelled training volume for cross pseudo supervision; set "
-                                  "cotraining.unlabelled_per_batch=0")
-        # validation asks the one question this model is trained to answer
-        self.val_cases = [PreparedCase(c.case, c.image, c.label, c.masks,
-                                       [PromptRecord(c.case, cases.prompt, cases.values, "anatomy")])
-                          for c in prepare_cases(layout, val_ids, config, self.progress, "validation")
-                          if c.label is not None]
+        self.layout, self.cases, self.val_cases = sparse_training_cases(config, self.progress)
         self.text = text_cache_for(config)
-        self.text.warm(sorted({cases.prompt, swap_left_right(cases.prompt)}))
+        self.text.warm(sorted({self.cases.prompt, swap_left_right(self.cases.prompt)}))
         self.model = create_model(config.model, self.text.dim).to(self.device)
         self.members = list(self.model.members) if config.model.networks > 1 else [self.model]
         self.optimizers = [build_optimizer(m.parameters(), config.train) for m in self.members]
@@ -102,7 +79,7 @@ class CoTrainingStep(ValidationDecisions):
                 self.lr_factor.set_shared_state(state["lr_factor"])
             self.rng.bit_generator.state = state["rng"]["generator"]
         elif config.model.region_dim:
-            for member, (prototype, slices) in zip(self.members, region_prototypes(config, cases), strict=True):
+            for member, (prototype, slices) in zip(self.members, region_prototypes(config, self.cases), strict=True):
                 member.region_fusion.set_prototype(prototype.to(self.device))
                 self.region_slices.append(slices)
 
@@ -148,17 +125,11 @@ class CoTrainingStep(ValidationDecisions):
         loss = supervised
         if unlabelled:
             rows = torch.arange(labelled, image.shape[0], device=device)
-            tail = ModelOutput(logits=output.logits[labelled:])
-            pseudo_total, kept = 0.0, []
-            for j in others:
-                pseudo, mask = certain_pseudo_labels(
-                    self.members[j], image[rows], text.index(rows.cpu()).to(device), config.uncertainty_passes,
-                    config.noise_std, config.noise_clip, threshold)
-                value, _ = self.pseudo_loss(tail, pseudo, mask)
-                pseudo_total = pseudo_total + value
-                kept.append(float(mask.mean()))
-            loss = (1 - 2 * beta) * supervised + beta * pseudo_total
-            record |= {f"net{k}.pseudo": float(pseudo_total.detach()), f"net{k}.certain": float(np.mean(kept))}
+            pseudo, certain = cross_pseudo_loss([self.members[j] for j in others], image[rows],
+                                                text.index(rows.cpu()).to(device), output.logits[labelled:],
+                                                self.pseudo_loss, config, threshold)
+            loss = (1 - 2 * beta) * supervised + beta * pseudo
+            record |= {f"net{k}.pseudo": float(pseudo.detach()), f"net{k}.certain": certain}
         record[f"net{k}.loss"] = float(loss.detach())
         apply_update(loss, optimizer, member.parameters(), self.config.train.grad_clip)
         return record

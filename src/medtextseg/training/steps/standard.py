@@ -12,27 +12,17 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from medtextseg.config import Config
-from medtextseg.data.folds import apply_fold
-from medtextseg.data.layout import load_dataset
-from medtextseg.data.planning import Plan, check_config_fits_dataset
-from medtextseg.data.sparse_labels import IGNORE_LABEL
+from medtextseg.data.planning import Plan
 from medtextseg.losses.segmentation import build_loss
 from medtextseg.models.factory import create_model
 from medtextseg.training.batches import PromptBatches
 from medtextseg.training.distributed import DistributedContext
-from medtextseg.training.inputs import (
-    fit_text_whitening,
-    prepare_training_text,
-    preprocessed,
-    sampling_vocabulary,
-    training_splits,
-)
+from medtextseg.training.inputs import dense_training_cases, fit_text_whitening, prepare_training_text
 from medtextseg.training.optimization import LearningRateFactor, apply_update, build_optimizer
 from medtextseg.training.schedule import LossWeightSchedule
 from medtextseg.training.steps.base import ValidationDecisions
 from medtextseg.training.transfer import transfer_weights
 from medtextseg.utils.atomic import write_text_atomic
-from medtextseg.utils.errors import MedTextSegError
 from medtextseg.utils.precision import autocast, mixed_precision_dtype, precision_name
 
 
@@ -51,26 +41,10 @@ class StandardStep(ValidationDecisions):
 
     def prepare(self, run_dir: Path, state: dict[str, Any] | None) -> None:
         config, ctx = self.config, self.ctx
-        self.layout = apply_fold(load_dataset(config.data.root), config.data)  # data.fold: its train/val
-        vocabulary = sampling_vocabulary(config, self.layout)
-        check_config_fits_dataset(config, self.layout)
-        if IGNORE_LABEL in self.layout.labels:
-            raise MedTextSegError(f"{self.layout.root}: has sparse labels (dataset.json declares {IGNORE_LABEL!r}); "
-                                  "train it with a co-training preset: rada, rada_text or rada_single")
-        if config.model.networks > 1:
-            raise MedTextSegError("config field 'model.networks' > 1 needs train.step_policy=cotraining")
-        train_ids, val_ids = training_splits(self.layout, config, self.progress and ctx.is_main)
-        # rank 0 prepares what the cache misses; the others then read it. Training cases stay on disk, referenced
-        # (loaded when drawn: memory does not grow with their number); the few validation cases are loaded.
-        cases = preprocessed(self.layout, train_ids + val_ids, config, self.progress) if ctx.is_main else None
-        ctx.barrier()
-        if cases is None:
-            cases = preprocessed(self.layout, train_ids + val_ids, config, False)
-        self.preprocessed = cases
-        self.train_cases = cases.cases[: len(train_ids)]
-        self.val_cases = [c.load() for c in cases.cases[len(train_ids):]]
-
-        text = prepare_training_text(config, self.layout, train_ids, val_ids, vocabulary, ctx)
+        data = dense_training_cases(config, ctx, self.progress)
+        self.layout, self.preprocessed = data.layout, data.preprocessed
+        self.train_cases, self.val_cases = data.train_cases, data.val_cases
+        text = prepare_training_text(config, data.layout, data.train_ids, data.val_ids, data.vocabulary, ctx)
         self.text = text.cache
         self.model = create_model(config.model, self.text.dim).to(ctx.device)
         if config.model.text_whitening and state is None:  # a resumed run has them in its checkpoint
@@ -80,7 +54,7 @@ class StandardStep(ValidationDecisions):
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_factor)
         self.loss = build_loss(config.loss)
         self.schedule = LossWeightSchedule(config.loss.schedules)
-        self.batches = PromptBatches(config, self.train_cases, ctx, vocabulary, text)
+        self.batches = PromptBatches(config, data.train_cases, ctx, data.vocabulary, text)
         if state is not None:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
