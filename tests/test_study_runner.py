@@ -7,7 +7,7 @@ import yaml
 from typer.testing import CliRunner
 
 from medtextseg.cli import app
-from medtextseg.study.spec import load_study
+from medtextseg.study.spec import load_study, shipped_studies
 from medtextseg.utils.errors import MedTextSegError
 
 TINY = ["model.channels=[4,8,16]", "model.strides=[[1,1],[2,2],[2,2]]", "data.patch_size=[48,48]",
@@ -77,6 +77,10 @@ def test_shipped_studies_resolve():
         study = load_study(name)
         assert len(study.seeds) == 3 and study.preset == "filmcbn"
     assert set(load_study("filmcbn_losses").configurations) == {"dice", "jaccard", "tversky", "dice_bce"}
+    # every shipped study resolves and checks, and `study --help` names each of them
+    help_text = " ".join(CliRunner().invoke(app, ["study", "--help"]).output.split())
+    for name in shipped_studies():
+        assert load_study(name).seeds and name in help_text
 
 
 def test_a_study_over_folds_scores_each_seed_out_of_fold(dataset_2d, tmp_path):
