@@ -81,6 +81,9 @@ def test_shipped_studies_resolve():
     help_text = " ".join(CliRunner().invoke(app, ["study", "--help"]).output.split())
     for name in shipped_studies():
         assert load_study(name).seeds and name in help_text
+    # --seeds N runs seeds 0 .. N-1 (the FiLM/CBN paper's 10 runs) in place of the study's own
+    assert load_study("filmcbn_losses", seeds=10).seeds == list(range(10))
+    assert CliRunner().invoke(app, ["study", "filmcbn_losses", "--seeds", "0"]).exit_code == 2
 
 
 def test_a_study_over_folds_scores_each_seed_out_of_fold(dataset_2d, tmp_path):

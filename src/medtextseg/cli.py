@@ -670,6 +670,8 @@ def study(
                                                    "study's datasets (repeatable)")] = None,
     workers: Annotated[int, typer.Option(min=1, help="runs side by side (each gets cpu_count/workers "
                                          "threads)")] = 1,
+    seeds: Annotated[int | None, typer.Option(min=1, help="seeds 0 .. N-1 instead of the study's own (the "
+                                              "FiLM/CBN paper reports 10 runs)")] = None,
 ) -> None:
     """Train and evaluate N seeds x M configurations; write statistics (mean ± std, 95% CI, Shapiro-Wilk,
     paired t / Wilcoxon with Holm correction), tables and plots. Rerun the same command to resume."""
@@ -677,7 +679,7 @@ def study(
     from medtextseg.study.spec import load_study
 
     datasets = key_value_pairs(data, "--data", "NAME=DATASET_FOLDER")
-    reports = run_study(load_study(spec, datasets), out, workers=workers)
+    reports = run_study(load_study(spec, datasets, seeds), out, workers=workers)
     for dataset, summary in reports.items():
         typer.echo(f"{dataset}: {summary}")
 

@@ -92,11 +92,12 @@ def shipped_studies() -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def load_study(spec: str | Path, datasets: dict[str, str] | None = None) -> StudySpec:
+def load_study(spec: str | Path, datasets: dict[str, str] | None = None, seeds: int | None = None) -> StudySpec:
     """Read a study YAML (a path, or the name of a shipped study) and check every configuration.
 
     Relative dataset folders are resolved against the spec file's folder (shipped studies: the current
-    directory). ``datasets`` replaces the spec's datasets when given (``--data NAME=PATH``).
+    directory). ``datasets`` replaces the spec's datasets when given (``--data NAME=PATH``), ``seeds`` its seeds
+    with 0 .. seeds - 1 (``--seeds N``).
     """
     path = Path(spec)
     if path.suffix in (".yaml", ".yml"):
@@ -119,6 +120,8 @@ def load_study(spec: str | Path, datasets: dict[str, str] | None = None) -> Stud
         raise MedTextSegError(f"{spec}: study field {field!r}: {item['msg']}") from None
     if datasets:
         study.datasets = dict(datasets)
+    if seeds is not None:
+        study.seeds = list(range(seeds))
     if not study.datasets:
         raise MedTextSegError(f"{spec}: no datasets; add 'datasets: {{name: folder}}' or pass --data NAME=PATH")
     study.check_run_names(str(spec))
