@@ -84,6 +84,10 @@ def test_shipped_studies_resolve():
     # --seeds N runs seeds 0 .. N-1 (the FiLM/CBN paper's 10 runs) in place of the study's own
     assert load_study("filmcbn_losses", seeds=10).seeds == list(range(10))
     assert CliRunner().invoke(app, ["study", "filmcbn_losses", "--seeds", "0"]).exit_code == 2
+    # --data with one of the study's datasets runs that one, with its own overrides only
+    assert load_study("filmcbn_losses", {"synthetic_2d": "work/synth2d"}).dataset_overrides == {}
+    aal = load_study("filmcbn_losses", {"aal_2d": "work/aal2d"})
+    assert list(aal.datasets) == ["aal_2d"] and "model.in_channels=1" in aal.dataset_overrides["aal_2d"]
 
 
 def test_a_study_over_folds_scores_each_seed_out_of_fold(dataset_2d, tmp_path):

@@ -120,6 +120,9 @@ def load_study(spec: str | Path, datasets: dict[str, str] | None = None, seeds: 
         raise MedTextSegError(f"{spec}: study field {field!r}: {item['msg']}") from None
     if datasets:
         study.datasets = dict(datasets)
+        # --data picks the datasets studied: the spec's overrides of the others do not apply
+        study.dataset_overrides = {name: values for name, values in study.dataset_overrides.items()
+                                   if name in study.datasets}
     if seeds is not None:
         study.seeds = list(range(seeds))
     if not study.datasets:
