@@ -1,4 +1,4 @@
-"""RADA's schedules, pseudo labels and region prototypes, used by the co-training step
+"""RADA's dataset reading, schedules, pseudo labels and region prototypes, used by the co-training step
 (``training/steps/cotraining.py``; METHODS.md 2.4-2.8).
 
 What one step does, for network k = 1..N in turn:
