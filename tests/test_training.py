@@ -139,3 +139,30 @@ def test_text_guided_model_beats_text_blind_on_held_out_referring_prompts(tmp_pa
         scores[name] = validation_dice(trainer.model, held_out, trainer.text, config.data.patch_size)["val_dice"]
     print(f"held-out referring Dice (2+ lesions): text-guided {scores['text']:.3f}, text-blind {scores['blind']:.3f}")
     assert scores["text"] > scores["blind"] + 0.1, scores
+
+
+def test_progress_into_a_log_file_is_a_line_every_5_percent_and_after_each_validation(monkeypatch):
+    """Under ``nohup ... > log`` or a cluster job a rich bar is drawn only when it stops: lines instead."""
+    import io
+
+    from medtextseg.training.progress import StepProgress
+
+    monkeypatch.setattr(sys, "stdout", io.StringIO())  # not a terminal, whatever runs the tests
+    stream = io.StringIO()
+    progress = StepProgress("train", 100, 0, True, stream)
+    for step in range(1, 101):
+        progress.update(step, {"val_dice": 0.5} if step % 33 == 0 else None)
+    progress.stop()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 20 + 3  # steps 5, 10, ..., 100 and the validations at 33, 66, 99
+    assert lines[0].startswith("train 5/100 (5%) 0:00:00 elapsed, ") and lines[0].endswith(" remaining")
+    assert [line for line in lines if "val Dice" in line] == [line for line in lines if line.split()[1] in
+                                                               ("33/100", "66/100", "99/100")]
+    assert lines[-1].startswith("train 100/100 (100%)") and "0:00:00 remaining" in lines[-1]
+
+    resumed = io.StringIO()  # a resumed run counts from where it starts
+    progress = StepProgress("co-train", 100, 50, True, resumed)
+    for step in range(51, 101):
+        progress.update(step)
+    assert resumed.getvalue().splitlines()[0].startswith("co-train 55/100 (55%)")
+    assert not StepProgress("train", 100, 0, False, stream).plain  # off: nothing at all
