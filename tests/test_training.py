@@ -166,3 +166,22 @@ def test_progress_into_a_log_file_is_a_line_every_5_percent_and_after_each_valid
         progress.update(step)
     assert resumed.getvalue().splitlines()[0].startswith("co-train 55/100 (55%)")
     assert not StepProgress("train", 100, 0, False, stream).plain  # off: nothing at all
+
+
+def test_loops_into_a_log_file_write_a_line_every_5_percent(monkeypatch, capsys):
+    """Evaluation, dataset checks and preparation (``progress_bar``) write lines where rich would draw nothing."""
+    import io
+
+    from medtextseg.utils.progress import progress_bar
+
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    with progress_bar(list(range(40)), "evaluating test") as items:
+        assert list(items) == list(range(40))  # the items, unchanged
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 20 and lines[0].startswith("evaluating test 2/40 (5%)")
+    assert lines[-1].startswith("evaluating test 40/40 (100%)")
+    with progress_bar(iter(range(3)), "unsized") as items:  # no length: no lines, the items as they are
+        assert list(items) == [0, 1, 2]
+    with progress_bar(range(3), "off", show=False) as items:
+        assert list(items) == [0, 1, 2]
+    assert capsys.readouterr().err == ""

@@ -26,6 +26,7 @@ import yaml
 from medtextseg.config import Config
 from medtextseg.data.planning import Plan, planned_config
 from medtextseg.study.spec import StudySpec
+from medtextseg.training.progress import StepProgress
 from medtextseg.utils.atomic import write_text_atomic
 
 
@@ -123,29 +124,20 @@ def run_study(spec: StudySpec, out_dir: str | Path, workers: int = 1, progress: 
     threads = max(1, (os.cpu_count() or 1) // workers)
     results: list[dict[str, Any]] = []
     study = spec.model_dump()
-    bar = None
-    if progress:
-        from rich.progress import Progress
-
-        bar = Progress()
-        bar.start()
-        task = bar.add_task(f"{spec.name}: {len(jobs)} runs", total=len(jobs))
+    bar = StepProgress(f"{spec.name}: runs", len(jobs), 0, progress)  # a line a run in a log file
     try:
         if workers <= 1:
             for job in jobs:
                 results.append(run_one(study, *job, threads))
-                if bar is not None:
-                    bar.advance(task)
+                bar.update(len(results))
         else:
             with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
                 futures = [pool.submit(run_one, study, *job, threads) for job in jobs]
                 for future in as_completed(futures):
                     results.append(future.result())
-                    if bar is not None:
-                        bar.advance(task)
+                    bar.update(len(results))
     finally:
-        if bar is not None:
-            bar.stop()
+        bar.stop()
     reports = {}
     for dataset in spec.datasets:
         runs = sorted((r for r in results if r["dataset"] == dataset), key=lambda r: (r["configuration"], r["seed"]))
