@@ -86,6 +86,7 @@ def test_second_preparation_reads_the_cache(dataset, monkeypatch):
 
     monkeypatch.setattr(preprocessed_module, "prepare_case", no_preparation)
     monkeypatch.setattr("rich.progress.track", track)
+    monkeypatch.setattr("medtextseg.utils.progress.output_is_terminal", lambda: True)  # the bars a terminal shows
     second = preprocess_cases(load_dataset(dataset), ids, SPACING, progress=True)
     assert second.prepared == 0 and second.folder == first.folder
     assert bars == [f"reading {len(ids)} preprocessed cases"]

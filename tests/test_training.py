@@ -184,4 +184,6 @@ def test_loops_into_a_log_file_write_a_line_every_5_percent(monkeypatch, capsys)
         assert list(items) == [0, 1, 2]
     with progress_bar(range(3), "off", show=False) as items:
         assert list(items) == [0, 1, 2]
+    with progress_bar(list(range(40)), "checking dataset", transient=True) as items:  # leaves no trace
+        assert list(items) == list(range(40))
     assert capsys.readouterr().err == ""

@@ -56,7 +56,8 @@ class PlainProgress:
 def progress_bar(items: Iterable[T], description: str, show: bool = True,
                  transient: bool = False) -> Iterator[Iterable[T]]:
     """``items`` with a rich progress bar when ``show``, stopped however the ``with`` block ends; where the
-    output is not a terminal, a :class:`PlainProgress` line every 5% instead (``items`` of known length).
+    output is not a terminal, a :class:`PlainProgress` line every 5% instead (``items`` of known length, a bar
+    that is not ``transient``).
 
     A ``rich.progress.track`` generator that a loop leaves by an exception stays open (the traceback holds
     it) with its live display and refresh thread; the next bar then waited for that display's lock for ever
@@ -65,8 +66,8 @@ def progress_bar(items: Iterable[T], description: str, show: bool = True,
     if not show:
         yield items
         return
-    if not output_is_terminal():
-        yield _with_lines(items, description) if hasattr(items, "__len__") else items
+    if not output_is_terminal():  # a transient bar leaves no trace in a log file either
+        yield _with_lines(items, description) if hasattr(items, "__len__") and not transient else items
         return
     from rich.progress import track
 
