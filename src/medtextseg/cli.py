@@ -663,7 +663,8 @@ def import_command(
 @user_errors
 def study(
     spec: Annotated[str, typer.Argument(help="study YAML file, or a shipped study: atr_ablation, "
-                                        "filmcbn_ablation, filmcbn_losses, textbcs_ablation")],
+                                        "filmcbn_ablation, filmcbn_losses, textbcs_ablation, "
+                                        "textbcs_weights")],
     out: Annotated[Path, typer.Option("--out", "-o", help="study folder: runs/ and one report per dataset")]
     = Path("study"),
     data: Annotated[list[str] | None, typer.Option("--data", "-d", help="NAME=DATASET_FOLDER, replaces the "
