@@ -1,6 +1,7 @@
 """Data nobody tuned for: the default, planned from each dataset, against a text-blind MONAI UNet given the same time.
 
     .venv/bin/python benchmarks/bench_variety.py [--variants fine iso1mm aal] [--cases 120] [--steps N] [--threads 1]
+        [--held-out 200]
 
 For each variant, ``medtextseg synth`` writes a dataset made differently from the one the default was tuned on
 (spacing, field of view, stored voxel order, and a third of the test prompts in wordings training never uses),
@@ -22,6 +23,13 @@ one-lesion case, ``single_2plus`` = one named lesion among 2-3), absent targets 
 all seen vs all unseen wordings (each group's Dice on unseen wordings is in ``results.json``). Everything is
 written to ``OUT/results.{json,md}``; each variant's folder keeps the dataset, the runs and the evaluations.
 Runs resume: a finished step is not redone.
+
+A test split of 24 cases holds few prompts of some groups (about 12 ``single`` prompts in seen wording), so one
+answer moves their mean by several points. ``--held-out N`` also scores both trained models on N more cases of
+the same synthetic variant drawn with another seed (``synth --seed 1 --splits 0,0,1``: all of them test cases,
+a third of their prompts in unseen wordings), adds a row per model for them, and compares the two models prompt
+by prompt on the lesion groups (``OUT/paired.md``: mean difference ours - UNet with its 95% interval, paired
+t-test and Wilcoxon signed-rank test, over the test split and the held-out cases together).
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ from medtextseg.data.layout import load_dataset
 from medtextseg.data.transforms import preparation
 from medtextseg.evaluation.metrics import segmentation_metrics
 from medtextseg.evaluation.runner import prompt_target, result_group
+from medtextseg.study.statistics import paired_tests
 from medtextseg.utils.precision import autocast, mixed_precision_dtype
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -208,6 +217,43 @@ def summary(records: list[dict], wording: dict[tuple[str, str], str]) -> dict[st
     return row
 
 
+def paired_lesion_groups(ours: list[dict], theirs: list[dict], wording: dict[tuple[str, str], str]
+                         ) -> list[dict]:
+    """Ours against the UNet prompt by prompt (the same case and prompt), per lesion group, on seen wordings:
+    :func:`~medtextseg.study.statistics.paired_tests` of the per-prompt Dice (differences ours - UNet)."""
+    theirs_by_prompt = {(r["case"], r["prompt"]): r["dice"] for r in theirs}
+    pairs: dict[str, tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
+    for record in ours:
+        key = (record["case"], record["prompt"])
+        if key in theirs_by_prompt and wording.get(key, "seen") == "seen":
+            pairs[record["group"]][0].append(record["dice"])
+            pairs[record["group"]][1].append(theirs_by_prompt[key])
+    return [{"group": group, **paired_tests(*pairs[group])} for group in ("single", "single_2plus", "all")
+            if group in pairs]
+
+
+def write_paired(rows: list[dict], out: Path) -> None:
+    """``OUT/paired.md`` and ``paired.json``: ours - UNet per variant and lesion group, prompt by prompt."""
+    lines = ["# Ours - the text-blind UNet, prompt by prompt (seen wordings; test split and held-out cases)", "",
+             "| variant | group | prompts | ours | UNet | difference (95% CI) | paired t p | Wilcoxon p |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        interval = "–" if row["ci_low"] is None else f"({row['ci_low']:+.3f}, {row['ci_high']:+.3f})"
+        p_values = [("–" if row[test] is None else f"{row[test]:.2g}") for test in ("t_p", "wilcoxon_p")]
+        lines.append(f"| {row['variant']} | {row['group']} | {row['n']} | {row['mean_a']:.3f} | {row['mean_b']:.3f} | "
+                     f"{row['mean_difference']:+.3f} {interval} | {p_values[0]} | {p_values[1]} |")
+    text = "\n".join(lines) + "\n"
+    (out / "paired.md").write_text(text)
+    (out / "paired.json").write_text(json.dumps(rows, indent=1) + "\n")
+    print(text)
+
+
+def prompt_wordings(data: Path) -> dict[tuple[str, str], str]:
+    """(case, prompt) -> "seen" or "unseen" (``meta.wording``; "seen" where the dataset does not say)."""
+    return {(line["case"], line["prompt"]): line.get("meta", {}).get("wording", "seen")
+            for line in map(json.loads, (data / "prompts.jsonl").read_text().splitlines())}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", nargs="+", default=["fine", "iso1mm"], choices=sorted(VARIANTS))
@@ -219,11 +265,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("work/bench_variety"))
     parser.add_argument("--threads", type=int, default=None, help="CPU threads of every training and prediction "
                         "(both models alike; 1 leaves a core free on a shared 2-core machine)")
+    parser.add_argument("--held-out", type=int, default=0, help="also score both models on this many more cases "
+                        "of each synthetic variant, drawn with another seed (0: none)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     run_medtextseg = functools.partial(medtextseg, threads=args.threads)
-    rows = []
+    rows, paired = [], []
     for variant in args.variants:
         folder = args.out / variant
         data, run, evaluation = folder / "data", folder / "run", folder / "eval"
@@ -244,21 +292,43 @@ def main() -> None:
         seconds = training_seconds(run)
         config = Config.load(run / "config.yaml")
         unet, unet_steps = train_unet(data, config, seconds, folder / "unet.pt", args.seed)
-        wording = {(line["case"], line["prompt"]): line.get("meta", {}).get("wording", "seen")
-                   for line in map(json.loads, (data / "prompts.jsonl").read_text().splitlines())}
-        ours = summary(json.loads((evaluation / "metrics_per_prompt.json").read_text()), wording)
-        theirs = summary(score_unet(unet, data, config), wording)
-        if has_lesion_prompts(data):  # it answers lesion prompts only: no overall figure to set beside ours
-            theirs |= {"seen": None, "unseen": None}
         plan = json.loads((run / "plans.json").read_text())
         common = {"variant": variant, "spacing": "x".join(f"{s:g}" for s in plan["spacing"]),
                   "patch": "x".join(map(str, plan["patch_size"])), "minutes": round(seconds / 60, 1)}
-        rows.append(common | {"model": f"medtextseg default ({config.train.steps} steps)", **ours})
-        rows.append(common | {"model": f"MONAI UNet, text-blind ({unet_steps} steps)", **theirs})
+        scored = [(variant, data, evaluation)]
+        if args.held_out and VARIANTS[variant] is not None:
+            held_out = folder / "held_out"
+            if not (held_out / "dataset.json").is_file():
+                run_medtextseg("synth", "--out", str(held_out), "--cases", str(args.held_out), "--seed", "1",
+                               "--splits", "0,0,1", "--unseen-wording", str(args.unseen_wording), *VARIANTS[variant])
+            if not (folder / "eval_held_out" / "metrics_per_prompt.json").is_file():
+                run_medtextseg("evaluate", "-m", str(run), "-d", str(held_out), "-o", str(folder / "eval_held_out"))
+            scored.append((f"{variant}, {args.held_out} held-out cases", held_out, folder / "eval_held_out"))
+        ours_records, theirs_records, wordings = [], [], {}
+        for name, cases, scores in scored:
+            wording = prompt_wordings(cases)
+            ours = json.loads((scores / "metrics_per_prompt.json").read_text())
+            theirs = score_unet(unet, cases, config)
+            tag = name  # the two datasets reuse case ids: keep their prompts apart in the pairing
+            ours_records += [r | {"case": f"{tag}/{r['case']}"} for r in ours]
+            theirs_records += [r | {"case": f"{tag}/{r['case']}"} for r in theirs]
+            wordings |= {(f"{tag}/{case}", prompt): kind for (case, prompt), kind in wording.items()}
+            theirs_row = summary(theirs, wording)
+            if has_lesion_prompts(cases):  # it answers lesion prompts only: no overall figure to set beside ours
+                theirs_row |= {"seen": None, "unseen": None}
+            rows.append(common | {"variant": name, "model": f"medtextseg default ({config.train.steps} steps)",
+                                  **summary(ours, wording)})
+            rows.append(common | {"variant": name, "model": f"MONAI UNet, text-blind ({unet_steps} steps)",
+                                  **theirs_row})
+        if has_lesion_prompts(data):
+            paired += [{"variant": variant, **row} for row in paired_lesion_groups(ours_records, theirs_records,
+                                                                                  wordings)]
     write_results(rows, ["variant", "spacing", "patch", "model", "minutes", "single", "single_2plus", "all",
                          "absent_empty", "anatomy", "bilateral", "seen", "unseen"], args.out,
                   "The default on data it was not tuned on, against a text-blind MONAI UNet given the same time "
                   "(prompt groups: seen wordings)")
+    if paired:
+        write_paired(paired, args.out)
 
 
 if __name__ == "__main__":

@@ -612,9 +612,26 @@ def test_cli_synth_knobs(tmp_path):
     assert all("wording" in line["meta"] for line in _prompt_lines(out))
 
     for args, named in ((["--spacing", "0.5,x,3"], "--spacing"), (["--fov", "48,48"], "--fov"),
-                        (["--spacing", "0,1,1"], "spacing"), (["--voxel-order", "LRS"], "voxel_order")):
+                        (["--spacing", "0,1,1"], "spacing"), (["--voxel-order", "LRS"], "voxel_order"),
+                        (["--splits", "0.5,0.5"], "--splits"), (["--splits", "0.5,0.1,0.1"], "--splits")):
         bad = runner.invoke(app, ["synth", "--out", str(tmp_path / "bad"), "--cases", "3", *args])
         assert bad.exit_code == 2, bad.output
         (line,) = [line for line in bad.output.splitlines() if line.startswith("error:")]
         assert named in line, line
     assert not (tmp_path / "bad" / "dataset.json").exists()
+
+
+def test_cli_synth_held_out_test_set(tmp_path):
+    """``--splits 0,0,1``: every case is a test case, so ``--unseen-wording`` may reword any prompt (a held-out set
+    for a model trained on other synthetic data)."""
+    from typer.testing import CliRunner
+
+    from medtextseg.cli import app
+
+    out = tmp_path / "held_out"
+    result = CliRunner().invoke(app, ["synth", "--out", str(out), "--cases", "6", "--dim", "2", "--splits", "0,0,1",
+                                      "--unseen-wording", "1", "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    splits = json.loads((out / "splits.json").read_text())
+    assert splits["train"] == [] and splits["val"] == [] and len(splits["test"]) == 6
+    assert {line["meta"]["wording"] for line in _prompt_lines(out)} == {"unseen"}

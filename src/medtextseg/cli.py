@@ -73,7 +73,7 @@ def key_value_pairs(items: list[str] | None, what: str, form: str) -> dict[str, 
 @user_errors
 def synth(
     out: Annotated[Path, typer.Option("--out", "-o", help="dataset folder to create")],
-    cases: Annotated[int, typer.Option(help="number of cases (split 70/10/20 into train/val/test)")] = 150,
+    cases: Annotated[int, typer.Option(help="number of cases (split --splits into train/val/test)")] = 150,
     dim: Annotated[int, typer.Option(help="3 for volumes, 2 for axial slices")] = 3,
     seed: Annotated[int, typer.Option(help="random seed; the same seed gives the same files")] = 0,
     spacing: Annotated[str, typer.Option(help="voxel size in mm, X,Y,Z (anatomy keeps its mm size)")] = "1.2,1.2,3.0",
@@ -88,6 +88,8 @@ def synth(
     max_lesions: Annotated[int, typer.Option(help="most lesions per case (at most 3)")] = 3,
     unseen_wording: Annotated[float, typer.Option(help="fraction of test-split prompts rewritten in wordings the "
                                                        "training split never uses (0-1)")] = 0.0,
+    splits: Annotated[str, typer.Option(help="train,val,test fractions summing to 1; 0,0,1 makes a held-out "
+                                             "test set for a model trained on other data")] = "0.7,0.1,0.2",
 ) -> None:
     """Generate the synthetic prostate bp-MRI benchmark (T2W, ADC, HBV; gland, zones, 0-3 lesions, prompts).
 
@@ -98,26 +100,31 @@ def synth(
     from medtextseg.data.synthetic import make_synthetic_dataset
     from medtextseg.utils.errors import MedTextSegError
 
-    def three_numbers(text: str, option: str) -> tuple[float, float, float]:
+    def three_numbers(text: str, option: str, example: str = "numbers in mm (X,Y,Z), e.g. 0.5,0.5,3.0"
+                      ) -> tuple[float, float, float]:
         parts = text.split(",")
         try:
             values = tuple(float(part) for part in parts)
         except ValueError:
             values = ()
         if len(values) != 3:
-            raise MedTextSegError(f"{option} {text!r}: expected 3 comma-separated numbers in mm (X,Y,Z), "
-                                  "e.g. 0.5,0.5,3.0")
+            raise MedTextSegError(f"{option} {text!r}: expected 3 comma-separated {example}")
         return values
 
     if dim not in (2, 3):
         raise MedTextSegError(f"--dim must be 2 or 3, got {dim}")
     if cases < 3:
         raise MedTextSegError(f"--cases must be at least 3 (one per split), got {cases}")
+    fractions = three_numbers(splits, "--splits", "fractions (train,val,test), e.g. 0.7,0.1,0.2")
+    if min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
+        raise MedTextSegError(f"--splits {splits!r}: the train,val,test fractions must be non-negative and sum "
+                              "to 1, e.g. 0.7,0.1,0.2 or 0,0,1 (all test)")
     folder = make_synthetic_dataset(
         out, num_cases=cases, spatial_dims=dim, seed=seed, progress=True,
         spacing=three_numbers(spacing, "--spacing"), field_of_view=three_numbers(fov, "--fov"),
         voxel_order=voxel_order, oblique_degrees=oblique, lesion_contrast=lesion_contrast,
-        min_lesions=min_lesions, max_lesions=max_lesions, unseen_wording=unseen_wording)
+        min_lesions=min_lesions, max_lesions=max_lesions, unseen_wording=unseen_wording,
+        split_fractions=fractions)
     typer.echo(f"wrote {cases} cases to {folder}")
 
 
