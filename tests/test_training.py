@@ -187,3 +187,21 @@ def test_loops_into_a_log_file_write_a_line_every_5_percent(monkeypatch, capsys)
     with progress_bar(list(range(40)), "checking dataset", transient=True) as items:  # leaves no trace
         assert list(items) == list(range(40))
     assert capsys.readouterr().err == ""
+
+
+def test_writing_a_dataset_into_a_log_file_writes_progress_lines(monkeypatch, capsys, tmp_path):
+    """``medtextseg synth`` and the converters (``DatasetWriter.convert_each``) report through ``progress_bar``
+    too, so a long conversion under ``nohup`` shows how far it is."""
+    import io
+
+    from medtextseg.converters.writer import DatasetWriter
+    from medtextseg.data.synthetic import make_synthetic_dataset
+
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    make_synthetic_dataset(tmp_path / "synth", num_cases=3, spatial_dims=2, progress=True)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" (")[0] for line in lines] == [f"Writing 3 synthetic cases {n}/3" for n in (1, 2, 3)]
+    writer = DatasetWriter(tmp_path / "converted", "demo", ["T2W"], {"background": 0, "lesion": 1}, spatial_dims=2)
+    converted = writer.convert_each(["a", "b"], str.upper, lambda item: item, progress="converting")
+    assert converted == {"a": "A", "b": "B"}
+    assert capsys.readouterr().err.splitlines()[-1].startswith("converting 2/2 (100%)")

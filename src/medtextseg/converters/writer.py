@@ -24,6 +24,7 @@ import numpy as np
 
 from medtextseg.utils.atomic import atomic_path, write_text_atomic
 from medtextseg.utils.errors import MedTextSegError
+from medtextseg.utils.progress import progress_bar
 
 RECORD_DIR = ".convert"
 Item = TypeVar("Item")
@@ -156,26 +157,21 @@ class DatasetWriter:
         Returns:
             ``case(item)`` -> what ``convert(item)`` returned, for every item not skipped, in order.
         """
-        items = list(items)
-        iterator: Iterable[Item] = items
-        if progress:
-            from rich.progress import track
-
-            iterator = track(items, description=progress)
         results: dict[str, Result] = {}
-        for item in iterator:
-            try:
-                results[case(item)] = convert(item)
-            except MedTextSegError as error:
-                if errors == "raise":
-                    raise
-                self.skip(case(item), str(error))
-            except Exception as error:  # a corrupt file raises anything: report it, go on
-                if errors == "raise":
-                    raise
-                first_line = str(error).splitlines()[0] if str(error) else ""
-                where = f"{file_name(item)}: " if file_name is not None else ""
-                self.skip(case(item), f"{where}{type(error).__name__}: {first_line}".rstrip(": "))
+        with progress_bar(list(items), progress or "", show=bool(progress)) as iterator:
+            for item in iterator:
+                try:
+                    results[case(item)] = convert(item)
+                except MedTextSegError as error:
+                    if errors == "raise":
+                        raise
+                    self.skip(case(item), str(error))
+                except Exception as error:  # a corrupt file raises anything: report it, go on
+                    if errors == "raise":
+                        raise
+                    first_line = str(error).splitlines()[0] if str(error) else ""
+                    where = f"{file_name(item)}: " if file_name is not None else ""
+                    self.skip(case(item), f"{where}{type(error).__name__}: {first_line}".rstrip(": "))
         return results
 
     def _save(self, nib, array: np.ndarray, affine: np.ndarray, path: Path) -> None:

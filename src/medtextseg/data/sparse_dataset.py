@@ -27,6 +27,7 @@ from medtextseg.data.layout import DatasetLayout
 from medtextseg.data.sparse_labels import IGNORE_LABEL, annotated_slices
 from medtextseg.utils.errors import MedTextSegError
 from medtextseg.utils.planes import plane_axes
+from medtextseg.utils.progress import progress_bar
 
 
 @dataclass
@@ -111,12 +112,10 @@ class SparseCases:
                 pending.append((case, torch.isin(case.label, values), ignore))
         if not pending:
             raise MedTextSegError(f"{layout.root}: no training volume has an annotated voxel")
-        if progress:
-            from rich.progress import track
-
-            pending = track(pending, description="propagating slice labels", transient=True)
-        for case, target, ignore in pending:
-            self.labelled.append((case, [self._supervision(case, target, ignore, view) for view in config.views]))
+        with progress_bar(pending, "propagating slice labels", show=progress) as bar:
+            for case, target, ignore in bar:
+                self.labelled.append((case, [self._supervision(case, target, ignore, view)
+                                             for view in config.views]))
 
     def ignore_mask(self, case: PreparedCase) -> Tensor:
         """[*spatial] bool: the voxels nobody annotated (all of an unlabelled volume)."""

@@ -50,6 +50,7 @@ from scipy import ndimage
 
 from medtextseg.utils.atomic import atomic_path, write_text_atomic
 from medtextseg.utils.errors import MedTextSegError
+from medtextseg.utils.progress import progress_bar
 
 __all__ = [
     "CHANNEL_NAMES",
@@ -793,27 +794,22 @@ def make_synthetic_dataset(out_dir: str | Path, num_cases: int = 150, spatial_di
     # Splits first: unseen wordings go to test cases only (the splits depend on case ids and seed alone).
     splits = _splits(case_ids, fractions, seed)
     test_ids = set(splits["test"])
-    indices = range(len(case_ids))
-    if progress:
-        from rich.progress import track
-
-        indices = track(indices, description=f"Writing {len(case_ids)} synthetic cases")
-
     prompt_lines: list[str] = []
-    for i in indices:
-        case_id = case_ids[i]
-        unseen = knobs["unseen_wording"] if case_id in test_ids else 0.0
-        case = make_case(np.random.default_rng([seed, i]), spatial_dims=spatial_dims, unseen_wording=unseen,
-                         **case_kwargs)
-        stored_image, stored_label, stored_affine = case.to_storage()
-        for channel in range(len(CHANNEL_NAMES)):
-            _save_nifti(stored_image[channel], stored_affine, np.float32,
-                        out_dir / "imagesTr" / f"{case_id}_{channel:04d}.nii.gz")
-        _save_nifti(stored_label, stored_affine, np.uint8, out_dir / "labelsTr" / f"{case_id}.nii.gz")
-        for prompt in case.prompts:
-            if knobs["unseen_wording"] > 0 and unseen == 0.0:  # training / validation case: all seen
-                prompt["meta"]["wording"] = "seen"
-            prompt_lines.append(json.dumps({"case": case_id, **prompt}))
+    with progress_bar(range(len(case_ids)), f"Writing {len(case_ids)} synthetic cases", show=progress) as indices:
+        for i in indices:
+            case_id = case_ids[i]
+            unseen = knobs["unseen_wording"] if case_id in test_ids else 0.0
+            case = make_case(np.random.default_rng([seed, i]), spatial_dims=spatial_dims, unseen_wording=unseen,
+                             **case_kwargs)
+            stored_image, stored_label, stored_affine = case.to_storage()
+            for channel in range(len(CHANNEL_NAMES)):
+                _save_nifti(stored_image[channel], stored_affine, np.float32,
+                            out_dir / "imagesTr" / f"{case_id}_{channel:04d}.nii.gz")
+            _save_nifti(stored_label, stored_affine, np.uint8, out_dir / "labelsTr" / f"{case_id}.nii.gz")
+            for prompt in case.prompts:
+                if knobs["unseen_wording"] > 0 and unseen == 0.0:  # training / validation case: all seen
+                    prompt["meta"]["wording"] = "seen"
+                prompt_lines.append(json.dumps({"case": case_id, **prompt}))
 
     write_text_atomic(out_dir / "prompts.jsonl", "\n".join(prompt_lines) + "\n")
     write_text_atomic(out_dir / "splits.json", json.dumps(splits, indent=2) + "\n")
