@@ -26,11 +26,9 @@ import argparse
 import json
 from pathlib import Path
 
-from bench_rada import TARGET, evaluate, folder_name, schedule_overrides
+from bench_rada import benchmark_data, evaluate, finished, folder_name, run_overrides
 
 from medtextseg.config import Config
-from medtextseg.data.sparse_labels import sparsify_dataset
-from medtextseg.data.synthetic import make_synthetic_dataset
 from medtextseg.study.statistics import compare_configurations, describe
 from medtextseg.training.engine import train
 
@@ -43,11 +41,6 @@ CONFIGURATIONS = {
 }
 
 
-def finished(run: Path) -> bool:
-    log = run / "log.jsonl"
-    return log.is_file() and '"event": "end"' in log.read_text()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -58,14 +51,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="train.num_threads")
     parser.add_argument("--out", type=Path, default=Path("work/ablate_rada"))
     args = parser.parse_args()
-    dense, sparse = args.out / "data_dense", args.out / "data_sparse"
-    if not (dense / "dataset.json").is_file():
-        make_synthetic_dataset(dense, num_cases=args.cases, spatial_dims=3, seed=0, progress=True)
-    if not (sparse / "dataset.json").is_file():
-        sparsify_dataset(dense, sparse, fraction=0.1, planes="SCA", rule="largest", seed=0)
-    shared = [f"data.root={sparse}", f"train.steps={args.steps}", f"train.val_every={max(args.steps // 4, 1)}",
-              f"model.channels={args.channels}", f"cotraining.uncertainty_passes={args.passes}", *TARGET,
-              *schedule_overrides(args.steps)] + ([f"train.num_threads={args.threads}"] if args.threads else [])
+    _, sparse = benchmark_data(args.out, args.cases)
+    shared = run_overrides(sparse, args.steps, args.channels, args.passes) + (
+        [f"train.num_threads={args.threads}"] if args.threads else [])
     dice: dict[str, dict[int, float]] = {name: {} for name in CONFIGURATIONS}
     for seed in args.seeds:  # seed by seed: a stopped ablation has whole seeds to compare
         for name, overrides in CONFIGURATIONS.items():

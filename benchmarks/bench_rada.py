@@ -57,6 +57,29 @@ def schedule_overrides(steps: int) -> list[str]:
             f"train.step_every={max(steps * 5 // 12, 1)}", f"cotraining.alpha_every={max(steps // 6, 1)}"]
 
 
+def benchmark_data(out: Path, cases: int) -> tuple[Path, Path]:
+    """The dense synthetic set (``out/data_dense``) and its barely labelled copy (``out/data_sparse``), made once."""
+    dense, sparse = out / "data_dense", out / "data_sparse"
+    if not (dense / "dataset.json").is_file():
+        make_synthetic_dataset(dense, num_cases=cases, spatial_dims=3, seed=0, progress=True)
+    if not (sparse / "dataset.json").is_file():
+        sparsify_dataset(dense, sparse, fraction=0.1, planes="SCA", rule="largest", seed=0)
+    return dense, sparse
+
+
+def run_overrides(data: Path, steps: int, channels: str, passes: int) -> list[str]:
+    """The ``--set`` list every benchmark run shares: data, steps, size, entropy passes, target, schedules."""
+    return [f"data.root={data}", f"train.steps={steps}", f"train.val_every={max(steps // 4, 1)}",
+            f"model.channels={channels}", f"cotraining.uncertainty_passes={passes}", *TARGET,
+            *schedule_overrides(steps)]
+
+
+def finished(run: Path) -> bool:
+    """Whether the run's log records its end (a finished run is reused, not trained again)."""
+    log = run / "log.jsonl"
+    return log.is_file() and '"event": "end"' in log.read_text()
+
+
 def evaluate(run: Path, data: Path) -> dict:
     """Dice, Jaccard, HD95, ASSD (mean, std over the test cases) of the run's best.pt, per network and averaged."""
     trained = load_trained_model(run / "best.pt")
@@ -129,22 +152,13 @@ def main() -> None:
     parser.add_argument("--channels", default="[8,16,32,64]")
     parser.add_argument("--out", type=Path, default=Path("work/bench_rada"))
     args = parser.parse_args()
-    dense, sparse = args.out / "data_dense", args.out / "data_sparse"
-    if not (dense / "dataset.json").is_file():
-        make_synthetic_dataset(dense, num_cases=args.cases, spatial_dims=3, seed=0, progress=True)
-    if not (sparse / "dataset.json").is_file():
-        sparsify_dataset(dense, sparse, fraction=0.1, planes="SCA", rule="largest", seed=0)
+    dense, sparse = benchmark_data(args.out, args.cases)
     results: dict = {"settings": vars(args) | {"out": str(args.out)}}
     for name, (preset, data_name) in VARIANTS.items():
         data = dense if data_name == "dense" else sparse
         run = args.out / folder_name(name)
-        log = run / "log.jsonl"
-        if not (log.is_file() and '"event": "end"' in log.read_text()):
-            config = Config.load(preset, [f"data.root={data}", f"train.steps={args.steps}",
-                                          f"train.val_every={max(args.steps // 4, 1)}",
-                                          f"model.channels={args.channels}",
-                                          f"cotraining.uncertainty_passes={args.passes}", *TARGET,
-                                          *schedule_overrides(args.steps)])
+        if not finished(run):
+            config = Config.load(preset, run_overrides(data, args.steps, args.channels, args.passes))
             train(config, run, resume=(run / "last.pt").is_file())
         results[name] = evaluate(run, data)
         print(name, json.dumps(results[name]["average"]), flush=True)
