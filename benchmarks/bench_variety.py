@@ -30,6 +30,11 @@ the same synthetic variant drawn with another seed (``synth --seed 1 --splits 0,
 a third of their prompts in unseen wordings), adds a row per model for them, and compares the two models prompt
 by prompt on the lesion groups (``OUT/paired.md``: mean difference ours - UNet with its 95% interval, paired
 t-test and Wilcoxon signed-rank test, over the test split and the held-out cases together).
+
+``--tta`` also scores both models with left-right mirror test-time augmentation, the one flip both trained
+with, in rows and pairings of their own: every window is also read mirrored left-right and the two answers are
+averaged (ours reads the mirrored window with "left" and "right" swapped in the prompt:
+``evaluate --set inference.mirror_axes=[0]``).
 """
 
 from __future__ import annotations
@@ -162,10 +167,25 @@ def train_unet(data: Path, config: Config, seconds: float, out: Path, seed: int 
     return model, steps
 
 
+def mirrored(model: UNet, axes: tuple[int, ...]):
+    """``model``'s probabilities averaged over the unflipped window and one flip per spatial axis in ``axes``
+    (sigmoid for one output channel, else softmax); windows [N, C, *spatial] -> [N, K, *spatial]."""
+    def probabilities(windows: torch.Tensor) -> torch.Tensor:
+        def answer(x: torch.Tensor) -> torch.Tensor:
+            logits = model(x)
+            return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+        total = answer(windows)
+        for axis in axes:
+            total = total + answer(windows.flip(2 + axis)).flip(2 + axis)
+        return total / (1 + len(axes))
+    return probabilities
+
+
 @torch.no_grad()
-def score_unet(model: UNet, data: Path, config: Config) -> list[dict]:
+def score_unet(model: UNet, data: Path, config: Config, mirror_axes: tuple[int, ...] = ()) -> list[dict]:
     """Per-prompt metrics of the UNet's answers on the file grid: all lesions for every lesion prompt, or the
-    union of the labels each prompt names (data without lesion prompts)."""
+    union of the labels each prompt names (data without lesion prompts); ``mirror_axes``: mirror test-time
+    augmentation along these spatial axes."""
     layout = load_dataset(data)
     lesions = has_lesion_prompts(data)
     model.eval()
@@ -174,9 +194,8 @@ def score_unet(model: UNet, data: Path, config: Config) -> list[dict]:
     for case in layout.split("test"):
         data_dict = transform({"image": [str(p) for p in case.image_paths]})
         image = data_dict["image"]
-        logits = sliding_window_inference(image.as_tensor()[None].float(), config.data.patch_size, 4, model,
-                                          overlap=0.25, mode="gaussian")[0]
-        prediction = torch.sigmoid(logits) if lesions else torch.softmax(logits, dim=0)
+        prediction = sliding_window_inference(image.as_tensor()[None].float(), config.data.patch_size, 4,
+                                              mirrored(model, mirror_axes), overlap=0.25, mode="gaussian")[0]
         prediction = MetaTensor(prediction, meta=image.meta)
         prediction.applied_operations = image.applied_operations
         inverted = Invertd("prediction", transform, orig_keys="image", nearest_interp=False)(
@@ -267,6 +286,8 @@ def main() -> None:
                         "(both models alike; 1 leaves a core free on a shared 2-core machine)")
     parser.add_argument("--held-out", type=int, default=0, help="also score both models on this many more cases "
                         "of each synthetic variant, drawn with another seed (0: none)")
+    parser.add_argument("--tta", action="store_true", help="also score both models with left-right mirror "
+                        "test-time augmentation")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -287,8 +308,6 @@ def main() -> None:
             run_medtextseg("train", "--data", str(data), "--out", str(run), *resume, *steps,
                            "--set", f"train.seed={args.seed}")
             run_medtextseg("calibrate-presence", "-m", str(run), "-d", str(data))
-        if not (evaluation / "metrics_per_prompt.json").is_file():
-            run_medtextseg("evaluate", "-m", str(run), "-d", str(data), "-o", str(evaluation))
         seconds = training_seconds(run)
         config = Config.load(run / "config.yaml")
         unet, unet_steps = train_unet(data, config, seconds, folder / "unet.pt", args.seed)
@@ -301,28 +320,33 @@ def main() -> None:
             if not (held_out / "dataset.json").is_file():
                 run_medtextseg("synth", "--out", str(held_out), "--cases", str(args.held_out), "--seed", "1",
                                "--splits", "0,0,1", "--unseen-wording", str(args.unseen_wording), *VARIANTS[variant])
-            if not (folder / "eval_held_out" / "metrics_per_prompt.json").is_file():
-                run_medtextseg("evaluate", "-m", str(run), "-d", str(held_out), "-o", str(folder / "eval_held_out"))
             scored.append((f"{variant}, {args.held_out} held-out cases", held_out, folder / "eval_held_out"))
-        ours_records, theirs_records, wordings = [], [], {}
-        for name, cases, scores in scored:
-            wording = prompt_wordings(cases)
-            ours = json.loads((scores / "metrics_per_prompt.json").read_text())
-            theirs = score_unet(unet, cases, config)
-            tag = name  # the two datasets reuse case ids: keep their prompts apart in the pairing
-            ours_records += [r | {"case": f"{tag}/{r['case']}"} for r in ours]
-            theirs_records += [r | {"case": f"{tag}/{r['case']}"} for r in theirs]
-            wordings |= {(f"{tag}/{case}", prompt): kind for (case, prompt), kind in wording.items()}
-            theirs_row = summary(theirs, wording)
-            if has_lesion_prompts(cases):  # it answers lesion prompts only: no overall figure to set beside ours
-                theirs_row |= {"seen": None, "unseen": None}
-            rows.append(common | {"variant": name, "model": f"medtextseg default ({config.train.steps} steps)",
-                                  **summary(ours, wording)})
-            rows.append(common | {"variant": name, "model": f"MONAI UNet, text-blind ({unet_steps} steps)",
-                                  **theirs_row})
-        if has_lesion_prompts(data):
-            paired += [{"variant": variant, **row} for row in paired_lesion_groups(ours_records, theirs_records,
-                                                                                  wordings)]
+        # (row suffix, our evaluate's extra arguments, the UNet's mirror axes, our evaluation folder suffix)
+        mirror = (" + left-right mirror TTA", ["--set", "inference.mirror_axes=[0]"], (0,), "_mirror")
+        modes = [("", [], (), "")] + ([mirror] if args.tta else [])
+        for suffix, tta, unet_axes, folder_suffix in modes:
+            ours_records, theirs_records, wordings = [], [], {}
+            for name, cases, scores in scored:
+                scores = scores.with_name(scores.name + folder_suffix)
+                if not (scores / "metrics_per_prompt.json").is_file():
+                    run_medtextseg("evaluate", "-m", str(run), "-d", str(cases), "-o", str(scores), *tta)
+                wording = prompt_wordings(cases)
+                ours = json.loads((scores / "metrics_per_prompt.json").read_text())
+                theirs = score_unet(unet, cases, config, unet_axes)
+                tag = name  # the two datasets reuse case ids: keep their prompts apart in the pairing
+                ours_records += [r | {"case": f"{tag}/{r['case']}"} for r in ours]
+                theirs_records += [r | {"case": f"{tag}/{r['case']}"} for r in theirs]
+                wordings |= {(f"{tag}/{case}", prompt): kind for (case, prompt), kind in wording.items()}
+                theirs_row = summary(theirs, wording)
+                if has_lesion_prompts(cases):  # it answers lesion prompts only: no overall figure to set beside ours
+                    theirs_row |= {"seen": None, "unseen": None}
+                rows.append(common | {"variant": name, "model": f"medtextseg default ({config.train.steps} steps)"
+                                      f"{suffix}", **summary(ours, wording)})
+                rows.append(common | {"variant": name, "model": f"MONAI UNet, text-blind ({unet_steps} steps)"
+                                      f"{suffix}", **theirs_row})
+            if has_lesion_prompts(data):
+                paired += [{"variant": variant + suffix, **row}
+                           for row in paired_lesion_groups(ours_records, theirs_records, wordings)]
     write_results(rows, ["variant", "spacing", "patch", "model", "minutes", "single", "single_2plus", "all",
                          "absent_empty", "anatomy", "bilateral", "seen", "unseen"], args.out,
                   "The default on data it was not tuned on, against a text-blind MONAI UNet given the same time "
