@@ -70,3 +70,19 @@ def test_config_refuses_axes_beyond_the_model():
 
     with pytest.raises(MedTextSegError, match=r"inference.mirror_axes \[2\] must be spatial axes 0..1"):
         Config.load("default_2d", ["inference.mirror_axes=[2]"])
+
+
+def test_new_runs_mirror_what_training_flips_and_saved_runs_keep_their_setting(tmp_path):
+    """Unset, ``inference.mirror_axes`` is the flip training makes: [0] with left-right flips, [] without; a
+    run's saved config states it, and a config saved before (``[]``) keeps predicting as it did."""
+    from medtextseg.config import Config
+
+    assert Config().inference.mirror_axes == [0]
+    assert Config.load("default_2d").inference.mirror_axes == [0]
+    assert Config.load("default", ["data.flip_left_right=0"]).inference.mirror_axes == []
+    assert Config.load("default", ["inference.mirror_axes=[]"]).inference.mirror_axes == []
+    assert Config.load("default", ["inference.mirror_axes=[1, 2]"]).inference.mirror_axes == [1, 2]
+    saved = tmp_path / "config.yaml"
+    saved.write_text(Config.load("default", ["inference.mirror_axes=[]"]).to_yaml())
+    assert Config.load(saved).inference.mirror_axes == []
+    assert "mirror_axes:\n  - 0" in Config().to_yaml()

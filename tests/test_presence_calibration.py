@@ -52,6 +52,25 @@ def test_one_pass_gives_the_maps_of_each_threshold_exactly():
     assert model.calls == one_pass_calls * (1 + len(thresholds))  # each threshold alone costs a full pass
 
 
+def test_calibration_asks_as_prediction_does_with_mirror_test_time_augmentation():
+    """Mirrored left-right, each pass gated by its own presence (the swapped prompt's differs): the thresholds
+    are scored on the maps prediction gives, not on one unmirrored pass."""
+    image = torch.linspace(-1, 1, 24 * 16).view(1, 24, 16) + 0.3 * torch.randn(1, 24, 16,
+                                                                             generator=torch.Generator().manual_seed(1))
+    text = TextBatch(torch.tensor([[1.0, 0.0], [0.4, 0.0]]), torch.zeros(2, 1, 2), torch.ones(2, 1, dtype=torch.bool))
+    swapped = TextBatch(torch.tensor([[0.2, 0.0], [-1.0, 0.0]]), torch.zeros(2, 1, 2),
+                        torch.ones(2, 1, dtype=torch.bool))
+    thresholds = [0.0, 0.5, 0.9]
+    model = WindowPresenceModel()
+    together = gated_probabilities(model, image, text, [8, 8], thresholds, mirror_axes=[0], mirrored_text=swapped)
+    plain = gated_probabilities(model, image, text, [8, 8], thresholds)
+    for row, threshold in enumerate(thresholds):
+        alone = prompt_maps(model, image, text, [8, 8], presence_threshold=threshold, mirror_axes=[0],
+                            mirrored_text=swapped).probability
+        torch.testing.assert_close(together[row], alone)
+    assert not torch.allclose(together, plain)  # the mirrored passes changed what is scored
+
+
 def test_the_rule_keeps_correct_answers_and_then_answers_the_most_absent_targets_empty():
     thresholds = [0.0, 0.3, 0.5, 0.7, 0.9]
     present = np.array([True] * 4 + [False] * 4)

@@ -356,9 +356,10 @@ class InferenceConfig(_Section):
 
     threshold: float = Field(0.5, gt=0, lt=1)
     refiner: bool = Field(True, description="use the model's refiner (model.refiner) when predicting")
-    mirror_axes: list[Annotated[int, Field(ge=0, le=2)]] = Field(
-        default_factory=list, description="mirror test-time augmentation along these spatial axes (0 = the "
-        "patient's left-right: that pass reads the prompt with left and right swapped)")
+    mirror_axes: list[Annotated[int, Field(ge=0, le=2)]] | None = Field(
+        None, description="mirror test-time augmentation along these spatial axes (0 = the patient's left-right: "
+        "that pass reads the prompt with left and right swapped); null: the flip training makes, [0] where "
+        "data.flip_left_right > 0, else []")
     presence_threshold: float = Field(0.5, ge=0, lt=1, description="a window whose presence probability is below "
                                       "it answers empty (models with a presence logit); 0 leaves the gate open")
     overlap: float = Field(0.25, ge=0, lt=1)
@@ -485,6 +486,23 @@ class Config(_Section):
         # configs saved with runs before the step policies still load, and train as they did
         if isinstance(data, dict) and isinstance(data.get("cotraining"), dict):
             data = _move_cotraining_optimiser(_rename_cotraining_switch(data))
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mirror_as_trained(cls, data: Any) -> Any:
+        """``inference.mirror_axes`` unset: mirror at prediction along the axis training flips (nnU-Net's rule),
+        the left-right one where ``data.flip_left_right`` > 0: the model has learnt both views, and the two
+        answers, the mirrored one read with "left" and "right" swapped in the prompt, are averaged."""
+        if not isinstance(data, dict):
+            return data
+        inference = data.get("inference") or {}
+        inference = inference.model_dump() if isinstance(inference, BaseModel) else dict(inference)
+        if inference.get("mirror_axes") is None:
+            section = data.get("data") or {}
+            flip = (section.flip_left_right if isinstance(section, BaseModel)
+                    else section.get("flip_left_right", DataConfig.model_fields["flip_left_right"].default))
+            data = {**data, "inference": {**inference, "mirror_axes": [0] if flip > 0 else []}}
         return data
 
     @model_validator(mode="after")

@@ -100,6 +100,7 @@ def _score_run(run: Path, data: str | Path, split: str, grid: list[float], progr
 
     from medtextseg.data.folds import held_out_layout
     from medtextseg.data.layout import load_dataset
+    from medtextseg.data.prompts import swap_left_right
     from medtextseg.inference.postprocessing import remove_small_components
     from medtextseg.inference.sliding import gated_probabilities
     from medtextseg.models.trained import load_trained_model
@@ -124,11 +125,13 @@ def _score_run(run: Path, data: str | Path, split: str, grid: list[float], progr
     dice_rows, empty_rows, present, kinds, case_of = [], [], [], [], []
     for case_id, reference in zip(case_ids, cases, strict=True):
         case = reference.load()
-        probabilities = gated_probabilities(model, case.image, text([p.prompt for p in case.prompts]),
-                                            config.data.patch_size, grid, inference.overlap,
-                                            slice_context=config.data.slice_context, refine=inference.refiner,
-                                            network=inference.network,
-                                            autocast=inference.autocast)  # [T, P, *spatial]
+        prompts = [p.prompt for p in case.prompts]
+        mirrored = text([swap_left_right(p) for p in prompts]) if 0 in inference.mirror_axes else None
+        probabilities = gated_probabilities(model, case.image, text(prompts), config.data.patch_size, grid,
+                                            inference.overlap, slice_context=config.data.slice_context,
+                                            refine=inference.refiner, network=inference.network,
+                                            autocast=inference.autocast, mirror_axes=inference.mirror_axes,
+                                            mirrored_text=mirrored)  # [T, P, *spatial]
         masks = torch.stack([torch.stack([torch.from_numpy(remove_small_components(
             m.numpy(), inference.min_component_voxels)) for m in row > inference.threshold])
             for row in probabilities])  # [T, P, *spatial] bool

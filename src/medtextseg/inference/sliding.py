@@ -74,6 +74,22 @@ def autocast_context(device: torch.device, kind: str = "auto"):
     return autocast(device, inference_dtype(kind, device))
 
 
+def mirrored_mean(answer: Callable[[Tensor, TextBatch], Tensor], windows: Tensor, image_channels: int,
+                  text: TextBatch, mirrored_text: TextBatch, mirror_axes: Sequence[int]) -> Tensor:
+    """``answer(windows, text)`` averaged with its answers to the windows flipped along each of ``mirror_axes``,
+    flipped back (mirror test-time augmentation). Along axis 0, the patient's left-right, the flipped windows are
+    read with ``mirrored_text`` (left and right swapped, as training's flip does); the channels after
+    ``image_channels`` (whole-image coordinates) are never flipped: they say where the patient's right is.
+
+    ``answer`` maps windows [W, C, *window] to [W * P, K, *window]; so does the mean."""
+    total = answer(windows, text)
+    for axis in mirror_axes:
+        dim = 2 + axis
+        flipped = torch.cat([windows[:, :image_channels].flip(dim), windows[:, image_channels:]], dim=1)
+        total = total + answer(flipped, mirrored_text if axis == 0 else text).flip(dim)
+    return total / (1 + len(mirror_axes))
+
+
 def is_slicewise(spatial_shape: Sequence[int], patch_size: Sequence[int]) -> bool:
     """Whether an image of ``spatial_shape`` is a volume for a 2D window: one spatial axis more than the window,
     segmented slice by slice along its last axis (RAS: inferior -> superior)."""
@@ -248,12 +264,8 @@ def iter_prompt_maps(model: nn.Module, image: Tensor, text: TextBatch, patch_siz
             return probability
 
         def predict(windows: Tensor, chunk: TextBatch = chunk, swapped: TextBatch = swapped) -> Tensor:
-            total = answer(windows, chunk)
-            for axis in mirror_axes:
-                dim = 2 + axis
-                flipped = torch.cat([windows[:, :image_channels].flip(dim), windows[:, image_channels:]], dim=1)
-                total = total + answer(flipped, swapped if axis == 0 else chunk).flip(dim)
-            average = (total / (1 + len(mirror_axes))).unflatten(0, (windows.shape[0], len(chunk)))
+            average = mirrored_mean(answer, windows, image_channels, chunk, swapped, mirror_axes)
+            average = average.unflatten(0, (windows.shape[0], len(chunk)))
             if progress is not None:
                 progress(windows.shape[0])
             return average.transpose(1, 2).flatten(1, 2)  # [W, P or 2P, *window]: maps first, then uncertainty
@@ -275,7 +287,8 @@ def iter_prompt_maps(model: nn.Module, image: Tensor, text: TextBatch, patch_siz
 def gated_probabilities(model: nn.Module, image: Tensor, text: TextBatch, patch_size: Sequence[int],
                         presence_thresholds: Sequence[float], overlap: float = 0.25,
                         sw_batch_size: int = 1, slice_context: int = 0, refine: bool = True,
-                        network: int | None = None, autocast: str = "auto") -> Tensor:
+                        network: int | None = None, autocast: str = "auto", mirror_axes: Sequence[int] = (),
+                        mirrored_text: TextBatch | None = None) -> Tensor:
     """The probability maps :func:`prompt_maps` gives at each of several presence thresholds, in one pass.
 
     The gate closes per window, so the maps of two thresholds differ in which windows are blended as zeros; the
@@ -291,7 +304,8 @@ def gated_probabilities(model: nn.Module, image: Tensor, text: TextBatch, patch_
         overlap: window overlap fraction.
         sw_batch_size: windows per network call.
         slice_context: slice by slice, the neighbouring slices read as channels (2.5D).
-        refine, network, autocast: as :func:`iter_prompt_maps`.
+        refine, network, autocast, mirror_axes, mirrored_text: as :func:`iter_prompt_maps` (each mirrored
+            pass gated by its own presence, as there).
 
     Returns:
         [T, P, *spatial] float32 probabilities, row t gated at ``presence_thresholds[t]``.
@@ -299,11 +313,14 @@ def gated_probabilities(model: nn.Module, image: Tensor, text: TextBatch, patch_
     device = next(model.parameters()).device
     precision = autocast_context(device, autocast)
     spatial_shape = tuple(image.shape[1:])
-    inputs, _ = window_batch(image, patch_size, slice_context, model.input_spec.coordinates)
+    if 0 in mirror_axes and mirrored_text is None:
+        raise ValueError("mirroring along axis 0 (left-right) needs mirrored_text, the prompts with the sides swapped")
+    inputs, image_channels = window_batch(image, patch_size, slice_context, model.input_spec.coordinates)
     thresholds = torch.tensor(list(presence_thresholds), dtype=torch.float32, device=device)  # [T]
     prompts = text.to(device)
+    swapped = mirrored_text.to(device) if mirrored_text is not None else prompts
 
-    def predict(windows: Tensor) -> Tensor:
+    def gated(windows: Tensor, prompts: TextBatch) -> Tensor:  # [W, C, *window] -> [W, T * P, *window]
         with precision:
             out = windows_by_prompts(model, windows, prompts, refine, network)
         if out.presence is None:
@@ -311,8 +328,10 @@ def gated_probabilities(model: nn.Module, image: Tensor, text: TextBatch, patch_
         spatial = out.logits.shape[2:]
         probability = torch.sigmoid(out.logits.float()).view(len(windows), 1, len(prompts), *spatial)
         open_gate = torch.sigmoid(out.presence.float()).view(len(windows), 1, -1) >= thresholds[:, None]  # [W, T, P]
-        gated = probability * open_gate.view(*open_gate.shape, *[1] * len(spatial))  # [W, T, P, *window]
-        return gated.flatten(1, 2)  # [W, T * P, *window]
+        return (probability * open_gate.view(*open_gate.shape, *[1] * len(spatial))).flatten(1, 2)
+
+    def predict(windows: Tensor) -> Tensor:
+        return mirrored_mean(gated, windows, image_channels, prompts, swapped, mirror_axes)
 
     blended = sliding_window_inference(inputs.to(device), roi_size=list(patch_size), sw_batch_size=sw_batch_size,
                                        predictor=predict, overlap=overlap, mode="gaussian")
