@@ -25,6 +25,7 @@ from helpers import text_checkpoint
 from medtextseg import MedTextSegError, load_model
 from medtextseg.cli import app
 from medtextseg.data.io import read_geometry
+from medtextseg.data.prompts import swap_left_right
 from medtextseg.data.transforms import preparation
 from medtextseg.inference import memory
 from medtextseg.inference.memory import GB, resampled_shape
@@ -53,8 +54,10 @@ def all_at_once(predictor: Predictor, paths: list[Path], prompts: list[str]):
     config = predictor.config
     transform = preparation(config.data.spacing)
     image = transform({"image": [str(p) for p in paths]})["image"]
+    mirrored = predictor.text([swap_left_right(p) for p in prompts])  # the default's left-right mirrored pass
     maps = prompt_maps(predictor.model, image.as_tensor().float(), predictor.text(prompts), config.data.patch_size,
-                       config.inference.overlap, config.inference.presence_threshold)
+                       config.inference.overlap, config.inference.presence_threshold,
+                       mirror_axes=config.inference.mirror_axes, mirrored_text=mirrored)
     prediction = MetaTensor(torch.cat([maps.probability, maps.uncertainty]), meta=image.meta)
     prediction.applied_operations = image.applied_operations
     inverted = Invertd("prediction", transform, orig_keys="image", nearest_interp=False)(

@@ -147,10 +147,12 @@ def test_2d_model_predicts_a_volume_slice_by_slice_on_its_grid(tmp_path, oblique
 
 def test_2d_model_volume_answer_is_its_slices_answers(tmp_path, dataset_3d):
     """A 2D network on a synthetic volume (stored LPS, tilted), several windows of several slices per network
-    call: the volume's probabilities, in RAS order, are what the network gives each prepared slice alone."""
+    call: the volume's probabilities, in RAS order, are what the network gives each prepared slice alone (read as
+    is and mirrored left-right, the default)."""
+    from medtextseg.data.prompts import swap_left_right
     from medtextseg.data.transforms import preparation
     from medtextseg.evaluation.runner import to_ras
-    from medtextseg.inference.sliding import prompt_probabilities
+    from medtextseg.inference.sliding import prompt_maps
 
     predictor = Predictor(checkpoint_2d(tmp_path, ("inference.sw_batch_size=5", "inference.presence_threshold=0")))
     images = sorted((dataset_3d / "imagesTr").glob("synth_000_*.nii.gz"))
@@ -159,9 +161,11 @@ def test_2d_model_volume_answer_is_its_slices_answers(tmp_path, dataset_3d):
     geometry = nib.load(str(images[0]))
     prepared = preparation()({"image": [str(p) for p in images]})["image"].as_tensor()
     assert prepared.shape[1:] == (48, 48, 16)
-    text = predictor.text(prompts)
-    expected = torch.stack([prompt_probabilities(predictor.model, prepared[..., z], text, [16, 16],
-                                                 presence_threshold=0.0) for z in range(16)], dim=-1)  # [P, X, Y, Z]
+    text, mirrored = predictor.text(prompts), predictor.text([swap_left_right(p) for p in prompts])
+    assert predictor.config.inference.mirror_axes == [0]  # the default: each slice also read mirrored left-right
+    expected = torch.stack([prompt_maps(predictor.model, prepared[..., z], text, [16, 16], presence_threshold=0.0,
+                                        mirror_axes=[0], mirrored_text=mirrored, uncertainty=False).probability
+                            for z in range(16)], dim=-1)  # [P, X, Y, Z]
     assert expected.std() > 0.01  # an answer that varies, so that a misplaced slice or window shows
     for result, own in zip(results, expected, strict=True):
         assert result.probability.shape == geometry.shape
