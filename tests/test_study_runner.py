@@ -1,6 +1,11 @@
 """`medtextseg study`: a study YAML runs every (dataset, configuration, seed), resumes, and fails early on typos."""
 
 import json
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -122,3 +127,42 @@ def test_a_study_over_folds_refuses_another_split(dataset_2d, tmp_path):
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(spec | {"folds": 3, "split": "val"}))
     with pytest.raises(MedTextSegError, match=r"study 'tiny': split 'val' with folds: .* leave split out"):
         load_study(tmp_path / "study.yaml")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc (Linux)")
+def test_a_worker_ends_when_its_study_is_killed(tmp_path):
+    """A study killed outright (SIGKILL: no handler runs) leaves no worker training on as an orphan."""
+    script = tmp_path / "study_stand_in.py"
+    script.write_text(textwrap.dedent("""
+        import os, sys, time
+        from concurrent.futures import ProcessPoolExecutor
+        from multiprocessing import get_context
+        from medtextseg.study.runner import exit_with_parent
+
+        if __name__ == "__main__":
+            with ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=exit_with_parent,
+                                     initargs=(os.getpid(), 0.1)) as pool:
+                print(pool.submit(os.getpid).result(), flush=True)
+                pool.submit(time.sleep, 120).result()  # a long run
+    """))
+    study = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(study.stdout.readline())
+        assert running(worker)
+        study.kill()
+        study.wait()
+        deadline = time.monotonic() + 20
+        while running(worker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not running(worker)
+    finally:
+        study.kill()
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` runs (an exited process nobody reaped yet is a zombie, state Z)."""
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False

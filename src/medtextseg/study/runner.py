@@ -9,13 +9,17 @@ study keeps the preset's values); its seeds replay one ``plans.json``. Runs are 
 ``workers`` of them run side by side, each with ``cpu_count // workers`` torch threads (on a 2-core machine, two
 single-threaded runs finish sooner than two two-threaded runs one after the other). Each run lives in
 ``out/runs/{dataset}/{configuration}/seed{n}``; a finished run (its ``result.json``) is never redone, and a killed
-one resumes from its ``last.pt``, so rerunning the command after a crash only does the missing work.
+one resumes from its ``last.pt``, so rerunning the command after a crash only does the missing work. A worker
+ends when the study process is gone (killed by a scheduler, or ``kill``) instead of training on into a run folder
+the rerun will use.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
@@ -107,6 +111,18 @@ def _warm_text_cache(spec: StudySpec) -> None:
         text_cache_for(config).warm(training_prompt_texts(layout, list(layout.cases), vocabulary))
 
 
+def exit_with_parent(parent: int, interval: float = 1.0) -> None:
+    """Worker initializer: end this process once its parent ``parent`` (the study) is gone, checked every
+    ``interval`` seconds, as PyTorch's DataLoader workers watch their manager. Without it a worker whose study
+    was killed trains on as an orphan, writing into a run folder that the rerun resumes at the same time."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(1)  # no cleanup to wait for: the run's files are written atomically, and the rerun resumes it
+
+    threading.Thread(target=watch, name="study-parent-watch", daemon=True).start()
+
+
 def run_study(spec: StudySpec, out_dir: str | Path, workers: int = 1, progress: bool = True) -> dict[str, Path]:
     """Run every (dataset, configuration, seed) of ``spec`` and write ``out_dir/{dataset}/`` reports.
 
@@ -131,7 +147,8 @@ def run_study(spec: StudySpec, out_dir: str | Path, workers: int = 1, progress: 
                 results.append(run_one(study, *job, threads))
                 bar.update(len(results))
         else:
-            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=exit_with_parent,
+                                     initargs=(os.getpid(),)) as pool:
                 futures = [pool.submit(run_one, study, *job, threads) for job in jobs]
                 for future in as_completed(futures):
                     results.append(future.result())
