@@ -34,7 +34,8 @@ t-test and Wilcoxon signed-rank test, over the test split and the held-out cases
 ``--tta`` also scores both models with left-right mirror test-time augmentation, the one flip both trained
 with, in rows and pairings of their own: every window is also read mirrored left-right and the two answers are
 averaged (ours reads the mirrored window with "left" and "right" swapped in the prompt:
-``evaluate --set inference.mirror_axes=[0]``).
+``evaluate --set inference.mirror_axes=[0]``). On ``aal`` the UNet is read once: it learns left and right
+structures as labels of their own, never flipped, so a mirrored pass would swap them.
 """
 
 from __future__ import annotations
@@ -332,7 +333,7 @@ def main() -> None:
                     run_medtextseg("evaluate", "-m", str(run), "-d", str(cases), "-o", str(scores), *tta)
                 wording = prompt_wordings(cases)
                 ours = json.loads((scores / "metrics_per_prompt.json").read_text())
-                theirs = score_unet(unet, cases, config, unet_axes)
+                theirs = score_unet(unet, cases, config, unet_axes if has_lesion_prompts(cases) else ())
                 tag = name  # the two datasets reuse case ids: keep their prompts apart in the pairing
                 ours_records += [r | {"case": f"{tag}/{r['case']}"} for r in ours]
                 theirs_records += [r | {"case": f"{tag}/{r['case']}"} for r in theirs]
