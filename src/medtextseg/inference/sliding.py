@@ -74,6 +74,12 @@ def autocast_context(device: torch.device, kind: str = "auto"):
     return autocast(device, inference_dtype(kind, device))
 
 
+def check_mirrored_text(mirror_axes: Sequence[int], mirrored_text: TextBatch | None) -> None:
+    """Refuse, before any window, a left-right mirror (axis 0) without the prompts with the sides swapped."""
+    if 0 in mirror_axes and mirrored_text is None:
+        raise ValueError("mirroring along axis 0 (left-right) needs mirrored_text, the prompts with the sides swapped")
+
+
 def mirrored_mean(answer: Callable[[Tensor, TextBatch], Tensor], windows: Tensor, image_channels: int,
                   text: TextBatch, mirrored_text: TextBatch, mirror_axes: Sequence[int]) -> Tensor:
     """``answer(windows, text)`` averaged with its answers to the windows flipped along each of ``mirror_axes``,
@@ -242,8 +248,7 @@ def iter_prompt_maps(model: nn.Module, image: Tensor, text: TextBatch, patch_siz
     spatial_shape = tuple(image.shape[1:])
     if any(not 0 <= axis < len(patch_size) for axis in mirror_axes):
         raise ValueError(f"mirror_axes {list(mirror_axes)} must be spatial axes 0..{len(patch_size) - 1}")
-    if 0 in mirror_axes and mirrored_text is None:
-        raise ValueError("mirroring along axis 0 (left-right) needs mirrored_text, the prompts with the sides swapped")
+    check_mirrored_text(mirror_axes, mirrored_text)
     inputs, image_channels = window_batch(image, patch_size, slice_context, spec.coordinates)
     inputs = inputs.to(device)
     del image
@@ -313,8 +318,7 @@ def gated_probabilities(model: nn.Module, image: Tensor, text: TextBatch, patch_
     device = next(model.parameters()).device
     precision = autocast_context(device, autocast)
     spatial_shape = tuple(image.shape[1:])
-    if 0 in mirror_axes and mirrored_text is None:
-        raise ValueError("mirroring along axis 0 (left-right) needs mirrored_text, the prompts with the sides swapped")
+    check_mirrored_text(mirror_axes, mirrored_text)
     inputs, image_channels = window_batch(image, patch_size, slice_context, model.input_spec.coordinates)
     thresholds = torch.tensor(list(presence_thresholds), dtype=torch.float32, device=device)  # [T]
     prompts = text.to(device)
