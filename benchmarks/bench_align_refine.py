@@ -14,7 +14,9 @@ As published, Align-then-Refine segments every lesion for one fixed prompt, so e
 Columns: Dice (as predicted, and post-processed to the largest component plus those of >= 20 voxels), HD95 (mm,
 over finite values, with the count of infinite ones), NSD at 1 mm on the test split's "all lesions" prompts, and
 the case-level AUROC, lesion-level AP and PI-CAI score of ``picai_eval``. Finished runs are reused (rerun to resume);
-the table is printed and written to ``{out}/results.md`` and ``results.json``.
+the table is printed and written to ``{out}/results.md`` and ``results.json``. The reference row
+(``monai_reference.py``) is a text-blind MONAI UNet trained on the same data for the wall time of the slowest
+stage-1 variant and scored on the same prompts (no post-processed or ``picai_eval`` columns).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import argparse
 import json
 from pathlib import Path
 
+from monai_reference import group_summary, reference
 from results_table import write_results
 
 from medtextseg.config import Config
@@ -61,6 +64,15 @@ def run_variant(preset: str, overrides: list[str], data: Path, steps: int, folde
             "ap": detection["ap"], "picai_score": detection["picai_score"], "n": lesions["n"]}
 
 
+def reference_row(data: Path, runs: list[Path], weights: Path) -> dict:
+    """The text-blind MONAI UNet (``monai_reference.py``) given the wall time of the slowest of ``runs`` (stage 1)
+    at their plan, scored on the same "all lesions" prompts."""
+    records, steps, seconds = reference(runs, data, weights)
+    lesions = group_summary(records)["all"]
+    return {"variant": "MONAI UNet, text-blind", "steps": f"{steps} ({seconds / 60:.1f} min)",
+            **{name: lesions[name] for name in ("n", "dice", "hd95", "hd95_inf", "nsd")}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=600)
@@ -76,6 +88,8 @@ def main() -> None:
     for name, overrides in STAGE1.items():
         results.append({"variant": name, "steps": args.steps,
                         **run_variant("atr", overrides, data, args.steps, args.out / folder_name(name))})
+    results.append(reference_row(data, [args.out / folder_name(name) / "run" for name in STAGE1],
+                                 args.out / "monai_unet.pt"))
     stage1 = args.out / folder_name(ALIGNED) / "run"
     for name, overrides in STAGE2.items():
         results.append({"variant": name, "steps": f"{args.steps} + {args.stage2_steps}",

@@ -16,6 +16,11 @@ losses), evaluated on the test split, and reported with:
   fresh process, the first step, optimiser state included: the peak resident set size minus the size before the
   step on a CPU (Linux), ``max_memory_allocated`` minus the memory allocated before it on a GPU).
 
+Each dimensionality also carries the reference (``monai_reference.py``): a text-blind MONAI UNet trained on the
+same data for the wall time of the slowest of the three trainings, at their planned spacing and patch, which
+answers every lesion prompt with all lesions (it has no anatomy or overall figure; its "steps" column gives its
+steps and minutes).
+
 Runs and evaluations already finished in ``--out`` are reused (rerun the command to resume). The table is printed
 and written to ``{out}/results.md`` and ``results.json``.
 """
@@ -31,6 +36,7 @@ import time
 from pathlib import Path
 
 import torch
+from monai_reference import build_unet, group_summary, reference
 from results_table import write_results
 
 from medtextseg.config import Config
@@ -134,6 +140,19 @@ def train_and_evaluate(preset: str, data: Path, steps: int, folder: Path) -> lis
     return json.loads((evaluation / "summary.json").read_text())
 
 
+def reference_row(data: Path, runs: list[Path], weights: Path) -> dict:
+    """The text-blind MONAI UNet (``monai_reference.py``) given the wall time of the slowest of ``runs`` at their
+    plan, scored on the lesion prompts: its table row."""
+    records, steps, seconds = reference(runs, data, weights)
+    groups = group_summary(records)
+    config = Config.load(runs[0] / "config.yaml")
+    return {"dims": config.model.spatial_dims, "model": "MONAI UNet, text-blind", "preset": None,
+            "steps": f"{steps} ({seconds / 60:.1f} min)",
+            **{f"dice_{group}": row["dice"] for group, row in groups.items() if group != "absent"},
+            "absent_empty": groups["absent"]["dice"] if "absent" in groups else None,
+            "parameters": count_parameters(build_unet(config, 1))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dims", type=int, nargs="+", default=[2, 3], choices=[2, 3])
@@ -151,7 +170,9 @@ def main() -> None:
         data = args.out / f"data_{dims}d"
         if not (data / "dataset.json").is_file():
             make_synthetic_dataset(data, num_cases=cases, spatial_dims=dims, seed=0)
+        runs = []
         for name, preset in MODELS[dims].items():
+            runs.append(args.out / f"{dims}d_{name}" / "run")
             config = Config.load(preset, SAME_BUDGET)
             rows = {row["group"]: row for row in train_and_evaluate(preset, data, steps,
                                                                     args.out / f"{dims}d_{name}")}
@@ -166,7 +187,10 @@ def main() -> None:
                 # a sigmoid model's own uncertainty is the entropy
                 "entropy_auroc": overall.get("entropy_error_auroc", overall.get("uncertainty_error_auroc")),
                 "parameters": count_parameters(create_model(config.model, TEXT_DIM))})
+        results.append(reference_row(data, runs, args.out / f"{dims}d_monai_unet.pt"))
     for result in results:  # timed last, back to back, so that the ratios are measured under one machine load
+        if result["preset"] is None:  # the MONAI reference trains for a time, not a number of steps
+            continue
         result["step_seconds"] = step_seconds(Config.load(result["preset"], SAME_BUDGET))
         result["peak_step_memory_mb"] = peak_step_memory_mb(result["preset"]) if result["dims"] == 3 else None
     columns = ["dims", "model", "steps", *(f"dice_{g}" for g in GROUPS), "dice_overall", "absent_empty", "ece",

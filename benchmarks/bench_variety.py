@@ -46,29 +46,17 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
-from monai.data import MetaTensor
-from monai.inferers import sliding_window_inference
-from monai.losses import DiceCELoss
-from monai.networks.nets import UNet
-from monai.transforms import Invertd, RandCropByPosNegLabeld, RandFlipd, SpatialPadd
 
 from medtextseg.config import Config
-from medtextseg.data.dataset import prepare_case
-from medtextseg.data.io import read_array, read_geometry
-from medtextseg.data.layout import load_dataset
-from medtextseg.data.transforms import preparation
-from medtextseg.evaluation.metrics import segmentation_metrics
-from medtextseg.evaluation.runner import prompt_target, result_group
 from medtextseg.study.statistics import paired_tests
-from medtextseg.utils.precision import autocast, mixed_precision_dtype
 
 sys.path.insert(0, str(Path(__file__).parent))
+from monai_reference import has_lesion_prompts, score_unet, train_unet, training_seconds  # noqa: E402
 from results_table import write_results  # noqa: E402
 
 ATLAS = "/usr/share/mricron/templates"  # scripts/setup_atlas.sh installs it (Debian mricron-data)
@@ -82,138 +70,12 @@ VARIANTS = {
     # real anatomy: Colin27 + AAL, 16 structures and their "both sides" prompts (medtextseg convert aal defaults)
     "aal": None,
 }
-LESION_KINDS = ("single", "all", "absent")
 
 
 def medtextseg(*args: str, threads: int | None = None) -> None:
     """Run a medtextseg command as a user would (on ``threads`` CPU threads); stop the benchmark if it fails."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
     subprocess.run([sys.executable, "-m", "medtextseg.cli", *args], check=True, env=env)
-
-
-def training_seconds(run: Path) -> float:
-    """Wall time of a finished training, from its log."""
-    for line in reversed((run / "log.jsonl").read_text().splitlines()):
-        record = json.loads(line)
-        if record.get("event") == "end":
-            return float(record["seconds"])
-    raise RuntimeError(f"{run}: training has not finished")
-
-
-def lesion_target(case, prepared) -> torch.Tensor:
-    """The union of every lesion a case's prompts name ([*spatial] bool): what a text-blind model learns."""
-    union = torch.zeros(prepared.image.shape[1:], dtype=torch.bool)
-    for prompt in prepared.prompts:
-        if prompt.kind in ("single", "all"):
-            union |= prepared.target(prompt)
-    return union
-
-
-def has_lesion_prompts(data: Path) -> bool:
-    return any(p.kind in LESION_KINDS for case in load_dataset(data).cases.values() for p in case.prompts)
-
-
-def unet_target(case, prepared, lesions: bool) -> torch.Tensor:
-    """What the text-blind UNet learns for a case: the union of its lesions [1, *spatial] float (lesion data),
-    or its label map [1, *spatial] long (every dataset label at once)."""
-    if lesions:
-        return lesion_target(case, prepared)[None].float()
-    return prepared.label[None].long()
-
-
-def train_unet(data: Path, config: Config, seconds: float, out: Path, seed: int = 0) -> tuple[UNet, float]:
-    """A text-blind MONAI UNet trained for ``seconds`` of wall time (resumes from ``out``): all lesions
-    (sigmoid), or every label of the dataset (softmax) where it has no lesion prompts; ``seed`` seeds its
-    weights, crops, flips and case draws."""
-    layout = load_dataset(data)
-    lesions = has_lesion_prompts(data)
-    out_channels = 1 if lesions else max(layout.labels.values()) + 1
-    strides = [max(s) if len(set(s)) == 1 else tuple(s) for s in config.model.strides[1:]]
-    model = UNet(3, config.model.in_channels, out_channels, channels=(16, 32, 64, 128), strides=strides,
-                 num_res_units=2)
-    if out.is_file():
-        saved = torch.load(out, weights_only=True)
-        model.load_state_dict(saved["model"])
-        return model, saved["steps"]
-    torch.manual_seed(seed)
-    cases = [prepare_case(layout.cases[c], config.data.spacing, 3, config.data.normalization)
-             for c in layout.splits["train"]]
-    # padded to the patch where an image is narrower (a plan may span the whole width): the UNet needs whole patches
-    pad = SpatialPadd(["image", "label"], config.data.patch_size)
-    samples = [pad({"image": c.image, "label": unet_target(layout.cases[c.case], c, lesions)}) for c in cases]
-    crop = RandCropByPosNegLabeld(["image", "label"], "label", config.data.patch_size, pos=2, neg=1, num_samples=1,
-                                  allow_smaller=True)
-    # a left-right flip would swap left and right structures' labels: only lesion data (one class) is flipped
-    flip = RandFlipd(["image", "label"], prob=0.5 if lesions else 0.0, spatial_axis=0)
-    crop.set_random_state(seed)
-    flip.set_random_state(seed)
-    loss_function = DiceCELoss(sigmoid=True) if lesions else DiceCELoss(softmax=True, to_onehot_y=True)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-5)
-    rng = np.random.default_rng(seed)
-    half = mixed_precision_dtype(config.train.amp, torch.device("cpu"))  # the precision ours trained in
-    started, steps = time.perf_counter(), 0
-    model.train()
-    while time.perf_counter() - started < seconds:
-        batch = [flip(crop(samples[i])[0]) for i in rng.choice(len(samples), size=2, replace=False)]
-        image = torch.stack([torch.as_tensor(b["image"]) for b in batch])
-        label = torch.stack([torch.as_tensor(b["label"]) for b in batch])
-        with autocast(torch.device("cpu"), half):
-            logits = model(image)
-        loss = loss_function(logits.float(), label)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        steps += 1
-    torch.save({"model": model.state_dict(), "steps": steps}, out)
-    return model, steps
-
-
-def mirrored(model: UNet, axes: tuple[int, ...]):
-    """``model``'s probabilities averaged over the unflipped window and one flip per spatial axis in ``axes``
-    (sigmoid for one output channel, else softmax); windows [N, C, *spatial] -> [N, K, *spatial]."""
-    def probabilities(windows: torch.Tensor) -> torch.Tensor:
-        def answer(x: torch.Tensor) -> torch.Tensor:
-            logits = model(x)
-            return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
-        total = answer(windows)
-        for axis in axes:
-            total = total + answer(windows.flip(2 + axis)).flip(2 + axis)
-        return total / (1 + len(axes))
-    return probabilities
-
-
-@torch.no_grad()
-def score_unet(model: UNet, data: Path, config: Config, mirror_axes: tuple[int, ...] = ()) -> list[dict]:
-    """Per-prompt metrics of the UNet's answers on the file grid: all lesions for every lesion prompt, or the
-    union of the labels each prompt names (data without lesion prompts); ``mirror_axes``: mirror test-time
-    augmentation along these spatial axes."""
-    layout = load_dataset(data)
-    lesions = has_lesion_prompts(data)
-    model.eval()
-    transform = preparation(config.data.spacing, normalization=config.data.normalization)
-    records = []
-    for case in layout.split("test"):
-        data_dict = transform({"image": [str(p) for p in case.image_paths]})
-        image = data_dict["image"]
-        prediction = sliding_window_inference(image.as_tensor()[None].float(), config.data.patch_size, 4,
-                                              mirrored(model, mirror_axes), overlap=0.25, mode="gaussian")[0]
-        prediction = MetaTensor(prediction, meta=image.meta)
-        prediction.applied_operations = image.applied_operations
-        inverted = Invertd("prediction", transform, orig_keys="image", nearest_interp=False)(
-            {"prediction": prediction, "image": image})["prediction"].as_tensor().numpy()
-        answer = inverted[0] > 0.5 if lesions else inverted.argmax(0)
-        geometry = read_geometry(case.image_paths[0])
-        label = read_array(case.label_path)
-        for prompt in case.prompts:
-            if lesions and prompt.kind not in LESION_KINDS:
-                continue
-            if not lesions and isinstance(prompt.target, Path):  # a mask-file target names no label
-                continue
-            mask = answer if lesions else np.isin(answer, prompt.target)
-            metrics = segmentation_metrics(mask, prompt_target(case, prompt, label), geometry.spacing)
-            records.append({"case": case.case, "prompt": prompt.prompt, "group": result_group(prompt),
-                            "dice": metrics["dice"]})
-    return records
 
 
 def summary(records: list[dict], wording: dict[tuple[str, str], str]) -> dict[str, float]:
