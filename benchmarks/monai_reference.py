@@ -36,7 +36,7 @@ from monai.data import MetaTensor
 from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
-from monai.transforms import Invertd, RandCropByPosNegLabeld, RandFlipd, SpatialPadd
+from monai.transforms import Compose, Invertd, RandCropByPosNegLabeld, RandFlipd, SpatialPadd
 
 from medtextseg.config import Config
 from medtextseg.data.dataset import PreparedCase, prepare_case
@@ -151,10 +151,10 @@ def mirrored(model: UNet, axes: tuple[int, ...]) -> Callable[[torch.Tensor], tor
     return probabilities
 
 
-def _answer(model: UNet, case: CaseRecord, config: Config, mirror_axes: tuple[int, ...]) -> np.ndarray:
+def _answer(model: UNet, case: CaseRecord, config: Config, transform: Compose,
+            mirror_axes: tuple[int, ...]) -> np.ndarray:
     """The UNet's probabilities for one case on the file's grid [K, *file spatial] (a 2D model reads the one slice
     of a 2D case; its answer keeps the file's singleton axis)."""
-    transform = preparation(config.data.spacing, normalization=config.data.normalization)
     data = transform({"image": [str(p) for p in case.image_paths]})
     image = data["image"]
     pixels = image.as_tensor()[None].float()
@@ -179,9 +179,10 @@ def score_unet(model: UNet, data: Path, config: Config, mirror_axes: tuple[int, 
     layout = load_dataset(data)
     lesions = has_lesion_prompts(data)
     model.eval()
+    transform = preparation(config.data.spacing, normalization=config.data.normalization)  # once; inverted per case
     records = []
     for case in layout.split("test"):
-        probabilities = _answer(model, case, config, mirror_axes)
+        probabilities = _answer(model, case, config, transform, mirror_axes)
         label = read_array(case.label_path)
         answer = (probabilities[0] > 0.5 if lesions else probabilities.argmax(0)).reshape(label.shape)
         geometry = read_geometry(case.image_paths[0])
