@@ -34,11 +34,11 @@ from medtextseg.evaluation.runner import evaluate_run
 from medtextseg.training.engine import train
 
 ALL_LESIONS = ["data.kind_weights={all: 1.0, single: 0.0, absent: 0.0, anatomy: 0.0}"]
-NO_AUX = ["loss.terms.pixel_text_heat=0", "loss.terms.pixel_text_align=0", "model.similarity_levels=[]"]
+NO_AUX = ["loss.terms.pixel_text_heat=0", "loss.terms.pixel_text_align=0", "model.blocks.similarity=null"]
 STAGE1 = {"early fusion": ["model.encoders=1", *NO_AUX],
           "multi-encoder": NO_AUX,
           "multi-encoder + align/heat": []}
-STAGE2 = {"+ refiner (stage 2)": [], "no refiner (stage 2 control)": ["model.refiner=false"]}
+STAGE2 = {"+ refiner (stage 2)": [], "no refiner (stage 2 control)": ["model.blocks.refiner=null"]}
 ALIGNED = "multi-encoder + align/heat"
 
 

@@ -57,7 +57,7 @@ def child(data: Path, cache_dir: Path, preset: str) -> None:
     started = time.perf_counter()
     text = prepare_training_text(config, layout, train_ids, val_ids, vocabulary, ctx)
     model = create_model(config.model, text.cache.dim)
-    if config.model.text_whitening:
+    if config.model.whitens_text:
         fit_text_whitening(model, text.cache, text.whitening_texts, ctx.device)
     prepare = time.perf_counter() - started
     draw = random.Random(0)

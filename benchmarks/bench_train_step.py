@@ -48,7 +48,7 @@ def ours(preset: str) -> tuple[torch.nn.Module, Callable[[torch.nn.Module, torch
     text = TextBatch(torch.nn.functional.normalize(torch.randn(SAMPLES, TEXT_DIM, generator=generator), dim=1),
                      torch.randn(SAMPLES, TOKENS, TEXT_DIM, generator=generator),
                      torch.ones(SAMPLES, TOKENS, dtype=torch.bool))
-    if config.model.conditioning == "none":
+    if not config.model.blocks:
         return model, lambda net, x: net(x, text).logits
     index = torch.arange(IMAGES_FOR_TEXT).repeat_interleave(SAMPLES // IMAGES_FOR_TEXT)
     return model, lambda net, x: net(x[:IMAGES_FOR_TEXT], text, image_index=index).logits

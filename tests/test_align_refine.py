@@ -121,7 +121,7 @@ def test_refiner_model_switches_off_at_inference_and_needs_a_sigmoid_head():
     with_refiner = model(image, text(1)).logits
     without = model(image, text(1), refine=False).logits
     assert with_refiner.shape == without.shape and not torch.equal(with_refiner, without)
-    with pytest.raises(MedTextSegError, match="model.refiner needs model.head=sigmoid"):
+    with pytest.raises(MedTextSegError, match="model.blocks.refiner needs model.head=sigmoid"):
         Config.load("default_2d", ["model.refiner=true", "model.head=evidential", "model.spatial_film=false"])
 
 

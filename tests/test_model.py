@@ -43,7 +43,7 @@ def test_every_parameter_learns(preset):
     assert torch.isfinite(out.logits).all()
     for name, parameter in model.named_parameters():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, f"{name} got no gradient"
-    assert (out.presence is None) == (config.model.conditioning == "none")
+    assert (out.presence is None) == (not config.model.blocks)
 
 
 def test_text_changes_the_answer_only_when_conditioned():
@@ -103,7 +103,7 @@ def test_the_decoder_runs_once_per_image_where_no_text_enters_before_the_head(pr
 
 def test_the_prompt_head_refuses_what_it_cannot_add_to():
     for override in ("model.head=evidential", "model.refiner=true"):
-        with pytest.raises(MedTextSegError, match="model.conditioning=prompt_head needs model.head=sigmoid"):
+        with pytest.raises(MedTextSegError, match="model.blocks.prompt_head needs model.head=sigmoid"):
             Config.load("prompt_head", [override])
 
 

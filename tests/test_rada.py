@@ -390,3 +390,12 @@ def test_cotraining_trains_with_the_optimiser_and_schedule_of_train(sparse_pair,
         warnings.simplefilter("error")
         assert Config.from_dict(standard).train == Config.load("default").train
 
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("data.plan=true", "data.plan must be false and data.spacing null"),
+    ("data.spacing=[1,1,1]", "data.plan must be false and data.spacing null"),
+    ("model.coordinates=true", r"needs model.coordinates=false")])
+def test_a_cotraining_config_that_would_move_the_annotated_slices_is_refused_at_load(override, message):
+    with pytest.raises(MedTextSegError, match=message):
+        Config.load("rada", [override])

@@ -111,7 +111,7 @@ def test_similarity_losses_reward_a_map_that_lights_up_the_target():
     bad = ModelOutput(logits=target, similarity={"encoder_1": -(coarse * 2 - 1) * 5})
     for term in (PixelTextBCELoss(), PixelTextHeatmapLoss(), PixelTextAlignLoss()):
         assert float(term(good, target)) < float(term(bad, target)), type(term).__name__
-    with pytest.raises(MedTextSegError, match="model.similarity_levels"):
+    with pytest.raises(MedTextSegError, match="add the similarity block"):
         PixelTextBCELoss()(ModelOutput(logits=target), target)
 
 
@@ -132,8 +132,8 @@ def test_the_kl_term_is_annealed_and_schedules_of_unlisted_terms_fail():
 def test_textbcs_preset_says_what_the_method_is():
     for preset in ("textbcs", "textbcs_3d"):
         config = Config.load(preset)
-        assert config.model.head == "evidential" and config.model.conditioning == "none"
-        assert config.model.vision_language_levels == config.model.similarity_levels == [1, 2, 3]
+        assert config.model.head == "evidential" and list(config.model.blocks) == ["svli", "similarity"]
+        assert config.model.blocks["svli"].levels == config.model.blocks["similarity"].levels == (1, 2, 3)
         assert {"evidential_ce", "evidential_kl", "pixel_text_contrastive"} <= set(config.loss.terms)
         assert config.loss.schedules["evidential_kl"].ramp_steps == 300
 

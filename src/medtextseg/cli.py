@@ -285,7 +285,8 @@ def predict(
                                               "PNG per prompt: mask, probability and uncertainty on the image")
                            ] = False,
     refiner: Annotated[bool | None, typer.Option("--refiner/--no-refiner", help="use the model's refiner "
-                                                 "(model.refiner); default: as the run's inference.refiner")] = None,
+                                                 "(model.blocks.refiner); default: as the run's "
+                                                 "inference.refiner")] = None,
     tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="mirror test-time augmentation along every "
                                              "axis, 'left'/'right' swapped in the mirrored prompt; default: as the "
                                              "run's inference.mirror_axes")] = None,
@@ -510,7 +511,8 @@ def evaluate(
                                                         "component plus those of >= m voxels, for each m of a "
                                                         "comma-separated list, e.g. 0,10,20,50,100")] = None,
     refiner: Annotated[bool | None, typer.Option("--refiner/--no-refiner", help="use the model's refiner "
-                                                 "(model.refiner); default: as the run's inference.refiner")] = None,
+                                                 "(model.blocks.refiner); default: as the run's "
+                                                 "inference.refiner")] = None,
     tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="mirror test-time augmentation along every "
                                              "axis, 'left'/'right' swapped in the mirrored prompt; default: as the "
                                              "run's inference.mirror_axes")] = None,

@@ -133,7 +133,7 @@ class Predictor:
         checkpoint: a checkpoint file, a run folder (its ``best.pt``) or a model package ``.zip``
             (:mod:`medtextseg.training.model_package`).
         device: where to run (default: CUDA when available).
-        refiner: use the model's refiner (``model.refiner``); None: as ``inference.refiner`` of its config says.
+        refiner: use the model's refiner (``model.blocks.refiner``); None: as ``inference.refiner`` of its config says.
         mirror_axes: mirror test-time augmentation along these spatial axes, or "all"; None:
             ``inference.mirror_axes``.
         threshold: the probability above which a voxel is in the mask, in (0, 1); None: ``inference.threshold``.

@@ -34,11 +34,11 @@ def similarity_maps(output: ModelOutput, term: str) -> list[Tensor]:
     """The model's similarity maps [B, 1, *spatial_s], float32.
 
     Raises:
-        MedTextSegError: the model has none (a config asks for the term without ``model.similarity_levels``).
+        MedTextSegError: the model has none (a config asks for the term without a ``similarity`` block).
     """
     if not output.similarity:
-        raise MedTextSegError(f"{term} needs pixel-text similarity maps: set model.similarity_levels "
-                              "(e.g. [3] for the bottleneck of a 4-stage U-Net)")
+        raise MedTextSegError(f"{term} needs pixel-text similarity maps: add the similarity block, "
+                              "e.g. --set model.blocks.similarity.levels=[3] (the bottleneck of a 4-stage U-Net)")
     return [output.similarity[name].float() for name in sorted(output.similarity)]
 
 

@@ -7,8 +7,9 @@ from collections.abc import Iterable
 from torch import Tensor, nn
 
 from medtextseg.config import ModelConfig
+from medtextseg.config.blocks import Site
 from medtextseg.models.backbone import MultiSequenceEncoder, UNetDecoder, UNetEncoder
-from medtextseg.models.conditioning.registry import ForwardState, Site, TextBlock, build_blocks, model_parts
+from medtextseg.models.conditioning.registry import ForwardState, TextBlock, build_blocks, model_parts
 from medtextseg.models.heads import OUTPUT_HEADS
 from medtextseg.models.input_spec import InputSpec
 from medtextseg.models.output import ModelOutput
@@ -19,11 +20,10 @@ from medtextseg.text.batch import TextBatch
 class TextGuidedUNet(nn.Module):
     """U-Net + the text blocks the config names at their sites + a presence logit read from the mask.
 
-    The blocks (``models/conditioning/registry.py``, built-ins in ``catalogue.py``) come from the model section:
-    FiLM, the fusion chain or concatenation on the decoder (``config.conditioning``), SVLI after encoder stages
-    (``config.vision_language_levels``; from the first such stage on the encoder runs once per prompt rather than
-    once per image), the dynamic head before the output convolution (``conditioning='dynamic_head'``), the refiner
-    on the logits (``config.refiner``) and similarity maps read from encoder stages (``config.similarity_levels``).
+    The blocks (``models/conditioning/registry.py``, built-ins in ``catalogue.py``) are those ``config.blocks``
+    lists: FiLM, the fusion chain or concatenation on the decoder, SVLI after encoder stages (from the first such
+    stage on the encoder runs once per prompt rather than once per image), the dynamic head before the output
+    convolution, the refiner and the prompt head on the logits, and similarity maps read from encoder stages.
     With none, the same network ignores the text: the image-only baseline. ``config.head='evidential'`` makes the
     head output Dirichlet evidence (``ModelOutput.evidence``) besides the usual logit.
 
@@ -32,7 +32,7 @@ class TextGuidedUNet(nn.Module):
     names are the same whichever blocks a config has.
 
     Args:
-        config: the model section (spatial_dims, in_channels, channels, strides, conditioning, ...).
+        config: the model section (spatial_dims, in_channels, channels, strides, blocks, ...).
         text_dim: D of the pooled text embedding.
     """
 
@@ -72,7 +72,7 @@ class TextGuidedUNet(nn.Module):
         return self.sites.get(Site(where, level), [])
 
     def fit_text_statistics(self, text: TextBatch | Iterable[TextBatch]) -> None:
-        """Fit what the text path normalises by (``config.text_whitening``) on the encoded training prompts:
+        """Fit what the text path normalises by (a block's ``text.whitening``) on the encoded training prompts:
         one batch, or chunks of them (streamed: memory does not grow with their number; one block reads them)."""
         for block in self.blocks:
             block.fit_text(text)

@@ -19,8 +19,8 @@ What one step does, for network k = 1..N in turn:
 
 A densely labelled volume (no ``ignore`` voxel) weighs 1 everywhere: the same step with one network and
 no unlabelled patches is the fully supervised baseline, and on sparse labels without propagation the
-sparse-only baseline. Networks with ``model.region_dim`` get their region-aware prototype from the annotated
-slices (``models/region_encoder.py``) before step 1. One process only (no torchrun).
+sparse-only baseline. Networks whose dynamic head fuses a region prototype (``model.blocks.dynamic_head.region_dim``)
+get it from the annotated slices (``models/region_encoder.py``) before step 1. One process only (no torchrun).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from medtextseg.config import Config, CoTrainingConfig
+from medtextseg.config.blocks import DynamicHeadOptions
 from medtextseg.data.dataset import PreparedCase
 from medtextseg.data.layout import DatasetLayout, PromptRecord, load_dataset
 from medtextseg.data.sparse_dataset import SparseCases, cotraining_target
@@ -135,14 +136,20 @@ def cross_pseudo_loss(others: Sequence[nn.Module], image: Tensor, text: TextBatc
     return total, sum(kept) / len(kept)
 
 
+def region_dim(config: Config) -> int:
+    """Width of the region-aware prototype the networks' dynamic heads fuse with the text (0: none)."""
+    head = config.model.blocks.get(DynamicHeadOptions.kind)
+    return head.region_dim if isinstance(head, DynamicHeadOptions) else 0
+
+
 def region_prototypes(config: Config, cases: SparseCases) -> list[tuple[Tensor, int]]:
     """Per network, its region prototype (the mean normalised region embedding of the annotated slices of its
     ``cotraining.prompt_views`` entry, by default its supervision view) and how many slices it averages."""
     from medtextseg.models.region_encoder import create_region_encoder
 
     encoder, dim = create_region_encoder(config.cotraining.region_encoder)
-    if dim != config.model.region_dim:
-        raise MedTextSegError(f"config field 'model.region_dim' is {config.model.region_dim} but "
+    if dim != region_dim(config):
+        raise MedTextSegError(f"config field 'model.blocks.dynamic_head.region_dim' is {region_dim(config)} but "
                               f"cotraining.region_encoder gives {dim}-wide embeddings")
     values = torch.tensor(cases.values)
     prototypes = []
@@ -169,4 +176,4 @@ def region_prototypes(config: Config, cases: SparseCases) -> list[tuple[Tensor, 
 
 
 __all__ = ["alpha_at", "beta_at", "certain_pseudo_labels", "cross_pseudo_loss", "entropy_threshold",
-           "region_prototypes", "sigmoid_rampup", "sparse_training_cases"]
+           "region_dim", "region_prototypes", "sigmoid_rampup", "sparse_training_cases"]

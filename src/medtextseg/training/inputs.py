@@ -24,7 +24,7 @@ from medtextseg.text.cache import TextEmbeddingCache, cached_text_encoder
 from medtextseg.training.distributed import DistributedContext
 from medtextseg.utils.errors import MedTextSegError
 
-WHITENING_CHUNK = 256  # texts encoded and stacked at a time to fit the text whitening (model.text_whitening)
+WHITENING_CHUNK = 256  # texts encoded and stacked at a time to fit the text whitening (a block's text.whitening)
 
 
 def text_cache_for(config: Config) -> TextEmbeddingCache:
@@ -179,7 +179,7 @@ def prepare_training_text(config: Config, layout, train_ids: list[str], val_ids:
 
 
 def fit_text_whitening(model: nn.Module, text: TextEmbeddingCache, texts: list[str], device: torch.device) -> None:
-    """Fit the model's text whitening (``model.text_whitening``) on every one of ``texts``, streamed through
+    """Fit the model's text whitening (a block's ``text.whitening``) on every one of ``texts``, streamed through
     running moments in chunks of ``WHITENING_CHUNK`` (one padded [chunk, T, D] batch in memory at a time)."""
     model.fit_text_statistics(text(texts[start:start + WHITENING_CHUNK]).to(device)
                               for start in range(0, len(texts), WHITENING_CHUNK))

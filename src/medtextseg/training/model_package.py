@@ -278,6 +278,7 @@ def _metadata(run: Path, checkpoint: str, state: dict[str, Any], config: Config,
     overall = next((row for row in (summary or []) if row.get("group") == "overall"), None)
     step, best = state.get("step"), state.get("best")
     spacing = " x ".join(f"{s:g}" for s in config.data.spacing) + " mm" if config.data.spacing else "its own spacing"
+    blocks = ", ".join(config.model.blocks) or "none"
     section = {
         "format": PACKAGE_FORMAT, "medtextseg_version": __version__,
         "run": run.name, "checkpoint": checkpoint, "step": step,
@@ -292,7 +293,7 @@ def _metadata(run: Path, checkpoint: str, state: dict[str, Any], config: Config,
         "presence_calibration": None if calibration is None else
         {key: calibration.get(key) for key in ("split", "chosen", "previous", "stability", "rule")},
         "mirror_axes": config.inference.mirror_axes, "min_component_voxels": config.inference.min_component_voxels,
-        "preset": config.preset, "conditioning": config.model.conditioning, "head": config.model.head,
+        "preset": config.preset, "text_blocks": list(config.model.blocks), "head": config.model.head,
         "prompt_kinds": kinds, "training_data": data,
         "evaluation": None if summary is None else [{key: row.get(key) for key in CARD_METRICS} for row in summary],
     }
@@ -313,8 +314,8 @@ def _metadata(run: Path, checkpoint: str, state: dict[str, Any], config: Config,
         "optional_packages_version": {},
         "task": f"Text-guided segmentation of {what} ({dims}D, {', '.join(channels)}): the mask of what a prompt "
                 "in plain language names",
-        "description": f"A medtextseg {config.preset} model ({config.model.conditioning} text conditioning, "
-                       f"{config.model.head} head) trained for {step} steps on {what}; images resampled to {spacing}; "
+        "description": f"A medtextseg {config.preset} model (text blocks: {blocks}; {config.model.head} head) "
+                       f"trained for {step} steps on {what}; images resampled to {spacing}; "
                        f"prompts encoded by {state.get('text_encoder')} ({state['text_dim']}-d).",
         "authors": "", "copyright": "",
         "data_source": data.get("name", ""),
@@ -369,7 +370,8 @@ def model_card(metadata: dict[str, Any]) -> str:
              f"| weights | {info['checkpoint']} of run `{info['run']}` at step {info['step']}"
              + (f" (validation Dice {info['validation_dice']:.3f})" if info.get("validation_dice") is not None else "")
              + "; SHA-256 in metadata.json |",
-             f"| preset | {info['preset']} ({info['conditioning']} conditioning, {info['head']} head) |",
+             f"| preset | {info['preset']} (text blocks: {', '.join(info['text_blocks']) or 'none'}; "
+             f"{info['head']} head) |",
              f"| made with | medtextseg {info['medtextseg_version']}, MONAI {metadata['monai_version']}, PyTorch "
              f"{metadata['pytorch_version']} |", ""]
     lines += ["## What it segments", ""]

@@ -13,42 +13,31 @@ from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
-from medtextseg.config import ModelConfig
+from medtextseg.config.blocks import (
+    BlockOptions,
+    ConcatOptions,
+    DynamicHeadOptions,
+    FiLMOptions,
+    FusionOptions,
+    PromptHeadOptions,
+    RefinerOptions,
+    SimilarityOptions,
+    SVLIOptions,
+)
 from medtextseg.models.conditioning.bidirectional_attention import VisionLanguageStage
 from medtextseg.models.conditioning.dynamic_head import RegionAwareFusion, SemanticDynamicBias
 from medtextseg.models.conditioning.film import FiLM
 from medtextseg.models.conditioning.fusion import ConcatFusion, FusionChain, ResidualConditionalBatchNorm
 from medtextseg.models.conditioning.prompt_head import PromptHead
-from medtextseg.models.conditioning.registry import (
-    BlockOptions,
-    ForwardState,
-    Site,
-    TextBlock,
-    UNetShape,
-    register_block,
-)
+from medtextseg.models.conditioning.registry import ForwardState, TextBlock, UNetShape, register_block
 from medtextseg.models.conditioning.text_summary import TextSummary
 from medtextseg.models.refiner import ConfidenceGatedRefiner
 from medtextseg.models.similarity import PixelTextSimilarity
 from medtextseg.text.batch import TextBatch
 
 DECODER_PARTS = {"text_summary": None, "conditioners": nn.ModuleDict}
-
-
-class TextReading(BaseModel):
-    """What the decoder blocks read of a prompt (``TextSummary``): the sentence embedding, plus attention reads of
-    its tokens (``tokens``), both whitened over the training prompts (``whitening``)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    tokens: bool = True
-    whitening: bool = False
-
-    @classmethod
-    def from_model_config(cls, config: ModelConfig) -> TextReading:
-        return cls(tokens=config.text_tokens, whitening=config.text_whitening)
 
 
 def masked_mean(words: Tensor, mask: Tensor) -> Tensor:
@@ -105,26 +94,6 @@ class DecoderConditioning(TextBlock):
 
 
 # ------------------------------------------------------------------ FiLM
-class FiLMOptions(BlockOptions):
-    """FiLM (``x (1 + gamma(t)) + beta(t)``) at decoder ``levels``; ``spatial``: plus a per-channel ramp along each
-    whole-image axis (needs the coordinate channels). ``model.conditioning=film`` (the default's block)."""
-
-    kind = "film"
-    levels: tuple[int, ...]
-    spatial: bool = False
-    text: TextReading = TextReading()
-
-    def sites(self) -> tuple[Site, ...]:
-        return tuple(Site("decoder", level) for level in self.levels)
-
-    @classmethod
-    def from_model_config(cls, config: ModelConfig) -> FiLMOptions | None:
-        if config.conditioning != "film":
-            return None
-        return cls(levels=tuple(range(len(config.channels))), spatial=config.spatial_film,
-                   text=TextReading.from_model_config(config))
-
-
 @register_block(FiLMOptions, DECODER_PARTS)
 def build_film(options: FiLMOptions, shape: UNetShape) -> TextBlock:
     """FiLM at every decoder stage and the bottleneck, reading the text summary (and coordinate ramps)."""
@@ -135,40 +104,13 @@ def build_film(options: FiLMOptions, shape: UNetShape) -> TextBlock:
 
 
 # ------------------------------------------------------------------ fusion chain
-class FusionOptions(BlockOptions):
-    """The FiLM -> SE -> CBN -> residual -> L2 chain at decoder ``level`` (the bottleneck; ``se`` and ``cbn``
-    switch its links), and a residual CBN at ``cbn_level`` (None: none). ``model.conditioning=fusion``."""
-
-    kind = "fusion"
-    level: int
-    se: bool = True
-    cbn: bool = True
-    cbn_level: int | None = None
-    text: TextReading = TextReading()
-
-    def sites(self) -> tuple[Site, ...]:
-        return (Site("decoder", self.level),) + (() if self.cbn_level is None else (Site("decoder", self.cbn_level),))
-
-    @classmethod
-    def from_model_config(cls, config: ModelConfig) -> FusionOptions | None:
-        if config.conditioning != "fusion":
-            return None
-        bottleneck = len(config.channels) - 1
-        in_decoder = config.fusion_cbn and config.cbn_position in ("decoder", "both")
-        # the paper's 128-channel layer: one stage above full resolution
-        return cls(level=bottleneck, se=config.fusion_se,
-                   cbn=config.fusion_cbn and config.cbn_position in ("bottleneck", "both"),
-                   cbn_level=min(1, bottleneck - 1) if in_decoder else None,
-                   text=TextReading.from_model_config(config))
-
-
 @register_block(FusionOptions, DECODER_PARTS)
 def build_fusion(options: FusionOptions, shape: UNetShape) -> TextBlock:
     """The FiLM/CBN method's fusion chain at the bottleneck (and a residual CBN in the decoder)."""
     summary = TextSummary(shape.text_dim, use_tokens=options.text.tokens, whiten=options.text.whitening)
     modules: dict[int, nn.Module] = {options.level: FusionChain(shape.spatial_dims, summary.out_dim,
                                                                  shape.channels[options.level], se=options.se,
-                                                                 cbn=options.cbn)}
+                                                                 cbn=options.chain_cbn)}
     if options.cbn_level is not None:
         modules[options.cbn_level] = ResidualConditionalBatchNorm(shape.spatial_dims, summary.out_dim,
                                                                   shape.channels[options.cbn_level])
@@ -176,24 +118,6 @@ def build_fusion(options: FusionOptions, shape: UNetShape) -> TextBlock:
 
 
 # ------------------------------------------------------------------ concatenation
-class ConcatOptions(BlockOptions):
-    """The text tiled over space and concatenated at decoder ``level`` (the bottleneck), mixed back by a 1x1
-    convolution: the ablation baseline. ``model.conditioning=concat``."""
-
-    kind = "concat"
-    level: int
-    text: TextReading = TextReading()
-
-    def sites(self) -> tuple[Site, ...]:
-        return (Site("decoder", self.level),)
-
-    @classmethod
-    def from_model_config(cls, config: ModelConfig) -> ConcatOptions | None:
-        if config.conditioning != "concat":
-            return None
-        return cls(level=len(config.channels) - 1, text=TextReading.from_model_config(config))
-
-
 @register_block(ConcatOptions, DECODER_PARTS)
 def build_concat(options: ConcatOptions, shape: UNetShape) -> TextBlock:
     """Concatenation of the tiled text summary at the bottleneck."""
@@ -203,22 +127,6 @@ def build_concat(options: ConcatOptions, shape: UNetShape) -> TextBlock:
 
 
 # ------------------------------------------------------------------ SVLI (TextBCS)
-class SVLIOptions(BlockOptions):
-    """Bidirectional pixel-word cross-attention after encoder ``levels``, the word states carried from one to the
-    next (TextBCS's SVLI). ``model.vision_language_levels``."""
-
-    kind = "svli"
-    levels: tuple[int, ...]
-
-    def sites(self) -> tuple[Site, ...]:
-        return tuple(Site("encoder", level) for level in self.levels)
-
-    @classmethod
-    def from_model_config(cls, config: ModelConfig) -> SVLIOptions | None:
-        levels = tuple(sorted(config.vision_language_levels))
-        return cls(levels=levels) if levels else None
-
-
 class VisionLanguageBlock(TextBlock):
     """Part ``vision_language``: level -> ``VisionLanguageStage``; each reads the word states of the one before."""
 
@@ -246,26 +154,6 @@ def build_svli(options: SVLIOptions, shape: UNetShape) -> TextBlock:
 
 
 # ------------------------------------------------------------------ refiner (Align-then-Refine)
-class RefinerOptions(BlockOptions):
-    """The confidence-gated text cross-attention refiner on the logits: voxels whose base probability exceeds
-    ``gate`` move ``blend`` of the way to the refined logits; ``tokens``: attend over the prompt's tokens.
-    ``model.refiner=true``; ``inference.refiner=false`` switches it off when predicting."""
-
-    kind = "refiner"
-    tokens: bool = False
-    gate: float = 0.44
-    blend: float = 0.12
-
-    def sites(self) -> tuple[Site, ...]:
-        return (Site("logits"),)
-
-    @classmethod
-    def from_model_config(cls, config: ModelConfig) -> RefinerOptions | None:
-        if not config.refiner:
-            return None
-        return cls(tokens=config.refiner_tokens, gate=config.refiner_gate, blend=config.refiner_blend)
-
-
 class RefinerBlock(TextBlock):
     """Part ``refiner``: ``ConfidenceGatedRefiner`` over the last decoder features and the output convolution."""
 
@@ -289,25 +177,6 @@ def build_refiner(options: RefinerOptions, shape: UNetShape) -> TextBlock:
 
 
 # ------------------------------------------------------------------ dynamic head (SGTC / RADA)
-class DynamicHeadOptions(BlockOptions):
-    """A per-sample bias from the prompt embedding and the bottleneck, added before the output convolution
-    (SGTC/RADA); with ``region_dim`` > 0 the embedding is first fused with a region-aware image prototype of that
-    width (residual ratio ``region_rho``). ``model.conditioning=dynamic_head``."""
-
-    kind = "dynamic_head"
-    region_dim: int = 0
-    region_rho: float = 0.2
-
-    def sites(self) -> tuple[Site, ...]:
-        return (Site("head"),)
-
-    @classmethod
-    def from_model_config(cls, config: ModelConfig) -> DynamicHeadOptions | None:
-        if config.conditioning != "dynamic_head":
-            return None
-        return cls(region_dim=config.region_dim, region_rho=config.region_rho)
-
-
 class DynamicHeadBlock(TextBlock):
     """Parts ``dynamic_bias`` (``SemanticDynamicBias``) and ``region_fusion`` (``RegionAwareFusion`` or None)."""
 
@@ -339,30 +208,6 @@ def build_dynamic_head(options: DynamicHeadOptions, shape: UNetShape) -> TextBlo
 
 
 # ------------------------------------------------------------------ similarity maps (TextBCS, Align-then-Refine)
-class SimilarityOptions(BlockOptions):
-    """Pixel-text similarity maps ``cos / tau`` read from encoder ``levels`` (for the contrastive, heatmap and
-    alignment losses), in a ``dim``-wide space; the text side is the SVLI word states' mean at the ``word_levels``
-    (where SVLI sits), the sentence embedding elsewhere. ``model.similarity_levels``."""
-
-    kind = "similarity"
-    levels: tuple[int, ...]
-    word_levels: tuple[int, ...] = ()
-    dim: int = 64
-    temperature: float = 0.07
-    learnable_temperature: bool = True
-
-    def sites(self) -> tuple[Site, ...]:
-        return tuple(Site("readout", level) for level in self.levels)
-
-    @classmethod
-    def from_model_config(cls, config: ModelConfig) -> SimilarityOptions | None:
-        if not config.similarity_levels:
-            return None
-        return cls(levels=tuple(config.similarity_levels), word_levels=tuple(sorted(config.vision_language_levels)),
-                   dim=config.similarity_dim, temperature=config.similarity_temperature,
-                   learnable_temperature=config.similarity_learnable_temperature)
-
-
 class SimilarityBlock(TextBlock):
     """Part ``similarity``: level -> ``PixelTextSimilarity``; outputs ``encoder_{level}`` [B, 1, *spatial_level]."""
 
@@ -394,28 +239,6 @@ def build_similarity(options: SimilarityOptions, shape: UNetShape) -> TextBlock:
 
 
 # ------------------------------------------------------------------ prompt head (a decoder the prompts share)
-class PromptHeadOptions(BlockOptions):
-    """Per-prompt 1x1 convolutions (``hidden`` wide) on the last decoder features, their weights set by the
-    text summary, added to the shared output convolution's logits; ``coordinates``: they also read the
-    whole-image coordinate channels. No text enters before it, so the decoder runs once per image for all of
-    its prompts. ``model.conditioning=prompt_head``."""
-
-    kind = "prompt_head"
-    hidden: int = 16
-    coordinates: bool = True
-    text: TextReading = TextReading()
-
-    def sites(self) -> tuple[Site, ...]:
-        return (Site("logits"),)
-
-    @classmethod
-    def from_model_config(cls, config: ModelConfig) -> PromptHeadOptions | None:
-        if config.conditioning != "prompt_head":
-            return None
-        return cls(hidden=config.prompt_head_channels, coordinates=config.coordinates,
-                   text=TextReading.from_model_config(config))
-
-
 class PromptHeadBlock(TextBlock):
     """Parts ``text_summary`` (the text reader) and ``prompt_head`` (``PromptHead``)."""
 
@@ -451,5 +274,4 @@ def build_prompt_head(options: PromptHeadOptions, shape: UNetShape) -> TextBlock
                            axes)
 
 
-__all__ = ["ConcatOptions", "DecoderConditioning", "DynamicHeadOptions", "FiLMOptions", "FusionOptions",
-           "PromptHeadOptions", "RefinerOptions", "SVLIOptions", "SimilarityOptions", "TextReading", "masked_mean"]
+__all__ = ["DecoderConditioning", "masked_mean"]

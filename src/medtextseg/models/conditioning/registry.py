@@ -1,20 +1,10 @@
-"""The registry of conditioning blocks: every way the text enters the U-Net, by name, with its options and sites.
+"""The registry of conditioning blocks: the modules each kind of text block builds, by the kind's name.
 
-A block kind is registered once (``register_block``) with a pydantic options model and a builder. The options say
-what the block is and where it sits (``BlockOptions.sites``); ``from_model_config`` reads them off the flat
-``model`` section of a config (the keys users write: ``model.conditioning``, ``model.fusion_se``, ...), so that
-section stays the one front and the registry turns it into typed block configs (``block_options``). The builder
-makes a ``TextBlock``: the modules it owns (``parts``, registered on the model under these names, which are the
-state-dict prefixes checkpoints carry) and what it does at each of its sites. ``TextGuidedUNet.forward`` loops
+What a block is and where it sits is its typed section of the config (``model.blocks``, ``config/blocks.py``:
+``BlockOptions``, ``Site``). A kind is registered here once (``register_block``) with those options and a builder
+that makes a ``TextBlock``: the modules it owns (``parts``, registered on the model under these names, which are
+the state-dict prefixes checkpoints carry) and what it does at each of its sites. ``TextGuidedUNet.forward`` loops
 over sites and asks the blocks sitting there; it does not know the kinds.
-
-Sites (levels count from 0 = full resolution to L-1 = bottleneck):
-
-* ``encoder L``: after encoder stage L (the features become the skip and the next stage's input);
-* ``decoder L``: on the bottleneck (L-1) and after every decoder stage;
-* ``head``: the last decoder features, before the output convolution;
-* ``logits``: the logits after the output convolution;
-* ``readout L``: extra outputs read from encoder stage L (``ModelOutput.similarity``).
 
 The kinds are listed with wildcards, as timm lists its models: ``block_kinds("f*")`` -> ``["film", "fusion"]``.
 """
@@ -24,59 +14,13 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, NamedTuple
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
 from medtextseg.config import ModelConfig
+from medtextseg.config.blocks import BLOCK_KINDS, BlockOptions
 from medtextseg.text.batch import TextBatch
-
-
-class Site(NamedTuple):
-    """Where a block acts: ``where`` and, for the stage sites, the level (0 = full resolution)."""
-
-    where: Literal["encoder", "decoder", "head", "logits", "readout"]
-    level: int | None = None
-
-    def __str__(self) -> str:
-        return self.where if self.level is None else f"{self.where} {self.level}"
-
-
-class BlockOptions(BaseModel):
-    """The typed config of one block kind. Subclasses set ``kind``, their fields, ``sites`` and
-    ``from_model_config``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    kind: ClassVar[str]
-
-    def sites(self) -> tuple[Site, ...]:
-        raise NotImplementedError
-
-    @classmethod
-    def from_model_config(cls, config: ModelConfig) -> BlockOptions | None:
-        """This block's options as the flat model section states them, or None when it has no such block."""
-        raise NotImplementedError
-
-    def describe(self) -> str:
-        """``kind @ sites (options)`` in one line, e.g. ``film @ decoder 0,1,2,3 (spatial=True, ...)``."""
-        levels: dict[str, list[str]] = {}
-        for site in self.sites():
-            levels.setdefault(site.where, []).extend([] if site.level is None else [str(site.level)])
-        sites = "; ".join(" ".join([where, ",".join(found)]).strip() for where, found in levels.items())
-        values = ", ".join(f"{name}={value}" for name, value in _flat(self.model_dump()).items()
-                           if name not in self.site_fields)
-        return f"{self.kind} @ {sites}" + (f" ({values})" if values else "")
-
-    site_fields: ClassVar[frozenset[str]] = frozenset({"level", "levels", "cbn_level"})  # shown as sites
-
-
-def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested option dicts as dotted names: ``{"text": {"tokens": True}}`` -> ``{"text.tokens": True}``."""
-    flat: dict[str, Any] = {}
-    for name, value in values.items():
-        flat |= _flat(value, f"{prefix}{name}.") if isinstance(value, dict) else {f"{prefix}{name}": value}
-    return flat
 
 
 @dataclass(frozen=True)
@@ -183,8 +127,9 @@ def register_block(options: type[BlockOptions], parts: dict[str, type[nn.Module]
     listed in: a new kind goes last, so that the weights a seed gives the existing ones do not change.
     """
     def decorator(build: Callable[[Any, UNetShape], TextBlock]) -> Callable[[Any, UNetShape], TextBlock]:
-        if options.kind in _KINDS:
-            raise ValueError(f"block kind {options.kind!r} is registered twice")
+        if options.kind in _KINDS or BLOCK_KINDS.get(options.kind) is not options:
+            raise ValueError(f"block kind {options.kind!r} is registered twice, or its options are not the "
+                             "config's (config/blocks.py)")
         _KINDS[options.kind] = BlockKind(options.kind, options, build, dict(parts))
         return build
     return decorator
@@ -208,9 +153,8 @@ def block_kind(name: str) -> BlockKind:
 
 
 def block_options(config: ModelConfig) -> list[BlockOptions]:
-    """The typed configs of the blocks a model section describes, in registration order."""
-    found = (kind.options.from_model_config(config) for kind in _kinds().values())
-    return [options for options in found if options is not None]
+    """The blocks a model section lists, resolved against its U-Net, in construction order."""
+    return config.text_blocks()
 
 
 def model_parts() -> dict[str, type[nn.Module] | None]:

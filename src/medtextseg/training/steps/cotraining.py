@@ -23,6 +23,7 @@ from medtextseg.training.cotraining import (
     beta_at,
     cross_pseudo_loss,
     entropy_threshold,
+    region_dim,
     region_prototypes,
     sparse_training_cases,
 )
@@ -41,17 +42,12 @@ class CoTrainingStep(ValidationDecisions):
 
     @classmethod
     def check(cls, config: Config, plan: Plan | None) -> None:
+        """The config is checked at load (``Config._check_cotraining``); here the launch and the plan."""
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise MedTextSegError("co-training (train.step_policy=cotraining) runs in one process; start it "
                                   "without torchrun")
         if plan is not None:
             raise MedTextSegError("co-training runs unplanned (sparse slice labels keep their grid); pass no plan")
-        if config.data.spacing is not None:
-            raise MedTextSegError("config field 'data.spacing' must be null for co-training: resampling would move "
-                                  "the annotated slices off the grid")
-        if config.model.coordinates:
-            raise MedTextSegError("config field 'model.coordinates' must be false for co-training (the patches "
-                                  "carry no coordinate channels)")
 
     def __init__(self, config: Config, ctx: DistributedContext, progress: bool) -> None:
         self.config, self.ctx, self.progress, self.device = config, ctx, progress, ctx.device
@@ -78,7 +74,7 @@ class CoTrainingStep(ValidationDecisions):
             if "lr_factor" in state:  # the plateau schedule's and early stopping's bookkeeping
                 self.lr_factor.set_shared_state(state["lr_factor"])
             self.rng.bit_generator.state = state["rng"]["generator"]
-        elif config.model.region_dim:
+        elif region_dim(config):
             for member, (prototype, slices) in zip(self.members, region_prototypes(config, self.cases), strict=True):
                 member.region_fusion.set_prototype(prototype.to(self.device))
                 self.region_slices.append(slices)

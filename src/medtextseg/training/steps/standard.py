@@ -47,7 +47,7 @@ class StandardStep(ValidationDecisions):
         text = prepare_training_text(config, data.layout, data.train_ids, data.val_ids, data.vocabulary, ctx)
         self.text = text.cache
         self.model = create_model(config.model, self.text.dim).to(ctx.device)
-        if config.model.text_whitening and state is None:  # a resumed run has them in its checkpoint
+        if config.model.whitens_text and state is None:  # a resumed run has them in its checkpoint
             fit_text_whitening(self.model, self.text, text.whitening_texts, ctx.device)
         self.optimizer = build_optimizer(self.model.parameters(), config.train)
         self.lr_factor = LearningRateFactor(config.train)

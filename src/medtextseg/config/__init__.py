@@ -18,8 +18,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from medtextseg.config.blocks import BLOCK_KINDS, BlockOptions, TextReadingBlock, parse_blocks
 from medtextseg.utils.errors import MedTextSegError
 from medtextseg.utils.json_files import json_type
 from medtextseg.utils.planes import plane_axes
@@ -114,16 +124,17 @@ class TextConfig(_Section):
 
 
 class ModelConfig(_Section):
-    """An N-D U-Net with text conditioning.
+    """An N-D U-Net, and the text blocks that say where the prompt enters it (``blocks``).
 
-    ``conditioning`` picks where the text enters the decoder: ``film`` at the bottleneck and every decoder stage
-    (the default), ``fusion`` = the FiLM -> SE -> CBN -> residual -> L2 chain at the bottleneck (FiLM/CBN method;
-    links switched by ``fusion_se``/``fusion_cbn``), ``concat`` = the tiled text vector concatenated at the
-    bottleneck, ``dynamic_head`` = a bias before the output convolution, ``prompt_head`` = per-prompt 1x1
-    convolutions after a decoder the prompts share, ``none`` = none there.
-
-    These flat keys are the front users write; the conditioning blocks read their typed options off them
-    (``models/conditioning/registry.py``: ``block_options``; ``medtextseg presets --blocks`` shows them).
+    ``blocks`` maps each block kind to its typed options (``config/blocks.py``; ``medtextseg presets --blocks``
+    lists every preset's): ``film`` at the bottleneck and every decoder stage (the default), ``fusion`` = the
+    FiLM -> SE -> CBN -> residual -> L2 chain at the bottleneck (FiLM/CBN), ``concat`` = the tiled text vector
+    concatenated at the bottleneck, ``svli`` = vision-language attention after encoder stages (TextBCS),
+    ``similarity`` = pixel-text similarity maps for the alignment losses, ``refiner`` = the confidence-gated refiner
+    on the logits (Align-then-Refine stage 2), ``dynamic_head`` = a bias before the output convolution (SGTC/RADA),
+    ``prompt_head`` = per-prompt 1x1 convolutions after a decoder the prompts share. None: the text enters
+    nowhere (the image-only baseline). The flat keys of earlier versions (``model.conditioning``,
+    ``model.spatial_film``, ...) are still read and written into ``blocks`` (:data:`LEGACY_MODEL_KEYS`).
     """
 
     spatial_dims: Literal[2, 3] = 3
@@ -131,44 +142,14 @@ class ModelConfig(_Section):
     channels: list[int] = Field([16, 32, 64, 128], description="feature channels per resolution stage")
     strides: list[list[int]] = Field([[1, 1, 1], [2, 2, 1], [2, 2, 2], [2, 2, 2]],
                                      description="downsampling stride of each stage (first is the stem)")
-    conditioning: Literal["film", "fusion", "concat", "dynamic_head", "prompt_head", "none"] = Field(
-        "film", description="film: every decoder stage; fusion: FiLM->SE->CBN->residual->L2 at the bottleneck; "
-        "concat: text tiled and concatenated at the bottleneck; dynamic_head: a per-sample bias from the text "
-        "and the bottleneck added before the output convolution (SGTC/RADA); prompt_head: 1x1 convolutions whose "
-        "weights the text sets, after a decoder that runs once per image for all its prompts (cheap prompts); "
-        "none: no decoder conditioning (the image-only baseline unless vision_language_levels is set)")
-    prompt_head_channels: int = Field(16, ge=1, description="conditioning=prompt_head: width of the per-prompt "
-                                      "head's two hidden layers")
-    region_dim: int = Field(0, ge=0, description="conditioning=dynamic_head: width of a region-aware image "
-                            "prototype fused with the text embedding (RADA; 1280 for EfficientNet-Lite0); 0 = text "
-                            "only")
-    region_rho: float = Field(0.2, ge=0, le=1, description="residual ratio of the region-text fusion adapter")
+    blocks: dict[str, SerializeAsAny[BlockOptions]] = Field(
+        default_factory=dict, description="where the text enters: block kind -> its options (film, fusion, concat, "
+        "svli, refiner, dynamic_head, similarity, prompt_head; config/blocks.py); a kind set to null is left out")
     networks: int = Field(1, ge=1, description="independently initialised copies trained together "
                           "(cotraining); prediction averages their probabilities (inference.network picks one)")
-    vision_language_levels: list[int] = Field(
-        default_factory=list, description="encoder stages (0 = full resolution) followed by bidirectional "
-        "vision-language cross-attention whose word states are carried to the next one (TextBCS SVLI)")
-    similarity_levels: list[int] = Field(
-        default_factory=list, description="encoder stages whose features give a pixel-text similarity map "
-        "(losses pixel_text_contrastive / pixel_text_heat / pixel_text_align read them)")
-    similarity_dim: int = Field(64, ge=1, description="width of the shared pixel-text space")
-    similarity_temperature: float = Field(0.07, gt=0, description="tau of cos / tau at initialisation")
-    similarity_learnable_temperature: bool = Field(True, description="learn tau (TextBCS) or keep it fixed "
-                                                   "(Align-then-Refine)")
-    refiner: bool = Field(False, description="confidence-gated text cross-attention refiner on the last decoder "
-                          "features (Align-then-Refine stage 2)")
-    refiner_tokens: bool = Field(False, description="the refiner attends over the prompt's tokens, not one pooled "
-                                 "embedding")
-    refiner_gate: float = Field(0.44, gt=0, lt=1, description="refine voxels whose base probability exceeds this")
-    refiner_blend: float = Field(0.12, ge=0, le=1, description="how far the refined logits move the base ones")
     head: Literal["sigmoid", "evidential"] = Field(
         "sigmoid", description="sigmoid: one logit per voxel; evidential: Dirichlet evidence for {background, "
         "target}, which also gives a per-voxel uncertainty map")
-    fusion_se: bool = Field(True, description="conditioning=fusion: SE after FiLM")
-    fusion_cbn: bool = Field(True, description="conditioning=fusion: conditional batch norm after SE")
-    cbn_position: Literal["bottleneck", "decoder", "both"] = Field(
-        "bottleneck", description="conditioning=fusion: where conditional batch norm sits (decoder = the "
-        "second-highest-resolution decoder stage, as the paper's 128-channel layer)")
     encoders: int = Field(1, ge=1, description="separate encoders over equal groups of the input channels, "
                           "fused by concatenation + convolution at every stage (Align-then-Refine: one per "
                           "sequence, = in_channels); 1 = the ordinary U-Net")
@@ -179,42 +160,24 @@ class ModelConfig(_Section):
         default_factory=list, description="refinement after every encoder and decoder stage, in order")
     dropout: float = Field(0.0, ge=0, lt=1, description="channel dropout after every encoder stage")
     negative_slope: float = Field(0.01, ge=0, description="of the LeakyReLU activations")
-    text_tokens: bool = Field(True, description="FiLM also reads the prompt's token states (attention "
-                              "pooling), not only the sentence embedding")
-    text_whitening: bool = Field(False, description="whiten the text features the conditioning reads over the "
-                                 "training prompts (fitted before step 1), so that faint but decisive words "
-                                 "such as left / right stand out")
     coordinates: bool = Field(True, description="append whole-image voxel coordinates as input channels")
-    spatial_film: bool = Field(False, description="conditioning=film with coordinates: the text also sets a "
-                               "per-channel ramp along each whole-image axis (a handle for left/right words)")
     presence: bool = Field(True, description="train and use a presence logit (mean of the top-k mask logits) "
                            "saying whether the prompted target is in the image at all")
     presence_topk: int = Field(8, ge=1, description="k voxels read by the presence logit")
     norm: Literal["instance", "batch", "group"] = "instance"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _read_flat_keys(cls, data: Any) -> Any:
+        return read_legacy_model_keys(data) if isinstance(data, dict) else data
+
+    @field_validator("blocks", mode="before")
+    @classmethod
+    def _parse_blocks(cls, value: Any) -> dict[str, BlockOptions]:
+        return parse_blocks({} if value is None else value)
+
     @model_validator(mode="after")
     def _check_stages(self) -> ModelConfig:
-        if self.spatial_film and not (self.coordinates and self.conditioning == "film"):
-            raise ValueError("model.spatial_film needs model.coordinates=true and model.conditioning=film")
-        for field in ("vision_language_levels", "similarity_levels"):
-            levels = getattr(self, field)
-            if any(not 0 <= level < len(self.channels) for level in levels) or len(set(levels)) != len(levels):
-                raise ValueError(f"model.{field} {levels} must be distinct stage numbers in "
-                                 f"0..{len(self.channels) - 1}")
-        if self.region_dim and self.conditioning != "dynamic_head":
-            raise ValueError("model.region_dim needs model.conditioning=dynamic_head (the fused embedding feeds "
-                             "the dynamic head)")
-        if self.in_channels % self.encoders:
-            raise ValueError(f"model.encoders={self.encoders} must divide model.in_channels={self.in_channels} "
-                             "(each encoder reads an equal group of channels)")
-        if self.encoders > 1 and self.vision_language_levels:
-            raise ValueError("model.vision_language_levels needs model.encoders=1 (the attention's output feeds "
-                             "the next stage of one encoder)")
-        if self.conditioning == "prompt_head" and (self.head != "sigmoid" or self.refiner):
-            raise ValueError("model.conditioning=prompt_head needs model.head=sigmoid and model.refiner=false "
-                             "(it adds its logits to the single sigmoid logit, after every other block)")
-        if self.head == "evidential" and (self.deep_supervision or self.refiner):
-            raise ValueError(f"model.{'refiner' if self.refiner else 'deep_supervision'} needs model.head=sigmoid")
         if len(self.channels) != len(self.strides):
             raise ValueError(f"model.channels has {len(self.channels)} stages but model.strides has "
                              f"{len(self.strides)}; give one stride per stage")
@@ -222,7 +185,93 @@ class ModelConfig(_Section):
             if len(stride) != self.spatial_dims:
                 raise ValueError(f"model.strides entry {stride} must have {self.spatial_dims} values "
                                  f"(model.spatial_dims={self.spatial_dims})")
+        if self.in_channels % self.encoders:
+            raise ValueError(f"model.encoders={self.encoders} must divide model.in_channels={self.in_channels} "
+                             "(each encoder reads an equal group of channels)")
+        if self.head == "evidential" and self.deep_supervision:
+            raise ValueError("model.deep_supervision needs model.head=sigmoid")
+        for options in self.blocks.values():
+            options.check(self)
         return self
+
+    def text_blocks(self) -> list[BlockOptions]:
+        """The blocks with every value left to the U-Net set (:meth:`BlockOptions.resolved`), in the order the
+        model builds them."""
+        return [options.resolved(self) for options in self.blocks.values()]
+
+    @property
+    def whitens_text(self) -> bool:
+        """Whether a block whitens the text over the training prompts (fitted before training starts)."""
+        return any(options.whitens_text for options in self.blocks.values())
+
+
+# The flat keys of configs before ``model.blocks`` (saved runs load, and older commands run, as they did). The
+# switches say which blocks there are; each option key goes to its block when the config has that block.
+LEGACY_MODEL_SWITCHES = ("conditioning", "refiner", "vision_language_levels", "similarity_levels")
+LEGACY_MODEL_OPTIONS: dict[str, tuple[str | None, str]] = {
+    "spatial_film": ("film", "spatial"), "prompt_head_channels": ("prompt_head", "hidden"),
+    "region_dim": ("dynamic_head", "region_dim"), "region_rho": ("dynamic_head", "region_rho"),
+    "similarity_dim": ("similarity", "dim"), "similarity_temperature": ("similarity", "temperature"),
+    "similarity_learnable_temperature": ("similarity", "learnable_temperature"),
+    "refiner_tokens": ("refiner", "tokens"), "refiner_gate": ("refiner", "gate"),
+    "refiner_blend": ("refiner", "blend"), "fusion_se": ("fusion", "se"), "fusion_cbn": ("fusion", "cbn"),
+    "cbn_position": ("fusion", "cbn_position"),
+    "text_tokens": (None, "tokens"), "text_whitening": (None, "whitening"),  # every block that reads the text
+}
+LEGACY_MODEL_KEYS = frozenset(LEGACY_MODEL_SWITCHES) | frozenset(LEGACY_MODEL_OPTIONS)
+# model.conditioning chose one of these (or none)
+_CONDITIONING_KINDS = ("film", "fusion", "concat", "dynamic_head", "prompt_head")
+
+
+def read_legacy_model_keys(data: dict[str, Any]) -> dict[str, Any]:
+    """A model section with flat keys (``conditioning: fusion``, ``fusion_se: false``, ...) -> the same section
+    with ``blocks``: the switches add or remove blocks, then each option goes to its block. An option whose block
+    is absent is ignored, as it always was, except the two that used to be refused (``spatial_film: true``
+    without FiLM, ``region_dim`` > 0 without the dynamic head)."""
+    flat = {key: data[key] for key in data if key in LEGACY_MODEL_KEYS}
+    if not flat:
+        return data
+    data = {key: value for key, value in data.items() if key not in LEGACY_MODEL_KEYS}
+    blocks = {kind: _as_dict(value) for kind, value in dict(data.get("blocks") or {}).items()}
+    readers = [kind for kind, options in BLOCK_KINDS.items() if issubclass(options, TextReadingBlock)]
+    if "conditioning" in flat:
+        chosen = flat["conditioning"]
+        if chosen not in (*_CONDITIONING_KINDS, "none"):
+            raise ValueError(f"model.conditioning must be one of {', '.join(_CONDITIONING_KINDS)}, none; got "
+                             f"{chosen!r}")
+        # the text reading was one model-wide setting: the chosen block reads the text as the one it replaces
+        reading = next((blocks[kind]["text"] for kind in readers if (blocks.get(kind) or {}).get("text")), None)
+        blocks |= {kind: None for kind in _CONDITIONING_KINDS if kind != chosen}
+        if chosen != "none" and blocks.get(chosen) is None:
+            blocks[chosen] = {"text": reading} if reading is not None and chosen in readers else {}
+    if "refiner" in flat:
+        blocks["refiner"] = (blocks.get("refiner") or {}) if flat["refiner"] else None
+    for key, kind in (("vision_language_levels", "svli"), ("similarity_levels", "similarity")):
+        if key in flat:
+            blocks[kind] = {**(blocks.get(kind) or {}), "levels": flat[key]} if flat[key] else None
+    for key, (kind, option) in LEGACY_MODEL_OPTIONS.items():
+        if key not in flat:
+            continue
+        for target in [kind] if kind else readers:
+            if blocks.get(target) is not None:
+                path = ["text", option] if kind is None else [option]
+                blocks[target] = _with_option(blocks[target], path, flat[key])
+            elif key == "spatial_film" and flat[key]:
+                raise ValueError("model.spatial_film needs the film block (model.blocks.film)")
+            elif key == "region_dim" and flat[key]:
+                raise ValueError("model.region_dim needs the dynamic head (model.blocks.dynamic_head): the fused "
+                                 "embedding feeds it")
+    return {**data, "blocks": blocks}
+
+
+def _as_dict(options: Any) -> dict[str, Any] | None:
+    return options.model_dump() if isinstance(options, BaseModel) else None if options is None else dict(options)
+
+
+def _with_option(options: dict[str, Any], path: list[str], value: Any) -> dict[str, Any]:
+    if len(path) == 1:
+        return {**options, path[0]: value}
+    return {**options, path[0]: _with_option(_as_dict(options.get(path[0])) or {}, path[1:], value)}
 
 
 class TermSchedule(_Section):
@@ -355,7 +404,7 @@ class InferenceConfig(_Section):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     threshold: float = Field(0.5, gt=0, lt=1)
-    refiner: bool = Field(True, description="use the model's refiner (model.refiner) when predicting")
+    refiner: bool = Field(True, description="use the model's refiner (model.blocks.refiner) when predicting")
     mirror_axes: list[Annotated[int, Field(ge=0, le=2)]] | None = Field(
         None, description="mirror test-time augmentation along these spatial axes (0 = the patient's left-right: "
         "that pass reads the prompt with left and right swapped); null: the flip training makes, [0] where "
@@ -517,6 +566,19 @@ class Config(_Section):
         if self.inference.network is not None and self.inference.network >= self.model.networks:
             raise ValueError(f"inference.network={self.inference.network} but the model has "
                              f"{self.model.networks} network(s)")
+        return self
+
+    @model_validator(mode="after")
+    def _check_cotraining(self) -> Config:
+        """Co-training learns from annotated slices on the dataset's own grid, patches without coordinates."""
+        if self.train.step_policy != "cotraining":
+            return self
+        if self.data.plan or self.data.spacing is not None:
+            raise ValueError("co-training (train.step_policy=cotraining) keeps the dataset's grid, where the "
+                             "annotated slices are: data.plan must be false and data.spacing null")
+        if self.model.coordinates:
+            raise ValueError("co-training (train.step_policy=cotraining) needs model.coordinates=false (its "
+                             "patches carry no coordinate channels)")
         return self
 
     @model_validator(mode="after")
@@ -693,7 +755,9 @@ def _contains_itself(value: Any, inside: frozenset[int] = frozenset(), checked: 
 def _set_path(raw: dict[str, Any], parts: list[str], value: Any) -> None:
     node = raw
     for depth, part in enumerate(parts[:-1]):
-        node = node.setdefault(part, {})
+        if node.get(part) is None:  # absent, or null in a preset (e.g. a block it leaves out): a new section
+            node[part] = {}
+        node = node[part]
         if not isinstance(node, dict):  # e.g. a preset's `train: 5`, then --set train.steps=1
             raise MedTextSegError(f"config key {'.'.join(parts)!r}: {'.'.join(parts[:depth + 1])} is {node!r}, "
                                   "not a section with fields; fix the preset")
@@ -704,6 +768,8 @@ def _check_key_path(parts: list[str]) -> None:
     model: type[BaseModel] = Config
     for depth, part in enumerate(parts):
         fields = model.model_fields
+        if model is ModelConfig and part in LEGACY_MODEL_KEYS and depth == len(parts) - 1:
+            return  # an earlier version's flat key, written into model.blocks (read_legacy_model_keys)
         if part not in fields:
             where = ".".join(parts[:depth]) or "the config"
             hint = difflib.get_close_matches(part, list(fields), n=1)
@@ -736,8 +802,8 @@ def _explain(error: ValidationError) -> str:
         field = ".".join(str(p) for p in item["loc"])
         if item["type"] == "extra_forbidden":
             messages.append(f"unknown config key {field!r}")
-        elif not field and item["type"] == "value_error":  # a check across sections names its fields itself
-            messages.append(str(item["ctx"]["error"]))
+        elif item["type"] == "value_error" and (not field or field in str(item["ctx"]["error"])):
+            messages.append(str(item["ctx"]["error"]))  # a check that names its fields itself
         else:
             messages.append(f"config field {field!r}: {item['msg']} (got {item.get('input')!r})")
     return "; ".join(messages)
