@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medtextseg.evaluation.presence_calibration import choose_threshold
+from medtextseg.evaluation.presence_calibration import choose_threshold, present_loss_bound
 from medtextseg.inference.sliding import gated_probabilities, prompt_maps
 from medtextseg.models.input_spec import InputSpec
 from medtextseg.models.output import ModelOutput
@@ -88,3 +88,28 @@ def test_the_rule_keeps_correct_answers_and_then_answers_the_most_absent_targets
     assert choose_threshold(thresholds, dice, empty, present, max_present_loss=0.25) == 0.7
     # no absent prompt: nothing to win, the gate stays open
     assert choose_threshold(thresholds, dice[:, :4], empty[:, :4], present[:4]) == 0.0
+
+
+def costly_in_a_quarter_of_cases(cases: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each case: one present prompt (Dice 0.9 with the gate open) and one absent one. The gate at 0.9 answers
+    every absent prompt empty, and costs the present prompt of every fourth case 0.06 Dice: 0.015 on average,
+    within the 0.02 allowed."""
+    present = np.tile([True, False], cases)
+    case = np.repeat(np.arange(cases), 2)
+    cost = np.where(np.arange(cases) % 4 == 0, 0.06, 0.0)
+    dice = np.stack([np.where(present, 0.9, 0.0), np.where(present, 0.9 - np.repeat(cost, 2), 1.0)])
+    empty = np.stack([np.zeros(2 * cases, bool), ~present])
+    return dice, empty, present, case
+
+
+def test_the_cost_to_present_targets_is_bounded_with_the_cases_as_clusters():
+    dice, empty, present, case = costly_in_a_quarter_of_cases(12)
+    bound = present_loss_bound(dice, present, case)
+    per_case = np.where(np.arange(12) % 4 == 0, 0.06, 0.0)  # one present prompt a case: the plain mean's error
+    standard_error = per_case.std(ddof=1) / np.sqrt(12)
+    np.testing.assert_allclose(bound, [0.0, 0.015 + 1.645 * standard_error], atol=1e-4)
+    # the measured cost alone lets the gate through on 12 cases; its bound does not, until the cases are many
+    assert choose_threshold([0.0, 0.9], dice, empty, present) == 0.9
+    assert choose_threshold([0.0, 0.9], dice, empty, present, cases=case) == 0.0
+    dice, empty, present, case = costly_in_a_quarter_of_cases(400)
+    assert choose_threshold([0.0, 0.9], dice, empty, present, cases=case) == 0.9
