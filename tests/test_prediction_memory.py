@@ -222,6 +222,18 @@ def test_the_progress_bar_shows_only_on_a_terminal_or_when_asked(checkpoint, cas
     assert "memory estimate: about" in err and "window" in err  # the estimate, then the bar over windows
 
 
+def test_progress_is_told_window_by_window_to_the_last_of_every_pass(checkpoint, case):
+    predictor = load_model(checkpoint, "cpu")
+    predictor.set_inference(["inference.prompt_chunk=2"])  # three prompts: two passes over the windows
+    heard: list[tuple[int, int]] = []
+    answers = predictor.predict(case, PROMPTS, on_progress=lambda done, total: heard.append((done, total)))
+    assert [a.prompt for a in answers] == PROMPTS
+    done, totals = [d for d, _ in heard], {t for _, t in heard}
+    assert len(totals) == 1 and done == sorted(done) and done[-1] == totals.pop() and done[-1] % 2 == 0
+    assert done[0] < done[-1] // 2  # told as the windows run, not once at the end
+    assert list(predictor.iter_predict(case, PROMPTS[:1], on_progress=lambda *_: None))[0].prompt == PROMPTS[0]
+
+
 def test_the_resampled_shape_is_the_one_preparation_gives(tmp_path):
     # file axis 0 runs along -y (0.5 mm), 1 along +z (1 mm), 2 along -x (2 mm): RAS x <- axis 2, y <- 0, z <- 1
     affine = np.array([[0, 0, -2.0, 10], [-0.5, 0, 0, 3], [0, 1.0, 0, -7], [0, 0, 0, 1]])

@@ -247,6 +247,32 @@ def test_the_job_api_queues_reports_serves_files_and_cancels(served, client, cas
     assert state.queue.admitted == 0
 
 
+def test_a_running_job_tells_how_far_its_windows_are(served, client):
+    _, state = served
+    from medtextseg.server.work import Job
+
+    gate = threading.Event()  # a job whose prediction is under way: the worker holds it until the gate opens
+    ticket = state.queue.admit()
+    job = Job("progress-job", state.root / "progress-job")
+    job.number, job.future = state.queue.submit(gate.wait, 30)
+    state.jobs.add(job)
+    try:
+        deadline = time.monotonic() + 10
+        while not job.future.running():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert client.get(f"/jobs/{job.id}").json()["progress"] == {"windows_done": 0, "windows": 0,
+                                                                     "fraction": 0.0}  # still reading
+        job.advance(3, 12)
+        assert client.get(f"/jobs/{job.id}").json() == {"id": job.id, "status": "running", "progress": {
+            "windows_done": 3, "windows": 12, "fraction": 0.25}}
+    finally:
+        gate.set()
+        job.future.result(30)
+        ticket.release()
+        state.jobs.pop(job.id)
+
+
 @pytest.mark.parametrize(("files", "data", "status", "words"), [
     ([("a.nii.gz", b"not an image"), ("b.nii.gz", b"\x1f\x8b garbage")], {"prompt": "the gland"}, 422,
      ("upload 1 ('a.nii.gz')", "cannot read image header")),

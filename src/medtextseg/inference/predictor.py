@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,8 @@ from medtextseg.inference.sliding import iter_prompt_maps, window_count
 from medtextseg.models.trained import load_trained_model
 from medtextseg.text.cache import TextEmbeddingCache, cached_text_encoder
 from medtextseg.utils.errors import MedTextSegError
+
+Progress = Callable[[int, int], None]  # (windows done, windows in all) of one prediction
 
 
 @dataclass
@@ -248,7 +250,7 @@ class Predictor:
     @torch.no_grad()
     def predict(self, images: Any, prompts: str | Sequence[str], uncertainty: bool = True, *,
                 affine: Any = None, spacing: Sequence[float] | None = None, origin: Sequence[float] | None = None,
-                direction: Any = None) -> list[Segmentation]:
+                direction: Any = None, on_progress: Progress | None = None) -> list[Segmentation]:
         """One ``Segmentation`` per prompt for one image, all prompts in one sliding-window pass.
 
         Every answer is returned, so memory holds P probability maps on the input's grid:
@@ -265,6 +267,8 @@ class Predictor:
             affine: for numpy arrays: 4x4, voxel (i, j, k) -> RAS+ mm (nibabel's convention).
             spacing, origin, direction: for numpy arrays, instead of ``affine``: SimpleITK's (LPS; origin 0 and
                 identity direction by default).
+            on_progress: called as the sliding windows run with (windows done, windows in all), each window once
+                per pass of ``inference.prompt_chunk`` prompts (a server reports it while a job runs).
 
         Raises:
             MedTextSegError: no prompt or a malformed one; inputs the model cannot take (type, dimensions,
@@ -272,11 +276,11 @@ class Predictor:
                 memory available (or ``inference.memory_limit_gb``), naming the setting that makes it fit.
         """
         return list(self._segmentations(images, prompts, uncertainty, True, affine=affine, spacing=spacing,
-                                        origin=origin, direction=direction))
+                                        origin=origin, direction=direction, on_progress=on_progress))
 
     def iter_predict(self, images: Any, prompts: str | Sequence[str], uncertainty: bool = True, *,
                      affine: Any = None, spacing: Sequence[float] | None = None, origin: Sequence[float] | None = None,
-                     direction: Any = None) -> Iterator[Segmentation]:
+                     direction: Any = None, on_progress: Progress | None = None) -> Iterator[Segmentation]:
         """:meth:`predict`'s answers one at a time, in prompt order: memory holds ``inference.prompt_chunk``
         prompts' maps on the model's grid and a few on the input's grid, whatever the number of prompts, as long
         as the caller lets each answer go (write it, keep what it needs). The answers equal :meth:`predict`'s.
@@ -285,11 +289,11 @@ class Predictor:
         prepared when this is called; the sliding windows run as the answers are drawn).
         """
         return self._segmentations(images, prompts, uncertainty, False, affine=affine, spacing=spacing,
-                                   origin=origin, direction=direction)
+                                   origin=origin, direction=direction, on_progress=on_progress)
 
     def _segmentations(self, images: Any, prompts: str | Sequence[str], uncertainty: bool, hold_all: bool, *,
                        affine: Any, spacing: Sequence[float] | None, origin: Sequence[float] | None,
-                       direction: Any) -> Iterator[Segmentation]:
+                       direction: Any, on_progress: Progress | None = None) -> Iterator[Segmentation]:
         """Check, estimate the memory, read and prepare (now); then a generator of the answers."""
         items = list(images) if isinstance(images, list | tuple) else [images]
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
@@ -326,7 +330,7 @@ class Predictor:
         trace = MetaTensor(torch.zeros(1), meta=image.meta)
         trace.applied_operations = image.applied_operations
         return self._answers(model_input.float(), trace, transform, prompts, text, mirrored, uncertainty, geometry,
-                             reference)
+                             reference, on_progress)
 
     def _check_memory(self, geometry: Geometry, channels: int, prompts: int, uncertainty: bool, hold_all: bool,
                       name: str) -> MemoryPlan:
@@ -383,8 +387,8 @@ class Predictor:
 
     @torch.no_grad()
     def _answers(self, model_input: torch.Tensor, trace: MetaTensor, transform: Any, prompts: list[str], text: Any,
-                 mirrored: Any, uncertainty: bool, geometry: Geometry,
-                 reference: Path | None) -> Iterator[Segmentation]:
+                 mirrored: Any, uncertainty: bool, geometry: Geometry, reference: Path | None,
+                 on_progress: Progress | None = None) -> Iterator[Segmentation]:
         """The sliding windows, ``prompt_chunk`` prompts a pass; each pass's maps back on the input's grid a
         group at a time (``Invertd``: MONAI replays the recorded orientation/spacing operations in reverse),
         thresholded, yielded."""
@@ -397,11 +401,21 @@ class Predictor:
 
             bar = tqdm(total=windows * passes, desc=f"{len(prompts)} prompt(s)", unit="window", file=sys.stderr,
                        leave=False, dynamic_ncols=True, delay=0 if self.progress else 2)
+        done = 0
+
+        def advance(count: int) -> None:
+            nonlocal done
+            done += count
+            if bar is not None:
+                bar.update(count)
+            if on_progress is not None:
+                on_progress(done, windows * passes)
+
         maps = iter_prompt_maps(self.model, model_input, text, self.config.data.patch_size, inference.overlap,
                                 inference.presence_threshold, inference.prompt_chunk, inference.mirror_axes,
                                 mirrored, inference.sw_batch_size, uncertainty, inference.autocast,
-                                bar.update if bar is not None else None, self.config.data.slice_context,
-                                refine=inference.refiner, network=inference.network)
+                                advance if bar is not None or on_progress is not None else None,
+                                self.config.data.slice_context, refine=inference.refiner, network=inference.network)
         del model_input
         grids: dict[Any, torch.Tensor] = {}  # the input grid's sampling grid, computed once for every group
         try:

@@ -9,7 +9,8 @@
                            summary alone)
 ``POST /jobs``             the same request, answered at once (202) with the job's id; the work is queued
 ``GET /jobs``              every job and its status
-``GET /jobs/{id}``         status (queued with its position, running, done with its summary, failed with the reason)
+``GET /jobs/{id}``         status (queued with its position, running with its progress over the sliding windows, done
+                          with its summary, failed with the reason)
 ``GET /jobs/{id}/result``  the zip of a finished job; ``GET /jobs/{id}/files/{name}`` one of its files
 ``DELETE /jobs/{id}``      cancel a job (a running one is discarded when it ends) and remove its files
 =========================  =========================================================================================
@@ -228,6 +229,10 @@ def create_app(predictor: Predictor, settings: ServerSettings | None = None) -> 
         view: dict[str, Any] = {"id": job.id, "status": job.status}
         if job.status == "queued":
             view["position"] = state.queue.position(job.number)
+        if job.status == "running":
+            done, total = job.windows  # (0, 0) until the windows start: reading and preparing the images
+            view["progress"] = {"windows_done": done, "windows": total,
+                                "fraction": round(done / total, 3) if total else 0.0}
         if job.summary is not None:
             view |= {"summary": job.summary, "result": f"/jobs/{job.id}/result",
                      "files": [f"/jobs/{job.id}/files/{name}" for name in result_files(job.summary)]}
@@ -264,7 +269,7 @@ def create_app(predictor: Predictor, settings: ServerSettings | None = None) -> 
         job = Job(job_id, folder)
         state.jobs.add(job)
         job.number, job.future = state.queue.submit(run_segmentation, predictor, upload, folder, state.limits,
-                                                    state.model)
+                                                    state.model, job.advance)
         job.future.add_done_callback(lambda future: finish_job(job, ticket, future))
         return JSONResponse(job_view(job), status_code=202, headers={"Location": f"/jobs/{job_id}"})
 

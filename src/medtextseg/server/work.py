@@ -29,7 +29,7 @@ import numpy as np
 
 from medtextseg import __version__
 from medtextseg.inference.postprocessing import remove_small_components
-from medtextseg.inference.predictor import Predictor
+from medtextseg.inference.predictor import Predictor, Progress
 from medtextseg.server.uploads import RequestProblem, SegmentRequest, UploadLimits, channel_files, remove_folder
 from medtextseg.utils.errors import MedTextSegError
 
@@ -46,8 +46,9 @@ def public_message(message: str, channels: list[tuple[Path, str]], folder: Path)
 
 
 def run_segmentation(predictor: Predictor, request: SegmentRequest, folder: Path, limits: UploadLimits,
-                     model: dict[str, Any]) -> dict[str, Any]:
-    """Segment every prompt of ``request`` (its files in ``folder``) and write the outputs there.
+                     model: dict[str, Any], on_progress: Progress | None = None) -> dict[str, Any]:
+    """Segment every prompt of ``request`` (its files in ``folder``) and write the outputs there; ``on_progress``
+    hears (windows done, windows in all) as the sliding windows run.
 
     Returns the summary (also ``folder/out/summary.json``); with ``request.output`` "zip", ``folder/result.zip``
     holds it and the NIfTI files.
@@ -61,7 +62,8 @@ def run_segmentation(predictor: Predictor, request: SegmentRequest, folder: Path
     inputs.mkdir(exist_ok=True)
     channels = channel_files(request.files, inputs, limits)
     try:
-        results = predictor.predict([path for path, _ in channels], request.prompts, uncertainty=request.uncertainty)
+        results = predictor.predict([path for path, _ in channels], request.prompts, uncertainty=request.uncertainty,
+                                    on_progress=on_progress)
     except MedTextSegError as error:
         raise MedTextSegError(public_message(str(error), channels, folder)) from None
     inference = predictor.config.inference
@@ -199,6 +201,11 @@ class Job:
     summary: dict[str, Any] | None = None
     error: tuple[int, str] | None = None
     cancelled: bool = False
+    windows: tuple[int, int] = (0, 0)  # (done, in all) of the running prediction's sliding windows
+
+    def advance(self, done: int, total: int) -> None:
+        """The prediction's progress (``Predictor.predict``'s ``on_progress``), from the worker thread."""
+        self.windows = (done, total)
 
     @property
     def status(self) -> str:

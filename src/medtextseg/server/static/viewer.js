@@ -65,7 +65,9 @@
       let job = await (await api("jobs", { method: "POST", body: form })).json();
       const started = performance.now();
       while (job.status === "queued" || job.status === "running") {
-        setStatus(job.status + (job.status === "queued" ? " (position " + job.position + ")" : "") + "...");
+        const where = job.status === "queued" ? " (position " + job.position + ")"
+          : job.progress && job.progress.windows ? " (" + Math.round(100 * job.progress.fraction) + "%)" : "";
+        setStatus(job.status + where + "...");
         await new Promise((resolve) => setTimeout(resolve, 250));
         job = await (await api("jobs/" + job.id)).json();
       }
