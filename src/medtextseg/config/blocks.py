@@ -70,7 +70,7 @@ class BlockOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     kind: ClassVar[str]
-    site_fields: ClassVar[frozenset[str]] = frozenset({"level", "levels", "cbn_level"})  # shown as sites
+    site_fields: ClassVar[frozenset[str]] = frozenset({"level", "levels"})  # shown as sites
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

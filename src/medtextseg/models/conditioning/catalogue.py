@@ -1,6 +1,6 @@
 """The built-in conditioning blocks: FiLM, the fusion chain, concatenation, SVLI, the refiner, the dynamic head,
-the similarity maps and the prompt head, each registered with its options, its sites and its builder
-(``registry.py`` says how).
+the similarity maps and the prompt head: the modules each builds from its typed options (``config/blocks.py``,
+which also say where it sits), registered under its kind (``registry.py`` says how).
 
 They are registered in the order the segmenter has always created their modules, which fixes the weights a seed
 gives and the state-dict names (``text_summary``, ``conditioners``, ``vision_language``, ``refiner``,
