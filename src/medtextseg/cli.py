@@ -489,6 +489,8 @@ def calibrate_presence_command(
     where = split if len(model) == 1 else f"{result['cases']} held-out {split} cases of {len(model)} fold runs"
     typer.echo(f"presence threshold {result['previous']} -> {result['chosen']} (chosen on {where}; the same in "
                f"{result['stability']:.0%} of bootstrap resamples), kept in {', '.join(map(str, model))}")
+    if result["note"]:
+        typer.echo(f"note: {result['note']}")
     if result["warning"]:
         typer.echo(f"warning: {result['warning']}")
 

@@ -100,6 +100,21 @@ def choose_threshold(thresholds: Sequence[float], dice: np.ndarray, empty_answer
                       if ok and a >= best - 1e-9))
 
 
+def bound_note(thresholds: Sequence[float], dice: np.ndarray, empty_answer: np.ndarray, present: np.ndarray,
+               cases: np.ndarray, chosen: float, max_present_loss: float = MAX_PRESENT_LOSS) -> str | None:
+    """Why the bound chose ``chosen`` where the measured cost alone would choose a higher threshold (None when both
+    agree): that threshold's cost as measured and as bounded."""
+    estimate = choose_threshold(thresholds, dice, empty_answer, present, max_present_loss)
+    if estimate == chosen:
+        return None
+    row = list(thresholds).index(estimate)
+    measured = dice[0, present].mean() - dice[row, present].mean()
+    bound = present_loss_bound(dice, present, cases)[row]
+    return (f"{estimate:g} would answer more absent targets empty and costs present targets {measured:.3f} Dice as "
+            f"measured, but up to {bound:.3f} at {CONFIDENCE_LEVEL:.0%} confidence, over the {max_present_loss} "
+            "allowed; more held-out cases narrow the bound")
+
+
 def _summary(dice: np.ndarray, empty_answer: np.ndarray, present: np.ndarray, kinds: list[str]) -> dict:
     """dice, empty_answer: [N] of one threshold. Mean Dice overall and per kind, and the two sides of the gate."""
     summary = {"val_dice": float(dice.mean())}
@@ -212,8 +227,9 @@ def calibrate_presence(run: str | Path | Sequence[str | Path], data: str | Path,
     in every run; an ensemble of the folds gates on the mean of their thresholds, this one.
 
     Returns ``{"split", "runs", "cases", "chosen", "previous", "rule", "stability", "absent_prompts",
-    "present_prompts", "warning", "scores": {threshold: {"val_dice", "val_dice_<kind>", "present_dice",
-    "absent_empty"}}}``; ``scores`` has the open gate under ``"0.0"`` as well; ``previous`` is the first run's.
+    "present_prompts", "warning", "note" (:func:`bound_note`), "scores": {threshold: {"val_dice",
+    "val_dice_<kind>", "present_dice", "absent_empty"}}}``; ``scores`` has the open gate under ``"0.0"`` as well;
+    ``previous`` is the first run's.
 
     Raises:
         MedTextSegError: not a run folder with ``best.pt``, a model without a presence logit, a threshold outside
@@ -264,6 +280,7 @@ def calibrate_presence(run: str | Path | Sequence[str | Path], data: str | Path,
                       f"open gate's (0.0) at one-sided {CONFIDENCE_LEVEL:.0%} confidence (cases as clusters)"
                       + (f", cross-fitted over {len(runs)} folds" if len(runs) > 1 else ""),
               "stability": stability, "absent_prompts": n_absent, "present_prompts": n_present, "warning": warning,
+              "note": bound_note(grid, dice, empty_answer, present_mask, case_of, chosen, max_present_loss),
               "scores": {str(t): _summary(dice[i], empty_answer[i], present_mask, scores.kinds)
                          for i, t in enumerate(grid)}}
     for path in runs:
@@ -277,4 +294,5 @@ def calibrate_presence(run: str | Path | Sequence[str | Path], data: str | Path,
     return result
 
 
-__all__ = ["DEFAULT_THRESHOLDS", "MAX_PRESENT_LOSS", "calibrate_presence", "choose_threshold"]
+__all__ = ["DEFAULT_THRESHOLDS", "MAX_PRESENT_LOSS", "bound_note", "calibrate_presence", "choose_threshold",
+           "present_loss_bound"]
