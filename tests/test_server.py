@@ -223,6 +223,8 @@ def test_the_job_api_queues_reports_serves_files_and_cancels(served, client, cas
         assert view["status"] in ("queued", "running") and time.monotonic() < deadline, view
         time.sleep(0.05)
     expected = predictor.predict(case, PROMPTS[:2])
+    done, total = state.jobs.get(job).windows  # what the prediction told the job, to its last window
+    assert total > 0 and done == total
     assert_same_answers(unzip(client.get(view["result"]).content), expected, case[0], probabilities=False)
     mask = nifti(client.get(f"/jobs/{job}/files/mask_01.nii.gz").content)
     assert np.array_equal(mask.get_fdata(), expected[1].mask)

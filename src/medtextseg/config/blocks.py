@@ -160,20 +160,33 @@ class FiLMOptions(TextReadingBlock):
             _check_levels(model, "film.levels", self.levels)
 
 
+class AtOneDecoderLevel(TextReadingBlock):
+    """A text-reading block at one decoder ``level``, the bottleneck unless the config names another."""
+
+    level: int | None = Field(None, description="decoder level; null: the bottleneck")
+
+    def resolved(self, model: ModelConfig) -> AtOneDecoderLevel:
+        return self if self.level is not None else self.model_copy(update={"level": len(model.channels) - 1})
+
+    def check(self, model: ModelConfig) -> None:
+        if self.level is not None:
+            _check_levels(model, f"{self.kind}.level", (self.level,))
+
+
 # ------------------------------------------------------------------ fusion chain
-class FusionOptions(TextReadingBlock):
+class FusionOptions(AtOneDecoderLevel):
     """The FiLM -> SE -> CBN -> residual -> L2 chain at decoder ``level`` (null: the bottleneck; ``se`` and
     ``cbn`` switch its links), and, with ``cbn`` and ``cbn_position`` decoder or both, a residual CBN one stage
     above full resolution (the paper's 128-channel layer): the FiLM/CBN method."""
 
     kind = "fusion"
-    level: int | None = Field(None, description="decoder level of the chain; null: the bottleneck")
     se: bool = Field(True, description="squeeze-and-excitation after FiLM")
     cbn: bool = Field(True, description="conditional batch norm (where cbn_position says)")
     cbn_position: Literal["bottleneck", "decoder", "both"] = Field(
         "bottleneck", description="bottleneck: in the chain; decoder: a residual CBN at the second-highest-"
         "resolution decoder stage; both")
     text: TextReading = TextReading()
+
     @property
     def chain_cbn(self) -> bool:
         """Whether the chain itself has its CBN link."""
@@ -189,32 +202,17 @@ class FusionOptions(TextReadingBlock):
     def sites(self) -> tuple[Site, ...]:
         return (Site("decoder", self.level),) + (() if self.cbn_level is None else (Site("decoder", self.cbn_level),))
 
-    def resolved(self, model: ModelConfig) -> FusionOptions:
-        return self if self.level is not None else self.model_copy(update={"level": len(model.channels) - 1})
-
-    def check(self, model: ModelConfig) -> None:
-        if self.level is not None:
-            _check_levels(model, "fusion.level", (self.level,))
-
 
 # ------------------------------------------------------------------ concatenation
-class ConcatOptions(TextReadingBlock):
+class ConcatOptions(AtOneDecoderLevel):
     """The text tiled over space and concatenated at decoder ``level`` (null: the bottleneck), mixed back by a 1x1
     convolution: the FiLM/CBN ablation's baseline."""
 
     kind = "concat"
-    level: int | None = Field(None, description="decoder level; null: the bottleneck")
     text: TextReading = TextReading()
 
     def sites(self) -> tuple[Site, ...]:
         return (Site("decoder", self.level),)
-
-    def resolved(self, model: ModelConfig) -> ConcatOptions:
-        return self if self.level is not None else self.model_copy(update={"level": len(model.channels) - 1})
-
-    def check(self, model: ModelConfig) -> None:
-        if self.level is not None:
-            _check_levels(model, "concat.level", (self.level,))
 
 
 # ------------------------------------------------------------------ SVLI (TextBCS)
