@@ -25,11 +25,11 @@ import argparse
 import json
 from pathlib import Path
 
-from monai_reference import group_summary, reference
 from results_table import write_results
 
 from medtextseg.config import Config
 from medtextseg.data.synthetic import make_synthetic_dataset
+from medtextseg.evaluation.reference import group_summary, reference
 from medtextseg.evaluation.runner import evaluate_run
 from medtextseg.training.engine import train
 

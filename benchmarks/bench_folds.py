@@ -12,9 +12,15 @@
 4. Each fold alone, then their ensemble (``evaluate -m {out}/folds``: the mean of their probabilities, the gate
    on their mean presence against the mean of their thresholds), on the test split no fold has seen.
 
+5. The reference every benchmark carries (``medtextseg.evaluation.reference``): a text-blind MONAI UNet at the
+   folds' plan, trained on the train split for the mean time of one fold (against each fold) and for the time of
+   all folds together (against their ensemble), scored on the same test prompts (lesion prompts; it cannot
+   answer anatomy), mirrored as the folds predict.
+
 Printed (and written to ``{out}/results.md``, ``results.json``): Dice per prompt kind for every fold, the folds'
-mean ± std (ddof=1), the ensemble, its gain over the folds' mean and over the best fold, and the overall gain per
-prompt (ensemble minus the folds' mean on the same prompt) with a 95% bootstrap interval over the test cases.
+mean ± std (ddof=1), the ensemble, its gain over the folds' mean and over the best fold, the two references, and
+the overall gain per prompt (ensemble minus the folds' mean on the same prompt) with a 95% bootstrap interval
+over the test cases.
 Finished runs and evaluations are reused: rerun the same command to resume.
 """
 
@@ -28,9 +34,11 @@ from pathlib import Path
 import numpy as np
 from results_table import write_results
 
+from medtextseg.config import Config
 from medtextseg.data.planning import PLAN_FILE, planned_config
 from medtextseg.data.synthetic import make_synthetic_dataset
 from medtextseg.evaluation.presence_calibration import calibrate_presence
+from medtextseg.evaluation.reference import score_unet, train_unet, training_seconds
 from medtextseg.evaluation.runner import evaluate_run
 from medtextseg.training.engine import train
 
@@ -69,6 +77,22 @@ def evaluate(model: Path, data: Path, out: Path) -> tuple[dict[str, dict], list[
         evaluate_run(model, data, out, save_masks=False, overlays_per_group=0, progress=False)
     rows = {row["group"]: row for row in json.loads((out / "summary.json").read_text())}
     return rows, json.loads((out / "metrics_per_prompt.json").read_text())
+
+
+def reference_dice(out: Path, data: Path, folds: int) -> dict[str, tuple[dict[str, float], int, float]]:
+    """The text-blind MONAI UNet for one fold's mean training time and for all folds' time: per budget, its mean
+    Dice per group of the test split, its steps and its seconds (weights in ``out/reference``, reused)."""
+    runs = [out / "folds" / f"fold_{k}" for k in range(folds)]
+    config = Config.load(runs[0] / "config.yaml")
+    total = sum(training_seconds(run) for run in runs)
+    references = {}
+    for name, seconds in (("one fold", total / folds), ("all folds", total)):
+        unet, steps = train_unet(data, config, seconds, out / "reference" / f"{name.replace(' ', '_')}.pt")
+        records = score_unet(unet, data, config, tuple(config.inference.mirror_axes))
+        groups = {group: float(np.mean([r["dice"] for r in records if r["group"] == group]))
+                  for group in {r["group"] for r in records}}
+        references[name] = (groups, steps, seconds)
+    return references
 
 
 def overall_gain(ensemble: list[dict], folds: list[list[dict]]) -> tuple[float, float, float]:
@@ -110,6 +134,7 @@ def main() -> None:
                    for k in range(args.folds)]
     ensemble_rows, ensemble_records = evaluate(args.out / "folds", data, args.out / "eval" / "ensemble")
     evaluation_seconds = time.perf_counter() - started
+    references = reference_dice(args.out, data, args.folds)
 
     results = []
     for group in GROUPS:
@@ -124,13 +149,18 @@ def main() -> None:
                         "folds_std": float(np.std(dice, ddof=1)), "ensemble": ensemble,
                         "gain over mean": f"{ensemble - mean:+.3f}",
                         "gain over best fold": f"{ensemble - max(dice):+.3f}",
-                        "folds beaten": f"{sum(ensemble > d for d in dice)}/{len(dice)}"})
+                        "folds beaten": f"{sum(ensemble > d for d in dice)}/{len(dice)}",
+                        **{f"UNet, {name}'s time": groups.get(group) for name, (groups, _, _) in references.items()}})
     gain, low, high = overall_gain(ensemble_records, [records for _, records in evaluations])
     thresholds = json.loads((args.out / "eval" / "ensemble" / "ensemble.json").read_text())
     columns = ["kind", "n", *[f"fold {k}" for k in range(args.folds)], "folds mean ± std", "ensemble",
-               "gain over mean", "gain over best fold", "folds beaten"]
+               "gain over mean", "gain over best fold", "folds beaten",
+               *[f"UNet, {name}'s time" for name in references]]
+    unets = "; ".join(f"{name}'s time: {steps} steps in {seconds / 60:.1f} min" for name, (_, steps, seconds)
+                      in references.items())
     title = (f"{args.folds}-fold cross-validation, default preset, {args.steps} steps per fold: test-split Dice of "
-             f"each fold and of their ensemble ({args.cases} synthetic cases)")
+             f"each fold and of their ensemble ({args.cases} synthetic cases), beside a text-blind MONAI UNet "
+             f"trained on the train split ({unets}; lesion prompts only)")
     write_results(results, columns, args.out, title)
     summary = (f"overall gain per prompt (ensemble - folds' mean): {gain:+.3f} (95% bootstrap interval {low:+.3f} "
                f"to {high:+.3f}, {len({r['case'] for r in ensemble_records})} test cases, "

@@ -12,6 +12,10 @@ co-training iterations each, same network size:
 * co-training, text only: ``rada_text`` (three views, propagation, cross pseudo supervision);
 * RADA: ``rada`` (the same + the region-aware image prototype of the annotated slices).
 
+Beside them, the reference every benchmark carries (``medtextseg.evaluation.reference``): a text-blind MONAI UNet
+(16-128 channels) trained for the wall time of the slowest variant on the same sparse labels, with MONAI's masked
+Dice and a masked cross-entropy over the annotated voxels only (the labelled volumes; no propagation).
+
 Scored on the test split with the model as predicted (3-network average, and each network): Dice, Jaccard, HD95
 and ASSD (mm), mean +- std over cases. Also: the propagated labels' Dice against the true dense labels, by
 distance from the annotated slice, next to copying the annotated slice unchanged. Finished runs are reused; the
@@ -28,11 +32,19 @@ import numpy as np
 import torch
 
 from medtextseg.config import Config
+from medtextseg.data.io import read_array, read_geometry
 from medtextseg.data.label_propagation import propagate_slice_label
 from medtextseg.data.layout import load_dataset
 from medtextseg.data.sparse_labels import sparsify_dataset
 from medtextseg.data.synthetic import make_synthetic_dataset
+from medtextseg.data.transforms import preparation
 from medtextseg.evaluation.metrics import segmentation_metrics
+from medtextseg.evaluation.reference import (
+    REFERENCE_NAME,
+    train_unet,
+    training_seconds,
+    unet_probabilities,
+)
 from medtextseg.inference.sliding import prompt_probabilities
 from medtextseg.models.trained import load_trained_model
 from medtextseg.training.engine import train
@@ -80,6 +92,33 @@ def finished(run: Path) -> bool:
     return log.is_file() and '"event": "end"' in log.read_text()
 
 
+def summarize_cases(records: list[dict]) -> dict:
+    """Mean and std over cases of Dice, Jaccard, HD95 and ASSD (finite values only)."""
+    summary = {}
+    for metric, key in (("dice", "dice"), ("jaccard", "iou"), ("hd95", "hd95"), ("assd", "assd")):
+        finite = [r[key] for r in records if np.isfinite(r[key])]
+        summary[metric] = (float(np.mean(finite)), float(np.std(finite))) if finite else (None, None)
+    return summary
+
+
+def evaluate_reference(sparse: Path, runs: list[Path], out: Path) -> dict:
+    """The text-blind MONAI UNet on the sparse labels for the wall time of the slowest of ``runs`` (weights in
+    ``out``), scored like the variants on the file grid of the test volumes."""
+    config = Config.load(runs[0] / "config.yaml")
+    seconds = max(training_seconds(run) for run in runs)
+    unet, steps = train_unet(sparse, config, seconds, out, target_labels=config.cotraining.target_labels)
+    layout = load_dataset(sparse)
+    values = [layout.labels[n] for n in config.cotraining.target_labels]
+    transform = preparation(config.data.spacing, normalization=config.data.normalization)
+    records = []
+    for case in layout.split("test"):
+        prediction = unet_probabilities(unet, case, config, transform)[0] > 0.5
+        geometry = read_geometry(case.image_paths[0])
+        records.append(segmentation_metrics(prediction, np.isin(read_array(case.label_path), values),
+                                            geometry.spacing))
+    return {"average": summarize_cases(records), "steps": steps, "seconds": seconds}
+
+
 def evaluate(run: Path, data: Path) -> dict:
     """Dice, Jaccard, HD95, ASSD (mean, std over the test cases) of the run's best.pt, per network and averaged."""
     trained = load_trained_model(run / "best.pt")
@@ -99,11 +138,7 @@ def evaluate(run: Path, data: Path) -> dict:
             prediction = (probability > 0.5).numpy()
             target = torch.isin(case.label, values).numpy()
             records.append(segmentation_metrics(prediction, target, spacing))
-        name = "average" if member is None else f"network {member + 1}"
-        results[name] = {}
-        for metric, key in (("dice", "dice"), ("jaccard", "iou"), ("hd95", "hd95"), ("assd", "assd")):
-            finite = [r[key] for r in records if np.isfinite(r[key])]
-            results[name][metric] = (float(np.mean(finite)), float(np.std(finite))) if finite else (None, None)
+        results["average" if member is None else f"network {member + 1}"] = summarize_cases(records)
     return results
 
 
@@ -162,14 +197,19 @@ def main() -> None:
             train(config, run, resume=(run / "last.pt").is_file())
         results[name] = evaluate(run, data)
         print(name, json.dumps(results[name]["average"]), flush=True)
+    runs = [args.out / folder_name(name) for name in VARIANTS]
+    reference = evaluate_reference(sparse, runs, args.out / "monai_unet.pt")
+    results[REFERENCE_NAME] = {"average": reference["average"]}
+    print(REFERENCE_NAME, json.dumps(reference), flush=True)
     config = Config.load("rada", [f"data.root={sparse}", *TARGET])
     results["propagation"] = propagation_quality(dense, sparse, config)
 
     lines = [f"RADA benchmark: {args.cases} synthetic volumes, 10% of the training volumes labelled by 3 slices, "
              f"{args.steps} steps per variant (schedules scaled from 6000), uncertainty passes {args.passes}, "
-             f"channels {args.channels}", "",
+             f"channels {args.channels}; {REFERENCE_NAME}: {reference['steps']} steps in "
+             f"{reference['seconds'] / 60:.1f} min on the sparse labels (masked loss)", "",
              "| variant | network | Dice | Jaccard | HD95 (mm) | ASSD (mm) |", "|---|---|---|---|---|---|"]
-    for name in VARIANTS:
+    for name in [*VARIANTS, REFERENCE_NAME]:
         for network, metrics in results[name].items():
             cells = [f"{m:.3f} ± {s:.3f}" if m is not None else "–" for m, s in
                      (metrics[k] for k in ("dice", "jaccard", "hd95", "assd"))]

@@ -36,11 +36,11 @@ import time
 from pathlib import Path
 
 import torch
-from monai_reference import build_unet, group_summary, reference
 from results_table import write_results
 
 from medtextseg.config import Config
 from medtextseg.data.synthetic import make_synthetic_dataset
+from medtextseg.evaluation.reference import build_unet, group_summary, reference
 from medtextseg.evaluation.runner import evaluate_run
 from medtextseg.losses.segmentation import build_loss
 from medtextseg.models.factory import count_parameters, create_model

@@ -53,10 +53,10 @@ import numpy as np
 import torch
 
 from medtextseg.config import Config
+from medtextseg.evaluation.reference import has_lesion_prompts, score_unet, train_unet, training_seconds
 from medtextseg.study.statistics import paired_tests
 
 sys.path.insert(0, str(Path(__file__).parent))
-from monai_reference import has_lesion_prompts, score_unet, train_unet, training_seconds  # noqa: E402
 from results_table import write_results  # noqa: E402
 
 ATLAS = "/usr/share/mricron/templates"  # scripts/setup_atlas.sh installs it (Debian mricron-data)

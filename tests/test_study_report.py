@@ -269,3 +269,21 @@ def test_summaries_grouped_differently_raise():
 def test_group_by_must_match_the_summaries():
     with pytest.raises(MedTextSegError, match=r"group_by='group' but the summaries are grouped by 'kind'"):
         summarize_study(_runs(), group_by="group")
+
+
+def test_a_reference_is_compared_with_each_configuration_apart_and_leaves_their_own_tests_unchanged():
+    three = DICE | {"tversky-loss": {"absent": [0.8, 0.95, 0.9], "single": [0.65, 0.7, 0.95],
+                                     OVERALL_GROUP: [0.75, 0.8, 0.9]}}
+    unet = {"absent": [0.5, 0.6, 0.55], "single": [0.9, 0.85, 0.95]}  # no overall: it answers lesions only
+    alone = summarize_study(_runs(three), metrics=("dice",))
+    both = summarize_study(_runs(three | {"UNet": unet}), metrics=("dice",), reference="UNet")
+    assert [r for r in both["comparisons"] if r["family"] == "configurations"] == alone["comparisons"]
+    against = [r for r in both["comparisons"] if r["family"] == "reference"]
+    assert {(r["group"], r["configuration_a"], r["configuration_b"]) for r in against} == {
+        (group, name, "UNet") for group in ("absent", "single") for name in three}  # overall: no UNet value
+    absent = [r for r in against if r["group"] == "absent"]
+    assert [r["t_p_holm"] for r in absent] == pytest.approx(holm([r["t_p"] for r in absent]))
+    dice_loss = next(r for r in absent if r["configuration_a"] == "dice-loss")
+    assert dice_loss["mean_difference"] == pytest.approx(0.95 - 0.55)
+    with pytest.raises(MedTextSegError, match="reference 'MONAI' is not among"):
+        summarize_study(_runs(three), metrics=("dice",), reference="MONAI")

@@ -57,6 +57,43 @@ def test_study_runs_every_configuration_and_seed_then_resumes_without_retraining
         assert config["data"]["patch_size"] == [48, 48]  # the study's overrides win over the plan
 
 
+def test_a_study_with_reference_compares_every_configuration_with_a_text_blind_unet_given_the_runs_time(
+        dataset_2d, tmp_path):
+    from medtextseg.evaluation.reference import REFERENCE_NAME
+    from medtextseg.study.spec import REFERENCE_FOLDER
+
+    spec = write_spec(tmp_path, dataset_2d, {"dice": ["loss.terms={dice: 1.0}"],
+                                             "dice_bce": ["loss.terms={dice_bce: 1.0}"]})
+    result = CliRunner().invoke(app, ["study", spec, "--out", str(tmp_path / "out"), "--reference"])
+    assert result.exit_code == 0, result.output
+    study = json.loads((tmp_path / "out" / "synth" / "study.json").read_text())
+    assert study["configurations"][-1] == REFERENCE_NAME and study["reference"] == REFERENCE_NAME
+    runs = tmp_path / "out" / "runs" / "synth"
+    for seed in (0, 1):  # the mean time of that seed's runs, at the first configuration's plan
+        reference = json.loads((runs / REFERENCE_FOLDER / f"seed{seed}" / "result.json").read_text())
+        seconds = [json.loads((runs / name / f"seed{seed}" / "result.json").read_text())["train_seconds"]
+                   for name in ("dice", "dice_bce")]
+        assert reference["train_seconds"] == pytest.approx(sum(seconds) / 2) and reference["steps"] >= 1
+        # lesion data: it answers lesion prompts only, so it has no anatomy and no overall row
+        groups = {row["group"] for row in reference["summary"]}
+        assert groups and "anatomy" not in groups and "overall" not in groups
+    families = {(row["family"], row["configuration_a"], row["configuration_b"]) for row in study["comparisons"]}
+    assert ("configurations", "dice", "dice_bce") in families
+    assert {("reference", name, REFERENCE_NAME) for name in ("dice", "dice_bce")} <= families
+    assert not any(row["configuration_a"] == REFERENCE_NAME for row in study["comparisons"])
+    assert not any(row["family"] == "reference" and row["group"] in ("anatomy", "overall")
+                   for row in study["comparisons"])
+    assert f"## Against the reference, {REFERENCE_NAME}" in (tmp_path / "out" / "synth" / "summary.md").read_text()
+
+
+def test_a_study_refuses_a_reference_with_folds(dataset_2d, tmp_path):
+    spec = write_spec(tmp_path, dataset_2d, {"dice": ["loss.terms={dice: 1.0}"]})
+    with pytest.raises(MedTextSegError, match="reference with folds is not supported"):
+        study = load_study(spec, reference=True)
+        study.folds = 2
+        study.check()
+
+
 def test_a_study_with_plan_false_keeps_the_preset_values(dataset_2d, tmp_path):
     spec = yaml.safe_load(open(write_spec(tmp_path, dataset_2d, {"dice": ["loss.terms={dice: 1.0}"]})))
     spec |= {"plan": False, "seeds": [0]}

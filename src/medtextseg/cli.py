@@ -684,6 +684,9 @@ def study(
                                          "threads)")] = 1,
     seeds: Annotated[int | None, typer.Option(min=1, help="seeds 0 .. N-1 instead of the study's own (the "
                                               "FiLM/CBN paper reports 10 runs)")] = None,
+    reference: Annotated[bool, typer.Option("--reference", help="also train a text-blind MONAI UNet per "
+                                            "dataset and seed for the runs' mean time, and compare every "
+                                            "configuration with it (the study's `reference: true`)")] = False,
 ) -> None:
     """Train and evaluate N seeds x M configurations; write statistics (mean ± std, 95% CI, Shapiro-Wilk,
     paired t / Wilcoxon with Holm correction), tables and plots. Rerun the same command to resume."""
@@ -691,7 +694,7 @@ def study(
     from medtextseg.study.spec import load_study
 
     datasets = key_value_pairs(data, "--data", "NAME=DATASET_FOLDER")
-    reports = run_study(load_study(spec, datasets, seeds), out, workers=workers)
+    reports = run_study(load_study(spec, datasets, seeds, reference=reference or None), out, workers=workers)
     for dataset, summary in reports.items():
         typer.echo(f"{dataset}: {summary}")
 

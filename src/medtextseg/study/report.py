@@ -26,7 +26,10 @@ Files written (atomically, in ``out_dir``)
 * ``summary.csv``: one row per metric x group x configuration: n runs, mean, std (ddof=1), 95% CI of the
   mean (Student t), median, min, max, Shapiro–Wilk W and p, notes.
 * ``comparisons.csv``: the primary metric (the first of ``metrics``), per group, every pair of
-  configurations: paired t-test and Wilcoxon over shared seeds, Holm-adjusted across the pairs of the group.
+  configurations: paired t-test and Wilcoxon over shared seeds, Holm-adjusted across the pairs of the group
+  (``family`` ``configurations``). With a ``reference`` (a study's text-blind MONAI UNet), it is left out of
+  those pairs and each configuration is compared with it instead, Holm-adjusted across that family
+  (``family`` ``reference``), so adding the reference does not change the configurations' own tests.
 * ``summary.md``: the two tables above in Markdown, with the notes (e.g. too few runs for a statistic).
 * ``violin.png``: per group, a violin per configuration of its per-run values of the primary metric, the
   runs drawn on top (one colour per seed); ``runs.png``: the same values against the seed, one line per
@@ -75,7 +78,7 @@ _SUMMARY_COLUMNS = ("metric", "group", "configuration", "n", "seeds", "mean", "s
                     "confidence", "median", "min", "max", "shapiro_w", "shapiro_p", "notes")
 _COMPARISON_COLUMNS = ("metric", "group", "configuration_a", "configuration_b", "n", "seeds", "mean_a", "mean_b",
                        "mean_difference", "ci_low", "ci_high", "confidence", "t_statistic", "t_p", "t_p_holm",
-                       "wilcoxon_statistic", "wilcoxon_p", "wilcoxon_p_holm", "notes")
+                       "wilcoxon_statistic", "wilcoxon_p", "wilcoxon_p_holm", "notes", "family")
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -198,7 +201,8 @@ def _per_run_values(runs_table: list[dict[str, Any]], metric: str, group: str,
 
 
 def summarize_study(runs: Sequence[Mapping[str, Any]], metrics: Sequence[str] = DEFAULT_METRICS,
-                    group_by: str | None = None, confidence: float = 0.95) -> dict[str, Any]:
+                    group_by: str | None = None, confidence: float = 0.95,
+                    reference: str | None = None) -> dict[str, Any]:
     """Everything :func:`write_study_report` writes, in memory (the content of ``study.json``).
 
     Args:
@@ -207,9 +211,11 @@ def summarize_study(runs: Sequence[Mapping[str, Any]], metrics: Sequence[str] = 
         group_by: ``None`` uses the key the summaries were grouped by (``"kind"`` to summarize records);
             a name must match the summaries' key, and groups records given as ``records``.
         confidence: level of the intervals, in (0, 1).
+        reference: the configuration every other one is compared with apart (its own test family), not
+            among the pairs; None: every pair.
 
     Returns:
-        ``{"metrics", "primary_metric", "group_by", "confidence", "configurations" (in first-seen order),
+        ``{"metrics", "primary_metric", "group_by", "confidence", "reference", "configurations" (in first-seen order),
         "seeds" ({configuration: sorted seeds}), "groups", "notes" (list of str), "runs" (runs.csv rows),
         "summary" (summary.csv rows, ``notes`` a list), "comparisons" (comparisons.csv rows)}``.
 
@@ -233,7 +239,11 @@ def summarize_study(runs: Sequence[Mapping[str, Any]], metrics: Sequence[str] = 
                      f"Shapiro-Wilk; runs per configuration: {few}")
     elif few:
         notes.append(f"Shapiro-Wilk needs >= 3 runs per configuration; runs per configuration: {few}")
-    if len(configurations) < 2:
+    if reference is not None and reference not in configurations:
+        raise MedTextSegError(f"write_study_report: reference {reference!r} is not among the runs' "
+                              f"configurations {configurations}")
+    compared = [name for name in configurations if name != reference]
+    if len(compared) < 2:
         notes.append("one configuration: no pairwise comparison")
 
     summary = []
@@ -254,10 +264,17 @@ def summarize_study(runs: Sequence[Mapping[str, Any]], metrics: Sequence[str] = 
     primary = metrics[0]
     comparisons = []
     for group in groups:
-        table = {name: _per_run_values(runs_table, primary, group, name) for name in configurations}
+        table = {name: _per_run_values(runs_table, primary, group, name) for name in compared}
         for row in compare_configurations(table, confidence):
-            comparisons.append({"metric": primary, "group": group, **row})
+            comparisons.append({"family": "configurations", "metric": primary, "group": group, **row})
+    for group in groups if reference is not None else []:
+        table = {name: _per_run_values(runs_table, primary, group, name) for name in configurations}
+        if not any(value is not None for value in table[reference].values()):
+            continue  # a group the reference cannot answer (anatomy prompts, for a lesion reference)
+        for row in compare_configurations(table, confidence, against=reference):
+            comparisons.append({"family": "reference", "metric": primary, "group": group, **row})
     return {"metrics": list(metrics), "primary_metric": primary, "group_by": group_by, "confidence": confidence,
+            "reference": reference,
             "configurations": configurations, "seeds": seeds, "groups": groups, "notes": notes,
             "runs": runs_table, "summary": summary, "comparisons": comparisons}
 
@@ -322,16 +339,27 @@ def _summary_markdown(study: Mapping[str, Any], title: str) -> str:
 
 
 def _comparisons_markdown(study: Mapping[str, Any]) -> list[str]:
+    lines = _family_markdown(study, "configurations", f"## Pairwise comparisons: {study['primary_metric']}",
+                             "the pairs of the same group")
+    if study["reference"] is not None:
+        lines += [""] + _family_markdown(
+            study, "reference", f"## Against the reference, {study['reference']}: {study['primary_metric']}",
+            "the configurations compared with the reference in the same group (a family apart from the pairs "
+            "above)")
+    return lines
+
+
+def _family_markdown(study: Mapping[str, Any], family: str, heading: str, holm_over: str) -> list[str]:
     metric, confidence = study["primary_metric"], round(study["confidence"] * 100)
-    lines = [f"## Pairwise comparisons: {metric}", ""]
-    if not study["comparisons"]:
+    rows = [row for row in study["comparisons"] if row["family"] == family]
+    lines = [heading, ""]
+    if not rows:
         return lines + ["Only one configuration: nothing to compare.", ""]
     direction = "lower is better" if metric in DISTANCE_METRICS else "higher is better"
     lines += [f"Paired over the seeds both configurations ran. Difference = A − B ({metric}: {direction}), with "
               f"its {confidence}% CI. Two-sided paired t-test and Wilcoxon signed-rank test; *Holm*: "
-              "Holm–Bonferroni adjusted over the pairs of the same group (each test separately).", ""]
-    shared = [note for note in study["comparisons"][0]["notes"]
-              if all(note in row["notes"] for row in study["comparisons"])]
+              f"Holm–Bonferroni adjusted over {holm_over} (each test separately).", ""]
+    shared = [note for note in rows[0]["notes"] if all(note in row["notes"] for row in rows)]
     lines += [f"> **Note:** every comparison: {note}" for note in shared] + ([""] if shared else [])
     header = ["group", "A", "B", "n", "A − B", f"{confidence}% CI", "t p", "t p (Holm)", "Wilcoxon p",
               "Wilcoxon p (Holm)", "notes"]
@@ -342,7 +370,7 @@ def _comparisons_markdown(study: Mapping[str, Any]) -> list[str]:
              f"[{_number(row['ci_low'], digits, True)}, {_number(row['ci_high'], digits, True)}]",
              _p_text(row["t_p"]), _p_text(row["t_p_holm"]), _p_text(row["wilcoxon_p"]),
              _p_text(row["wilcoxon_p_holm"]), "; ".join(note for note in row["notes"] if note not in shared)]
-            for row in study["comparisons"]]
+            for row in rows]
     return lines + [markdown_table(header, body)]
 
 
@@ -448,7 +476,8 @@ def _flatten_notes(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 def write_study_report(runs: Sequence[Mapping[str, Any]], out_dir: PathLike,
                        metrics: Sequence[str] = DEFAULT_METRICS, group_by: str | None = None,
-                       title: str = "Study", confidence: float = 0.95) -> dict[str, Path]:
+                       title: str = "Study", confidence: float = 0.95, reference: str | None = None
+                       ) -> dict[str, Path]:
     """Write a repeated-run study's tables, statistics and plots (see the module docstring for the files).
 
     Args:
@@ -462,6 +491,8 @@ def write_study_report(runs: Sequence[Mapping[str, Any]], out_dir: PathLike,
             must match the summaries' key and groups ``records``.
         title: the report's title (Markdown heading, figure titles).
         confidence: level of the confidence intervals, in (0, 1).
+        reference: a configuration compared with each other one apart, not among the pairs (the study's
+            text-blind MONAI UNet); None: every pair.
 
     Returns:
         ``{"runs_csv", "summary_csv", "summary_md", "comparisons_csv", "violin_png", "runs_png",
@@ -477,7 +508,7 @@ def write_study_report(runs: Sequence[Mapping[str, Any]], out_dir: PathLike,
         >>> write_study_report(runs, "study/report", metrics=("dice", "hd95"))["summary_md"]  # doctest: +SKIP
         PosixPath('study/report/summary.md')
     """
-    study = summarize_study(runs, metrics=metrics, group_by=group_by, confidence=confidence)
+    study = summarize_study(runs, metrics=metrics, group_by=group_by, confidence=confidence, reference=reference)
     out_dir = Path(out_dir)
     paths = {
         "runs_csv": write_text_atomic(out_dir / "runs.csv", csv_text(

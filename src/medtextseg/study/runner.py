@@ -12,6 +12,12 @@ single-threaded runs finish sooner than two two-threaded runs one after the othe
 one resumes from its ``last.pt``, so rerunning the command after a crash only does the missing work. A worker
 ends when the study process is gone (killed by a scheduler, or ``kill``) instead of training on into a run folder
 the rerun will use.
+
+With ``reference: true`` each (dataset, seed) also trains the text-blind reference
+(:mod:`medtextseg.evaluation.reference`) in ``out/runs/{dataset}/monai_unet_reference/seed{n}``, once that seed's
+runs have finished: for the mean of their training times, at the first configuration's saved config (its plan),
+with the same threads a run had, scored on the same split. The report compares each configuration with it apart
+from the configurations' own pairs.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import yaml
 
 from medtextseg.config import Config
 from medtextseg.data.planning import Plan, planned_config
-from medtextseg.study.spec import StudySpec
+from medtextseg.study.spec import REFERENCE_FOLDER, StudySpec
 from medtextseg.training.progress import StepProgress
 from medtextseg.utils.atomic import write_text_atomic
 
@@ -73,6 +79,56 @@ def run_one(study: dict[str, Any], dataset: str, configuration: str, seed: int, 
               "train_seconds": None if None in seconds else sum(seconds), "run_dir": str(run_dir)}
     write_text_atomic(result_path, json.dumps(result, indent=1) + "\n")
     return result
+
+
+def reference_one(dataset: str, seed: int, run_dir: str, config_path: str, data: str, seconds: float, split: str,
+                  threads: int) -> dict[str, Any]:
+    """Train (or read back) and score the text-blind reference of one (dataset, seed) for ``seconds``; returns
+    its run dict of ``write_study_report``. Its overall row is left out where it answers only some prompts
+    (lesion data: no anatomy), so that no mean over fewer prompts sits beside the configurations' overall."""
+    import torch
+
+    from medtextseg.data.layout import load_dataset
+    from medtextseg.evaluation.metrics import summarize
+    from medtextseg.evaluation.reference import (
+        REFERENCE_NAME,
+        answers_every_prompt,
+        reference_task,
+        score_unet,
+        train_unet,
+    )
+
+    run_dir, data_dir = Path(run_dir), Path(data)
+    result_path = run_dir / "result.json"
+    if result_path.is_file():
+        return json.loads(result_path.read_text(encoding="utf-8"))
+    torch.set_num_threads(threads)
+    config = Config.load(config_path)
+    unet, steps = train_unet(data_dir, config, seconds, run_dir / "unet.pt", seed)
+    lesions = reference_task(load_dataset(data_dir)).mode == "lesions"  # a label flip would swap left and right
+    records = score_unet(unet, data_dir, config, tuple(config.inference.mirror_axes) if lesions else (), split)
+    rows = summarize(records, group_by="group")
+    if not answers_every_prompt(data_dir, records, split):
+        rows = rows[:-1]
+    result = {"dataset": dataset, "configuration": REFERENCE_NAME, "seed": seed, "summary": rows,
+              "train_seconds": seconds, "steps": steps, "run_dir": str(run_dir)}
+    write_text_atomic(result_path, json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def _reference_jobs(spec: StudySpec, out_dir: Path, results: list[dict[str, Any]]) -> list[tuple]:
+    """One reference job per (dataset, seed): (dataset, seed, run folder, the first configuration's saved
+    config, dataset folder, the mean training seconds of that seed's runs, split)."""
+    first = next(iter(spec.configurations))
+    jobs = []
+    for dataset in spec.datasets:
+        for seed in spec.seeds:
+            runs = [r for r in results if r["dataset"] == dataset and r["seed"] == seed]
+            seconds = [r["train_seconds"] for r in runs if r["train_seconds"] is not None]
+            config = Path(next(r for r in runs if r["configuration"] == first)["run_dir"]) / "model" / "config.yaml"
+            jobs.append((dataset, seed, str(out_dir / "runs" / dataset / REFERENCE_FOLDER / f"seed{seed}"),
+                         str(config), spec.datasets[dataset], sum(seconds) / len(seconds), spec.split))
+    return jobs
 
 
 def _train(spec: StudySpec, configuration: str, seed: int, dataset: str, plan_path: Path, model_dir: Path,
@@ -129,6 +185,7 @@ def run_study(spec: StudySpec, out_dir: str | Path, workers: int = 1, progress: 
     Returns:
         dataset name -> the path of its ``summary.md``.
     """
+    from medtextseg.evaluation.reference import REFERENCE_NAME
     from medtextseg.study.report import write_study_report
 
     out_dir = Path(out_dir)
@@ -140,25 +197,38 @@ def run_study(spec: StudySpec, out_dir: str | Path, workers: int = 1, progress: 
     threads = max(1, (os.cpu_count() or 1) // workers)
     results: list[dict[str, Any]] = []
     study = spec.model_dump()
-    bar = StepProgress(f"{spec.name}: runs", len(jobs), 0, progress)  # a line a run in a log file
+    total = len(jobs) + (len(spec.datasets) * len(spec.seeds) if spec.reference else 0)
+    bar = StepProgress(f"{spec.name}: runs", total, 0, progress)  # a line a run in a log file
     try:
-        if workers <= 1:
-            for job in jobs:
-                results.append(run_one(study, *job, threads))
-                bar.update(len(results))
-        else:
-            with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=exit_with_parent,
-                                     initargs=(os.getpid(),)) as pool:
-                futures = [pool.submit(run_one, study, *job, threads) for job in jobs]
-                for future in as_completed(futures):
-                    results.append(future.result())
-                    bar.update(len(results))
+        results += _run_all(run_one, [(study, *job, threads) for job in jobs], workers, bar, 0)
+        if spec.reference:  # given the time the runs took: after them, with the threads each run had
+            references = [(*job, threads) for job in _reference_jobs(spec, out_dir, results)]
+            results += _run_all(reference_one, references, workers, bar, len(results))
     finally:
         bar.stop()
     reports = {}
     for dataset in spec.datasets:
-        runs = sorted((r for r in results if r["dataset"] == dataset), key=lambda r: (r["configuration"], r["seed"]))
+        runs = sorted((r for r in results if r["dataset"] == dataset),  # the reference last
+                      key=lambda r: (r["configuration"] == REFERENCE_NAME, r["configuration"], r["seed"]))
         paths = write_study_report(runs, out_dir / dataset, metrics=[spec.primary_metric, *(
-            m for m in spec.metrics if m != spec.primary_metric)], title=f"{spec.name} on {dataset}")
+            m for m in spec.metrics if m != spec.primary_metric)], title=f"{spec.name} on {dataset}",
+            reference=REFERENCE_NAME if spec.reference else None)
         reports[dataset] = paths["summary_md"]
     return reports
+
+
+def _run_all(function: Any, arguments: list[tuple], workers: int, bar: StepProgress, done: int) -> list[dict]:
+    """``function(*a)`` for every ``a`` of ``arguments``, ``workers`` processes side by side (in this process
+    with one), the bar advanced from ``done`` as each finishes; returns their results in finishing order."""
+    results: list[dict] = []
+    if workers <= 1:
+        for args in arguments:
+            results.append(function(*args))
+            bar.update(done + len(results))
+        return results
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=exit_with_parent,
+                             initargs=(os.getpid(),)) as pool:
+        for future in as_completed([pool.submit(function, *args) for args in arguments]):
+            results.append(future.result())
+            bar.update(done + len(results))
+    return results

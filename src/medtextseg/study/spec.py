@@ -13,6 +13,7 @@ Example (``studies/filmcbn_losses.yaml``)::
     datasets: {synthetic_2d: data/synth2d}  # name -> dataset folder (relative to the spec file)
     dataset_overrides: {synthetic_2d: []}   # optional: overrides for one dataset's runs
     folds: 5                                # optional: each seed trains 5 fold runs, scored out of fold
+    reference: true                         # optional: a text-blind MONAI UNet per (dataset, seed), same time
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medtextseg.config import Config
 from medtextseg.utils.errors import MedTextSegError
+
+#: Where a study's reference runs live: ``out/runs/{dataset}/{REFERENCE_FOLDER}/seed{n}``.
+REFERENCE_FOLDER = "monai_unet_reference"
 
 
 class StudySpec(BaseModel):
@@ -45,6 +49,10 @@ class StudySpec(BaseModel):
     plan: bool = Field(True, description="plan each (dataset, configuration) from the dataset as `medtextseg "
                        "train` does (spacing, patch, strides, channels, kind weights; the configuration's overrides "
                        "win); false keeps the preset's values, as the bundled studies were measured")
+    reference: bool = Field(False, description="also train the text-blind reference (a MONAI UNet, "
+                            "medtextseg.evaluation.reference) for each (dataset, seed), for the mean training time "
+                            "of that seed's runs at the first configuration's plan, scored on the same prompts; "
+                            "the report compares every configuration with it")
     metrics: list[str] = Field(["dice", "iou", "precision", "recall", "hd95"])
     primary_metric: str = "dice"
 
@@ -71,6 +79,12 @@ class StudySpec(BaseModel):
 
     def check(self) -> None:
         """Resolve every run's config once, so a typo fails before hours of training, naming where it is."""
+        if self.reference and self.folds is not None:
+            raise MedTextSegError(f"study {self.name!r}: reference with folds is not supported (the reference "
+                                  "trains on the train split and is scored on the test split); leave one out")
+        if self.reference and REFERENCE_FOLDER in self.configurations:
+            raise MedTextSegError(f"study {self.name!r}: configuration name {REFERENCE_FOLDER!r} is where the "
+                                  "reference is written; rename it")
         if self.folds is not None and self.split != "test":
             raise MedTextSegError(f"study {self.name!r}: split {self.split!r} with folds: a study with folds scores "
                                   "each fold run on its held-out fold; leave split out")
@@ -92,12 +106,13 @@ def shipped_studies() -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def load_study(spec: str | Path, datasets: dict[str, str] | None = None, seeds: int | None = None) -> StudySpec:
+def load_study(spec: str | Path, datasets: dict[str, str] | None = None, seeds: int | None = None,
+               reference: bool | None = None) -> StudySpec:
     """Read a study YAML (a path, or the name of a shipped study) and check every configuration.
 
     Relative dataset folders are resolved against the spec file's folder (shipped studies: the current
     directory). ``datasets`` replaces the spec's datasets when given (``--data NAME=PATH``), ``seeds`` its seeds
-    with 0 .. seeds - 1 (``--seeds N``).
+    with 0 .. seeds - 1 (``--seeds N``), ``reference`` its ``reference`` (``--reference``).
     """
     path = Path(spec)
     if path.suffix in (".yaml", ".yml"):
@@ -125,6 +140,8 @@ def load_study(spec: str | Path, datasets: dict[str, str] | None = None, seeds: 
                                    if name in study.datasets}
     if seeds is not None:
         study.seeds = list(range(seeds))
+    if reference is not None:
+        study.reference = reference
     if not study.datasets:
         raise MedTextSegError(f"{spec}: no datasets; add 'datasets: {{name: folder}}' or pass --data NAME=PATH")
     study.check_run_names(str(spec))

@@ -244,9 +244,11 @@ def _check_table(table: Mapping[str, Mapping[Any, float | None]]) -> None:
                                       f"finite number or None (no value for that run), got {value!r}")
 
 
-def compare_configurations(table: Mapping[str, Mapping[Any, float | None]],
-                           confidence: float = 0.95) -> list[dict[str, Any]]:
-    """All pairwise paired comparisons between configurations, Holm-corrected across the pairs.
+def compare_configurations(table: Mapping[str, Mapping[Any, float | None]], confidence: float = 0.95,
+                           against: str | None = None) -> list[dict[str, Any]]:
+    """All pairwise paired comparisons between configurations, Holm-corrected across the pairs; with
+    ``against`` (a configuration of the table), only each other configuration against it (A: the other, B:
+    ``against``), Holm-corrected across those pairs.
 
     Args:
         table: ``{configuration: {seed: value}}``, e.g. ``{"dice": {0: 0.81, 1: 0.79}, "jaccard": {0: 0.78,
@@ -271,8 +273,12 @@ def compare_configurations(table: Mapping[str, Mapping[Any, float | None]],
         [('a', 'b', [0, 1, 2]), ('a', 'c', [1, 2]), ('b', 'c', [1, 2])]
     """
     _check_table(table)
+    if against is not None and against not in table:
+        raise MedTextSegError(f"compare_configurations: against={against!r} is not a configuration of the table "
+                              f"{sorted(table)}")
+    pairs = combinations(table, 2) if against is None else [(name, against) for name in table if name != against]
     rows = []
-    for name_a, name_b in combinations(table, 2):
+    for name_a, name_b in pairs:
         values_a = {seed: value for seed, value in table[name_a].items() if value is not None}
         values_b = {seed: value for seed, value in table[name_b].items() if value is not None}
         seeds = sorted(set(values_a) & set(values_b), key=seed_key)
