@@ -86,8 +86,8 @@ def reference_dice(out: Path, data: Path, folds: int) -> dict[str, tuple[dict[st
     config = Config.load(runs[0] / "config.yaml")
     total = sum(training_seconds(run) for run in runs)
     references = {}
-    for name, seconds in (("one fold", total / folds), ("all folds", total)):
-        unet, steps = train_unet(data, config, seconds, out / "reference" / f"{name.replace(' ', '_')}.pt")
+    for name, file, seconds in (("one fold's", "one_fold", total / folds), (f"{folds} folds'", "all_folds", total)):
+        unet, steps = train_unet(data, config, seconds, out / "reference" / f"{file}.pt")
         records = score_unet(unet, data, config, tuple(config.inference.mirror_axes))
         groups = {group: float(np.mean([r["dice"] for r in records if r["group"] == group]))
                   for group in {r["group"] for r in records}}
@@ -150,13 +150,13 @@ def main() -> None:
                         "gain over mean": f"{ensemble - mean:+.3f}",
                         "gain over best fold": f"{ensemble - max(dice):+.3f}",
                         "folds beaten": f"{sum(ensemble > d for d in dice)}/{len(dice)}",
-                        **{f"UNet, {name}'s time": groups.get(group) for name, (groups, _, _) in references.items()}})
+                        **{f"UNet, {name} time": groups.get(group) for name, (groups, _, _) in references.items()}})
     gain, low, high = overall_gain(ensemble_records, [records for _, records in evaluations])
     thresholds = json.loads((args.out / "eval" / "ensemble" / "ensemble.json").read_text())
     columns = ["kind", "n", *[f"fold {k}" for k in range(args.folds)], "folds mean ± std", "ensemble",
                "gain over mean", "gain over best fold", "folds beaten",
-               *[f"UNet, {name}'s time" for name in references]]
-    unets = "; ".join(f"{name}'s time: {steps} steps in {seconds / 60:.1f} min" for name, (_, steps, seconds)
+               *[f"UNet, {name} time" for name in references]]
+    unets = "; ".join(f"{name} time: {steps} steps in {seconds / 60:.1f} min" for name, (_, steps, seconds)
                       in references.items())
     title = (f"{args.folds}-fold cross-validation, default preset, {args.steps} steps per fold: test-split Dice of "
              f"each fold and of their ensemble ({args.cases} synthetic cases), beside a text-blind MONAI UNet "

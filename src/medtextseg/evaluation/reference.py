@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,7 +222,9 @@ def train_unet(data: Path, config: Config, seconds: float, out: Path, seed: int 
     model.train()
     while time.perf_counter() - started < seconds and (max_steps is None or steps < max_steps):
         draw = rng.choice(len(samples), size=2, replace=len(samples) < 2)
-        batch = [flip(crop(samples[i])[0]) for i in draw]
+        with warnings.catch_warnings():  # a case without the target: MONAI warns at every crop, then crops anywhere
+            warnings.filterwarnings("ignore", message="Num foregrounds 0")
+            batch = [flip(crop(samples[i])[0]) for i in draw]
         image, label, mask = (torch.stack([torch.as_tensor(b[key]) for b in batch]) for key in keys)
         with autocast(torch.device("cpu"), half):
             logits = model(image)

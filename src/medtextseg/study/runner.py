@@ -38,6 +38,7 @@ from medtextseg.data.planning import Plan, planned_config
 from medtextseg.study.spec import REFERENCE_FOLDER, StudySpec
 from medtextseg.training.progress import StepProgress
 from medtextseg.utils.atomic import write_text_atomic
+from medtextseg.utils.errors import MedTextSegError
 
 
 def _finished(log: Path) -> bool:
@@ -125,6 +126,9 @@ def _reference_jobs(spec: StudySpec, out_dir: Path, results: list[dict[str, Any]
         for seed in spec.seeds:
             runs = [r for r in results if r["dataset"] == dataset and r["seed"] == seed]
             seconds = [r["train_seconds"] for r in runs if r["train_seconds"] is not None]
+            if not seconds:
+                raise MedTextSegError(f"study {spec.name!r}, dataset {dataset!r}, seed {seed}: no run logged its "
+                                      "training time (log.jsonl), so the reference has no time to train for")
             config = Path(next(r for r in runs if r["configuration"] == first)["run_dir"]) / "model" / "config.yaml"
             jobs.append((dataset, seed, str(out_dir / "runs" / dataset / REFERENCE_FOLDER / f"seed{seed}"),
                          str(config), spec.datasets[dataset], sum(seconds) / len(seconds), spec.split))
