@@ -80,7 +80,7 @@ def test_on_sparse_labels_the_reference_trains_on_the_labelled_volumes_and_centr
         assert (seen & inside)[sample["fg"]].all() and len(sample["fg"]) + len(sample["bg"]) == len(seen)
     _, steps = train_unet(sparse, config, 300.0, tmp_path / "unet.pt", max_steps=5, target_labels=["transition_zone"])
     assert steps == 5
-    # before any step, a voxel answers the target's share of the annotated voxels, not one half
+    # before any step, the output's bias is the target's share of the annotated voxels, not one half
     untrained, _ = train_unet(sparse, config, 0.0, tmp_path / "untrained.pt", target_labels=["transition_zone"])
     share = torch.cat([torch.as_tensor(s["label"])[torch.as_tensor(s["annotated"]) > 0] for s in samples]).mean()
     output = [m for m in untrained.modules() if isinstance(m, torch.nn.Conv3d)][-1]

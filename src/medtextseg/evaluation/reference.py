@@ -161,9 +161,11 @@ def _samples(layout: DatasetLayout, config: Config, task: ReferenceTask) -> list
 
 def _start_at_prior(model: UNet, samples: list[dict], task: ReferenceTask) -> None:
     """Set the output convolution's bias [K] to the log-odds (sigmoid) or log-frequencies (softmax) of the classes
-    among the annotated voxels of ``samples``, so that a voxel no loss reaches answers the prior."""
+    among the annotated voxels of ``samples`` (the last convolution's, which adds to the output), so that a voxel
+    no loss reaches starts near the prior."""
     seen = torch.cat([torch.as_tensor(s["label"])[torch.as_tensor(s["annotated"]) > 0].flatten() for s in samples])
-    output = [m for m in model.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)][-1]
+    convolutions = (torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)
+    output = [m for m in model.modules() if isinstance(m, convolutions)][-1]
     with torch.no_grad():
         if task.mode == "labels":
             counts = torch.bincount(seen.long(), minlength=task.classes).double().clamp_min(1)
